@@ -1,0 +1,49 @@
+"""Prometheus metric definitions shared by every component.
+
+Defined once, at import, on the default registry (which the multiprocess collector reads under
+gunicorn). Components import the objects they need; label values stay low-cardinality
+(upstream name, endpoint kind, outcome, zone for the configured/queried zones only).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+UPSTREAM_REQUESTS = Counter(
+    "carbon_optimizer_upstream_requests_total",
+    "Requests to external data sources, by upstream, endpoint and outcome",
+    ["upstream", "endpoint", "outcome"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "carbon_optimizer_upstream_request_seconds",
+    "Latency of requests to external data sources",
+    ["upstream", "endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0),
+)
+CACHE_EVENTS = Counter(
+    "carbon_optimizer_cache_events_total",
+    "Cache lookups by cache kind (carbon, prices), tier (local, redis) and result (hit, miss, stale, negative)",
+    ["cache", "tier", "result"],
+)
+FALLBACKS = Counter(
+    "carbon_optimizer_fallbacks_total",
+    "Answers served from fallback data, by kind (carbon, price) and fallback label",
+    ["kind", "label"],
+)
+CIRCUIT_STATE = Gauge(
+    "carbon_optimizer_circuit_state",
+    "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+    ["upstream"],
+    multiprocess_mode="max",
+)
+DATA_AGE = Gauge(
+    "carbon_optimizer_data_age_seconds",
+    "Age of the newest data served, by kind (carbon, price) and key (zone or provider)",
+    ["kind", "key"],
+    multiprocess_mode="max",
+)
+OPTIMIZE_CANDIDATES = Histogram(
+    "carbon_optimizer_candidates_evaluated",
+    "Number of (location, start) candidates scored per optimisation",
+    buckets=(10, 100, 1_000, 10_000, 100_000, 1_000_000),
+)

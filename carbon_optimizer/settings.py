@@ -1,0 +1,140 @@
+"""Configuration: one pydantic-settings class, env prefix `CARBON_OPTIMIZER_`, sections joined by `__`.
+
+There is deliberately no module-level instance: the app factory and the CLI call `Settings()` so
+that tests can build apps with explicit settings and importing never reads the environment.
+Secrets are `SecretStr` so they never show up in reprs, logs or error bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ElectricityMapsSettings(BaseModel):
+    """Electricity Maps API access (live carbon intensity). No key → bundled data only."""
+
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.electricitymaps.com/v3"
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    read_timeout_s: float = Field(default=2.0, gt=0)
+    # Whole budget for one logical fetch, retries included; must stay well under a client's patience.
+    request_deadline_s: float = Field(default=3.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.1, ge=0)
+    forecast_horizon_hours: Literal[6, 24, 48, 72] = 72
+    emission_factor_type: Literal["lifecycle", "direct"] = "lifecycle"
+    # Zones refreshed in the background before their cache entries expire (comma-separated in env).
+    prefetch_zones: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("prefetch_zones", mode="before")
+    @classmethod
+    def _split_zones(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+class RedisSettings(BaseModel):
+    """Shared Redis (cache, single-flight locks, rate-limit counters). No URL → in-process only."""
+
+    url: SecretStr | None = None  # may embed a password: never logged
+    socket_timeout_s: float = Field(default=0.25, gt=0)
+    connect_timeout_s: float = Field(default=0.25, gt=0)
+    key_prefix: str = "co:v1"
+    # After a Redis failure, skip Redis for this long before probing again (keeps latency flat).
+    retry_after_failure_s: float = Field(default=5.0, ge=0)
+
+
+class CacheSettings(BaseModel):
+    """TTLs and resilience knobs of the carbon-data cache."""
+
+    forecast_ttl_s: int = Field(default=900, gt=0)
+    latest_ttl_s: int = Field(default=300, gt=0)
+    history_ttl_s: int = Field(default=6 * 3600, gt=0)
+    negative_ttl_s: int = Field(default=600, gt=0)
+    stale_max_age_s: int = Field(default=24 * 3600, ge=0)
+    local_ttl_s: float = Field(default=30.0, ge=0)
+    local_max_entries: int = Field(default=4096, gt=0)
+    lock_ttl_s: float = Field(default=10.0, gt=0)
+    lock_wait_s: float = Field(default=5.0, gt=0)
+    breaker_failure_threshold: int = Field(default=5, gt=0)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    background_refresh: bool = False
+
+
+class PricingSettings(BaseModel):
+    """Live price API credentials and refresh policy. A provider without credentials is skipped."""
+
+    live: bool = False  # opt in: the embedded default never calls price APIs
+    azure_enabled: bool = True  # Azure retail needs no credentials; still only used when `live`
+    azure_base_url: str = "https://prices.azure.com/api/retail/prices"
+    lambda_api_key: SecretStr | None = None
+    lambda_base_url: str = "https://cloud.lambda.ai/api/v1"
+    gcp_api_key: SecretStr | None = None
+    gcp_base_url: str = "https://cloudbilling.googleapis.com/v1"
+    aws_enabled: bool = False  # needs boto3 (extra `aws`) and AWS credentials in the usual places
+    on_demand_ttl_s: int = Field(default=24 * 3600, gt=0)
+    spot_ttl_s: int = Field(default=3600, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    file_cache_dir: str | None = None  # embedded-mode cache for `prices refresh`; default: user cache dir
+
+
+class ServerSettings(BaseModel):
+    """Process-level knobs used by `carbon-optimizer serve` and gunicorn.conf.py."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    workers: int = Field(default=2, gt=0)
+    threads: int = Field(default=1, gt=0)
+    timeout_s: int = Field(default=30, gt=0)
+    graceful_timeout_s: int = Field(default=20, gt=0)
+    keepalive_s: int = Field(default=5, gt=0)
+    max_requests: int = Field(default=10000, ge=0)
+    max_requests_jitter: int = Field(default=1000, ge=0)
+    log_level: str = "info"
+    json_logs: bool = True
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration. Binding names: see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CARBON_OPTIMIZER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+    electricitymaps: ElectricityMapsSettings = Field(default_factory=ElectricityMapsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    # Client API keys (comma-separated). Empty → no auth (warned at start-up).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    rate_limit: str = "600/minute"
+    rate_limit_enabled: bool = True
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    docs_enabled: bool = True
+
+    max_window_days: float = Field(default=7.0, gt=0, le=31)
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    default_max_results: int = Field(default=5, ge=1, le=100)
+    # PUE used for grid-zone (on-prem/colo) locations, where no cloud provider figure applies.
+    onprem_pue: float = Field(default=1.56, ge=1.0, le=3.0)
+
+    @field_validator("api_keys", "trusted_proxies", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_csv(value)
