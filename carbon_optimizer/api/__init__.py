@@ -1,0 +1,1 @@
+"""HTTP edge: pydantic schemas, routes, middleware and the one domain-error → HTTP table."""

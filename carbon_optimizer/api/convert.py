@@ -1,0 +1,75 @@
+"""Request schemas → domain query objects (the only place that knows both)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from carbon_optimizer.api.schemas import LocationSpec, OptimizeRequest
+from carbon_optimizer.domain.gpu import expand_gpu_models
+from carbon_optimizer.domain.models import GpuRequirement, Objective, ObjectiveMode, PriceType, Workload
+from carbon_optimizer.errors import InvalidInput
+from carbon_optimizer.service import LocationQuery, OptimizeQuery
+
+
+def location_query(spec: LocationSpec, loc: tuple[str | int, ...]) -> LocationQuery:
+    """Carry a location spec and its position (for error messages) into the service."""
+    return LocationQuery(
+        provider=spec.provider,
+        region=spec.region,
+        zone=spec.zone,
+        price_usd_per_hour=spec.price_usd_per_hour,
+        loc=loc,
+    )
+
+
+def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
+    """Translate a validated request into the domain query."""
+    w = body.workload
+    gpu = None
+    if w.gpu is not None:
+        models = None
+        if w.gpu.model is not None:
+            try:
+                models = expand_gpu_models(w.gpu.model)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), loc=("body", "workload", "gpu", "model")) from exc
+        gpu = GpuRequirement(count=w.gpu.count, models=models)
+    workload = Workload(
+        duration=timedelta(minutes=w.duration_minutes),
+        vcpus=w.vcpus,
+        memory_gib=w.memory_gib,
+        gpu=gpu,
+        instance_types=dict(w.instance_types or {}),
+        power_watts=w.power_watts,
+        price_type=PriceType(w.price_type),
+    )
+    o = body.objective
+    objective = Objective(
+        mode=ObjectiveMode(o.mode),
+        carbon_weight=o.carbon_weight,
+        max_cost_increase_pct=o.max_cost_increase_pct,
+        carbon_price_usd_per_tonne=o.carbon_price_usd_per_tonne,
+    )
+    locations = (
+        [location_query(spec, ("body", "locations", i)) for i, spec in enumerate(body.locations)]
+        if body.locations is not None
+        else None
+    )
+    window = body.window
+    return OptimizeQuery(
+        workload=workload,
+        locations=locations,
+        providers=list(body.providers) if body.providers is not None else None,
+        earliest_start=window.earliest_start if window else None,
+        deadline=window.deadline if window else None,
+        objective=objective,
+        time_step=timedelta(minutes=body.time_step_minutes),
+        max_results=body.max_results,
+        baseline_location=(
+            location_query(body.baseline.location, ("body", "baseline", "location"))
+            if body.baseline
+            else None
+        ),
+        baseline_start=body.baseline.start if body.baseline else None,
+        request_id=request_id,
+    )

@@ -1,0 +1,1 @@
+"""Route modules: optimisation, catalog/price lookups, health and readiness."""

@@ -1,0 +1,142 @@
+"""Catalog lookups: regions, zones, a zone's carbon series, prices and cost estimates."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import AwareDatetime
+from starlette.responses import Response
+
+from carbon_optimizer.api.schemas import EstimateRequest, ProblemOut
+from carbon_optimizer.api.state import get_state
+from carbon_optimizer.domain.models import PriceType
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+_PROBLEMS: dict[int | str, dict[str, Any]] = {422: {"model": ProblemOut, "description": "Invalid input"}}
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+@router.get(
+    "/regions", summary="Catalogued cloud regions and their Electricity Maps zones", responses=_PROBLEMS
+)
+async def regions(
+    request: Request, provider: Literal["aws", "azure", "gcp", "lambda"] | None = None
+) -> Response:
+    """List regions, optionally for one provider."""
+    catalog = get_state(request).catalog
+    items = [
+        {
+            "provider": r.provider,
+            "region": r.region,
+            "display_name": r.display_name,
+            "location": r.location,
+            "zone": r.zone,
+            "latitude": r.latitude,
+            "longitude": r.longitude,
+            "zone_confidence": r.confidence,
+        }
+        for r in catalog.regions(provider)
+    ]
+    return _json({"count": len(items), "regions": items})
+
+
+@router.get(
+    "/zones", summary="Known Electricity Maps zones and the offline data each has", responses=_PROBLEMS
+)
+async def zones(request: Request) -> Response:
+    """List every zone the service can answer for."""
+    items = [
+        {
+            "zone": z.zone,
+            "name": z.name,
+            "offline_data": "replay-2023" if z.has_hourly else f"annual-{z.latest_year}",
+            "annual_intensity_g_per_kwh": z.latest_intensity_g_per_kwh,
+            "annual_year": z.latest_year,
+        }
+        for z in get_state(request).catalog.zones()
+    ]
+    return _json({"count": len(items), "zones": items})
+
+
+@router.get(
+    "/zones/{zone}/carbon-intensity",
+    summary="The carbon intensity series the engine would use for a zone",
+    responses=_PROBLEMS,
+)
+async def zone_carbon_intensity(
+    request: Request,
+    zone: Annotated[str, Path(min_length=1, max_length=64)],
+    start: AwareDatetime | None = None,
+    end: AwareDatetime | None = None,
+) -> Response:
+    """Series over [start, end) (default: the next 24 hours from the current hour)."""
+    return _json(await get_state(request).service.zone_series(zone, start, end))
+
+
+@router.get("/prices", summary="List prices from the catalog (live, cached or bundled)", responses=_PROBLEMS)
+async def prices(
+    request: Request,
+    provider: Literal["aws", "azure", "gcp", "lambda"] | None = None,
+    region: Annotated[str | None, Query(max_length=64)] = None,
+    instance_type: Annotated[str | None, Query(max_length=128)] = None,
+    price_type: Literal["on_demand", "spot"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 500,
+) -> Response:
+    """Filter the price catalog; `truncated` says when `limit` cut the list."""
+    state = get_state(request)
+    offers = state.bundled_prices.list_offers(
+        provider, region, instance_type, PriceType(price_type) if price_type else None
+    )
+    # A live or cached table for a single region supersedes the bundled rows of that region.
+    if provider and region and state.service.prices is not state.bundled_prices:
+        kinds = [PriceType(price_type)] if price_type else list(PriceType)
+        live_rows = []
+        for kind in kinds:
+            table = await state.service.prices.offers(provider, region, kind)
+            if table is not None:
+                live_rows.extend(
+                    table.offer(i)
+                    for i in range(len(table))
+                    if instance_type is None or table.instance_types[i] == instance_type
+                )
+        if live_rows:
+            offers = live_rows
+    items = [
+        {
+            "provider": o.provider,
+            "region": o.region,
+            "instance_type": o.instance_type,
+            "vcpus": o.vcpus,
+            "memory_gib": o.memory_gib,
+            "gpu_count": o.gpu_count,
+            "gpu_model": o.gpu_model,
+            "price_type": o.price_type.value,
+            "price_usd_per_hour": o.price_usd_per_hour,
+            "currency": o.currency,
+            "source": o.source,
+            "as_of": o.as_of.isoformat() if o.as_of else None,
+        }
+        for o in offers[:limit]
+    ]
+    return _json({"count": len(items), "truncated": len(offers) > limit, "prices": items})
+
+
+@router.post(
+    "/estimate", summary="Cost, energy and emissions of one instance type for some hours", responses=_PROBLEMS
+)
+async def estimate(body: EstimateRequest, request: Request) -> Response:
+    """The classic estimate_cost(instance_type, hours), with provenance and footprint."""
+    result = await get_state(request).service.estimate(
+        provider=body.provider,
+        region=body.region,
+        instance_type=body.instance_type,
+        hours=body.hours,
+        price_type=PriceType(body.price_type),
+        start=body.start,
+    )
+    return _json(result)

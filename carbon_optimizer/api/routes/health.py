@@ -1,0 +1,70 @@
+"""Probes: /healthz (liveness, no I/O), /readyz (readiness), /health (component status)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from carbon_optimizer import __version__
+from carbon_optimizer.api.state import get_state
+
+router = APIRouter(tags=["health"])
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+@router.get("/healthz", summary="Liveness: the process serves (no I/O)")
+async def healthz() -> Response:
+    """Always 200 while the event loop answers."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: data loaded and cache reachable (never calls Electricity Maps)")
+async def readyz(request: Request) -> Response:
+    """200 when this worker can answer optimisations, else 503."""
+    state = get_state(request)
+    ready = state.ready
+    if ready:
+        for check in state.readiness_checks:
+            if not await check():
+                ready = False
+                break
+    if ready:
+        return _json({"status": "ready"})
+    return Response(
+        orjson.dumps({"status": "not ready"}),
+        status_code=503,
+        media_type="application/json",
+        headers={"Retry-After": "5"},
+    )
+
+
+@router.get("/health", summary="Component status: cache, data sources, data age, version")
+async def health(request: Request) -> Response:
+    """Status of every component; 200 while the service can answer, even degraded."""
+    state = get_state(request)
+    components: dict[str, Any] = {}
+    degraded = False
+    for name, reporter in state.health_reporters.items():
+        try:
+            report = reporter()
+        except Exception:  # a broken reporter must not break the health page
+            report = {"status": "unknown"}
+        components[name] = report
+        if report.get("status") not in (None, "ok", "embedded", "disabled"):
+            degraded = True
+    return _json(
+        {
+            "status": "degraded" if degraded else "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - state.started_at, 1),
+            "environment": state.settings.environment,
+            "components": components,
+        }
+    )

@@ -1,0 +1,40 @@
+"""Typed per-worker application state, built once in the lifespan and read by routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from carbon_optimizer.providers.bundled import RegionCatalog
+from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.service import OptimizerService
+from carbon_optimizer.settings import Settings
+
+
+@dataclass
+class AppState:
+    """Everything a request needs; one instance per worker process."""
+
+    settings: Settings
+    service: OptimizerService
+    catalog: RegionCatalog
+    bundled_prices: BundledPriceProvider
+    started_at: float
+    # Component health reporters and readiness checks registered by the stacks in the lifespan.
+    health_reporters: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    readiness_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
+    ready: bool = False
+
+
+def get_state(request: Request) -> AppState:
+    """The worker's AppState (set by the lifespan)."""
+    state: AppState = request.app.state.co
+    return state
+
+
+def request_id(request: Request) -> str:
+    """The id the edge middleware assigned to this request."""
+    return str(request.scope.get("state", {}).get("request_id", "-"))

@@ -1,0 +1,643 @@
+"""Orchestration: resolve locations, fetch prices and carbon series concurrently, call the engine.
+
+Nothing here knows HTTP or a wire format. The API layer converts request schemas into the domain
+`OptimizeQuery` and serialises the plain dict this returns. Every upstream failure ends in
+fallback data plus a warning: the only exception that escapes for data reasons is
+`DataUnavailable`, when not even the bundled data can answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_power
+from carbon_optimizer.domain.instances import Infeasible, select_instance
+from carbon_optimizer.domain.models import (
+    CarbonSeries,
+    InstanceOffer,
+    Location,
+    Objective,
+    ObjectiveMode,
+    PriceType,
+    Workload,
+    format_utc,
+)
+from carbon_optimizer.domain.scoring import (
+    CandidateGrid,
+    RankedCandidate,
+    ScoringInput,
+    candidate_grid,
+    evaluate_window,
+    objective_score,
+    rank_candidates,
+)
+from carbon_optimizer.domain.series import align_series
+from carbon_optimizer.errors import (
+    DataUnavailable,
+    InvalidInput,
+    NothingFeasible,
+    ProviderError,
+    UnknownRegion,
+    UnknownZone,
+)
+from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
+from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
+from carbon_optimizer.providers.bundled import RegionCatalog
+
+log = logging.getLogger(__name__)
+Loc = tuple[str | int, ...]
+
+
+def utc_now() -> datetime:
+    """Wall clock in UTC (injected into the service so tests control time)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LocationQuery:
+    """A requested location before catalog resolution, with its position for error messages."""
+
+    provider: str | None
+    region: str | None
+    zone: str | None
+    price_usd_per_hour: float | None
+    loc: Loc
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeQuery:
+    """Domain form of an optimisation request (validated for shape by the API schemas)."""
+
+    workload: Workload
+    locations: Sequence[LocationQuery] | None
+    providers: Sequence[str] | None
+    earliest_start: datetime | None
+    deadline: datetime | None
+    objective: Objective
+    time_step: timedelta
+    max_results: int
+    baseline_location: LocationQuery | None = None
+    baseline_start: datetime | None = None
+    request_id: str = "-"
+
+
+@dataclass(slots=True)
+class _Placed:
+    """A resolved location with what the engine needs about it."""
+
+    location: Location
+    offer: InstanceOffer | None
+    price_usd_per_hour: float | None
+    price_source: str | None
+    power: PowerEstimate
+    energy_kwh: float
+
+
+@dataclass(slots=True)
+class _Context:
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+
+class OptimizerService:
+    """Application service behind every endpoint that needs data plus the engine."""
+
+    def __init__(
+        self,
+        *,
+        catalog: RegionCatalog,
+        carbon: CarbonIntensityProvider,
+        prices: PriceProvider,
+        fallback_carbon: CarbonIntensityProvider | None = None,
+        fallback_prices: PriceProvider | None = None,
+        max_window: timedelta = timedelta(days=7),
+        onprem_pue: float = 1.56,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.catalog = catalog
+        self.carbon = carbon
+        self.prices = prices
+        self.fallback_carbon = fallback_carbon
+        self.fallback_prices = fallback_prices
+        self.max_window = max_window
+        self.onprem_pue = onprem_pue
+        self.clock = clock
+
+    # ----- resolution -----
+
+    def resolve(self, query: LocationQuery) -> Location:
+        """Map a requested location onto the catalog (422 naming the field when unknown)."""
+        if query.zone is not None:
+            info = self.catalog.zone(query.zone)
+            if info is None:
+                raise UnknownZone(f"unknown zone '{query.zone}'", loc=(*query.loc, "zone"))
+            return Location(zone=info.zone, price_usd_per_hour=query.price_usd_per_hour)
+        if query.provider is None or query.region is None:
+            raise InvalidInput("a location needs 'provider' and 'region', or 'zone'", loc=query.loc)
+        region = self.catalog.get(query.provider, query.region)
+        if region is None:
+            raise UnknownRegion(
+                f"unknown region '{query.region}' for provider '{query.provider}'", loc=(*query.loc, "region")
+            )
+        return Location(
+            zone=region.zone,
+            provider=region.provider,
+            region=region.region,
+            price_usd_per_hour=query.price_usd_per_hour,
+        )
+
+    def _resolve_all(self, query: OptimizeQuery, ctx: _Context) -> list[Location]:
+        if query.locations is not None:
+            resolved: list[Location] = []
+            seen: set[str] = set()
+            for item in query.locations:
+                location = self.resolve(item)
+                if location.key in seen:
+                    ctx.warn(f"duplicate location {location.key} ignored")
+                    continue
+                seen.add(location.key)
+                resolved.append(location)
+            return resolved
+        providers = query.providers or ()
+        return [
+            Location(zone=r.zone, provider=r.provider, region=r.region)
+            for provider in providers
+            for r in self.catalog.regions(provider)
+        ]
+
+    # ----- time window -----
+
+    def _window(self, query: OptimizeQuery) -> tuple[datetime, datetime]:
+        now = self.clock().astimezone(UTC).replace(second=0, microsecond=0)
+        requested_start = query.earliest_start.astimezone(UTC) if query.earliest_start else now
+        deadline = query.deadline.astimezone(UTC) if query.deadline else requested_start + timedelta(hours=24)
+        duration = query.workload.duration
+        if deadline - requested_start < duration:
+            raise InvalidInput(
+                "deadline - earliest_start is shorter than the workload duration",
+                loc=("body", "window", "deadline"),
+            )
+        if deadline - requested_start > self.max_window:
+            raise InvalidInput(
+                f"window longer than the {self.max_window.total_seconds() / 86400:g}-day maximum",
+                loc=("body", "window", "deadline"),
+            )
+        start = max(requested_start, now)
+        if start + duration > deadline:
+            raise InvalidInput(
+                "the window has passed: now + duration is after the deadline",
+                loc=("body", "window", "deadline"),
+            )
+        return start, deadline
+
+    # ----- data fetch -----
+
+    async def _table(self, provider: str, region: str, price_type: PriceType, ctx: _Context) -> Any:
+        try:
+            return await self.prices.offers(provider, region, price_type)
+        except ProviderError:
+            if self.fallback_prices is None:
+                raise
+            ctx.warn(f"price source unavailable for {provider}/{region}; used bundled prices")
+            return await self.fallback_prices.offers(provider, region, price_type)
+
+    async def _series(self, zone: str, start: datetime, end: datetime, ctx: _Context) -> CarbonSeries:
+        with_warnings = getattr(self.carbon, "series_with_warnings", None)
+        try:
+            if with_warnings is not None:
+                result = await with_warnings(zone, start, end)
+                for message in result.warnings:
+                    ctx.warn(message)
+                series: CarbonSeries = result.series
+                return series
+            return await self.carbon.series(zone, start, end)
+        except UnknownZone:
+            raise
+        except ProviderError as exc:
+            if self.fallback_carbon is None:
+                raise DataUnavailable(f"no carbon data source could answer for {zone}") from exc
+            ctx.warn(f"carbon data unavailable for {zone}; used bundled fallback data")
+            return await self.fallback_carbon.series(zone, start, end)
+
+    async def _place(
+        self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
+    ) -> tuple[list[_Placed], list[tuple[Location, str]]]:
+        tables = await asyncio.gather(
+            *(
+                self._table(loc.provider, loc.region, workload.price_type, ctx)
+                if loc.provider is not None and loc.region is not None
+                else _none()
+                for loc in locations
+            )
+        )
+        placed: list[_Placed] = []
+        infeasible: list[tuple[Location, str]] = []
+        for location, table in zip(locations, tables, strict=True):
+            offer: InstanceOffer | None = None
+            price = location.price_usd_per_hour
+            price_source: str | None = "request" if price is not None else None
+            if location.is_cloud:
+                if table is None or len(table) == 0:
+                    if uses_cost and price is None:
+                        infeasible.append((location, f"no price data for {location.key}"))
+                        continue
+                    ctx.warn(f"no price data for {location.key}; instance type and cost unknown")
+                else:
+                    chosen = select_instance(table, workload)
+                    if isinstance(chosen, Infeasible):
+                        infeasible.append((location, chosen.reason))
+                        continue
+                    offer = chosen
+                    if price is None:
+                        price = offer.price_usd_per_hour
+                        price_source = offer.source
+            power = estimate_power(location.provider, workload, offer, onprem_pue=self.onprem_pue)
+            placed.append(
+                _Placed(
+                    location=location,
+                    offer=offer,
+                    price_usd_per_hour=price,
+                    price_source=price_source,
+                    power=power,
+                    energy_kwh=energy_kwh(power, workload.duration),
+                )
+            )
+        return placed, infeasible
+
+    # ----- optimise -----
+
+    async def optimize(self, query: OptimizeQuery) -> dict[str, Any]:
+        """Rank (location, start) options; returns the response body as plain data."""
+        ctx = _Context()
+        workload = query.workload
+        locations = self._resolve_all(query, ctx)
+        start, deadline = self._window(query)
+        grid = candidate_grid(start, deadline, workload.duration, query.time_step)
+        uses_cost = query.objective.uses_cost
+
+        baseline_query = query.baseline_location
+        baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
+        baseline_start = (query.baseline_start or start).astimezone(UTC)
+
+        placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
+        if uses_cost:
+            for index, item in enumerate(placed):
+                if item.price_usd_per_hour is None:
+                    position = next(
+                        (i for i, loc in enumerate(locations) if loc.key == item.location.key), index
+                    )
+                    raise InvalidInput(
+                        f"objective mode '{query.objective.mode.value}' needs a price for every location; "
+                        f"{item.location.key} has none (set price_usd_per_hour)",
+                        loc=_location_loc(query, position, "price_usd_per_hour"),
+                    )
+        if not placed:
+            raise NothingFeasible(
+                "no location can host this workload",
+                [(loc.key, reason) for loc, reason in infeasible],
+            )
+
+        zones = sorted({p.location.zone for p in placed})
+        series_list = await asyncio.gather(*(self._series(z, start, deadline, ctx) for z in zones))
+        by_zone = dict(zip(zones, series_list, strict=True))
+        intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
+        scoring = rank_candidates(
+            ScoringInput(
+                grid=intensity,
+                candidates=grid,
+                energy_kwh=np.array([p.energy_kwh for p in placed], dtype=np.float64),
+                cost_usd=np.array(
+                    [
+                        np.nan
+                        if p.price_usd_per_hour is None
+                        else p.price_usd_per_hour * workload.duration_hours
+                        for p in placed
+                    ],
+                    dtype=np.float64,
+                ),
+                objective=query.objective,
+                max_results=query.max_results,
+            )
+        )
+        OPTIMIZE_CANDIDATES.observe(scoring.candidates_evaluated)
+        if not scoring.ranked:
+            raise NothingFeasible("no candidate satisfies the objective's constraints")
+
+        options = [
+            self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
+            for rank, c in enumerate(scoring.ranked)
+        ]
+        best = options[0]
+
+        baseline = await self._baseline(
+            baseline_location,
+            baseline_start,
+            placed,
+            workload,
+            query.objective,
+            scoring.min_emissions_g,
+            scoring.min_cost_usd,
+            ctx,
+            explicit=baseline_location is not None,
+            first_requested=locations[0] if locations else None,
+        )
+        savings = _savings(best, baseline)
+        best_power = placed[scoring.ranked[0].location_index].power
+        return {
+            "request_id": query.request_id,
+            "generated_at": format_utc(self.clock()),
+            "objective": _objective_out(query.objective),
+            "window": {"earliest_start": format_utc(start), "deadline": format_utc(deadline)},
+            "best": best,
+            "options": options,
+            "baseline": baseline,
+            "savings": savings,
+            "candidates_evaluated": scoring.candidates_evaluated,
+            "infeasible": [{"location": _location_out(loc), "reason": reason} for loc, reason in infeasible],
+            "energy_model": _energy_model_out(best_power),
+            "warnings": ctx.warnings,
+        }
+
+    def _option(
+        self,
+        rank: int | None,
+        item: _Placed,
+        cand: RankedCandidate,
+        by_zone: dict[str, CarbonSeries],
+        workload: Workload,
+    ) -> dict[str, Any]:
+        series = by_zone[item.location.zone]
+        return _option_out(
+            rank=rank,
+            item=item,
+            start=cand.start,
+            end=cand.end,
+            avg=cand.avg_intensity_g_per_kwh,
+            score=cand.score,
+            carbon_source="+".join(series.sources_between(cand.start, cand.end)),
+            duration_hours=workload.duration_hours,
+        )
+
+    async def _baseline(
+        self,
+        location: Location | None,
+        start: datetime,
+        placed: Sequence[_Placed],
+        workload: Workload,
+        objective: Objective,
+        min_emissions: float,
+        min_cost: float | None,
+        ctx: _Context,
+        *,
+        explicit: bool,
+        first_requested: Location | None,
+    ) -> dict[str, Any] | None:
+        if not explicit:
+            # Default baseline: the first location the caller listed, as soon as allowed.
+            if first_requested is None:
+                return None
+            match = next((p for p in placed if p.location.key == first_requested.key), None)
+            if match is None:
+                ctx.warn(f"baseline location {first_requested.key} is infeasible; no savings computed")
+                return None
+            item = match
+        else:
+            assert location is not None
+            match = next((p for p in placed if p.location.key == location.key), None)
+            if match is not None:
+                item = match
+            else:
+                extra, bad = await self._place([location], workload, objective.uses_cost, ctx)
+                if not extra:
+                    reason = bad[0][1] if bad else "infeasible"
+                    ctx.warn(
+                        f"baseline location {location.key} is infeasible ({reason}); no savings computed"
+                    )
+                    return None
+                item = extra[0]
+        end = start + workload.duration
+        series = await self._series(item.location.zone, start, end, ctx)
+        grid = align_series([series], start, end)
+        avg = evaluate_window(grid, 0, start, workload.duration)
+        emissions = item.energy_kwh * avg
+        cost = None if item.price_usd_per_hour is None else item.price_usd_per_hour * workload.duration_hours
+        score: float | None
+        if objective.uses_cost and cost is None:
+            score = None
+        else:
+            score = objective_score(objective, emissions, cost, min_emissions, min_cost)
+        return _option_out(
+            rank=None,
+            item=item,
+            start=start,
+            end=end,
+            avg=avg,
+            score=score,
+            carbon_source="+".join(series.sources_between(start, end)),
+            duration_hours=workload.duration_hours,
+        )
+
+    # ----- other endpoints -----
+
+    async def zone_series(self, zone: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+        """The series the engine would use for a zone over [start, end)."""
+        info = self.catalog.zone(zone)
+        if info is None:
+            raise UnknownZone(f"unknown zone '{zone}'", loc=("path", "zone"))
+        now = self.clock().astimezone(UTC)
+        begin = (start or now).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        finish = (end or begin + timedelta(hours=24)).astimezone(UTC)
+        if finish <= begin:
+            raise InvalidInput("end must be after start", loc=("query", "end"))
+        if finish - begin > self.max_window:
+            raise InvalidInput(
+                f"range longer than the {self.max_window.total_seconds() / 86400:g}-day maximum",
+                loc=("query", "end"),
+            )
+        ctx = _Context()
+        series = await self._series(info.zone, begin, finish, ctx)
+        first = max(series.index_of(begin), 0)
+        last = min(-((series.start - finish) // series.step), len(series.values))
+        points = []
+        for run in series.runs:
+            lo, hi = max(run.start_index, first), min(run.end_index, last)
+            for i in range(lo, hi):
+                points.append(
+                    {
+                        "datetime": format_utc(series.start + series.step * i),
+                        "carbon_intensity_g_per_kwh": round(float(series.values[i]), 3),
+                        "source": run.label,
+                    }
+                )
+        return {
+            "zone": info.zone,
+            "zone_name": info.name,
+            "start": format_utc(begin),
+            "end": format_utc(finish),
+            "step_minutes": int(series.step.total_seconds() // 60),
+            "unit": "gCO2e/kWh",
+            "emission_factor_type": series.emission_factor_type,
+            "sources": list(series.sources_between(begin, finish)),
+            "points": points,
+            "warnings": ctx.warnings,
+        }
+
+    async def estimate(
+        self,
+        *,
+        provider: str,
+        region: str,
+        instance_type: str,
+        hours: float,
+        price_type: PriceType,
+        start: datetime | None,
+    ) -> dict[str, Any]:
+        """List cost of one instance type for `hours`, with its energy and emissions from `start`."""
+        ctx = _Context()
+        location = self.resolve(LocationQuery(provider, region, None, None, ("body",)))
+        table = await self._table(provider, region, price_type, ctx)
+        index = None if table is None else table.find(instance_type)
+        if table is None or index is None:
+            raise InvalidInput(
+                f"instance type '{instance_type}' has no {price_type.value} price in {provider}/{region}",
+                loc=("body", "instance_type"),
+            )
+        offer: InstanceOffer = table.offer(index)
+        workload = Workload(
+            duration=timedelta(hours=hours),
+            vcpus=offer.vcpus or 1,
+            memory_gib=offer.memory_gib or 0.0,
+            gpu=None,
+            price_type=price_type,
+        )
+        power = estimate_power(provider, workload, offer, onprem_pue=self.onprem_pue)
+        kwh = energy_kwh(power, workload.duration)
+        begin = (start or self.clock()).astimezone(UTC).replace(second=0, microsecond=0)
+        end = begin + workload.duration
+        series = await self._series(location.zone, begin, end, ctx)
+        avg = evaluate_window(align_series([series], begin, end), 0, begin, workload.duration)
+        return {
+            "provider": provider,
+            "region": region,
+            "zone": location.zone,
+            "instance_type": instance_type,
+            "vcpus": offer.vcpus,
+            "memory_gib": offer.memory_gib,
+            "gpu_count": offer.gpu_count,
+            "gpu_model": offer.gpu_model,
+            "hours": hours,
+            "price_type": price_type.value,
+            "price_usd_per_hour": offer.price_usd_per_hour,
+            "cost_usd": round(offer.price_usd_per_hour * hours, 6),
+            "currency": offer.currency,
+            "price_source": offer.source,
+            "as_of": offer.as_of.isoformat() if offer.as_of else None,
+            "start": format_utc(begin),
+            "end": format_utc(end),
+            "energy_kwh": round(kwh, 6),
+            "avg_carbon_intensity_g_per_kwh": round(avg, 3),
+            "emissions_g": round(kwh * avg, 3),
+            "carbon_source": "+".join(series.sources_between(begin, end)),
+            "energy_model": _energy_model_out(power),
+            "warnings": ctx.warnings,
+        }
+
+
+async def _none() -> None:
+    return None
+
+
+def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:
+    if query.locations is not None and index < len(query.locations):
+        return (*query.locations[index].loc, field_name)
+    return ("body", "providers")
+
+
+def _location_out(location: Location) -> dict[str, Any]:
+    if location.is_cloud:
+        return {"provider": location.provider, "region": location.region, "zone": location.zone}
+    return {"zone": location.zone}
+
+
+def _option_out(
+    *,
+    rank: int | None,
+    item: _Placed,
+    start: datetime,
+    end: datetime,
+    avg: float,
+    score: float | None,
+    carbon_source: str,
+    duration_hours: float,
+) -> dict[str, Any]:
+    price = item.price_usd_per_hour
+    return {
+        "rank": rank,
+        "location": _location_out(item.location),
+        "instance_type": item.offer.instance_type if item.offer else None,
+        "start": format_utc(start),
+        "end": format_utc(end),
+        "avg_carbon_intensity_g_per_kwh": round(avg, 3),
+        "energy_kwh": round(item.energy_kwh, 6),
+        "emissions_g": round(item.energy_kwh * avg, 3),
+        "power_watts": round(item.power.watts, 3),
+        "pue": item.power.pue,
+        "price_usd_per_hour": price,
+        "cost_usd": None if price is None else round(price * duration_hours, 6),
+        "score": None if score is None else round(score, 6),
+        "carbon_source": carbon_source,
+        "price_source": item.price_source,
+    }
+
+
+def _savings(best: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    if baseline is None:
+        return None
+    delta = baseline["emissions_g"] - best["emissions_g"]
+    pct = 100.0 * delta / baseline["emissions_g"] if baseline["emissions_g"] > 0 else None
+    cost = None
+    if best["cost_usd"] is not None and baseline["cost_usd"] is not None:
+        cost = round(baseline["cost_usd"] - best["cost_usd"], 6)
+    return {
+        "emissions_g": round(delta, 3),
+        "emissions_pct": None if pct is None else round(pct, 2),
+        "cost_usd": cost,
+    }
+
+
+def _objective_out(objective: Objective) -> dict[str, Any]:
+    out: dict[str, Any] = {"mode": objective.mode.value}
+    if objective.mode is ObjectiveMode.BALANCED:
+        out["carbon_weight"] = objective.carbon_weight
+    elif objective.mode is ObjectiveMode.CARBON_WITHIN_BUDGET:
+        out["max_cost_increase_pct"] = objective.max_cost_increase_pct
+    elif objective.mode is ObjectiveMode.MONETIZED:
+        out["carbon_price_usd_per_tonne"] = objective.carbon_price_usd_per_tonne
+    return out
+
+
+def _energy_model_out(power: PowerEstimate) -> dict[str, Any]:
+    return {
+        "name": power.model,
+        "source": power.source,
+        "watts": round(power.watts, 3),
+        "pue": power.pue,
+        "utilization_pct": round(power.utilization * 100, 1),
+        "cpu_watts": round(power.cpu_watts, 3),
+        "memory_watts": round(power.memory_watts, 3),
+        "gpu_watts": round(power.gpu_watts, 3),
+        "gpu_model": power.gpu_model,
+    }
+
+
+__all__ = ["CandidateGrid", "LocationQuery", "OptimizeQuery", "OptimizerService", "utc_now"]
