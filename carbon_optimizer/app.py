@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,51 +54,66 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+@asynccontextmanager
+async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> AsyncIterator[AppState]:
+    """Build every per-process component (clients, caches, data stacks, service); close in reverse.
+
+    Used by the app lifespan (once per worker) and by the CLI's in-process `plan`, so both run the
+    very same stack.
+    """
+    overrides = overrides or AppOverrides()
+    async with AsyncExitStack() as stack:
+        started = time.monotonic()
+        http = await stack.enter_async_context(_http_client(settings))
+        catalog = load_region_catalog()
+        offline = OfflineCarbonProvider()
+        bundled = BundledPriceProvider()
+        carbon: CarbonIntensityProvider = overrides.carbon or offline
+        prices: PriceProvider = overrides.prices or bundled
+        health_reporters: dict[str, Callable[[], dict[str, Any]]] = {}
+        readiness: list[Callable[[], Awaitable[bool]]] = []
+        _ = http  # handed to the live data stacks when they are configured
+
+        service = OptimizerService(
+            catalog=catalog,
+            carbon=carbon,
+            prices=prices,
+            fallback_carbon=offline,
+            fallback_prices=bundled,
+            max_window=timedelta(days=settings.max_window_days),
+            onprem_pue=settings.onprem_pue,
+            clock=overrides.clock or utc_now,
+        )
+        state = AppState(
+            settings=settings,
+            service=service,
+            catalog=catalog,
+            bundled_prices=bundled,
+            started_at=started,
+            health_reporters=health_reporters,
+            readiness_checks=readiness,
+        )
+        health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
+        health_reporters.setdefault("prices", lambda: {"status": "embedded", "source": "bundled"})
+        health_reporters.setdefault("cache", lambda: {"status": "embedded", "backend": "memory"})
+        # Warm the bundled data now so the first request and /readyz see it loaded.
+        now = service.clock()
+        await offline.series("DE", now, now + timedelta(hours=1))
+        await bundled.offers("aws", "us-east-1", PriceType.ON_DEMAND)
+        state.ready = True
+        log.info("carbon-optimizer ready in %.2f s", time.monotonic() - started)
+        try:
+            yield state
+        finally:
+            state.ready = False
+
+
 def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            started = time.monotonic()
-            http = await stack.enter_async_context(_http_client(settings))
-            catalog = load_region_catalog()
-            offline = OfflineCarbonProvider()
-            bundled = BundledPriceProvider()
-            carbon: CarbonIntensityProvider = overrides.carbon or offline
-            prices: PriceProvider = overrides.prices or bundled
-            health_reporters: dict[str, Callable[[], dict[str, Any]]] = {}
-            readiness: list[Any] = []
-            _ = http  # handed to the live data stacks when they are configured
-
-            service = OptimizerService(
-                catalog=catalog,
-                carbon=carbon,
-                prices=prices,
-                fallback_carbon=offline,
-                fallback_prices=bundled,
-                max_window=timedelta(days=settings.max_window_days),
-                onprem_pue=settings.onprem_pue,
-                clock=overrides.clock or utc_now,
-            )
-            state = AppState(
-                settings=settings,
-                service=service,
-                catalog=catalog,
-                bundled_prices=bundled,
-                started_at=started,
-                health_reporters=health_reporters,
-                readiness_checks=readiness,
-            )
-            health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
-            health_reporters.setdefault("prices", lambda: {"status": "embedded", "source": "bundled"})
-            health_reporters.setdefault("cache", lambda: {"status": "embedded", "backend": "memory"})
-            # Warm the bundled data now so the first request and /readyz see it loaded.
-            await offline.series("DE", service.clock(), service.clock() + timedelta(hours=1))
-            await bundled.offers("aws", "us-east-1", PriceType.ON_DEMAND)
+        async with runtime(settings, overrides) as state:
             app.state.co = state
-            state.ready = True
-            log.info("carbon-optimizer ready in %.2f s", time.monotonic() - started)
             yield
-            state.ready = False
 
     return lifespan
 
