@@ -1,0 +1,354 @@
+"""The `carbon-optimizer` command: thin parse → call → print.
+
+- `serve`: uvicorn with the app factory (gunicorn.conf.py is the production entry point).
+- `plan`: the same optimisation as POST /v1/optimize, in-process through the very same runtime as
+  the server (or against `--server URL`), printed as a table or as the API's JSON with `--json`.
+Exit codes: 0 success, 2 bad input (argument, validation or nothing feasible), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import httpx
+from pydantic import ValidationError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*$"
+)
+
+
+class _BadInputError(Exception):
+    """A command-line value that cannot be turned into a request."""
+
+
+def parse_minutes(text: str) -> int:
+    """'180', '3h', '1h30m', '2d' → whole minutes."""
+    stripped = text.strip()
+    if stripped.isdigit():
+        return int(stripped)
+    match = _DURATION.match(stripped.lower())
+    if not match or not any(match.groups()):
+        raise _BadInputError(f"cannot read duration {text!r} (use minutes or e.g. 3h, 1h30m, 2d)")
+    days, hours, minutes = (float(g) if g else 0.0 for g in match.groups())
+    return round(days * 1440 + hours * 60 + minutes)
+
+
+def _location(text: str) -> dict[str, Any]:
+    """'aws:us-east-1', 'gcp:europe-west1@0.40' or 'zone:DE@0.35' / 'DE' → a location object."""
+    price: float | None = None
+    if "@" in text:
+        text, raw_price = text.rsplit("@", 1)
+        try:
+            price = float(raw_price)
+        except ValueError as exc:
+            raise _BadInputError(f"bad price in location {text!r}: {raw_price!r}") from exc
+    if ":" in text:
+        kind, name = text.split(":", 1)
+        loc: dict[str, Any] = {"zone": name} if kind == "zone" else {"provider": kind, "region": name}
+    else:
+        loc = {"zone": text}
+    if price is not None:
+        loc["price_usd_per_hour"] = price
+    return loc
+
+
+def _gpu(text: str) -> dict[str, Any]:
+    """'A100-80GB', '2xH100' or '2' → a gpu object."""
+    match = re.match(r"^(\d+)\s*x\s*(.+)$", text.strip(), re.IGNORECASE)
+    if match:
+        return {"count": int(match.group(1)), "model": match.group(2).strip()}
+    if text.strip().isdigit():
+        return {"count": int(text.strip())}
+    return {"count": 1, "model": text.strip()}
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn `plan` arguments into an OptimizeRequest body (or read it from --request)."""
+    if args.request:
+        with open(args.request, encoding="utf-8") as handle:
+            loaded: dict[str, Any] = json.load(handle)
+        return loaded
+    workload: dict[str, Any] = {
+        "duration_minutes": parse_minutes(args.duration),
+        "vcpus": args.vcpus,
+        "memory_gib": args.memory,
+    }
+    if args.gpu:
+        workload["gpu"] = _gpu(args.gpu)
+    if args.power_watts is not None:
+        workload["power_watts"] = args.power_watts
+    if args.instance_type:
+        pinned = {}
+        for item in args.instance_type:
+            if "=" not in item:
+                raise _BadInputError(f"--instance-type wants provider=type, got {item!r}")
+            provider, name = item.split("=", 1)
+            pinned[provider] = name
+        workload["instance_types"] = pinned
+    if args.spot:
+        workload["price_type"] = "spot"
+    body: dict[str, Any] = {"workload": workload}
+    locations = [_location(x) for x in args.location or []]
+    if locations:
+        body["locations"] = locations
+    if args.providers:
+        body["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    window: dict[str, Any] = {}
+    if args.earliest:
+        window["earliest_start"] = args.earliest
+    if args.deadline:
+        window["deadline"] = args.deadline
+    if window:
+        body["window"] = window
+    objective: dict[str, Any] = {"mode": args.mode}
+    if args.carbon_weight is not None:
+        objective["carbon_weight"] = args.carbon_weight
+    if args.max_cost_increase_pct is not None:
+        objective["max_cost_increase_pct"] = args.max_cost_increase_pct
+    if args.carbon_price is not None:
+        objective["carbon_price_usd_per_tonne"] = args.carbon_price
+    body["objective"] = objective
+    body["time_step_minutes"] = args.step
+    body["max_results"] = args.top
+    return body
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _where(option: dict[str, Any]) -> str:
+    loc = option["location"]
+    if loc.get("provider"):
+        return f"{loc['provider']}/{loc['region']} ({loc['zone']})"
+    return f"zone {loc['zone']}"
+
+
+def render_table(result: dict[str, Any], out: TextIO) -> None:
+    """Human-readable summary of an optimisation answer."""
+    headers = [
+        "#",
+        "location",
+        "instance",
+        "start (UTC)",
+        "gCO2e/kWh",
+        "kWh",
+        "gCO2e",
+        "USD",
+        "score",
+        "carbon data",
+    ]
+    rows = [
+        [
+            _fmt(o["rank"]),
+            _where(o),
+            _fmt(o["instance_type"]),
+            o["start"].replace("T", " ").rstrip("Z"),
+            _fmt(o["avg_carbon_intensity_g_per_kwh"], 1),
+            _fmt(o["energy_kwh"], 4),
+            _fmt(o["emissions_g"], 1),
+            _fmt(o["cost_usd"], 4),
+            _fmt(o["score"], 4),
+            o["carbon_source"],
+        ]
+        for o in result["options"]
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    baseline, savings = result.get("baseline"), result.get("savings")
+    if baseline and savings:
+        pct = savings.get("emissions_pct")
+        out.write(
+            f"\nvs baseline {_where(baseline)} at {baseline['start']}: "
+            f"saves {_fmt(savings['emissions_g'], 1)} gCO2e"
+            + (f" ({pct:.1f} %)" if pct is not None else "")
+            + (
+                f", cost difference {savings['cost_usd']:+.4f} USD"
+                if savings.get("cost_usd") is not None
+                else ""
+            )
+            + "\n"
+        )
+    model = result["energy_model"]
+    out.write(
+        f"energy model: {model['name']}: {model['watts']:.1f} W x PUE {model['pue']} "
+        f"({result['candidates_evaluated']} candidates evaluated)\n"
+    )
+    for item in result.get("infeasible", []):
+        loc = item["location"]
+        where = f"{loc.get('provider')}/{loc.get('region')}" if loc.get("provider") else f"zone {loc['zone']}"
+        out.write(f"infeasible: {where}: {item['reason']}\n")
+    for warning in result.get("warnings", []):
+        out.write(f"warning: {warning}\n")
+
+
+def _print_problem(problem: dict[str, Any], err: TextIO) -> None:
+    err.write(f"error: {problem.get('detail') or problem.get('title')}\n")
+    for item in problem.get("errors") or []:
+        where = ".".join(str(p) for p in item.get("loc", []))
+        err.write(f"  {where}: {item.get('msg')}\n")
+    for item in problem.get("infeasible") or []:
+        err.write(f"  {item.get('location')}: {item.get('reason')}\n")
+
+
+async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Run the optimisation through the same runtime the server uses; return (status, body)."""
+    from carbon_optimizer.api.convert import to_query
+    from carbon_optimizer.api.schemas import OptimizeRequest
+    from carbon_optimizer.app import runtime
+    from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
+    from carbon_optimizer.settings import Settings
+
+    try:
+        request = OptimizeRequest.model_validate(body)
+    except ValidationError as exc:
+        errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
+        return 422, {"detail": "Request validation failed", "errors": errors}
+    async with runtime(Settings()) as state:
+        try:
+            return 200, await state.service.optimize(to_query(request, "cli"))
+        except InvalidInput as exc:
+            return 422, {"detail": exc.message, "errors": [{"loc": list(exc.loc), "msg": exc.message}]}
+        except NothingFeasible as exc:
+            infeasible = [{"location": k, "reason": r} for k, r in exc.infeasible]
+            return 422, {"detail": exc.message, "infeasible": infeasible}
+        except DataUnavailable as exc:
+            return 503, {"detail": exc.message}
+
+
+def _plan_remote(body: dict[str, Any], server: str, api_key: str | None) -> tuple[int, dict[str, Any]]:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.post(server.rstrip("/") + "/v1/optimize", json=body, headers=headers, timeout=30.0)
+    try:
+        payload: dict[str, Any] = response.json()
+    except ValueError:
+        payload = {"detail": f"HTTP {response.status_code} with a non-JSON body"}
+    return response.status_code, payload
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`carbon-optimizer plan`."""
+    try:
+        body = build_request(args)
+    except (_BadInputError, OSError, json.JSONDecodeError) as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_BAD_INPUT
+    try:
+        if args.server:
+            status, result = _plan_remote(body, args.server, args.api_key)
+        else:
+            status, result = asyncio.run(_plan_in_process(body))
+    except httpx.HTTPError as exc:
+        err.write(f"error: cannot reach {args.server}: {type(exc).__name__}\n")
+        return EXIT_ERROR
+    if status != 200:
+        _print_problem(result, err)
+        return EXIT_BAD_INPUT if 400 <= status < 500 else EXIT_ERROR
+    if args.json:
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render_table(result, out)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`carbon-optimizer serve`: uvicorn with the app factory."""
+    import uvicorn
+
+    from carbon_optimizer.settings import Settings
+
+    settings = Settings()
+    uvicorn.run(
+        "carbon_optimizer.app:create_app",
+        factory=True,
+        host=args.host or settings.server.host,
+        port=args.port or settings.server.port,
+        workers=args.workers,
+        log_level=args.log_level or settings.server.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and for extra subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog="carbon-optimizer", description="Carbon- and price-aware workload placement."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", default=None, help="bind address (default from settings: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default from settings: 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (production: gunicorn)"
+    )
+    serve.add_argument("--log-level", default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    plan = sub.add_parser("plan", help="rank placements for one workload (same as POST /v1/optimize)")
+    plan.add_argument("--duration", default="60", help="run length: minutes or 3h, 1h30m, 2d (default 60)")
+    plan.add_argument("--vcpus", type=int, default=2)
+    plan.add_argument("--memory", type=float, default=4.0, help="GiB")
+    plan.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
+    plan.add_argument("--power-watts", type=float, help="average IT power draw (overrides the energy model)")
+    plan.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
+    plan.add_argument("--spot", action="store_true", help="use spot prices")
+    plan.add_argument(
+        "--location", "-l", action="append", help="aws:us-east-1, gcp:europe-west1, zone:DE@0.35 (repeatable)"
+    )
+    plan.add_argument("--providers", help="every catalogued region of these providers, e.g. aws,gcp")
+    plan.add_argument("--earliest", help="RFC 3339 earliest start (default now)")
+    plan.add_argument("--deadline", help="RFC 3339 latest end (default earliest + 24 h)")
+    plan.add_argument(
+        "--mode",
+        default="balanced",
+        choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
+    )
+    plan.add_argument("--carbon-weight", type=float)
+    plan.add_argument("--max-cost-increase-pct", type=float)
+    plan.add_argument("--carbon-price", type=float, help="USD per tonne CO2e (mode monetized)")
+    plan.add_argument(
+        "--step", type=int, default=60, choices=[5, 15, 30, 60], help="start-time step, minutes"
+    )
+    plan.add_argument("--top", type=int, default=5, help="how many options")
+    plan.add_argument("--request", help="read the whole request body from this JSON file instead")
+    plan.add_argument("--server", help="ask a running server instead of computing in-process")
+    plan.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
+    plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    plan.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Entry point of the `carbon-optimizer` console script."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    if getattr(args, "api_key", None) is None and args.command == "plan":
+        import os
+
+        args.api_key = os.environ.get("CARBON_OPTIMIZER_CLIENT_API_KEY")
+    code: int = args.func(args, out, err)
+    return code
