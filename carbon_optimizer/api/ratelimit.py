@@ -1,0 +1,238 @@
+"""Per-client rate limiting with slowapi, shared through Redis, degrading to memory when Redis dies.
+
+Why it looks like this:
+- The `Limiter` is built by `install_rate_limit` (called from the app factory), never at import:
+  each gunicorn worker builds its own after the fork, and tests build apps with their own limits.
+- Counters live in Redis (`storage_uri` = `CARBON_OPTIMIZER_REDIS__URL`) so every worker and every
+  replica shares one count per client. Without a Redis URL the count is per process (logged).
+- One application-wide limit (`CARBON_OPTIMIZER_RATE_LIMIT`, limits syntax such as `600/minute`)
+  per client across all routes, fixed window (one Redis round trip per request). The client is the
+  API key's non-secret client id when a *valid* key is presented (an invalid key must not buy a
+  fresh bucket), else the client IP. `X-Forwarded-For` is honoured only when the direct peer is in
+  `CARBON_OPTIMIZER_TRUSTED_PROXIES` (IPs or CIDRs), walking the chain from the right.
+- A refused request is a 429 problem+json with `Retry-After` (seconds) and `X-RateLimit-*`.
+- Redis down: slowapi's `in_memory_fallback_enabled` switches to a per-process memory counter and
+  re-probes Redis with back-off (1 s … 32 s). The Redis client gets short timeouts and no retries,
+  because slowapi calls the synchronous `limits` storage on the event loop: a hung Redis must
+  cost at most one short timeout, not seconds. Probes (`/healthz`, `/readyz`, `/metrics`) are
+  never limited.
+- Pure-ASGI middleware instead of slowapi's `BaseHTTPMiddleware` variant (hot path; see
+  docs/architecture.md); it calls the limiter's request check the way slowapi's own ASGI
+  middleware does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Final
+
+from fastapi import FastAPI
+from limits import parse_many
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from slowapi import Limiter
+from slowapi.errors import RateLimitExceeded
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from carbon_optimizer.api.security import PROBE_PATHS, ApiKeyStore, insert_middleware, send_problem
+from carbon_optimizer.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_RATE_KEY: Final = "rate_limit_key"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """The set of proxy addresses/networks whose `X-Forwarded-For` we believe."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks: list[IPNetwork] = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                logger.warning("Ignoring invalid trusted proxy entry %r", entry)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, host: str) -> bool:
+        """True if `host` (an IP literal) is a trusted proxy."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+def client_ip(scope: Scope, trusted: TrustedProxies) -> str:
+    """The caller's IP: the direct peer, or the right-most untrusted `X-Forwarded-For` hop."""
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    if not trusted or not trusted.contains(peer):
+        return peer
+    hops: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":
+            hops.extend(h.strip() for h in value.decode("latin-1").split(","))
+    hops = [h for h in hops if h]
+    # Right to left: each trusted proxy appended the address it saw; the first one we don't
+    # trust is the client (anything left of it may be forged by that client).
+    for hop in reversed(hops):
+        if not trusted.contains(hop):
+            return _normalise_ip(hop)
+    return _normalise_ip(hops[0]) if hops else peer
+
+
+def _normalise_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text[:64]  # not an IP (e.g. "unknown"): keep it bounded, it is only a bucket name
+
+
+def _rate_key(request: Request) -> str:
+    """Key function for slowapi: the key the middleware computed for this request."""
+    state = request.scope.get("state")
+    if isinstance(state, MutableMapping):
+        key = state.get(_RATE_KEY)
+        if isinstance(key, str):
+            return key
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """A slowapi Limiter over Redis (or memory) with the in-memory fallback enabled."""
+    storage_uri = "memory://"
+    storage_options: dict[str, Any] = {}
+    if settings.redis.url is not None:
+        storage_uri = settings.redis.url.get_secret_value()
+        storage_options = {
+            "socket_connect_timeout": settings.redis.connect_timeout_s,
+            "socket_timeout": settings.redis.socket_timeout_s,
+            # No retry/backoff: the check runs synchronously on the event loop.
+            "retry": Retry(NoBackoff(), 0),
+        }
+    return Limiter(
+        key_func=_rate_key,
+        application_limits=[settings.rate_limit],
+        strategy="fixed-window",
+        storage_uri=storage_uri,
+        storage_options=storage_options,
+        in_memory_fallback_enabled=True,
+        headers_enabled=False,  # headers on success would cost a second Redis call per request
+        key_prefix=f"{settings.redis.key_prefix}:rl",
+        enabled=settings.rate_limit_enabled,
+    )
+
+
+class RateLimitMiddleware:
+    """Pure-ASGI slowapi check: 429 problem+json with `Retry-After` when a client is over its limit."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: Limiter,
+        trusted_proxies: TrustedProxies,
+        key_store: ApiKeyStore | None = None,
+        exempt_paths: Iterable[str] = PROBE_PATHS,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.trusted = trusted_proxies
+        self.key_store = key_store
+        self.exempt_paths = frozenset(exempt_paths)
+
+    def _key(self, scope: Scope) -> str:
+        if self.key_store is not None and self.key_store.enabled:
+            client_id, _ = self.key_store.resolve(scope)
+            if client_id is not None:
+                return "key:" + client_id
+        return "ip:" + client_ip(scope, self.trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if (
+            scope["type"] != "http"
+            or not self.limiter.enabled
+            or scope["path"] in self.exempt_paths
+            or scope["method"] == "OPTIONS"  # CORS preflights are answered outside; never count them
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state")
+        if not isinstance(state, MutableMapping):
+            state = {}
+            scope["state"] = state
+        state[_RATE_KEY] = self._key(scope)
+        request = Request(scope, receive)
+        try:
+            # Same call slowapi's own middlewares make; in_middleware=True applies application limits.
+            self.limiter._check_request_limit(request, None, True)
+        except RateLimitExceeded as exc:
+            await self._too_many(request, exc, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _too_many(self, request: Request, exc: RateLimitExceeded, send: Send) -> None:
+        retry_after = 1
+        limit_amount = ""
+        current = getattr(request.state, "view_rate_limit", None)
+        if current is not None:
+            item, args = current
+            limit_amount = str(item.amount)
+            try:
+                reset_at, _remaining = self.limiter.limiter.get_window_stats(item, *args)
+                retry_after = max(1, math.ceil(reset_at - time.time()))
+            except Exception:  # storage died between hit and stats: the 429 still stands
+                retry_after = int(item.get_expiry())
+        headers = [
+            (b"retry-after", str(retry_after).encode()),
+            (b"x-ratelimit-limit", limit_amount.encode()),
+            (b"x-ratelimit-remaining", b"0"),
+        ]
+        await send_problem(
+            send,
+            429,
+            "Too Many Requests",
+            f"Rate limit exceeded ({exc.detail}). Retry after {retry_after} s.",
+            headers,
+        )
+
+
+def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
+    """Build the limiter and install its middleware just outside API-key auth (if installed)."""
+    from carbon_optimizer.api.security import ApiKeyMiddleware
+
+    parse_many(settings.rate_limit)  # fail fast at start-up on a malformed limit string
+    limiter = build_limiter(settings)
+    app.state.limiter = limiter
+    store = getattr(app.state, "api_key_store", None)
+    if store is None:
+        store = ApiKeyStore.from_settings(settings)
+        app.state.api_key_store = store
+    insert_middleware(
+        app,
+        Middleware(
+            RateLimitMiddleware,
+            limiter=limiter,
+            trusted_proxies=TrustedProxies(settings.trusted_proxies),
+            key_store=store,
+        ),
+        outside_of=ApiKeyMiddleware,
+    )
+    if not settings.rate_limit_enabled:
+        logger.warning("Rate limiting is disabled (CARBON_OPTIMIZER_RATE_LIMIT_ENABLED=false)")
+    elif settings.redis.url is None:
+        logger.warning("No Redis URL: rate limits (%s) are counted per worker process", settings.rate_limit)
+    else:
+        logger.info("Rate limit %s per client, counted in Redis", settings.rate_limit)
+    return limiter

@@ -1,0 +1,314 @@
+"""API-key authentication, security headers, CORS and the docs switch, as pure-ASGI middleware.
+
+Why it looks like this:
+- Keys come from `CARBON_OPTIMIZER_API_KEYS` and are kept only as SHA-256 digests in memory; a
+  presented key is hashed and compared with `hmac.compare_digest` against *every* stored digest
+  (no early exit), so neither the comparison nor the number of keys leaks through timing.
+- Clients send `Authorization: Bearer <key>` or `X-API-Key: <key>`. A missing or wrong key is a
+  401 problem+json with `WWW-Authenticate: Bearer` (RFC 6750); the body never echoes the key.
+- Exempt from auth: `/healthz`, `/readyz` (kubelet probes carry no credentials) and `/metrics`
+  (scraped by Prometheus inside the cluster; the NetworkPolicy restricts who can reach it), plus
+  `/docs`, `/redoc` and `/openapi.json` while docs are enabled — they describe the API and hold
+  no data; production turns them off with `CARBON_OPTIMIZER_DOCS_ENABLED=false`.
+- Logs and rate limits need to tell callers apart without the key: `client_id` is a short,
+  domain-separated SHA-256 prefix of the key, stable across workers, replicas and restarts.
+- Pure ASGI rather than `BaseHTTPMiddleware`: no per-request task and body re-wrapping on the
+  hot path (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Iterable, MutableMapping
+from typing import Final
+
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from carbon_optimizer.logging_config import CLIENT_ID_STATE_KEY
+from carbon_optimizer.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+_CLIENT_ID_DOMAIN: Final = b"carbon-optimizer/client-id/v1:"
+_RESOLVED_KEY: Final = "_auth_resolved"
+_PRESENTED_KEY: Final = "_auth_presented"
+# Minimum length we consider a reasonable key; shorter ones work but are warned about at start.
+_WEAK_KEY_CHARS: Final = 20
+
+
+def client_id_for(key: str) -> str:
+    """Stable, non-secret id for an API key: 12 hex chars of a domain-separated SHA-256."""
+    return hashlib.sha256(_CLIENT_ID_DOMAIN + key.encode("utf-8")).hexdigest()[:12]
+
+
+def _presented_key(scope: Scope) -> str | None:
+    """The key the caller sent (Bearer token or X-API-Key), or None."""
+    bearer: str | None = None
+    api_key: str | None = None
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text = value.decode("latin-1").strip()
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer = token.strip()
+        elif name == b"x-api-key":
+            text = value.decode("latin-1").strip()
+            if text:
+                api_key = text
+    return bearer if bearer is not None else api_key
+
+
+class ApiKeyStore:
+    """The configured keys as SHA-256 digests, with constant-time lookup."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._entries: list[tuple[bytes, str]] = []
+        for key in keys:
+            if not key:
+                continue
+            digest = hashlib.sha256(key.encode("utf-8")).digest()
+            self._entries.append((digest, client_id_for(key)))
+            if len(key) < _WEAK_KEY_CHARS:
+                logger.warning(
+                    "API key %s is shorter than %d characters; use e.g. secrets.token_urlsafe(32)",
+                    client_id_for(key),
+                    _WEAK_KEY_CHARS,
+                )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeyStore:
+        """Build from `settings.api_keys` (the only place the plaintext keys are read)."""
+        return cls(k.get_secret_value() for k in settings.api_keys)
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one key is configured (otherwise the API is open)."""
+        return bool(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, presented: str) -> str | None:
+        """Client id of the matching key, or None. Compares against every key, always."""
+        digest = hashlib.sha256(presented.encode("utf-8")).digest()
+        match: str | None = None
+        for stored, client_id in self._entries:
+            # Non-short-circuiting: every digest is compared whatever matched before.
+            if hmac.compare_digest(stored, digest):
+                match = client_id
+        return match
+
+    def resolve(self, scope: Scope) -> tuple[str | None, bool]:
+        """(client id or None, whether a key was presented), memoised in the request scope.
+
+        The rate limiter (outer) and the auth check (inner) both need this; hashing once is enough.
+        """
+        state = _state(scope)
+        if _RESOLVED_KEY in state:
+            cached = state[CLIENT_ID_STATE_KEY]
+            return (cached if isinstance(cached, str) else None), bool(state[_PRESENTED_KEY])
+        presented = _presented_key(scope)
+        client_id = self.lookup(presented) if presented is not None and self._entries else None
+        state[_RESOLVED_KEY] = True
+        state[_PRESENTED_KEY] = presented is not None
+        state[CLIENT_ID_STATE_KEY] = client_id
+        return client_id, presented is not None
+
+
+def _state(scope: Scope) -> MutableMapping[str, object]:
+    state = scope.get("state")
+    if not isinstance(state, MutableMapping):
+        state = {}
+        scope["state"] = state
+    return state
+
+
+def problem_body(status: int, title: str, detail: str) -> bytes:
+    """RFC 9457 problem details as bytes (kept local so this layer has no app dependencies)."""
+    return json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+
+
+async def send_problem(
+    send: Send, status: int, title: str, detail: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a complete problem+json response on a raw ASGI channel."""
+    body = problem_body(status, title, detail)
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """Reject requests without a valid API key (401), except exempt paths and CORS preflights."""
+
+    def __init__(
+        self, app: ASGIApp, *, store: ApiKeyStore, exempt_paths: Iterable[str] = PROBE_PATHS
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.exempt_paths = frozenset(exempt_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http" or not self.store.enabled or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        client_id, presented = self.store.resolve(scope)
+        if client_id is not None:
+            await self.app(scope, receive, send)
+            return
+        if presented:
+            challenge = b'Bearer realm="carbon-optimizer", error="invalid_token"'
+            detail = "The API key is not valid."
+        else:
+            challenge = b'Bearer realm="carbon-optimizer"'
+            detail = "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+        await send_problem(send, 401, "Unauthorized", detail, [(b"www-authenticate", challenge)])
+
+
+# Headers for JSON API responses. The docs pages need scripts and styles from a CDN, so they get a
+# CSP that allows exactly that instead of `default-src 'none'`.
+_API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
+_DOCS_CSP: Final = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    b"img-src 'self' data: https://fastapi.tiangolo.com; "
+    b"frame-ancestors 'none'"
+)
+
+
+class SecurityHeadersMiddleware:
+    """Add conservative security headers to every HTTP response that lacks them."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool, docs_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        self.docs_paths = frozenset(p for p in docs_paths if p)
+        base: list[tuple[str, str]] = [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+            ("cross-origin-opener-policy", "same-origin"),
+            ("permissions-policy", "()"),
+        ]
+        if hsts:
+            # Only meaningful behind TLS (the Ingress terminates it); harmless otherwise.
+            base.append(("strict-transport-security", "max-age=31536000; includeSubDomains"))
+        self.base = base
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = _DOCS_CSP if scope["path"] in self.docs_paths else _API_CSP
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.base:
+                    if name not in headers:
+                        headers[name] = value
+                if "content-security-policy" not in headers:
+                    headers["content-security-policy"] = csp.decode()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def _docs_paths(app: FastAPI) -> list[str]:
+    return [
+        p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
+    ]
+
+
+def _disable_docs(app: FastAPI) -> None:
+    """Remove /docs, /redoc and /openapi.json routes that FastAPI added at construction."""
+    paths = set(_docs_paths(app))
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
+    app.openapi_url = None
+    app.docs_url = None
+    app.redoc_url = None
+    app.swagger_ui_oauth2_redirect_url = None
+
+
+def insert_middleware(
+    app: FastAPI,
+    middleware: Middleware,
+    *,
+    inside_of: type | None = None,
+    outside_of: type | None = None,
+) -> None:
+    """Add middleware directly inside/outside an installed one, else as the new outermost.
+
+    `app.add_middleware` makes the newest middleware the outermost. The auth check must sit inside
+    the rate limiter (so floods of bad keys are throttled) whichever installer the factory calls
+    first; this keeps that order without the factory having to know it.
+    """
+    stack = app.user_middleware  # index 0 = outermost
+    anchor = inside_of or outside_of
+    if anchor is not None:
+        for index, existing in enumerate(stack):
+            if existing.cls is anchor:  # type: ignore[comparison-overlap]
+                if app.middleware_stack is not None:
+                    raise RuntimeError("Cannot add middleware after an application has started")
+                stack.insert(index + 1 if inside_of is not None else index, middleware)
+                return
+    app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+
+
+def install_security(app: FastAPI, settings: Settings) -> ApiKeyStore:
+    """Install API-key auth, CORS and security headers; drop the docs routes when disabled.
+
+    Order, outermost first: security headers → CORS → [rate limit] → auth → app. CORS must wrap
+    auth so preflights (which carry no credentials) are answered, and 401/429 responses still get
+    CORS and security headers.
+    """
+    from carbon_optimizer.api.ratelimit import RateLimitMiddleware  # local: avoids an import cycle
+
+    store: ApiKeyStore | None = getattr(app.state, "api_key_store", None)
+    if store is None:
+        store = ApiKeyStore.from_settings(settings)
+        app.state.api_key_store = store
+    if not settings.docs_enabled:
+        _disable_docs(app)
+    docs_paths = _docs_paths(app)
+
+    exempt = set(PROBE_PATHS) | set(docs_paths)
+    insert_middleware(
+        app,
+        Middleware(ApiKeyMiddleware, store=store, exempt_paths=exempt),
+        inside_of=RateLimitMiddleware,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+            allow_credentials=False,  # keys travel in headers, never cookies
+            max_age=600,
+        )
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        hsts=settings.environment == "production",
+        docs_paths=docs_paths,
+    )
+    if not store.enabled:
+        logger.warning("No API keys configured (CARBON_OPTIMIZER_API_KEYS): the API is open to anyone")
+    else:
+        logger.info("API-key auth enabled for %d key(s)", len(store))
+    return store
