@@ -1,0 +1,188 @@
+"""HTTP benchmark: warm POST /v1/optimize under wrk vs a minimal-FastAPI floor, plus start-up and RSS.
+
+Run: `python bench/bench_http.py` (needs `wrk`: `apt-get install wrk`). One uvicorn worker each,
+same machine, same run, so the ratio is meaningful on a noisy 2-core VM. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+ZONES_20 = [
+    {"provider": "aws", "region": "us-east-1"},
+    {"provider": "aws", "region": "eu-west-1"},
+    {"provider": "aws", "region": "eu-central-1"},
+    {"provider": "aws", "region": "us-west-2"},
+    {"provider": "aws", "region": "ap-northeast-1"},
+    {"provider": "gcp", "region": "europe-west1"},
+    {"provider": "gcp", "region": "us-central1"},
+    {"provider": "gcp", "region": "europe-north1"},
+    {"provider": "gcp", "region": "asia-southeast1"},
+    {"provider": "gcp", "region": "us-west1"},
+    {"provider": "azure", "region": "eastus"},
+    {"provider": "azure", "region": "westeurope"},
+    {"provider": "azure", "region": "swedencentral"},
+    {"provider": "azure", "region": "uksouth"},
+    {"provider": "azure", "region": "francecentral"},
+    {"zone": "DE"},
+    {"zone": "FR"},
+    {"zone": "NO"},
+    {"zone": "US-CAL-CISO"},
+    {"zone": "GB"},
+]
+BODY = {
+    "workload": {"duration_minutes": 180, "vcpus": 8, "memory_gib": 32},
+    "locations": ZONES_20,
+    "objective": {"mode": "carbon"},
+    "time_step_minutes": 60,
+    "max_results": 5,
+}
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[{body}]]
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "JSON {{\\"rps\\": %f, \\"p50_ms\\": %f, \\"p99_ms\\": %f, \\"errors\\": %d, \\"non2xx\\": %d}}\\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(module_factory: str, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            module_factory,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    probe = "/readyz" if "carbon_optimizer" in module_factory else "/docs"
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=0.5).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{module_factory} exited")
+        time.sleep(0.02)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(url: str, connections: int, seconds: int, script: str) -> dict[str, float]:
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"^JSON (.*)$", out, re.MULTILINE)
+    assert match, out
+    result: dict[str, float] = json.loads(match.group(1))
+    return result
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="wrk runs per point; the median is reported")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    body = json.dumps(BODY)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(WRK_LUA.format(body=body))
+        script = handle.name
+
+    ours_port, floor_port = free_port(), free_port()
+    ours, ours_start = start("carbon_optimizer.app:create_app", ours_port, env)
+    floor, _ = start("bench.minimal_app:create_app", floor_port, env)
+    try:
+        ours_url = f"http://127.0.0.1:{ours_port}/v1/optimize"
+        floor_url = f"http://127.0.0.1:{floor_port}/v1/optimize"
+        check = httpx.post(ours_url, json=BODY, timeout=10)
+        assert check.status_code == 200, check.text
+        for _ in range(50):  # warm both
+            httpx.post(ours_url, json=BODY)
+            httpx.post(floor_url, json=BODY)
+        rss_idle = rss_mb(ours.pid)
+        print(f"start-up to ready (carbon-optimizer serve, 1 worker): {ours_start:.2f} s")
+        print(
+            f"request body: {len(body)} bytes, 20 locations, 24 h window, step 60, 3 h job, "
+            f"{check.json()['candidates_evaluated']} candidates"
+        )
+        print()
+        print(
+            f"{'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | {'ours p50':>8} | "
+            f"{'ours p99':>8} | {'floor p99':>9} | errors"
+        )
+        print("-" * 84)
+        for connections in (1, 16, 64):
+            runs_ours, runs_floor = [], []
+            for _ in range(args.repeat):
+                runs_ours.append(wrk(ours_url, connections, args.seconds, script))
+                runs_floor.append(wrk(floor_url, connections, args.seconds, script))
+            errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
+            rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
+            print(
+                f"{connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | {rps / floor_rps:>6.2f} | "
+                f"{_median(runs_ours, 'p50_ms'):>6.1f}ms | {_median(runs_ours, 'p99_ms'):>6.1f}ms | "
+                f"{_median(runs_floor, 'p99_ms'):>7.1f}ms | {errors}"
+            )
+        print()
+        after = rss_mb(ours.pid)
+        print(f"RSS of the serving process: {rss_idle:.0f} MB after warm-up, {after:.0f} MB after load")
+    finally:
+        for proc in (ours, floor):
+            proc.terminate()
+            proc.wait(timeout=10)
+        os.unlink(script)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Catalog, price, estimate, series and probe endpoints on the embedded default."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from carbon_optimizer.app import AppOverrides
+from tests.api.conftest import ClientFactory
+from tests.fakes import FailingCarbon, fixed_clock
+
+
+async def test_regions_catalog(client: httpx.AsyncClient) -> None:
+    data = (await client.get("/v1/regions")).json()
+    assert data["count"] == len(data["regions"]) > 100
+    by_key = {(r["provider"], r["region"]): r for r in data["regions"]}
+    assert by_key[("aws", "us-east-1")]["zone"] == "US-MIDA-PJM"
+    assert by_key[("gcp", "europe-west1")]["zone"] == "BE"
+    assert {r["provider"] for r in data["regions"]} <= {"aws", "azure", "gcp", "lambda"}
+    only_azure = (await client.get("/v1/regions", params={"provider": "azure"})).json()
+    assert {r["provider"] for r in only_azure["regions"]} == {"azure"}
+    bad = await client.get("/v1/regions", params={"provider": "ibm"})
+    assert bad.status_code == 422
+
+
+async def test_zone_series_replays_2023_for_hourly_zones(client: httpx.AsyncClient) -> None:
+    params = {"start": "2026-06-03T10:00:00Z", "end": "2026-06-03T16:00:00Z"}
+    data = (await client.get("/v1/zones/DE/carbon-intensity", params=params)).json()
+    assert data["zone"] == "DE"
+    assert data["sources"] == ["fallback:replay-2023"]
+    assert [p["datetime"][11:13] for p in data["points"]] == ["10", "11", "12", "13", "14", "15"]
+    assert all(p["carbon_intensity_g_per_kwh"] > 0 for p in data["points"])
+    annual = (await client.get("/v1/zones/PL/carbon-intensity", params=params)).json()
+    assert annual["sources"][0].startswith("fallback:annual-")
+    assert len({p["carbon_intensity_g_per_kwh"] for p in annual["points"]}) == 1
+
+
+async def test_zone_series_is_case_insensitive_on_the_key(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/zones/de/carbon-intensity")
+    assert response.status_code == 200
+    assert response.json()["zone"] == "DE"
+
+
+async def test_prices_listing_and_filters(client: httpx.AsyncClient) -> None:
+    data = (
+        await client.get(
+            "/v1/prices", params={"provider": "aws", "region": "us-east-1", "instance_type": "t3.large"}
+        )
+    ).json()
+    assert data["count"] == 1
+    row = data["prices"][0]
+    assert row["price_usd_per_hour"] == pytest.approx(0.0832)
+    assert row["source"] == "bundled:2026-07-20"
+    assert row["as_of"] == "2026-07-20"
+    limited = (await client.get("/v1/prices", params={"provider": "azure", "limit": 3})).json()
+    assert limited["count"] == 3
+    assert limited["truncated"] is True
+
+
+async def test_estimate_t3_large_for_8_hours(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/estimate",
+        json={"provider": "aws", "region": "us-east-1", "instance_type": "t3.large", "hours": 8},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["cost_usd"] == pytest.approx(0.6656)
+    assert data["price_source"] == "bundled:2026-07-20"
+    assert data["zone"] == "US-MIDA-PJM"
+    assert data["energy_kwh"] > 0
+    assert data["emissions_g"] == pytest.approx(
+        data["energy_kwh"] * data["avg_carbon_intensity_g_per_kwh"], rel=1e-3
+    )
+    unknown = await client.post(
+        "/v1/estimate",
+        json={"provider": "aws", "region": "us-east-1", "instance_type": "z9.huge", "hours": 1},
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["loc"] == ["body", "instance_type"]
+
+
+async def test_probes_and_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+    health = (await client.get("/health")).json()
+    assert health["status"] == "ok"
+    assert {"carbon", "prices", "cache"} <= set(health["components"])
+    assert health["version"]
+
+
+async def test_metrics_and_docs(client: httpx.AsyncClient) -> None:
+    await client.post(
+        "/v1/optimize",
+        json={
+            "workload": {"duration_minutes": 60, "vcpus": 2, "memory_gib": 4},
+            "locations": [{"zone": "FR"}],
+        },
+    )
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "http_requests_total" in metrics.text or "http_request_duration" in metrics.text
+    assert "carbon_optimizer_candidates_evaluated" in metrics.text
+    assert (await client.get("/docs")).status_code == 200
+    schema = (await client.get("/openapi.json")).json()
+    assert "/v1/optimize" in schema["paths"]
+
+
+async def test_docs_can_be_switched_off(client_factory: ClientFactory) -> None:
+    from carbon_optimizer.settings import Settings
+
+    async with client_factory(Settings(_env_file=None, docs_enabled=False)) as client:
+        assert (await client.get("/docs")).status_code == 404
+        assert (await client.get("/openapi.json")).status_code == 404
+
+
+async def test_estimate_survives_carbon_outage(client_factory: ClientFactory) -> None:
+    async with client_factory(overrides=AppOverrides(carbon=FailingCarbon(), clock=fixed_clock())) as client:
+        response = await client.post(
+            "/v1/estimate",
+            json={"provider": "gcp", "region": "europe-west1", "instance_type": "n2-standard-8", "hours": 2},
+        )
+    assert response.status_code == 200
+    assert response.json()["warnings"]

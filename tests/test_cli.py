@@ -1,0 +1,144 @@
+"""The `carbon-optimizer` command: plan in-process and against a real `serve`, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from carbon_optimizer.cli import main, parse_minutes
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"), [("180", 180), ("3h", 180), ("1h30m", 90), ("2d", 2880), ("45m", 45)]
+)
+def test_parse_minutes(text: str, minutes: int) -> None:
+    assert parse_minutes(text) == minutes
+
+
+def test_plan_prints_a_table() -> None:
+    code, out, err = run(
+        "plan",
+        "--duration",
+        "3h",
+        "--vcpus",
+        "8",
+        "--memory",
+        "32",
+        "-l",
+        "aws:us-east-1",
+        "-l",
+        "zone:FR@0.3",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["#", "location", "instance"]
+    assert "energy model:" in out
+    assert len([line for line in lines if line[:2].strip().isdigit()]) == 5
+
+
+def test_plan_json_matches_the_api_shape() -> None:
+    code, out, err = run(
+        "plan",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4",
+        "-l",
+        "gcp:europe-west1",
+        "--mode",
+        "carbon",
+        "--json",
+        "--top",
+        "3",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert len(data["options"]) == 3
+    assert data["best"]["location"]["region"] == "europe-west1"
+    assert data["best"]["carbon_source"] == "fallback:annual-2025"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "--vcpus", "0", "-l", "DE"],
+        ["plan", "-l", "NOPE-ZONE"],
+        ["plan", "--duration", "forever", "-l", "DE"],
+        ["plan", "-l", "aws:mars-1"],
+        ["plan", "--step", "7", "-l", "DE"],
+        ["plan", "--mode", "cost", "-l", "DE"],
+        ["nonsense"],
+    ],
+)
+def test_bad_input_exits_2(argv: list[str]) -> None:
+    code, out, err = run(*argv)
+    assert code == 2
+    assert out == ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "carbon_optimizer", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("server did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_answers_and_plan_can_use_it(server: str) -> None:
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+    code, out, err = run(
+        "plan", "--server", server, "-l", "zone:DE", "-l", "zone:FR", "--mode", "carbon", "--json"
+    )
+    assert code == 0, err
+    remote = json.loads(out)
+    code, out, err = run("plan", "-l", "zone:DE", "-l", "zone:FR", "--mode", "carbon", "--json")
+    local = json.loads(out)
+    assert remote["best"]["location"] == local["best"]["location"]
+    code, out, err = run("plan", "--server", server, "-l", "zone:NOPE")
+    assert code == 2
+    assert "NOPE" in err
+
+
+def test_unreachable_server_exits_1() -> None:
+    code, out, err = run("plan", "--server", f"http://127.0.0.1:{_free_port()}", "-l", "DE")
+    assert code == 1
