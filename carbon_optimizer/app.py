@@ -23,9 +23,12 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from carbon_optimizer import __version__
 from carbon_optimizer.api.errors import install_error_handlers
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
+from carbon_optimizer.api.ratelimit import install_rate_limit
 from carbon_optimizer.api.routes import catalog, health, optimize
+from carbon_optimizer.api.security import PROBE_PATHS, install_security
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.bundled import load_region_catalog
 from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
@@ -139,8 +142,14 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
+    # Resulting order, outermost first: access log → request edge → metrics → security headers →
+    # CORS → rate limit → API-key auth → routes (see api/security.py).
+    install_security(app, settings)
+    install_rate_limit(app, settings)
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
     app.add_middleware(RequestEdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS)
     return app
