@@ -34,6 +34,12 @@ class ElectricityMapsSettings(BaseModel):
     def _split_zones(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("forecast_horizon_hours", mode="before")
+    @classmethod
+    def _horizon_from_env(cls, value: object) -> object:
+        # Env values arrive as strings and Literal[int] does not coerce "72" to 72.
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
 
 class RedisSettings(BaseModel):
     """Shared Redis (cache, single-flight locks, rate-limit counters). No URL → in-process only."""
