@@ -47,3 +47,10 @@ OPTIMIZE_CANDIDATES = Histogram(
     "Number of (location, start) candidates scored per optimisation",
     buckets=(10, 100, 1_000, 10_000, 100_000, 1_000_000),
 )
+PRICE_DATA_FETCHED = Gauge(
+    "carbon_optimizer_price_data_fetched_timestamp_seconds",
+    "Unix time at which the newest live or cached price table per provider was fetched from its API "
+    "(absent until one was; alert on time() minus this)",
+    ["provider"],
+    multiprocess_mode="max",
+)

@@ -84,6 +84,12 @@ class PricingSettings(BaseModel):
     spot_ttl_s: int = Field(default=3600, gt=0)
     request_timeout_s: float = Field(default=10.0, gt=0)
     file_cache_dir: str | None = None  # embedded-mode cache for `prices refresh`; default: user cache dir
+    # How long a request waits for a lazy live refresh before answering from older data.
+    live_wait_s: float = Field(default=3.0, ge=0)
+    # After a failed live call, skip that provider's API for this long (outages add no latency).
+    failure_cooldown_s: float = Field(default=300.0, ge=0)
+    # Cached live prices are kept (as stale fallback) this long past their TTL.
+    cache_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
 
 
 class ServerSettings(BaseModel):
