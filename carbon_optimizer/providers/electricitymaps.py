@@ -1,0 +1,510 @@
+"""Electricity Maps adapter: the only module that knows the API's wire format and status codes.
+
+It turns `carbon-intensity/{forecast,history,latest,past-range}` responses into `CarbonSeries`
+on an hourly lattice (NaN where a row is missing or null; the layered provider fills those) and
+turns every failure into the domain error tree, so nothing above sees httpx:
+
+| upstream answer                                   | raised                                        |
+|---------------------------------------------------|-----------------------------------------------|
+| 401 `Invalid auth-token`, 403 (WAF text)          | `ProviderAuthError`                           |
+| 401 `Request unauthorized for zoneKey=…` (plan)   | `ProviderNotEntitled`                         |
+| 404 `No recent data for zone …`, 400, empty list  | `NoDataForZone`                               |
+| 429 (after retries, honouring `Retry-After`)      | `ProviderRateLimited`                         |
+| 5xx, timeout, connection error, circuit open      | `ProviderUnavailable`                         |
+| 2xx with a body we cannot read                    | `MalformedUpstreamResponse`                   |
+
+Why the shape: the notes (`research-notes/electricitymaps-api.md`) show v3 and v4 differ in
+envelopes (`history` vs `data`) and optional row fields, so parsing accepts both and requires only
+`datetime`. One logical fetch (retries included) stays inside `request_deadline_s`, and a per-upstream
+circuit breaker makes an established outage cost nothing. The token travels only in the
+`auth-token` header; it never appears in a message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+import numpy as np
+
+from carbon_optimizer.domain.models import CarbonSeries, SourceRun
+from carbon_optimizer.errors import (
+    MalformedUpstreamResponse,
+    NoDataForZone,
+    ProviderAuthError,
+    ProviderError,
+    ProviderNotEntitled,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    UnknownZone,
+)
+from carbon_optimizer.metrics import UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from carbon_optimizer.resilience import (
+    CircuitBreaker,
+    Deadline,
+    RetryPolicy,
+    Sleep,
+    call_with_retries,
+    parse_retry_after,
+)
+from carbon_optimizer.settings import CacheSettings, ElectricityMapsSettings
+
+log = logging.getLogger(__name__)
+
+UPSTREAM = "electricitymaps"
+HOUR = timedelta(hours=1)
+# `/past-range` accepts at most 10 days at hourly granularity (notes §3.4).
+PAST_RANGE_MAX = timedelta(days=10)
+_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_GRANULARITY = {"hourly": HOUR, "15_minutes": timedelta(minutes=15), "5_minutes": timedelta(minutes=5)}
+_MAX_ERROR_TEXT = 200
+
+
+class SeriesKind(StrEnum):
+    """The carbon-intensity endpoints the service uses; also the cache's key kinds."""
+
+    FORECAST = "forecast"
+    HISTORY = "history"
+    LATEST = "latest"
+    PAST_RANGE = "past-range"
+
+    @property
+    def label(self) -> str:
+        """Source label of data from this endpoint (past-range is measured history too)."""
+        kind = "history" if self is SeriesKind.PAST_RANGE else self.value
+        return f"{UPSTREAM}:{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRequest:
+    """One cacheable question to the upstream. `start`/`end` are used by past-range only."""
+
+    kind: SeriesKind
+    zone: str
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A series plus its provenance: when we got it, when upstream issued it, whether it is stale."""
+
+    series: CarbonSeries
+    fetched_at: datetime
+    issued_at: datetime | None = None  # upstream `updatedAt` when given
+    stale: bool = False
+    error: str | None = None  # why a stale value was served
+
+
+@runtime_checkable
+class SeriesSource(Protocol):
+    """Fetches raw per-endpoint series (the adapter, and the cache that wraps it)."""
+
+    name: str
+
+    async def fetch(self, request: SeriesRequest) -> Fetched:
+        """Return the series for `request` or raise a `ProviderError` subclass."""
+        ...
+
+
+def validate_zone(zone: str) -> str:
+    """Return `zone` if it is a plausible zone key (safe in URLs and cache keys), else UnknownZone."""
+    if not _ZONE_RE.match(zone):
+        raise UnknownZone(f"invalid zone key {zone[:64]!r}", loc=("zone",))
+    return zone
+
+
+@dataclass
+class SourceStatus:
+    """Last outcomes of one upstream, for /health (messages never contain secrets)."""
+
+    last_success: datetime | None = None
+    last_failure: datetime | None = None
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able view."""
+        return {
+            "last_success": _iso(self.last_success),
+            "last_failure": _iso(self.last_failure),
+            "last_error": self.last_error,
+        }
+
+
+class ElectricityMapsProvider:
+    """Async Electricity Maps client (v3 paths, v4-tolerant parsing); satisfies `SeriesSource`."""
+
+    name = UPSTREAM
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        settings: ElectricityMapsSettings,
+        *,
+        breaker: CircuitBreaker | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if settings.api_key is None:
+            raise ValueError("ElectricityMapsProvider needs an API key (settings.electricitymaps.api_key)")
+        self._http = http
+        self._settings = settings
+        self._base_url = settings.base_url.rstrip("/")
+        self._token = settings.api_key
+        defaults = CacheSettings()
+        self.breaker = breaker or CircuitBreaker(
+            UPSTREAM,
+            failure_threshold=defaults.breaker_failure_threshold,
+            reset_s=defaults.breaker_reset_s,
+            clock=monotonic,
+        )
+        self._policy = RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s)
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rng = rng
+        self.status = SourceStatus()
+
+    def __repr__(self) -> str:
+        return f"ElectricityMapsProvider(base_url={self._base_url!r}, breaker={self.breaker.state.value})"
+
+    # ----- public endpoints -----
+
+    async def fetch(self, request: SeriesRequest) -> Fetched:
+        """Dispatch a `SeriesRequest` to its endpoint."""
+        if request.kind is SeriesKind.FORECAST:
+            return await self.forecast(request.zone)
+        if request.kind is SeriesKind.HISTORY:
+            return await self.history(request.zone)
+        if request.kind is SeriesKind.LATEST:
+            return await self.latest(request.zone)
+        if request.start is None or request.end is None:
+            raise ValueError("past-range requests need start and end")
+        return await self.past_range(request.zone, request.start, request.end)
+
+    async def forecast(self, zone: str, horizon_hours: int | None = None) -> Fetched:
+        """`GET /carbon-intensity/forecast` (horizon 6/24/48/72 h, default from settings)."""
+        horizon = horizon_hours or self._settings.forecast_horizon_hours
+        payload = await self._get_json(
+            "forecast", "/carbon-intensity/forecast", {"zone": validate_zone(zone), "horizonHours": horizon}
+        )
+        rows = _rows(payload, ("forecast", "data"), "forecast")
+        return self._fetched(zone, SeriesKind.FORECAST, rows, _parse_time(_field(payload, "updatedAt")))
+
+    async def history(self, zone: str) -> Fetched:
+        """`GET /carbon-intensity/history` (last 24 h; v3 `history` or v4 `data` envelope)."""
+        payload = await self._get_json("history", "/carbon-intensity/history", {"zone": validate_zone(zone)})
+        rows = _rows(payload, ("history", "data"), "history")
+        return self._fetched(zone, SeriesKind.HISTORY, rows, _newest_updated(rows))
+
+    async def latest(self, zone: str) -> Fetched:
+        """`GET /carbon-intensity/latest`: one point (the layered provider may extend it flat)."""
+        payload = await self._get_json("latest", "/carbon-intensity/latest", {"zone": validate_zone(zone)})
+        if not isinstance(payload, Mapping):
+            raise MalformedUpstreamResponse("latest: body is not an object", source=UPSTREAM)
+        step = _GRANULARITY.get(str(payload.get("temporalGranularity", "hourly")), HOUR)
+        return self._fetched(
+            zone, SeriesKind.LATEST, [payload], _parse_time(payload.get("updatedAt")), step=step
+        )
+
+    async def past_range(self, zone: str, start: datetime, end: datetime) -> Fetched:
+        """`GET /carbon-intensity/past-range`, split into ≤ 10-day chunks fetched concurrently."""
+        validate_zone(zone)
+        if end <= start:
+            raise ValueError("past_range needs start < end")
+        chunks: list[tuple[datetime, datetime]] = []
+        cursor = start
+        while cursor < end:
+            chunk_end = min(end, cursor + PAST_RANGE_MAX)
+            chunks.append((cursor, chunk_end))
+            cursor = chunk_end
+        payloads = await asyncio.gather(
+            *(
+                self._get_json(
+                    "past-range",
+                    "/carbon-intensity/past-range",
+                    {"zone": zone, "start": _wire_time(a), "end": _wire_time(b)},
+                )
+                for a, b in chunks
+            )
+        )
+        rows: list[Mapping[str, Any]] = []
+        for payload in payloads:
+            rows.extend(_rows(payload, ("data", "history"), "past-range", allow_empty=True))
+        if not rows:
+            raise NoDataForZone(f"no past data for zone {zone!r} in the requested range", source=UPSTREAM)
+        return self._fetched(zone, SeriesKind.PAST_RANGE, rows, _newest_updated(rows))
+
+    async def zones(self) -> dict[str, frozenset[str]]:
+        """`GET /zones` with the token: zone key → endpoints the token may use (`*` = all)."""
+        payload = await self._get_json("zones", "/zones", {})
+        items: list[tuple[str, Any]]
+        if isinstance(payload, Mapping):
+            items = [(str(k), v) for k, v in payload.items()]
+        elif isinstance(payload, list):  # v4 may list zone objects carrying `zoneKey`
+            items = [(str(v.get("zoneKey")), v) for v in payload if isinstance(v, Mapping) and "zoneKey" in v]
+        else:
+            raise MalformedUpstreamResponse("zones: unexpected body", source=UPSTREAM)
+        access: dict[str, frozenset[str]] = {}
+        for key, info in items:
+            granted = info.get("access", []) if isinstance(info, Mapping) else []
+            access[key] = frozenset(str(a).strip("/") for a in granted if isinstance(a, str))
+        return access
+
+    async def can_access(self, zone: str, endpoint: str) -> bool:
+        """Whether the token's plan covers `endpoint` (e.g. `carbon-intensity/forecast`) for `zone`."""
+        granted = (await self.zones()).get(zone, frozenset())
+        return "*" in granted or endpoint.strip("/") in granted
+
+    # ----- transport -----
+
+    async def _get_json(self, endpoint: str, path: str, params: dict[str, Any]) -> Any:
+        if path.startswith("/carbon-intensity"):
+            params = {**params, "emissionFactorType": self._settings.emission_factor_type}
+        if not self.breaker.allow():
+            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, "circuit_open").inc()
+            raise ProviderUnavailable("electricitymaps circuit open", source=UPSTREAM)
+        deadline = Deadline(self._settings.request_deadline_s, clock=self._monotonic)
+        try:
+            payload = await call_with_retries(
+                lambda d: self._attempt(endpoint, path, params, d),
+                policy=self._policy,
+                deadline=deadline,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+        except (ProviderAuthError, ProviderNotEntitled, NoDataForZone) as exc:
+            # A definite answer: the upstream is up, it just says no.
+            self.breaker.record_success()
+            self._note_failure(exc)
+            raise
+        except ProviderError as exc:
+            self.breaker.record_failure()
+            self._note_failure(exc)
+            raise
+        except BaseException:
+            self.breaker.release()  # cancelled: no verdict on the upstream
+            raise
+        self.breaker.record_success()
+        self.status.last_success = self._wall_clock()
+        return payload
+
+    async def _attempt(self, endpoint: str, path: str, params: Mapping[str, Any], deadline: Deadline) -> Any:
+        remaining = deadline.remaining()
+        timeout = httpx.Timeout(
+            min(self._settings.read_timeout_s, remaining),
+            connect=min(self._settings.connect_timeout_s, remaining),
+        )
+        started = self._monotonic()
+        outcome = "error"
+        try:
+            try:
+                async with asyncio.timeout(remaining):
+                    response = await self._http.get(
+                        self._base_url + path,
+                        params=params,
+                        headers={"auth-token": self._token.get_secret_value(), "accept": "application/json"},
+                        timeout=timeout,
+                    )
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                outcome = "timeout"
+                raise ProviderUnavailable(
+                    f"electricitymaps {endpoint}: timed out", source=UPSTREAM, retryable=True
+                ) from exc
+            except httpx.TransportError as exc:
+                outcome = "connect_error"
+                raise ProviderUnavailable(
+                    f"electricitymaps {endpoint}: {type(exc).__name__}", source=UPSTREAM, retryable=True
+                ) from exc
+            outcome, payload = _interpret(endpoint, response, params.get("zone"))
+            return payload
+        except ProviderError as exc:
+            outcome = _outcome_of(exc, outcome)
+            raise
+        finally:
+            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, outcome).inc()
+            UPSTREAM_LATENCY.labels(UPSTREAM, endpoint).observe(self._monotonic() - started)
+
+    def _note_failure(self, exc: ProviderError) -> None:
+        self.status.last_failure = self._wall_clock()
+        self.status.last_error = f"{type(exc).__name__}: {exc.message}"
+
+    def _fetched(
+        self,
+        zone: str,
+        kind: SeriesKind,
+        rows: list[Mapping[str, Any]],
+        issued_at: datetime | None,
+        *,
+        step: timedelta | None = None,
+    ) -> Fetched:
+        series = rows_to_series(zone, rows, kind.label, self._settings.emission_factor_type, step=step)
+        return Fetched(series=series, fetched_at=self._wall_clock(), issued_at=issued_at)
+
+
+# ----- response interpretation (pure) -----
+
+
+def _interpret(endpoint: str, response: httpx.Response, zone: object) -> tuple[str, Any]:
+    """Map one HTTP response to (outcome label, payload) or raise the domain error."""
+    status = response.status_code
+    what = f"electricitymaps {endpoint}"
+    if 200 <= status < 300:
+        try:
+            return "ok", response.json()
+        except ValueError as exc:
+            raise MalformedUpstreamResponse(f"{what}: body is not JSON", source=UPSTREAM) from exc
+    text = _error_text(response)
+    if status == 401:
+        if re.search(r"unauthori[sz]ed for zone|not available|not in (your )?plan", text, re.IGNORECASE):
+            raise ProviderNotEntitled(f"{what}: plan does not cover this request ({text})", source=UPSTREAM)
+        raise ProviderAuthError(f"{what}: token rejected ({text or 'HTTP 401'})", source=UPSTREAM)
+    if status == 403:
+        raise ProviderAuthError(f"{what}: access denied (HTTP 403)", source=UPSTREAM)
+    if status == 404:
+        raise NoDataForZone(f"{what}: no data for zone {zone!s} ({text or 'HTTP 404'})", source=UPSTREAM)
+    if status == 400:
+        raise NoDataForZone(
+            f"{what}: request rejected for zone {zone!s} ({text or 'HTTP 400'})", source=UPSTREAM
+        )
+    if status == 429:
+        raise ProviderRateLimited(
+            f"{what}: rate limited",
+            source=UPSTREAM,
+            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if status >= 500:
+        raise ProviderUnavailable(f"{what}: HTTP {status}", source=UPSTREAM, retryable=True)
+    raise ProviderUnavailable(f"{what}: unexpected HTTP {status}", source=UPSTREAM)
+
+
+_OUTCOMES: dict[type[ProviderError], str] = {
+    ProviderNotEntitled: "not_entitled",
+    ProviderAuthError: "auth_error",
+    NoDataForZone: "no_data",
+    ProviderRateLimited: "rate_limited",
+    MalformedUpstreamResponse: "malformed",
+}
+
+
+def _outcome_of(exc: ProviderError, default: str) -> str:
+    if default in ("timeout", "connect_error"):
+        return default
+    return _OUTCOMES.get(type(exc), "server_error")
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The upstream's own error words (JSON `error`/`message`, else plain text), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:_MAX_ERROR_TEXT]
+    if isinstance(body, Mapping):
+        parts = [str(body[k]) for k in ("error", "message") if isinstance(body.get(k), str)]
+        return " — ".join(parts)[:_MAX_ERROR_TEXT]
+    return ""
+
+
+def _field(payload: Any, name: str) -> Any:
+    return payload.get(name) if isinstance(payload, Mapping) else None
+
+
+def _rows(
+    payload: Any, keys: tuple[str, ...], endpoint: str, *, allow_empty: bool = False
+) -> list[Mapping[str, Any]]:
+    """The row list under the first present envelope key (v3 and v4 names both accepted)."""
+    if not isinstance(payload, Mapping):
+        raise MalformedUpstreamResponse(f"electricitymaps {endpoint}: body is not an object", source=UPSTREAM)
+    for key in keys:
+        rows = payload.get(key)
+        if rows is None:
+            continue
+        if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+            raise MalformedUpstreamResponse(
+                f"electricitymaps {endpoint}: `{key}` is not a list of objects", source=UPSTREAM
+            )
+        if not rows and not allow_empty:
+            raise NoDataForZone(f"electricitymaps {endpoint}: empty `{key}`", source=UPSTREAM)
+        return list(rows)
+    raise MalformedUpstreamResponse(
+        f"electricitymaps {endpoint}: none of {', '.join(keys)} in body", source=UPSTREAM
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _newest_updated(rows: list[Mapping[str, Any]]) -> datetime | None:
+    stamps = [t for t in (_parse_time(r.get("updatedAt")) for r in rows) if t is not None]
+    return max(stamps) if stamps else None
+
+
+def _wire_time(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rows_to_series(
+    zone: str,
+    rows: list[Mapping[str, Any]],
+    label: str,
+    emission_factor_type: str,
+    *,
+    step: timedelta | None = None,
+) -> CarbonSeries:
+    """Rows → a series on a regular lattice; missing/null intensities become NaN (filled later)."""
+    points: dict[datetime, float] = {}
+    for row in rows:
+        when = _parse_time(row.get("datetime"))
+        if when is None:
+            raise MalformedUpstreamResponse(f"row without a valid datetime for zone {zone}", source=UPSTREAM)
+        raw = row.get("carbonIntensity")
+        if raw is None:
+            value = math.nan
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        else:
+            raise MalformedUpstreamResponse(f"non-numeric carbonIntensity for zone {zone}", source=UPSTREAM)
+        points[when] = value
+    if not points:
+        raise NoDataForZone(f"no rows for zone {zone}", source=UPSTREAM)
+    times = sorted(points)
+    if step is None:
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        step = min(gaps) if gaps else HOUR
+    start = times[0]
+    count = int((times[-1] - start) // step) + 1
+    values = np.full(count, np.nan, dtype=np.float64)
+    for when in times:
+        values[int((when - start) // step)] = points[when]
+    return CarbonSeries(
+        zone=zone,
+        start=start,
+        step=step,
+        values=values,
+        runs=(SourceRun(0, count, label),),
+        emission_factor_type=emission_factor_type,
+    )
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
