@@ -15,6 +15,7 @@ VALID: dict[str, Any] = {
     "workload": {"duration_minutes": 120, "vcpus": 4, "memory_gib": 8},
     "locations": [{"zone": "DE"}, {"provider": "aws", "region": "us-east-1"}],
     "window": {"earliest_start": "2026-06-03T10:00:00Z", "deadline": "2026-06-04T10:00:00Z"},
+    "objective": {"mode": "carbon"},
 }
 
 
@@ -154,6 +155,21 @@ async def test_invalid_json_is_422(client: httpx.AsyncClient) -> None:
     assert_problem(response, 422)
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("field", ["memory_gib", "power_watts", "duration_minutes"])
+async def test_non_finite_numbers_are_rejected(client: httpx.AsyncClient, token: str, field: str) -> None:
+    text = json.dumps(VALID).replace(
+        '"memory_gib": 8',
+        f'"memory_gib": 8, "{field}": {token}' if field != "memory_gib" else f'"memory_gib": {token}',
+    )
+    if field == "duration_minutes":
+        text = json.dumps(VALID).replace('"duration_minutes": 120', f'"duration_minutes": {token}')
+    response = await client.post(
+        "/v1/optimize", content=text.encode(), headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, ["body", "workload", field])
+
+
 async def test_wrong_content_type_is_415(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/optimize", content=json.dumps(VALID).encode(), headers={"content-type": "text/plain"}
@@ -221,7 +237,7 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(10**12), 10**12)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
