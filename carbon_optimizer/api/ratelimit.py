@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from limits import parse_many
+from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from slowapi import Limiter
@@ -46,6 +47,13 @@ from carbon_optimizer.settings import Settings
 logger = logging.getLogger(__name__)
 
 _RATE_KEY: Final = "rate_limit_key"
+
+RATE_LIMITED = Counter("carbon_optimizer_rate_limited_total", "Requests refused with 429 by the rate limiter")
+RATE_LIMIT_FALLBACK = Gauge(
+    "carbon_optimizer_rate_limit_fallback",
+    "1 while this worker counts rate limits in memory because Redis is unreachable",
+    multiprocess_mode="livemax",
+)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -150,6 +158,7 @@ class RateLimitMiddleware:
         self.trusted = trusted_proxies
         self.key_store = key_store
         self.exempt_paths = frozenset(exempt_paths)
+        self._fallback_reported = False
 
     def _key(self, scope: Scope) -> str:
         if self.key_store is not None and self.key_store.enabled:
@@ -178,9 +187,22 @@ class RateLimitMiddleware:
             # Same call slowapi's own middlewares make; in_middleware=True applies application limits.
             self.limiter._check_request_limit(request, None, True)
         except RateLimitExceeded as exc:
+            RATE_LIMITED.inc()
             await self._too_many(request, exc, send)
             return
+        finally:
+            self._report_fallback()
         await self.app(scope, receive, send)
+
+    def _report_fallback(self) -> None:
+        dead = bool(self.limiter._storage_dead)
+        if dead != self._fallback_reported:
+            self._fallback_reported = dead
+            RATE_LIMIT_FALLBACK.set(1 if dead else 0)
+            if dead:
+                logger.warning("Rate-limit storage unreachable: counting in memory in this worker")
+            else:
+                logger.info("Rate-limit storage reachable again: counting in Redis")
 
     async def _too_many(self, request: Request, exc: RateLimitExceeded, send: Send) -> None:
         retry_after = 1

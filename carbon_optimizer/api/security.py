@@ -26,6 +26,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Final
 
 from fastapi import FastAPI
+from prometheus_client import Counter
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -35,6 +36,12 @@ from carbon_optimizer.logging_config import CLIENT_ID_STATE_KEY
 from carbon_optimizer.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+AUTH_FAILURES = Counter(
+    "carbon_optimizer_auth_failures_total",
+    "Requests rejected with 401, by reason (missing, invalid)",
+    ["reason"],
+)
 
 PROBE_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 _CLIENT_ID_DOMAIN: Final = b"carbon-optimizer/client-id/v1:"
@@ -170,6 +177,7 @@ class ApiKeyMiddleware:
         if client_id is not None:
             await self.app(scope, receive, send)
             return
+        AUTH_FAILURES.labels(reason="invalid" if presented else "missing").inc()
         if presented:
             challenge = b'Bearer realm="carbon-optimizer", error="invalid_token"'
             detail = "The API key is not valid."

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from carbon_optimizer.api.ratelimit import TrustedProxies, client_ip, install_rate_limit
 from carbon_optimizer.api.security import client_id_for, install_security
@@ -68,11 +69,17 @@ async def statuses(client: httpx.AsyncClient, n: int, path: str = "/v1/ping", **
     return [(await client.get(path, **kwargs)).status_code for _ in range(n)]  # type: ignore[arg-type]
 
 
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 async def test_limit_then_429_problem_with_retry_after() -> None:
+    refused_before = sample("carbon_optimizer_rate_limited_total")
     async with client_for(tiny_app(make_settings())) as client:
         assert await statuses(client, 3) == [200, 200, 200]
         response = await client.get("/v1/ping")
     assert response.status_code == 429
+    assert sample("carbon_optimizer_rate_limited_total") == refused_before + 1
     assert response.headers["content-type"] == "application/problem+json"
     retry_after = int(response.headers["retry-after"])
     assert 1 <= retry_after <= 60
@@ -236,6 +243,7 @@ async def test_redis_unreachable_from_start_falls_back_to_memory() -> None:
         elapsed = time.monotonic() - started
     assert got == [200, 200, 200, 429]  # no 5xx, and the limit still holds per process
     assert app.state.limiter._storage_dead is True
+    assert sample("carbon_optimizer_rate_limit_fallback") == 1.0
     assert elapsed < 2.0
 
 
@@ -255,6 +263,7 @@ async def test_redis_dying_mid_traffic_does_not_fail_requests_and_recovers(redis
             await asyncio.sleep(1.1)
             assert await statuses(client, 2) == [200, 200]
             assert limiter._storage_dead is False
+            assert sample("carbon_optimizer_rate_limit_fallback") == 0.0
             assert redis.Redis(port=revived.port).keys("*")  # counting in Redis again
         finally:
             revived.stop()
