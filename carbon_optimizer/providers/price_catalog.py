@@ -286,6 +286,28 @@ class BundledPriceProvider:
         """Async form of `offers_sync` (a dict lookup after the first call: no thread hop)."""
         return self.offers_sync(provider, region, price_type)
 
+    def list_offers(
+        self,
+        provider: str | None,
+        region: str | None,
+        instance_type: str | None,
+        price_type: PriceType | None,
+        *,
+        limit: int | None = None,
+    ) -> list[InstanceOffer]:
+        """Bundled offers matching the filters (see `BundledPriceCatalog.list_offers`)."""
+        return self.catalog.list_offers(provider, region, instance_type, price_type, limit=limit)
+
+    def regions_with_prices(self, provider: str) -> frozenset[str]:
+        """Region codes of `provider` that have bundled prices."""
+        return self.catalog.regions_with_prices(provider)
+
+    def estimate_lookup(
+        self, provider: str, region: str, instance_type: str, price_type: PriceType
+    ) -> InstanceOffer | None:
+        """The bundled price of one instance type in one region, or None."""
+        return self.catalog.lookup(provider, region, instance_type, price_type)
+
 
 def list_offers(
     provider: str | None,

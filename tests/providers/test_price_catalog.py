@@ -204,6 +204,15 @@ class TestListing:
         assert "westeurope" in regions_with_prices("azure")
         assert regions_with_prices("ovh") == frozenset()
 
+    def test_provider_methods_delegate(self, provider: BundledPriceProvider) -> None:
+        assert provider.list_offers("aws", "us-east-1", "t3.large", OD) == list_offers(
+            "aws", "us-east-1", "t3.large", OD
+        )
+        assert provider.regions_with_prices("gcp") == regions_with_prices("gcp")
+        assert provider.estimate_lookup("aws", "us-east-1", "t3.large", OD) == estimate_lookup(
+            "aws", "us-east-1", "t3.large", OD
+        )
+
     def test_estimate_lookup_missing(self) -> None:
         assert estimate_lookup("aws", "us-east-1", "no.such", OD) is None
         assert estimate_lookup("aws", "mars-north-1", "t3.large", OD) is None
