@@ -54,6 +54,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm
 forwarded_allow_ips = ""
 proxy_allow_ips = ""
 accesslog = None
+# gunicorn >= 24 opens a control socket under $HOME by default; the container's home does not
+# exist, the root FS is read-only, and two instances on one host would share the path.
+control_socket_disable = True
 capture_output = False
 proc_name = "carbon-optimizer"
 

@@ -33,7 +33,8 @@ REQUEST_ID_HEADER: Final = b"x-request-id"
 _MASK: Final = "***"
 # Attributes every LogRecord has; anything else passed via `extra=` becomes a JSON field.
 _RESERVED: Final = frozenset(
-    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys() | {"message", "asctime"}
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "color_message"}  # uvicorn's ANSI-coloured copy of msg
 )
 
 
