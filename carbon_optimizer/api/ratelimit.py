@@ -41,7 +41,15 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from carbon_optimizer.api.security import PROBE_PATHS, ApiKeyStore, insert_middleware, send_problem
+from carbon_optimizer.api.security import (
+    PROBE_PATHS,
+    ApiKeyStore,
+    extend_openapi,
+    insert_middleware,
+    operations,
+    problem_response_doc,
+    send_problem,
+)
 from carbon_optimizer.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -230,6 +238,15 @@ class RateLimitMiddleware:
         )
 
 
+def _document_429(schema: dict[str, Any], limit: str) -> None:
+    for operation in operations(schema, PROBE_PATHS):
+        response = problem_response_doc(schema, f"Rate limit exceeded ({limit} per client)")
+        response["headers"] = {
+            "Retry-After": {"description": "Seconds until the window resets", "schema": {"type": "integer"}}
+        }
+        operation.setdefault("responses", {})["429"] = response
+
+
 def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
     """Build the limiter and install its middleware just outside API-key auth (if installed)."""
     from carbon_optimizer.api.security import ApiKeyMiddleware
@@ -251,6 +268,8 @@ def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
         ),
         outside_of=ApiKeyMiddleware,
     )
+    if settings.rate_limit_enabled:
+        extend_openapi(app, lambda schema: _document_429(schema, settings.rate_limit))
     if not settings.rate_limit_enabled:
         logger.warning("Rate limiting is disabled (CARBON_OPTIMIZER_RATE_LIMIT_ENABLED=false)")
     elif settings.redis.url is None:

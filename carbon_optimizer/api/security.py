@@ -22,8 +22,8 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable, MutableMapping
-from typing import Final
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, Final
 
 from fastapi import FastAPI
 from prometheus_client import Counter
@@ -236,6 +236,75 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
+_PROBLEM_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+_HTTP_METHODS: Final = frozenset({"get", "put", "post", "delete", "patch", "options", "head", "trace"})
+
+
+def problem_response_doc(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An OpenAPI response object for a problem+json error (uses `ProblemOut` when the app has it)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if "ProblemOut" in components:
+        ref = "#/components/schemas/ProblemOut"
+    else:
+        components.setdefault("Problem", _PROBLEM_SCHEMA)
+        ref = "#/components/schemas/Problem"
+    return {"description": description, "content": {"application/problem+json": {"schema": {"$ref": ref}}}}
+
+
+def extend_openapi(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Post-process the generated OpenAPI document once (wraps `app.openapi`, keeps its caching)."""
+    previous = app.openapi
+    edited: list[int] = []  # ids of schema dicts already edited (FastAPI caches one per app)
+
+    def openapi() -> dict[str, Any]:
+        schema = previous()
+        if id(schema) not in edited:
+            edit(schema)
+            edited.append(id(schema))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def operations(schema: dict[str, Any], exempt_paths: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """Every operation object whose path is not exempt."""
+    exempt = set(exempt_paths)
+    for path, item in schema.get("paths", {}).items():
+        if path in exempt:
+            continue
+        for method, operation in item.items():
+            if method in _HTTP_METHODS and isinstance(operation, dict):
+                yield operation
+
+
+def _document_auth(schema: dict[str, Any], exempt_paths: Iterable[str]) -> None:
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearerAuth"] = {"type": "http", "scheme": "bearer", "description": "API key as a bearer token"}
+    schemes["apiKeyHeader"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    exempt = set(exempt_paths)
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in _HTTP_METHODS or not isinstance(operation, dict):
+                continue
+            if path in exempt:
+                operation["security"] = []  # probes and metrics: no key needed
+                continue
+            operation["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+            operation.setdefault("responses", {})["401"] = problem_response_doc(
+                schema, "Missing or invalid API key (`WWW-Authenticate: Bearer`)"
+            )
+
+
 def _docs_paths(app: FastAPI) -> list[str]:
     return [
         p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
@@ -315,6 +384,8 @@ def install_security(app: FastAPI, settings: Settings) -> ApiKeyStore:
         hsts=settings.environment == "production",
         docs_paths=docs_paths,
     )
+    if store.enabled:
+        extend_openapi(app, lambda schema: _document_auth(schema, exempt))
     if not store.enabled:
         logger.warning("No API keys configured (CARBON_OPTIMIZER_API_KEYS): the API is open to anyone")
     else:

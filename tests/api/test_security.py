@@ -312,3 +312,28 @@ def test_settings_repr_never_contains_keys() -> None:
     settings = make_settings(api_keys=KEY_A)
     assert KEY_A not in repr(settings)
     assert settings.api_keys == [SecretStr(KEY_A)]
+
+
+def test_openapi_documents_auth_429_and_exemptions(keyed_settings: Settings) -> None:
+    schema = tiny_app(keyed_settings).openapi()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "API key as a bearer token",
+    }
+    assert schemes["apiKeyHeader"]["name"] == "X-API-Key"
+    ping = schema["paths"]["/v1/ping"]["get"]
+    assert ping["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
+    assert "application/problem+json" in ping["responses"]["401"]["content"]
+    assert "Retry-After" in ping["responses"]["429"]["headers"]
+    health = schema["paths"]["/healthz"]["get"]
+    assert health["security"] == []
+    assert "401" not in health["responses"]
+    assert "429" not in health["responses"]
+
+
+def test_openapi_has_no_auth_when_no_keys() -> None:
+    schema = tiny_app(make_settings()).openapi()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert "401" not in schema["paths"]["/v1/ping"]["get"]["responses"]
