@@ -1,0 +1,667 @@
+"""Carbon-data cache: a proxy of the Electricity Maps `SeriesSource` with the same `fetch` protocol.
+
+Why it looks like this:
+- Electricity Maps publishes no rate limit and answers in hundreds of milliseconds, so every worker
+  and replica shares one copy of each (kind, zone) in Redis, and concurrent misses cause exactly one
+  upstream call: in-process through a shared task, across processes through a short Redis lock
+  (`SET NX PX`) that the others poll behind until the value appears (or `lock_wait_s` passes).
+- One Redis GET costs ~120 µs of CPU per request, so decoded entries also live in a small
+  in-process LRU tier (`local_ttl_s`) in front of Redis; the hot path usually never touches Redis.
+- Entries are compact bytes — a small JSON header (zone, start, step, labels, fetched_at,
+  fresh_until) followed by little-endian float64s — that `np.frombuffer` loads without a copy.
+  Keys are versioned (`<prefix>:carbon:v<N>:<variant>:<kind>:<zone>`) so a format change never
+  reads old bytes.
+- Entries stay in the store `stale_max_age_s` beyond their freshness: when the upstream fails we
+  serve the last good value labelled `…(stale)` (stale-while-error). Definite answers (no data,
+  not in plan, bad token) are cached as negative entries for `negative_ttl_s`.
+- A store never raises: a failing Redis (refused, timing out, stalled by SIGSTOP) reports misses,
+  marks itself degraded and is skipped for `retry_after_failure_s`, after which the next operation
+  probes it again. Requests keep being answered from the local tier and the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, WatchError
+
+from carbon_optimizer.domain.models import CarbonSeries, SourceRun
+from carbon_optimizer.errors import (
+    NoDataForZone,
+    ProviderAuthError,
+    ProviderError,
+    ProviderNotEntitled,
+    ProviderUnavailable,
+)
+from carbon_optimizer.kv import KeyValueStore
+from carbon_optimizer.metrics import CACHE_EVENTS
+from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
+from carbon_optimizer.settings import CacheSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CACHE_SCHEMA_VERSION = 1
+_MAGIC = b"COC1"
+_HEADER_LEN = struct.Struct("<I")
+STALE_SUFFIX = "(stale)"
+# Definite upstream answers: cached as negative entries instead of being retried on every request.
+_NEGATIVE_KINDS: dict[str, type[ProviderError]] = {
+    "no_data": NoDataForZone,
+    "not_entitled": ProviderNotEntitled,
+    "auth": ProviderAuthError,
+}
+
+
+# ----- stores -----
+
+
+class MemoryStore:
+    """In-process `KeyValueStore` (the embedded default): an LRU dict with per-key expiry."""
+
+    name = "memory"
+
+    def __init__(self, *, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max_entries = max_entries
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(entries={len(self._data)})"
+
+    @property
+    def healthy(self) -> bool:
+        """Always True: memory does not fail."""
+        return True
+
+    @property
+    def last_error(self) -> str | None:
+        """Always None."""
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the value or None when absent/expired."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires_at, value = item
+        if expires_at <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store with expiry, evicting the least recently used entry when full."""
+        self._data[key] = (self._clock() + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+
+    async def delete(self, key: str) -> None:
+        """Remove the key."""
+        self._data.pop(key, None)
+
+    async def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+@runtime_checkable
+class CacheStore(KeyValueStore, Protocol):
+    """What the cache needs of a store beyond `KeyValueStore`: status, a probe and a close."""
+
+    @property
+    def last_error(self) -> str | None:
+        """Short description of the last backend failure (no secrets), or None."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the backend answers now."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class LockingStore(Protocol):
+    """A shared store that can also hold short cross-process locks (Redis)."""
+
+    async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
+        """True if acquired, False if held by someone else, None if the store is unavailable."""
+        ...
+
+    async def release_lock(self, key: str, token: str) -> None:
+        """Release the lock if we still hold it."""
+        ...
+
+    async def lock_held(self, key: str) -> bool | None:
+        """Whether anyone holds the lock (None: unavailable)."""
+        ...
+
+
+class RedisStore:
+    """`KeyValueStore` on Redis that never raises: failures read as misses and mark it degraded."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis[bytes],
+        *,
+        op_timeout_s: float,
+        retry_after_failure_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._op_timeout_s = op_timeout_s
+        self._retry_after_failure_s = retry_after_failure_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._healthy = True
+        self._last_error: str | None = None
+        self._last_failure: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> RedisStore:
+        """Build from settings without connecting (connections are made lazily)."""
+        if settings.url is None:
+            raise ValueError("RedisStore needs settings.redis.url")
+        # No client-side retries: one bounded attempt, then the store is skipped for a while.
+        no_retry = Retry(NoBackoff(), 0)
+        pool = aioredis.ConnectionPool.from_url(  # type: ignore[var-annotated,unused-ignore]
+            settings.url.get_secret_value(),
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=settings.connect_timeout_s,
+            retry=no_retry,
+            health_check_interval=0,
+        )
+        client: aioredis.Redis[bytes] = aioredis.Redis(connection_pool=pool, retry=no_retry)
+        return cls(
+            client,
+            # A stalled server accepts TCP but never answers: bound every operation end to end.
+            op_timeout_s=settings.socket_timeout_s + settings.connect_timeout_s,
+            retry_after_failure_s=settings.retry_after_failure_s,
+        )
+
+    def __repr__(self) -> str:  # never the URL: it may carry a password
+        return f"RedisStore(healthy={self._healthy})"
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed operation until a later one succeeds."""
+        return self._healthy
+
+    @property
+    def last_error(self) -> str | None:
+        """Class name of the last failure (no message: it could name hosts or credentials)."""
+        return self._last_error
+
+    async def _run(self, operation: Callable[[], Awaitable[T]], default: T) -> tuple[bool, T]:
+        if not self._healthy and self._clock() < self._down_until:
+            return False, default  # skip Redis while it is known to be failing
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                result = await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            return False, default
+        if not self._healthy:
+            log.info("redis cache reachable again")
+        self._healthy = True
+        return True, result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.warning("redis cache failing (%s); serving from the local tier", type(exc).__name__)
+        self._healthy = False
+        self._last_error = type(exc).__name__
+        self._last_failure = self._clock()
+        self._down_until = self._clock() + self._retry_after_failure_s
+        CACHE_EVENTS.labels("carbon", self.name, "error").inc()
+
+    async def get(self, key: str) -> bytes | None:
+        """GET; None on a miss or a failure."""
+        _, value = await self._run(lambda: self._client.get(key), None)
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """SET with PX expiry (best effort)."""
+        await self._run(lambda: self._client.set(key, value, px=max(1, int(ttl_s * 1000))), None)
+
+    async def delete(self, key: str) -> None:
+        """DEL (best effort)."""
+        await self._run(lambda: self._client.delete(key), None)
+
+    async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
+        """SET key token NX PX ttl."""
+        ok, result = await self._run(
+            lambda: self._client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))), None
+        )
+        return bool(result) if ok else None
+
+    async def release_lock(self, key: str, token: str) -> None:
+        """Compare-and-delete (WATCH/MULTI), so a lock that expired and was re-taken is left alone."""
+
+        async def release() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                if await pipe.get(key) != token.encode():
+                    await pipe.unwatch()
+                    return
+                pipe.multi()
+                pipe.delete(key)
+                with contextlib.suppress(WatchError):  # changed under us: it is not ours any more
+                    await pipe.execute()
+
+        await self._run(release, None)
+
+    async def lock_held(self, key: str) -> bool | None:
+        """EXISTS on the lock key."""
+        ok, result = await self._run(lambda: self._client.exists(key), 0)
+        return bool(result) if ok else None
+
+    async def ping(self) -> bool:
+        """PING (skipped, False, while Redis is known to be failing)."""
+        ok, result = await self._run(lambda: self._client.ping(), False)  # type: ignore[no-untyped-call,unused-ignore]
+        return ok and bool(result)
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool (a pool passed in is not closed by the client)."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._client.aclose()  # type: ignore[attr-defined,unused-ignore]
+            await self._client.connection_pool.disconnect()
+
+
+# ----- entries and their byte format -----
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A cached answer: a `Fetched` series, or a negative (definite error) entry."""
+
+    fresh_until: float  # epoch seconds
+    fetched: Fetched | None = None
+    negative: tuple[str, str] | None = None  # (kind, message)
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the entry may be served without asking upstream."""
+        return now < self.fresh_until
+
+    def usable_stale(self, now: float, max_age_s: float) -> bool:
+        """Whether a positive entry is young enough to serve after an upstream failure."""
+        return self.fetched is not None and now - self.fetched.fetched_at.timestamp() <= max_age_s
+
+    def result(self) -> Fetched:
+        """The cached value, or the cached error raised again."""
+        if self.negative is not None:
+            kind, message = self.negative
+            raise _NEGATIVE_KINDS.get(kind, NoDataForZone)(message, source="cache")
+        assert self.fetched is not None
+        return self.fetched
+
+
+def encode_entry(entry: CacheEntry) -> bytes:
+    """Header JSON + raw little-endian float64 values (loadable with `np.frombuffer`)."""
+    header: dict[str, Any] = {"v": CACHE_SCHEMA_VERSION, "fu": entry.fresh_until}
+    payload = b""
+    if entry.negative is not None:
+        header["neg"] = list(entry.negative)
+    else:
+        assert entry.fetched is not None
+        fetched = entry.fetched
+        series = fetched.series
+        header.update(
+            zone=series.zone,
+            start=series.start.timestamp(),
+            step=series.step.total_seconds(),
+            runs=[[r.start_index, r.end_index, r.label] for r in series.runs],
+            eft=series.emission_factor_type,
+            fa=fetched.fetched_at.timestamp(),
+            ia=fetched.issued_at.timestamp() if fetched.issued_at else None,
+        )
+        payload = np.ascontiguousarray(series.values, dtype="<f8").tobytes()
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _MAGIC + _HEADER_LEN.pack(len(head)) + head + payload
+
+
+def decode_entry(data: bytes) -> CacheEntry | None:
+    """Inverse of `encode_entry`; None for bytes of another format or version (treated as a miss)."""
+    try:
+        if not data.startswith(_MAGIC):
+            return None
+        (length,) = _HEADER_LEN.unpack_from(data, len(_MAGIC))
+        offset = len(_MAGIC) + _HEADER_LEN.size
+        header = json.loads(data[offset : offset + length])
+        if header.get("v") != CACHE_SCHEMA_VERSION:
+            return None
+        fresh_until = float(header["fu"])
+        if "neg" in header:
+            kind, message = header["neg"]
+            return CacheEntry(fresh_until=fresh_until, negative=(str(kind), str(message)))
+        values = np.frombuffer(data, dtype="<f8", offset=offset + length)  # read-only view, no copy
+        series = CarbonSeries(
+            zone=header["zone"],
+            start=datetime.fromtimestamp(header["start"], UTC),
+            step=timedelta(seconds=header["step"]),
+            values=values,
+            runs=tuple(SourceRun(int(a), int(b), str(label)) for a, b, label in header["runs"]),
+            emission_factor_type=header["eft"],
+        )
+        issued = header.get("ia")
+        fetched = Fetched(
+            series=series,
+            fetched_at=datetime.fromtimestamp(header["fa"], UTC),
+            issued_at=datetime.fromtimestamp(issued, UTC) if issued is not None else None,
+        )
+        return CacheEntry(fresh_until=fresh_until, fetched=fetched)
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def mark_stale(fetched: Fetched, error: str) -> Fetched:
+    """The same data relabelled `…(stale)`, carrying the error that made us serve it."""
+    runs = tuple(
+        run if run.label.endswith(STALE_SUFFIX) else replace(run, label=run.label + STALE_SUFFIX)
+        for run in fetched.series.runs
+    )
+    return replace(fetched, series=replace(fetched.series, runs=runs), stale=True, error=error)
+
+
+class _LocalTier:
+    """Small LRU of decoded entries, each remembering when it entered the tier."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._data: OrderedDict[str, tuple[float, CacheEntry]] = OrderedDict()
+        self._max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> tuple[float, CacheEntry] | None:
+        item = self._data.get(key)
+        if item is not None:
+            self._data.move_to_end(key)
+        return item
+
+    def put(self, key: str, entry: CacheEntry, now: float) -> None:
+        self._data[key] = (now, entry)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+
+
+# ----- the caching proxy -----
+
+
+class CachedSeriesSource:
+    """Caches a `SeriesSource` in two tiers with single-flight, stale-while-error, negative caching."""
+
+    def __init__(
+        self,
+        source: SeriesSource,
+        store: CacheStore,
+        settings: CacheSettings,
+        *,
+        key_prefix: str = "co:v1",
+        variant: str = "default",
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.source = source
+        self.name = source.name
+        self.store = store
+        self._settings = settings
+        self._key_prefix = key_prefix
+        self._variant = variant
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rng = rng
+        self._locking: LockingStore | None = store if isinstance(store, LockingStore) else None
+        # With only this process writing (memory store), local entries are as good as the store's.
+        self._local_ttl_s = settings.local_ttl_s if self._locking is not None else math.inf
+        self._local = _LocalTier(settings.local_max_entries)
+        self._inflight: dict[str, asyncio.Task[Fetched]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"CachedSeriesSource(source={self.source!r}, store={self.store!r})"
+
+    # ----- keys and TTLs -----
+
+    def key_for(self, request: SeriesRequest) -> str:
+        """Versioned cache key of a request."""
+        base = f"{self._key_prefix}:carbon:v{CACHE_SCHEMA_VERSION}:{self._variant}"
+        key = f"{base}:{request.kind.value}:{request.zone}"
+        if request.kind is SeriesKind.PAST_RANGE and request.start and request.end:
+            key += f":{int(request.start.timestamp())}-{int(request.end.timestamp())}"
+        return key
+
+    def ttl_for(self, kind: SeriesKind) -> float:
+        """Freshness of a kind: forecast/latest short, measured history long."""
+        s = self._settings
+        return {
+            SeriesKind.FORECAST: s.forecast_ttl_s,
+            SeriesKind.LATEST: s.latest_ttl_s,
+            SeriesKind.HISTORY: s.history_ttl_s,
+            SeriesKind.PAST_RANGE: s.history_ttl_s,
+        }[kind]
+
+    # ----- protocol -----
+
+    async def fetch(self, request: SeriesRequest) -> Fetched:
+        """Answer from the local tier, the store, or one shared upstream call (see module doc)."""
+        key = self.key_for(request)
+        now = self._clock()
+        item = self._local.get(key)
+        if item is not None:
+            stored_at, entry = item
+            if entry.is_fresh(now) and now - stored_at < self._local_ttl_s:
+                CACHE_EVENTS.labels("carbon", "local", "negative" if entry.negative else "hit").inc()
+                return entry.result()
+        return await self._single_flight(key, lambda: self._load(key, request))
+
+    async def refresh(self, request: SeriesRequest, *, min_remaining_s: float = 0.0) -> bool:
+        """Fetch upstream now unless the entry stays fresh for `min_remaining_s`; True if refreshed."""
+        key = self.key_for(request)
+        now = self._clock()
+        best = self._best_known(key, await self._store_get(key))
+        if best is not None and best.fresh_until - now > min_remaining_s:
+            return False
+        with contextlib.suppress(ProviderError):
+            await self._single_flight(key, lambda: self._refresh(key, request, best))
+            return True
+        return False
+
+    def health(self) -> dict[str, object]:
+        """Cache backend and tier status (JSON-able, no secrets)."""
+        return {
+            "backend": self.store.name,
+            "status": "healthy" if self.store.healthy else "degraded",
+            "last_error": self.store.last_error,
+            "local_entries": len(self._local),
+            "inflight": len(self._inflight),
+            "background_refresh": self._refresher is not None and not self._refresher.done(),
+        }
+
+    # ----- background refresh -----
+
+    def start_background_refresh(
+        self, zones: Iterable[str], kinds: Iterable[SeriesKind] = (SeriesKind.FORECAST, SeriesKind.HISTORY)
+    ) -> None:
+        """Keep `zones` warm: refresh each entry in the last fifth of its life, with jitter."""
+        zone_list, kind_list = list(zones), list(kinds)
+        if not zone_list or self._refresher is not None:
+            return
+        self._refresher = asyncio.create_task(self._refresh_loop(zone_list, kind_list), name="carbon-refresh")
+
+    async def _refresh_loop(self, zones: list[str], kinds: list[SeriesKind]) -> None:
+        shortest = min(self.ttl_for(kind) for kind in kinds)
+        while True:
+            jobs = [
+                self.refresh(SeriesRequest(kind, zone), min_remaining_s=self.ttl_for(kind) * 0.2)
+                for kind in kinds
+                for zone in zones
+            ]
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.warning("background refresh failed: %s", type(result).__name__)
+            # Wake ~10 times per shortest TTL; jitter keeps workers and replicas out of step.
+            await self._sleep(shortest * 0.1 * (1.0 + 0.5 * self._rng()))
+
+    async def aclose(self) -> None:
+        """Stop the background refresher and wait for it."""
+        task, self._refresher = self._refresher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ----- internals -----
+
+    async def _single_flight(self, key: str, factory: Callable[[], Awaitable[Fetched]]) -> Fetched:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # shield: one caller giving up (its own deadline) must not cancel the shared fetch.
+        return await asyncio.shield(task)
+
+    def _forget(self, key: str, task: asyncio.Task[Fetched]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here so an abandoned failure is not reported as unhandled
+
+    async def _store_get(self, key: str) -> CacheEntry | None:
+        data = await self.store.get(key)
+        return decode_entry(data) if data is not None else None
+
+    def _best_known(self, key: str, stored: CacheEntry | None) -> CacheEntry | None:
+        item = self._local.get(key)
+        local = item[1] if item is not None else None
+        if local is None:
+            return stored
+        if stored is None:
+            return local
+        return stored if stored.fresh_until >= local.fresh_until else local
+
+    async def _load(self, key: str, request: SeriesRequest) -> Fetched:
+        stored = await self._store_get(key)
+        now = self._clock()
+        tier = self.store.name
+        if stored is not None and stored.is_fresh(now):
+            self._local.put(key, stored, now)
+            CACHE_EVENTS.labels("carbon", tier, "negative" if stored.negative else "hit").inc()
+            return stored.result()
+        best = self._best_known(key, stored)
+        if best is not None and best.is_fresh(now):
+            # The store lost it (eviction, restart) or was down when we fetched, but our copy is
+            # still fresh: serve it, and give it back to the store so other workers need not fetch.
+            CACHE_EVENTS.labels("carbon", "local", "hit").inc()
+            if stored is None and self.store.healthy:
+                extra = self._settings.stale_max_age_s if best.fetched is not None else 0
+                await self.store.set(key, encode_entry(best), best.fresh_until - now + extra)
+            return best.result()
+        CACHE_EVENTS.labels("carbon", tier, "miss").inc()
+        return await self._refresh(key, request, best)
+
+    async def _refresh(self, key: str, request: SeriesRequest, fallback: CacheEntry | None) -> Fetched:
+        token = secrets.token_hex(8)
+        lock_key = key + ":lock"
+        held = False
+        if self._locking is not None:
+            acquired = await self._locking.acquire_lock(lock_key, token, self._settings.lock_ttl_s)
+            if acquired is False:
+                entry = await self._wait_for_other(key, lock_key)
+                if entry is not None:
+                    self._local.put(key, entry, self._clock())
+                    return entry.result()
+                return self._stale_or_raise(
+                    fallback, ProviderUnavailable("another worker's upstream fetch did not complete")
+                )
+            held = acquired is True
+        try:
+            fetched = await self.source.fetch(request)
+        except (NoDataForZone, ProviderNotEntitled, ProviderAuthError) as exc:
+            await self._put(key, self._negative(exc), self._settings.negative_ttl_s)
+            raise
+        except ProviderError as exc:
+            return self._stale_or_raise(fallback, exc)
+        finally:
+            if held and self._locking is not None:
+                await self._locking.release_lock(lock_key, token)
+        ttl = self.ttl_for(request.kind)
+        entry = CacheEntry(fresh_until=self._clock() + ttl, fetched=fetched)
+        await self._put(key, entry, ttl + self._settings.stale_max_age_s)
+        return fetched
+
+    def _negative(self, exc: ProviderError) -> CacheEntry:
+        kind = next(k for k, cls in _NEGATIVE_KINDS.items() if isinstance(exc, cls))
+        return CacheEntry(
+            fresh_until=self._clock() + self._settings.negative_ttl_s, negative=(kind, exc.message)
+        )
+
+    async def _put(self, key: str, entry: CacheEntry, store_ttl_s: float) -> None:
+        self._local.put(key, entry, self._clock())
+        await self.store.set(key, encode_entry(entry), store_ttl_s)
+
+    async def _wait_for_other(self, key: str, lock_key: str) -> CacheEntry | None:
+        """Poll the store for the value another process is fetching, up to `lock_wait_s`."""
+        assert self._locking is not None
+        give_up_at = self._monotonic() + self._settings.lock_wait_s
+        delay = 0.02
+        while (remaining := give_up_at - self._monotonic()) > 0:
+            await self._sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.2)
+            entry = await self._store_get(key)
+            if entry is not None and entry.is_fresh(self._clock()):
+                CACHE_EVENTS.labels("carbon", self.store.name, "hit").inc()
+                return entry
+            held = await self._locking.lock_held(lock_key)
+            if held is None:
+                return None  # store went away: stop waiting on it
+            if not held:
+                entry = await self._store_get(key)  # it may have landed just before the release
+                fresh = entry is not None and entry.is_fresh(self._clock())
+                return entry if fresh else None
+        return None
+
+    def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
+        now = self._clock()
+        if (
+            fallback is not None
+            and fallback.fetched is not None
+            and fallback.usable_stale(now, self._settings.stale_max_age_s)
+        ):
+            CACHE_EVENTS.labels("carbon", "any", "stale").inc()
+            return mark_stale(fallback.fetched, f"{type(exc).__name__}: {exc.message}")
+        raise exc

@@ -1,0 +1,120 @@
+"""Composition of the carbon-intensity data stack, called once per worker by the app lifespan.
+
+Why a helper: the app factory is the single composition root, but which pieces the carbon data
+needs (adapter, breaker, store, two-tier cache, layered assembly, background refresh) depends on
+settings in ways the factory should not have to know. `build_carbon_stack` returns one object with
+the provider the service calls plus the hooks the app needs for /health, /readyz and shutdown.
+
+Settings map as follows:
+- no `electricitymaps.api_key`  → `provider` is the offline provider itself; no live call ever.
+- key set                       → `LayeredCarbonProvider(CachedSeriesSource(ElectricityMapsProvider))`
+                                  with the offline provider beyond the horizon and on any failure.
+- `redis.url` set               → `RedisStore` behind the in-process tier; else `MemoryStore`.
+- `cache.background_refresh` and `electricitymaps.prefetch_zones` → a refresher task per worker
+  (replicas coordinate through the Redis lock, so each entry is still fetched once).
+Nothing connects here: Redis is dialled lazily by the first cache operation (gunicorn forks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from carbon_optimizer.cache import CachedSeriesSource, CacheStore, MemoryStore, RedisStore
+from carbon_optimizer.providers.base import CarbonIntensityProvider
+from carbon_optimizer.providers.electricitymaps import ElectricityMapsProvider
+from carbon_optimizer.providers.layered import LayeredCarbonProvider
+from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.settings import Settings
+
+
+@dataclass
+class CarbonStack:
+    """The carbon data stack of one worker: what to call, and how to watch and stop it."""
+
+    provider: CarbonIntensityProvider
+    store: CacheStore | None
+    offline: CarbonIntensityProvider | None = None
+    live: ElectricityMapsProvider | None = None
+    cache: CachedSeriesSource | None = None
+    layered: LayeredCarbonProvider | None = None
+
+    async def aclose(self) -> None:
+        """Stop background refresh tasks, then close the Redis client."""
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+
+    def health(self) -> dict[str, object]:
+        """Component status for /health: JSON-able, no I/O, no secrets."""
+        offline_name = getattr(self.offline or self.provider, "name", "offline")
+        sources: dict[str, object] = {"offline": {"name": offline_name, "status": "ok"}}
+        if self.live is None:
+            return {
+                "status": "ok",
+                "mode": "offline",
+                "cache": {"backend": "none", "status": "healthy"},
+                "sources": {"electricitymaps": {"configured": False}, **sources},
+                "circuit": {},
+                "data_age_s": {},
+            }
+        circuit = self.live.breaker.state
+        cache = self.cache.health() if self.cache is not None else {"backend": "none", "status": "healthy"}
+        degraded = circuit is not CircuitState.CLOSED or cache.get("status") != "healthy"
+        return {
+            "status": "degraded" if degraded else "ok",
+            "mode": "live",
+            "cache": cache,
+            "sources": {
+                "electricitymaps": {
+                    "configured": True,
+                    "circuit": circuit.value,
+                    **self.live.status.as_dict(),
+                },
+                **sources,
+            },
+            "circuit": {self.live.name: circuit.value},
+            "data_age_s": self.layered.data_age_s() if self.layered is not None else {},
+        }
+
+    async def ready(self) -> bool:
+        """True when answerable: the cache is reachable, or there is no shared cache to reach."""
+        if self.store is None or not isinstance(self.store, RedisStore):
+            return True
+        return await self.store.ping()
+
+
+async def build_carbon_stack(
+    settings: Settings, *, http: httpx.AsyncClient, offline: CarbonIntensityProvider
+) -> CarbonStack:
+    """Build the stack the settings ask for (see the module docstring); connects to nothing."""
+    em = settings.electricitymaps
+    if em.api_key is None:
+        return CarbonStack(provider=offline, store=None, offline=offline)
+    cache_settings = settings.cache
+    store: CacheStore = (
+        RedisStore.from_settings(settings.redis)
+        if settings.redis.url is not None
+        else MemoryStore(max_entries=cache_settings.local_max_entries)
+    )
+    breaker = CircuitBreaker(
+        "electricitymaps",
+        failure_threshold=cache_settings.breaker_failure_threshold,
+        reset_s=cache_settings.breaker_reset_s,
+    )
+    live = ElectricityMapsProvider(http, em, breaker=breaker)
+    cache = CachedSeriesSource(
+        live,
+        store,
+        cache_settings,
+        key_prefix=settings.redis.key_prefix,
+        variant=f"{em.emission_factor_type}-h{em.forecast_horizon_hours}",
+    )
+    layered = LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s)
+    if cache_settings.background_refresh and em.prefetch_zones:
+        cache.start_background_refresh(em.prefetch_zones)
+    return CarbonStack(
+        provider=layered, store=store, offline=offline, live=live, cache=cache, layered=layered
+    )

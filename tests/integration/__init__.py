@@ -1,0 +1,1 @@
+"""Integration tests: real redis-server processes and a local stub upstream (marker `integration`)."""
