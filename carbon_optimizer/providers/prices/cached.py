@@ -1,0 +1,536 @@
+"""The price chain: cache → live API (when enabled and configured) → bundled tables.
+
+Why this shape (research-notes/pricing.md §7.1): list prices change rarely, so a table fetched
+once is good for 24 h (spot for at most 1 h); an outage must never turn into an error when older
+data exists, and a failed fetch must never replace a good price. Hence:
+
+- Entries are stored with their fetch time and kept for `cache_retention_s` (30 days), far past
+  their freshness TTL, so a stale-but-real price outlives any outage. Only successful, non-empty
+  answers are written: a failure cannot overwrite anything.
+- A stale or missing entry triggers a *lazy* refresh: one single-flight fetch per key, awaited
+  for at most `live_wait_s`; if it is slower the request is answered from stale cache or the
+  bundled table and the fetch finishes in the background. After a failure the provider's live
+  calls pause (`failure_cooldown_s`) so an outage does not add latency to every request.
+- Every row carries its provenance: `live:<provider>` (fetched for this answer),
+  `cache:<as_of>` (fetched earlier, as_of = fetch date), `bundled:<as_of>`.
+- A small in-process tier (`local_ttl_s`) keeps decoded tables so the hot path rarely touches
+  the store (Redis) or decodes JSON.
+GCP's live tables only cover the composed families, so bundled rows of other types are merged in
+(each keeps its own `bundled:` label).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import numpy as np
+import orjson
+
+from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
+from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
+from carbon_optimizer.kv import KeyValueStore
+from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED
+from carbon_optimizer.providers.base import PriceProvider
+
+from ._common import LivePriceSource, SourceStatus, check_region, log, safe_message, utc_now
+
+CACHE_FORMAT = 1
+LIVE_PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "lambda")
+# Lambda has one price for every region: its table is cached once, under "*".
+_REGION_INDEPENDENT = {"lambda": "*"}
+# Live tables of these providers list only part of the catalog (GCP: composed families).
+_PARTIAL_PROVIDERS = {"gcp"}
+MAX_SPOT_TTL_S = 3600.0
+
+
+def cache_region(provider: str, region: str) -> str:
+    """The region a provider's table is cached under."""
+    return _REGION_INDEPENDENT.get(provider, region)
+
+
+def cache_key(provider: str, region: str, price_type: PriceType) -> str:
+    """Store key of one table: `prices:<provider>:<cache region>:<price type>`."""
+    return f"prices:{provider}:{cache_region(provider, region)}:{price_type.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Freshness, retention and patience of the chain (see PricingSettings for the env names)."""
+
+    on_demand_ttl_s: float = 24 * 3600.0
+    spot_ttl_s: float = 3600.0
+    retention_s: float = 30 * 24 * 3600.0
+    live_wait_s: float = 3.0
+    failure_cooldown_s: float = 300.0
+    auth_failure_cooldown_s: float = 3600.0
+    local_ttl_s: float = 30.0
+    local_max_entries: int = 2048
+
+    def ttl_s(self, price_type: PriceType) -> float:
+        """Freshness TTL; spot is capped at one hour whatever is configured."""
+        if price_type is PriceType.SPOT:
+            return min(self.spot_ttl_s, MAX_SPOT_TTL_S)
+        return self.on_demand_ttl_s
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEntry:
+    """A decoded store entry: rows of one table and when they were fetched."""
+
+    provider: str
+    region: str
+    price_type: PriceType
+    fetched_at: datetime
+    rows: tuple[tuple[str, int | None, float | None, int, str | None, float], ...]
+
+    @property
+    def as_of(self) -> date:
+        """Fetch date, the `as_of` of every cached row."""
+        return self.fetched_at.astimezone(UTC).date()
+
+    def table(self, region: str) -> OfferTable:
+        """The entry as an OfferTable for `region`, every row labelled `cache:<as_of>`."""
+        label = price_label("cache", self.as_of)
+        offers = [
+            InstanceOffer(
+                provider=self.provider,
+                region=region,
+                instance_type=name,
+                vcpus=vcpus,
+                memory_gib=mem,
+                gpu_count=gpus,
+                gpu_model=model,
+                price_usd_per_hour=price,
+                price_type=self.price_type,
+                as_of=self.as_of,
+                source=label,
+            )
+            for name, vcpus, mem, gpus, model, price in self.rows
+        ]
+        return OfferTable.from_offers(
+            self.provider, region, self.price_type, offers, fetched_at=self.fetched_at
+        )
+
+
+def encode_table(table: OfferTable, fetched_at: datetime) -> bytes:
+    """Serialise a live table for the store (JSON; schema version in `v`)."""
+    rows = []
+    for i in range(len(table)):
+        offer = table.offer(i)
+        rows.append(
+            [
+                offer.instance_type,
+                offer.vcpus,
+                offer.memory_gib,
+                offer.gpu_count,
+                offer.gpu_model,
+                offer.price_usd_per_hour,
+            ]
+        )
+    return orjson.dumps(
+        {
+            "v": CACHE_FORMAT,
+            "provider": table.provider,
+            "region": table.region,
+            "price_type": table.price_type.value,
+            "fetched_at": fetched_at.astimezone(UTC).isoformat(),
+            "currency": "USD",
+            "rows": rows,
+        }
+    )
+
+
+def decode_entry(raw: bytes) -> CachedEntry | None:
+    """Parse a store entry; None (treated as a miss) when it is corrupt or of another format."""
+    try:
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict) or doc.get("v") != CACHE_FORMAT:
+            return None
+        fetched_at = datetime.fromisoformat(doc["fetched_at"])
+        if fetched_at.tzinfo is None:
+            return None
+        rows = tuple(
+            (
+                str(name),
+                None if vcpus is None else int(vcpus),
+                None if mem is None else float(mem),
+                int(gpus),
+                None if model is None else str(model),
+                float(price),
+            )
+            for name, vcpus, mem, gpus, model, price in doc["rows"]
+        )
+        return CachedEntry(
+            provider=str(doc["provider"]),
+            region=str(doc["region"]),
+            price_type=PriceType(doc["price_type"]),
+            fetched_at=fetched_at,
+            rows=rows,
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def merge_missing(main: OfferTable, extra: OfferTable | None) -> OfferTable:
+    """`main` plus the rows of `extra` whose instance type `main` does not list."""
+    if extra is None or not len(extra):
+        return main
+    have = set(main.instance_types)
+    added = [extra.offer(i) for i in range(len(extra)) if extra.instance_types[i] not in have]
+    if not added:
+        return main
+    rows = [main.offer(i) for i in range(len(main))] + added
+    return OfferTable.from_offers(
+        main.provider, main.region, main.price_type, rows, fetched_at=main.fetched_at
+    )
+
+
+def fill_specs(main: OfferTable, extra: OfferTable | None) -> OfferTable:
+    """`main` with unknown sizes filled from `extra` rows of the same instance type."""
+    if extra is None or not len(extra) or not np.isnan(main.vcpus).any():
+        return main
+    index = {name: i for i, name in enumerate(extra.instance_types)}
+    rows = []
+    for i in range(len(main)):
+        offer = main.offer(i)
+        j = index.get(offer.instance_type)
+        if offer.vcpus is None and j is not None:
+            known = extra.offer(j)
+            offer = dataclasses.replace(
+                offer,
+                vcpus=known.vcpus,
+                memory_gib=offer.memory_gib if offer.memory_gib is not None else known.memory_gib,
+                gpu_count=offer.gpu_count or known.gpu_count,
+                gpu_model=offer.gpu_model or known.gpu_model,
+            )
+        rows.append(offer)
+    return OfferTable.from_offers(
+        main.provider, main.region, main.price_type, rows, fetched_at=main.fetched_at
+    )
+
+
+def _newest_as_of(table: OfferTable) -> date | None:
+    dated = [d for d in table.as_of if d is not None]
+    return max(dated) if dated else None
+
+
+@dataclass(slots=True)
+class _Local:
+    loaded: float  # monotonic
+    fetched_at: datetime | None  # None: a bundled answer
+    table: OfferTable | None
+
+
+class CachedPriceProvider:
+    """`PriceProvider` chaining cache → live → bundled, with provenance on every row."""
+
+    name = "prices"
+
+    def __init__(
+        self,
+        *,
+        bundled: PriceProvider,
+        store: KeyValueStore | None,
+        live: Mapping[str, LivePriceSource] | None = None,
+        policy: CachePolicy | None = None,
+        statuses: Mapping[str, SourceStatus] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._bundled = bundled
+        self._store = store
+        self._live = dict(live or {})
+        self.policy = policy or CachePolicy()
+        self.statuses: dict[str, SourceStatus] = dict(statuses or {})
+        for provider in LIVE_PROVIDERS:
+            self.statuses.setdefault(provider, SourceStatus(enabled=provider in self._live))
+        self._clock = clock
+        self._local: dict[str, _Local] = {}
+        self._tasks: dict[str, asyncio.Task[OfferTable | None]] = {}
+
+    # ----- reading -----
+
+    def _live_source(self, provider: str, price_type: PriceType) -> LivePriceSource | None:
+        source = self._live.get(provider)
+        if source is None or not source.supports(price_type):
+            return None
+        return source
+
+    def _remember(self, key: str, fetched_at: datetime | None, table: OfferTable | None) -> None:
+        if len(self._local) >= self.policy.local_max_entries:
+            self._local.pop(next(iter(self._local)))
+        self._local[key] = _Local(time.monotonic(), fetched_at, table)
+
+    async def _read_store(self, key: str) -> CachedEntry | None:
+        if self._store is None:
+            return None
+        raw = await self._store.get(key)
+        return decode_entry(raw) if raw is not None else None
+
+    def _saw(self, provider: str, fetched_at: datetime) -> None:
+        self.statuses[provider].saw_data(fetched_at)
+        PRICE_DATA_FETCHED.labels(provider).set(fetched_at.timestamp())
+
+    def _report_age(self, provider: str, table: OfferTable | None, fetched_at: datetime | None) -> None:
+        now = self._clock()
+        if fetched_at is not None:
+            DATA_AGE.labels("price", provider).set(max(0.0, (now - fetched_at).total_seconds()))
+        elif table is not None and (newest := _newest_as_of(table)) is not None:
+            as_of = datetime(newest.year, newest.month, newest.day, tzinfo=UTC)
+            DATA_AGE.labels("price", provider).set(max(0.0, (now - as_of).total_seconds()))
+
+    async def _bundled_table(self, provider: str, region: str, price_type: PriceType) -> OfferTable | None:
+        return await self._bundled.offers(provider, region, price_type)
+
+    async def _finish(
+        self, provider: str, region: str, price_type: PriceType, table: OfferTable
+    ) -> OfferTable:
+        needs_specs = bool(np.isnan(table.vcpus).any())
+        if provider not in _PARTIAL_PROVIDERS and not needs_specs:
+            return table
+        bundled = await self._bundled_table(provider, region, price_type)
+        specs = bundled
+        if needs_specs and price_type is PriceType.SPOT:  # sizes do not depend on the price type
+            specs = await self._bundled_table(provider, region, PriceType.ON_DEMAND)
+        table = fill_specs(table, specs)
+        if provider in _PARTIAL_PROVIDERS:
+            table = merge_missing(table, bundled)
+        return table
+
+    async def offers(self, provider: str, region: str, price_type: PriceType) -> OfferTable | None:
+        """The freshest trustworthy table: fresh cache, else live, else stale cache, else bundled."""
+        try:
+            check_region(provider, region)
+        except CarbonOptimizerError:
+            return await self._bundled_table(provider, region, price_type)
+        key = f"{cache_key(provider, region, price_type)}@{region}"
+        store_key = cache_key(provider, region, price_type)
+        ttl = self.policy.ttl_s(price_type)
+        source = self._live_source(provider, price_type)
+        can_go_live = source is not None and not self.statuses[provider].in_cooldown()
+
+        def fresh(fetched_at: datetime | None) -> bool:
+            return fetched_at is not None and (self._clock() - fetched_at).total_seconds() < ttl
+
+        local = self._local.get(key)
+        if (
+            local is not None
+            and time.monotonic() - local.loaded < self.policy.local_ttl_s
+            and (fresh(local.fetched_at) or not can_go_live)
+        ):
+            # A local copy of a bundled answer is a cache miss as far as the price cache goes.
+            result = "hit" if fresh(local.fetched_at) else "miss" if local.fetched_at is None else "stale"
+            CACHE_EVENTS.labels("prices", "local", result).inc()
+            self._report_age(provider, local.table, local.fetched_at)
+            return local.table
+        entry = await self._read_store(store_key)
+        if entry is None:
+            CACHE_EVENTS.labels("prices", "store", "miss").inc()
+        else:
+            self._saw(provider, entry.fetched_at)
+            if fresh(entry.fetched_at):
+                CACHE_EVENTS.labels("prices", "store", "hit").inc()
+                table = await self._finish(provider, region, price_type, entry.table(region))
+                self._remember(key, entry.fetched_at, table)
+                self._report_age(provider, table, entry.fetched_at)
+                return table
+            CACHE_EVENTS.labels("prices", "store", "stale").inc()
+        if source is not None and can_go_live:
+            live_table = await self._await_live(source, provider, region, price_type, store_key, key)
+            if live_table is not None:
+                self._report_age(provider, live_table, live_table.fetched_at)
+                return live_table
+        return await self._fallback(provider, region, price_type, entry, key, live=source is not None)
+
+    async def _fallback(
+        self,
+        provider: str,
+        region: str,
+        price_type: PriceType,
+        entry: CachedEntry | None,
+        key: str,
+        *,
+        live: bool,
+    ) -> OfferTable | None:
+        bundled = await self._bundled_table(provider, region, price_type)
+        if entry is not None:
+            newest_bundled = None if bundled is None else _newest_as_of(bundled)
+            if newest_bundled is None or newest_bundled <= entry.as_of:
+                table = await self._finish(provider, region, price_type, entry.table(region))
+                if live:
+                    FALLBACKS.labels("price", "cache").inc()
+                self._remember(key, entry.fetched_at, table)
+                self._report_age(provider, table, entry.fetched_at)
+                return table
+        if live:
+            FALLBACKS.labels("price", "bundled").inc()
+        self._remember(key, None, bundled)
+        self._report_age(provider, bundled, None)
+        return bundled
+
+    # ----- live fetch -----
+
+    async def _await_live(
+        self,
+        source: LivePriceSource,
+        provider: str,
+        region: str,
+        price_type: PriceType,
+        store_key: str,
+        key: str,
+    ) -> OfferTable | None:
+        task = self._tasks.get(store_key)
+        # Only the request that starts a fetch waits for it; while it runs, others answer at once.
+        wait_s = 0.0
+        if task is None:
+            task = asyncio.create_task(
+                self._fetch_and_store(source, provider, region, price_type, store_key),
+                name=f"price-refresh {store_key}",
+            )
+            self._tasks[store_key] = task
+            task.add_done_callback(self._forget_task)
+            wait_s = self.policy.live_wait_s
+        try:
+            fetched = await asyncio.wait_for(asyncio.shield(task), timeout=wait_s) if wait_s else None
+        except TimeoutError:
+            log.info("%s: live price fetch still running; answering from older data", store_key)
+            return None
+        if fetched is None:
+            if not task.done():
+                log.info("%s: live price fetch still running; answering from older data", store_key)
+            return None
+        table = fetched if fetched.region == region else dataclasses.replace(fetched, region=region)
+        table = await self._finish(provider, region, price_type, table)
+        # Later reads within the local TTL get the cached labelling, like any other process would.
+        return table
+
+    def _forget_task(self, done: asyncio.Task[OfferTable | None]) -> None:
+        for key, task in list(self._tasks.items()):
+            if task is done:
+                del self._tasks[key]
+
+    async def _fetch_and_store(
+        self, source: LivePriceSource, provider: str, region: str, price_type: PriceType, store_key: str
+    ) -> OfferTable | None:
+        """One live fetch; on success write the store. Never raises (except cancellation)."""
+        cregion = cache_region(provider, region)
+        status = self.statuses[provider]
+        try:
+            table = await source.offers(provider, cregion, price_type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure is recorded, none is cached
+            cooldown = self.policy.failure_cooldown_s
+            if isinstance(exc, ProviderAuthError):
+                cooldown = self.policy.auth_failure_cooldown_s
+            elif isinstance(exc, ProviderRateLimited) and exc.retry_after_s:
+                cooldown = max(cooldown, exc.retry_after_s)
+            status.record_failure(self._clock(), exc, cooldown)
+            log.warning("live %s prices failed for %s: %s", provider, region, safe_message(exc))
+            return None
+        if table is None or not len(table):
+            status.record_failure(
+                self._clock(), _EmptyAnswerError(provider, region), self.policy.failure_cooldown_s
+            )
+            log.warning("live %s prices: empty answer for %s; keeping older data", provider, region)
+            return None
+        fetched_at = table.fetched_at or self._clock()
+        await self.write(table, fetched_at)
+        status.record_success(fetched_at)
+        self._saw(provider, fetched_at)
+        return table
+
+    async def write(self, table: OfferTable, fetched_at: datetime) -> None:
+        """Store a successful live table (also used by the refresh job through `store_table`)."""
+        if self._store is not None:
+            await store_table(self._store, table, fetched_at, self.policy)
+        prefix = cache_key(table.provider, table.region, table.price_type) + "@"
+        for key in [k for k in self._local if k.startswith(prefix)]:
+            del self._local[key]
+
+    # ----- conveniences for the API layer -----
+
+    async def lookup(
+        self, provider: str, region: str, instance_type: str, price_type: PriceType = PriceType.ON_DEMAND
+    ) -> InstanceOffer | None:
+        """One instance type's offer from the chain, else from the bundled table (e.g. Lambda labels)."""
+        table = await self.offers(provider, region, price_type)
+        index = None if table is None else table.find(instance_type)
+        if table is not None and index is not None:
+            return table.offer(index)
+        bundled = await self._bundled_table(provider, region, price_type)
+        index = None if bundled is None else bundled.find(instance_type)
+        return None if bundled is None or index is None else bundled.offer(index)
+
+    def health(self) -> dict[str, object]:
+        """Per live source: enabled, last success/failure, last error, as_of and age of its data."""
+        now = self._clock()
+        return {
+            "live_enabled": bool(self._live),
+            "store": None
+            if self._store is None
+            else {"name": self._store.name, "healthy": bool(self._store.healthy)},
+            "ttl_s": {
+                "on_demand": self.policy.ttl_s(PriceType.ON_DEMAND),
+                "spot": self.policy.ttl_s(PriceType.SPOT),
+            },
+            "sources": {provider: status.as_dict(now) for provider, status in sorted(self.statuses.items())},
+            "refreshing": sorted(self._tasks),
+        }
+
+    async def aclose(self) -> None:
+        """Cancel background fetches and close the live clients."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for source in self._live.values():
+            await source.aclose()
+
+
+class _EmptyAnswerError(CarbonOptimizerError):
+    def __init__(self, provider: str, region: str) -> None:
+        super().__init__(f"{provider} returned no prices for {region}")
+        self.message = f"{provider} returned no prices for {region}"
+
+
+class PrefixedStore:
+    """A KeyValueStore view that namespaces keys (`co:v1:` + key), like the carbon cache does."""
+
+    def __init__(self, inner: KeyValueStore, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix.rstrip(":") + ":" if prefix else ""
+        self.name = inner.name
+
+    @property
+    def healthy(self) -> bool:
+        """The wrapped store's health."""
+        return self.inner.healthy
+
+    async def get(self, key: str) -> bytes | None:
+        """Get `prefix + key`."""
+        return await self.inner.get(self.prefix + key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Set `prefix + key`."""
+        await self.inner.set(self.prefix + key, value, ttl_s)
+
+    async def delete(self, key: str) -> None:
+        """Delete `prefix + key`."""
+        await self.inner.delete(self.prefix + key)
+
+
+async def store_table(
+    store: KeyValueStore, table: OfferTable, fetched_at: datetime, policy: CachePolicy
+) -> None:
+    """Write a successful live table under its cache key, kept for the retention period."""
+    key = cache_key(table.provider, table.region, table.price_type)
+    await store.set(key, encode_table(table, fetched_at), policy.retention_s)
