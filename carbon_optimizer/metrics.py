@@ -22,7 +22,8 @@ UPSTREAM_LATENCY = Histogram(
 )
 CACHE_EVENTS = Counter(
     "carbon_optimizer_cache_events_total",
-    "Cache lookups by cache kind (carbon, prices), tier (local, redis) and result (hit, miss, stale, negative)",
+    "Cache lookups by cache kind (carbon, prices), tier (local, redis) and result "
+    "(hit, miss, stale, negative)",
     ["cache", "tier", "result"],
 )
 FALLBACKS = Counter(

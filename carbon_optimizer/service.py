@@ -515,7 +515,7 @@ class OptimizerService:
         offer: InstanceOffer = table.offer(index)
         workload = Workload(
             duration=timedelta(hours=hours),
-            vcpus=offer.vcpus or 1,
+            vcpus=max(1, round(offer.vcpus or 1)),
             memory_gib=offer.memory_gib or 0.0,
             gpu=None,
             price_type=price_type,

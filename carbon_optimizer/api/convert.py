@@ -39,9 +39,11 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         vcpus=w.vcpus,
         memory_gib=w.memory_gib,
         gpu=gpu,
-        instance_types=dict(w.instance_types or {}),
+        instance_types={str(k): v for k, v in (w.instance_types or {}).items()},
         power_watts=w.power_watts,
         price_type=PriceType(w.price_type),
+        cpu_architecture=w.cpu_architecture,
+        allow_burstable=w.allow_burstable,
     )
     o = body.objective
     objective = Objective(

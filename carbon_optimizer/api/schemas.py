@@ -41,6 +41,12 @@ class WorkloadSpec(_Strict):
         default=None, gt=0, le=1_000_000, description="Average IT power draw; overrides the energy model."
     )
     price_type: Literal["on_demand", "spot"] = "on_demand"
+    cpu_architecture: Literal["x86_64", "arm64", "any"] = Field(
+        default="x86_64", description="CPU architecture the job's image runs on (auto-selection only)."
+    )
+    allow_burstable: bool = Field(
+        default=False, description="Allow burstable (CPU-credit) types such as AWS t3 or Azure B-series."
+    )
 
 
 class LocationSpec(_Strict):

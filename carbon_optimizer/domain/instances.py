@@ -124,8 +124,18 @@ def select_instance(
     """The offer the workload would run on in this table's region, or why there is none.
 
     `exclude` drops auto-selected types with those traits (`ARM`, `BURSTABLE`); pins ignore it.
+    The workload's own policy adds to it: `cpu_architecture` "x86_64" excludes ARM types, "arm64"
+    keeps only ARM types, "any" keeps both; burstable types are excluded unless `allow_burstable`.
     """
-    unknown = set(exclude) - {ARM, BURSTABLE}
+    exclude = set(exclude)
+    require: set[str] = set()
+    if workload.cpu_architecture == "x86_64":
+        exclude.add(ARM)
+    elif workload.cpu_architecture == "arm64":
+        require.add(ARM)
+    if not workload.allow_burstable:
+        exclude.add(BURSTABLE)
+    unknown = exclude - {ARM, BURSTABLE}
     if unknown:
         raise ValueError(f"unknown instance traits to exclude: {sorted(unknown)}")
     where = f"{table.provider}/{table.region}"
@@ -154,13 +164,18 @@ def select_instance(
         allowed &= ~_derived(table).arm
     if BURSTABLE in exclude:
         allowed &= ~_derived(table).burstable
-    gpu_ok &= allowed
-    candidates = np.flatnonzero(size_ok & gpu_ok)
+    if ARM in require:
+        allowed &= _derived(table).arm
+    fits = size_ok & gpu_ok
+    candidates = np.flatnonzero(fits & allowed)
 
     if len(candidates) == 0:
         size = f"≥ {workload.vcpus} vCPUs and ≥ {_num(workload.memory_gib)} GiB"
-        if exclude:
-            spot += f" (excluding {' and '.join(sorted(exclude))} types)"
+        if fits.any():
+            # Something fits, but only types the architecture/burstable policy rules out.
+            policy = [f"excluding {' and '.join(sorted(exclude))} types"] if exclude else []
+            policy += [f"only {' and '.join(sorted(require))} types"] if require else []
+            spot += f" ({'; '.join(policy)})"
         if gpu_count > 0 and not gpu_ok.any():
             return Infeasible(f"no instance type with {_gpu_phrase(gpu_count, gpu_models)}{spot}")
         if gpu_count > 0:

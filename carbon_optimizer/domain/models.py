@@ -71,6 +71,10 @@ class Workload:
     instance_types: Mapping[str, str] = field(default_factory=dict)  # provider -> pinned type
     power_watts: float | None = None  # overrides the energy model's average draw
     price_type: PriceType = PriceType.ON_DEMAND
+    # Auto-selection policy: CPU architecture the job's image needs ("x86_64", "arm64", "any")
+    # and whether burstable (CPU-credit) types may host it; pinned types ignore both.
+    cpu_architecture: str = "x86_64"
+    allow_burstable: bool = False
 
     @property
     def duration_hours(self) -> float:
@@ -171,7 +175,7 @@ class InstanceOffer:
     provider: str
     region: str
     instance_type: str
-    vcpus: int | None
+    vcpus: float | None  # fractional for shared-core types (GCP e2-micro = 0.25)
     memory_gib: float | None
     gpu_count: int
     gpu_model: str | None
@@ -213,7 +217,7 @@ class OfferTable:
             provider=self.provider,
             region=self.region,
             instance_type=self.instance_types[index],
-            vcpus=None if np.isnan(vcpus) else int(vcpus),
+            vcpus=None if np.isnan(vcpus) else (int(vcpus) if float(vcpus).is_integer() else float(vcpus)),
             memory_gib=None if np.isnan(mem) else float(mem),
             gpu_count=int(self.gpu_count[index]),
             gpu_model=self.gpu_models[index],

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 
 from carbon_optimizer.api.schemas import OptimizeResponse
 from carbon_optimizer.app import AppOverrides
+from carbon_optimizer.domain.instances import ARM, BURSTABLE, instance_traits
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 from tests.api.conftest import ClientFactory
 from tests.fakes import FIXED_NOW, FailingCarbon, FakeCarbon, fixed_clock, hour_of
 
@@ -173,7 +174,10 @@ async def test_cloud_regions_pick_cheapest_fitting_instance_from_bundled_catalog
         fitting = [
             o
             for o in catalog.list_offers(provider, region, None, PriceType.ON_DEMAND)
-            if (o.vcpus or 0) >= 8 and (o.memory_gib or 0) >= 32
+            if (o.vcpus or 0) >= 8
+            and (o.memory_gib or 0) >= 32
+            # the default policy: x86_64 images, no burstable types
+            and not instance_traits(provider, o.instance_type) & {ARM, BURSTABLE}
         ]
         cheapest = min(o.price_usd_per_hour for o in fitting)
         option = next(o for o in data["options"] if o["location"]["region"] == region)
@@ -182,6 +186,7 @@ async def test_cloud_regions_pick_cheapest_fitting_instance_from_bundled_catalog
         assert option["price_source"].startswith("bundled:")
         assert option["carbon_source"] in {"fallback:replay-2023", "fallback:annual-2025"}
     assert data["best"]["location"]["zone"] in {"US-MIDA-PJM", "BE"}
+    assert not instance_traits("aws", data["options"][0]["instance_type"]) & {ARM, BURSTABLE}
     assert data["window"]["earliest_start"] == "2026-06-03T10:00:00Z"
 
 
@@ -195,16 +200,16 @@ async def test_gpu_request_reports_infeasible_regions(client: Any) -> None:
         },
         "locations": [
             {"provider": "aws", "region": "us-east-1"},
-            {"provider": "gcp", "region": "europe-west1"},
+            {"provider": "aws", "region": "eu-west-3"},
         ],
         "objective": {"mode": "carbon"},
     }
     response = await client.post("/v1/optimize", json=request)
     assert response.status_code == 200, response.text
     data = response.json()
-    assert all(o["location"]["region"] == "us-east-1" for o in data["options"])
+    assert all(o["location"]["region"] == "us-east-1" for o in data["options"]), data
     assert data["best"]["instance_type"].startswith("p5")
-    assert [i["location"]["region"] for i in data["infeasible"]] == ["europe-west1"]
+    assert [i["location"]["region"] for i in data["infeasible"]] == ["eu-west-3"]
     assert "GPU" in data["infeasible"][0]["reason"]
 
 

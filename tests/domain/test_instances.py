@@ -52,9 +52,18 @@ def workload(
     memory: float = 32,
     gpu: GpuRequirement | None = None,
     pins: dict[str, str] | None = None,
+    arch: str = "any",
+    burstable: bool = True,
 ) -> Workload:
+    # Unit tests default to the permissive policy; the product default is tested explicitly below.
     return Workload(
-        duration=timedelta(hours=3), vcpus=vcpus, memory_gib=memory, gpu=gpu, instance_types=pins or {}
+        duration=timedelta(hours=3),
+        vcpus=vcpus,
+        memory_gib=memory,
+        gpu=gpu,
+        instance_types=pins or {},
+        cpu_architecture=arch,
+        allow_burstable=burstable,
     )
 
 
@@ -239,6 +248,31 @@ class TestTraits:
             == "t4g.2xlarge"
         )
 
+    def test_workload_policy_defaults_to_x86_without_burstable(self) -> None:
+        tbl = table(
+            offer("t4g.2xlarge", 8, 32, 0.27),
+            offer("t3.2xlarge", 8, 32, 0.29),
+            offer("m6g.2xlarge", 8, 32, 0.31),
+            offer("m6i.2xlarge", 8, 32, 0.38),
+        )
+        default = Workload(duration=timedelta(hours=1), vcpus=8, memory_gib=32)
+        assert chosen(select_instance(tbl, default)) == "m6i.2xlarge"
+        assert chosen(select_instance(tbl, workload(arch="arm64", burstable=False))) == "m6g.2xlarge"
+        assert chosen(select_instance(tbl, workload(arch="arm64", burstable=True))) == "t4g.2xlarge"
+        assert chosen(select_instance(tbl, workload(arch="x86_64", burstable=True))) == "t3.2xlarge"
+        only_arm = table(offer("m6g.2xlarge", 8, 32, 0.31))
+        assert select_instance(only_arm, default) == Infeasible(
+            "no instance type with ≥ 8 vCPUs and ≥ 32 GiB (excluding arm and burstable types)"
+        )
+        too_small = table(offer("m6i.large", 2, 8, 0.1))
+        assert select_instance(too_small, default) == Infeasible(
+            "no instance type with ≥ 8 vCPUs and ≥ 32 GiB"
+        )
+        only_x86 = table(offer("m6i.2xlarge", 8, 32, 0.38))
+        assert select_instance(only_x86, workload(arch="arm64")) == Infeasible(
+            "no instance type with ≥ 8 vCPUs and ≥ 32 GiB (only arm types)"
+        )
+
     def test_exclude_reason_and_validation(self) -> None:
         tbl = table(offer("t4g.2xlarge", 8, 32, 0.27))
         assert select_instance(tbl, workload(), exclude={ARM}) == Infeasible(
@@ -252,6 +286,7 @@ class TestTraits:
     ("provider", "region"),
     [("aws", "us-east-1"), ("azure", "westeurope"), ("gcp", "us-central1"), ("lambda", "us-west-1")],
 )
+@pytest.mark.parametrize(("arch", "burstable"), [("any", True), ("x86_64", False), ("arm64", False)])
 @pytest.mark.parametrize(
     "need",
     [
@@ -264,15 +299,20 @@ class TestTraits:
     ],
 )
 def test_real_tables_match_brute_force(
-    provider: str, region: str, need: tuple[int, float, GpuRequirement | None]
+    provider: str, region: str, need: tuple[int, float, GpuRequirement | None], arch: str, burstable: bool
 ) -> None:
     tbl = BundledPriceProvider().offers_sync(provider, region, OD)
     assert tbl is not None
     vcpus, memory, gpu = need
-    wl = workload(vcpus, memory, gpu)
+    wl = workload(vcpus, memory, gpu, arch=arch, burstable=burstable)
     fitting = []
     for i in range(len(tbl)):
         if math.isnan(tbl.vcpus[i]) or tbl.vcpus[i] < vcpus or tbl.memory_gib[i] < memory:
+            continue
+        traits = instance_traits(provider, tbl.instance_types[i])
+        if (arch == "x86_64" and ARM in traits) or (arch == "arm64" and ARM not in traits):
+            continue
+        if not burstable and BURSTABLE in traits:
             continue
         if gpu is not None and (
             tbl.gpu_count[i] < gpu.count or (gpu.models is not None and tbl.gpu_models[i] not in gpu.models)

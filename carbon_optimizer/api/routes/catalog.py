@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from carbon_optimizer.api.schemas import EstimateRequest, ProblemOut
 from carbon_optimizer.api.state import get_state
-from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.domain.models import InstanceOffer, PriceType
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {422: {"model": ProblemOut, "description": "Invalid input"}}
@@ -95,7 +95,7 @@ async def prices(
     # A live or cached table for a single region supersedes the bundled rows of that region.
     if provider and region and state.service.prices is not state.bundled_prices:
         kinds = [PriceType(price_type)] if price_type else list(PriceType)
-        live_rows = []
+        live_rows: list[InstanceOffer] = []
         for kind in kinds:
             table = await state.service.prices.offers(provider, region, kind)
             if table is not None:
