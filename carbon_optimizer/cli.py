@@ -287,6 +287,193 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+# ----- prices refresh / estimate (live price catalogs; see carbon_optimizer/providers/prices) -----
+
+DEFAULT_REGIONS = {"aws": "us-east-1", "azure": "eastus", "gcp": "us-central1", "lambda": "us-west-1"}
+PRICE_PROVIDERS = ("aws", "azure", "gcp", "lambda")
+
+
+class ProgressBar:
+    """Refresh progress on stderr: one line redrawn in place on a terminal, start/end lines otherwise."""
+
+    def __init__(self, stream: TextIO, width: int = 20) -> None:
+        self.stream = stream
+        self.width = width
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.state: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, provider: str, done: int, total: int) -> None:
+        """Record progress of one provider and redraw."""
+        self.state[provider] = (done, total)
+        if self.tty:
+            parts = []
+            for name, (d, t) in sorted(self.state.items()):
+                filled = self.width * d // t if t else self.width
+                parts.append(f"{name} [{'#' * filled}{'.' * (self.width - filled)}] {d}/{t}")
+            self.stream.write("\r" + "  ".join(parts))
+            self.stream.flush()
+        elif done == 0:
+            self.stream.write(f"{provider}: refreshing {total} price tables\n")
+        elif done == total:
+            self.stream.write(f"{provider}: {done}/{total} done\n")
+
+    def close(self) -> None:
+        """End the redrawn line."""
+        if self.tty and self.state:
+            self.stream.write("\n")
+
+
+async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
+    from carbon_optimizer import __version__
+    from carbon_optimizer.kv import KeyValueStore
+    from carbon_optimizer.providers.prices import refresh_prices
+    from carbon_optimizer.settings import Settings
+
+    settings = Settings()
+    store: KeyValueStore | None = None
+    redis_store = None
+    if settings.redis.url is not None:
+        from carbon_optimizer.cache import RedisStore
+
+        redis_store = RedisStore.from_settings(settings.redis)
+        store = redis_store
+    else:
+        from carbon_optimizer.providers.prices import FileStore
+
+        store = FileStore(settings.pricing.file_cache_dir)
+    regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
+    try:
+        async with httpx.AsyncClient(headers={"user-agent": f"carbon-optimizer/{__version__}"}) as http:
+            return await refresh_prices(
+                settings, http=http, store=store, providers=args.provider, progress=progress, regions=regions
+            )
+    finally:
+        if redis_store is not None:
+            await redis_store.aclose()
+
+
+def cmd_prices_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`carbon-optimizer prices refresh`: fetch live catalogs into the cache (Redis or local files)."""
+    progress = ProgressBar(err)
+    try:
+        report = asyncio.run(_refresh(args, progress))
+    finally:
+        progress.close()
+    if args.json:
+        out.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        out.write(report.summary() + "\n")
+    if report.ok_count == 0:
+        err.write("error: no price table could be refreshed (see above; nothing cached was changed)\n")
+        return EXIT_ERROR
+    return EXIT_ERROR if report.failed_count else EXIT_OK
+
+
+async def _estimate(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    from carbon_optimizer.app import runtime
+    from carbon_optimizer.domain.models import PriceType
+    from carbon_optimizer.errors import DataUnavailable, InvalidInput
+    from carbon_optimizer.settings import Settings
+
+    async with runtime(Settings()) as state:
+        try:
+            return 200, await state.service.estimate(
+                provider=args.provider,
+                region=args.region or DEFAULT_REGIONS[args.provider],
+                instance_type=args.instance_type,
+                hours=args.hours,
+                price_type=PriceType.SPOT if args.spot else PriceType.ON_DEMAND,
+                start=None,
+            )
+        except InvalidInput as exc:
+            return 422, {"detail": exc.message, "errors": [{"loc": list(exc.loc), "msg": exc.message}]}
+        except DataUnavailable as exc:
+            return 503, {"detail": exc.message}
+
+
+def render_estimate(result: dict[str, Any], out: TextIO) -> None:
+    """Human-readable POST /v1/estimate answer."""
+    size = ", ".join(
+        part
+        for part in (
+            f"{result['vcpus']} vCPU" if result.get("vcpus") else "",
+            f"{_fmt(result.get('memory_gib'), 1)} GiB" if result.get("memory_gib") else "",
+            f"{result['gpu_count']}x {result.get('gpu_model') or 'GPU'}" if result.get("gpu_count") else "",
+        )
+        if part
+    )
+    out.write(
+        f"{result['provider']}/{result['region']} {result['instance_type']}"
+        + (f" ({size})" if size else "")
+        + f", {_fmt(result['hours'], 2)} h {result['price_type'].replace('_', '-')}\n"
+    )
+    out.write(
+        f"price     {result['price_usd_per_hour']} USD/h  "
+        f"(source {result['price_source']}, as of {result.get('as_of') or 'undated'})\n"
+    )
+    out.write(f"cost      {result['cost_usd']:.4f} USD\n")
+    if result.get("energy_kwh") is not None:
+        out.write(
+            f"energy    {_fmt(result['energy_kwh'], 4)} kWh -> {_fmt(result.get('emissions_g'), 1)} gCO2e "
+            f"at {_fmt(result.get('avg_carbon_intensity_g_per_kwh'), 1)} gCO2e/kWh "
+            f"({result.get('carbon_source')}) from {result.get('start')}\n"
+        )
+    for warning in result.get("warnings", []):
+        out.write(f"warning: {warning}\n")
+
+
+def cmd_estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`carbon-optimizer estimate aws t3.large --hours 8`: the same answer as POST /v1/estimate."""
+    if not args.hours > 0:
+        err.write("error: --hours must be greater than 0\n")
+        return EXIT_BAD_INPUT
+    status, result = asyncio.run(_estimate(args))
+    if status != 200:
+        _print_problem(result, err)
+        return EXIT_BAD_INPUT if 400 <= status < 500 else EXIT_ERROR
+    if args.json:
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render_estimate(result, out)
+    return EXIT_OK
+
+
+def add_price_commands(sub: Any) -> None:
+    """Register `prices refresh` and `estimate` on the top-level subparsers."""
+    prices = sub.add_parser("prices", help="live price catalogs")
+    prices_sub = prices.add_subparsers(dest="prices_command", required=True)
+    refresh = prices_sub.add_parser(
+        "refresh", help="fetch live price catalogs into the cache (Redis if configured, else local files)"
+    )
+    refresh.add_argument(
+        "--provider",
+        action="append",
+        choices=PRICE_PROVIDERS,
+        help="only this provider (repeatable; default all)",
+    )
+    refresh.add_argument(
+        "--region",
+        action="append",
+        help="only this region code (repeatable; default every region the API lists)",
+    )
+    refresh.add_argument("--json", action="store_true", help="print the full report as JSON")
+    refresh.set_defaults(func=cmd_prices_refresh)
+
+    estimate = sub.add_parser("estimate", help="list cost of one instance type (same as POST /v1/estimate)")
+    estimate.add_argument("provider", choices=PRICE_PROVIDERS)
+    estimate.add_argument("instance_type")
+    estimate.add_argument("--hours", type=float, required=True)
+    estimate.add_argument(
+        "--region",
+        help="region code (default: "
+        + ", ".join(f"{p} {r}" for p, r in DEFAULT_REGIONS.items()).replace("%", "%%")
+        + ")",
+    )
+    estimate.add_argument("--spot", action="store_true", help="spot price instead of on-demand")
+    estimate.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    estimate.set_defaults(func=cmd_estimate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and for extra subcommands)."""
     parser = argparse.ArgumentParser(
@@ -334,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
     plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
     plan.set_defaults(func=cmd_plan)
+    add_price_commands(sub)
     return parser
 
 
