@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from carbon_optimizer.domain.models import (
     Location,
     Objective,
     ObjectiveMode,
+    OfferTable,
     PriceType,
     Workload,
     format_utc,
@@ -53,6 +55,7 @@ from carbon_optimizer.providers.bundled import RegionCatalog
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
+_SELECTION_CACHE_SIZE = 4096
 
 
 def utc_now() -> datetime:
@@ -132,6 +135,29 @@ class OptimizerService:
         self.max_window = max_window
         self.onprem_pue = onprem_pue
         self.clock = clock
+        # Offer tables are immutable and few; requests repeat: memoise selection per (table, needs).
+        self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
+            OrderedDict()
+        )
+
+    def _select(self, table: OfferTable, workload: Workload) -> InstanceOffer | Infeasible:
+        key = (
+            id(table),
+            workload.vcpus,
+            workload.memory_gib,
+            workload.gpu,
+            tuple(sorted(workload.instance_types.items())),
+            workload.cpu_architecture,
+            workload.allow_burstable,
+        )
+        hit = self._selections.get(key)
+        if hit is not None and hit[0] is table:
+            return hit[1]
+        chosen = select_instance(table, workload)
+        self._selections[key] = (table, chosen)
+        if len(self._selections) > _SELECTION_CACHE_SIZE:
+            self._selections.popitem(last=False)
+        return chosen
 
     # ----- resolution -----
 
@@ -253,7 +279,7 @@ class OptimizerService:
                         continue
                     ctx.warn(f"no price data for {location.key}; instance type and cost unknown")
                 else:
-                    chosen = select_instance(table, workload)
+                    chosen = self._select(table, workload)
                     if isinstance(chosen, Infeasible):
                         infeasible.append((location, chosen.reason))
                         continue
