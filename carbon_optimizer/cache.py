@@ -638,10 +638,10 @@ class CachedSeriesSource:
         """Poll the store for the value another process is fetching, up to `lock_wait_s`."""
         assert self._locking is not None
         give_up_at = self._monotonic() + self._settings.lock_wait_s
-        delay = 0.02
+        delay = 0.01
         while (remaining := give_up_at - self._monotonic()) > 0:
             await self._sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.2)
+            delay = min(delay * 1.5, 0.05)  # a short cap: waiters see the value soon after it lands
             entry = await self._store_get(key)
             if entry is not None and entry.is_fresh(self._clock()):
                 CACHE_EVENTS.labels("carbon", self.store.name, "hit").inc()

@@ -255,7 +255,14 @@ class StubUpstream:
     async def _respond(self, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
         url = urlsplit(target)
         endpoint = url.path.rsplit("/", 1)[-1]
-        zone = parse_qs(url.query).get("zone", [""])[0]
+        query = parse_qs(url.query)
+        if endpoint == "__control":  # remote control for `StubProcess`: configure, then report counts
+            self.mode = query.get("mode", [self.mode])[0]
+            self.delay_s = float(query.get("delay_s", [self.delay_s])[0])
+            if query.get("reset"):
+                self.calls.clear()
+            return 200, json.dumps([[ep, z, n] for (ep, z), n in self.calls.items()]).encode()
+        zone = query.get("zone", [""])[0]
         self.calls[(endpoint, zone)] += 1
         if "auth-token" in headers:
             self.tokens.add(headers["auth-token"])
@@ -288,6 +295,53 @@ class StubUpstream:
         else:
             return 404, json.dumps({"error": f'No recent data for zone "{zone}"'}).encode()
         return 200, json.dumps(payload).encode()
+
+
+class StubProcess:
+    """`StubUpstream` in its own Python process (so its CPU does not share our GIL), remote-controlled."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.conftest", "stub", str(self.port)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                self.control()
+                return
+            time.sleep(0.05)
+        raise RuntimeError("stub process did not start")
+
+    @property
+    def base_url(self) -> str:
+        """Base URL to configure as `electricitymaps.base_url`."""
+        return f"http://127.0.0.1:{self.port}/v3"
+
+    def control(
+        self, *, mode: str | None = None, delay_s: float | None = None, reset: bool = False
+    ) -> Counter[tuple[str, str]]:
+        """Change mode/delay (and reset counts); returns the call counts."""
+        params: dict[str, str] = {}
+        if mode is not None:
+            params["mode"] = mode
+        if delay_s is not None:
+            params["delay_s"] = str(delay_s)
+        if reset:
+            params["reset"] = "1"
+        rows = httpx.get(f"{self.base_url}/__control", params=params, timeout=2).json()
+        return Counter({(ep, z): n for ep, z, n in rows})
+
+    def count(self, endpoint: str, zone: str | None = None) -> int:
+        """Calls received for an endpoint (optionally one zone)."""
+        return sum(n for (ep, z), n in self.control().items() if ep == endpoint and zone in (None, z))
+
+    def stop(self) -> None:
+        """Terminate the process."""
+        self.process.terminate()
+        self.process.wait(5)
 
 
 @pytest.fixture
@@ -341,6 +395,7 @@ async def stack_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Build the stack, wait for `start_at` (epoch s), fire `requests` concurrent series fetches."""
     zones: list[str] = config["zones"]
     settings = live_settings(config["base_url"], config.get("redis_url"), **config.get("cache", {}))
+    settings.redis.key_prefix = config.get("redis_key_prefix", settings.redis.key_prefix)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as http:
         stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
         await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
@@ -387,4 +442,8 @@ def run_stack_workers(configs: list[dict[str, Any]], timeout_s: float = 60) -> l
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(stack_worker(json.loads(sys.argv[1])))))
+    if sys.argv[1] == "stub":  # `StubProcess`: serve until terminated
+        StubUpstream().start(int(sys.argv[2]))
+        threading.Event().wait()
+    else:
+        print(json.dumps(asyncio.run(stack_worker(json.loads(sys.argv[1])))))
