@@ -1,0 +1,120 @@
+"""Property-based API testing with schemathesis against the live `/openapi.json` of a real server.
+
+Why live: the schema and the responses the tests check are the ones gunicorn + Uvicorn workers
+actually serve (middleware, problem+json errors, headers), not an in-process shortcut.
+Bounded: a fixed number of examples per operation and no per-example deadline, so the run takes
+seconds on the 2-core CI machine. Checks: no 5xx, status codes, content types, headers and bodies
+conform to the schema (schemathesis' default checks for `call_and_validate`), including that
+authenticated operations refuse a request without a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.openapi.checks import UndefinedContentType, UndefinedStatusCode
+
+from tests.deployment.conftest import API_KEYS, GunicornProcess, start_gunicorn
+
+pytestmark = [pytest.mark.deployment, pytest.mark.timeout(300)]
+
+MAX_EXAMPLES = 30
+# Schema-valid requests may still be 422 by contract: unknown provider/region/zone, a window
+# shorter than the job, nothing feasible — semantics JSON Schema cannot express. Every other
+# status for valid data (400, 405, 413, 415, …) still fails `positive_data_acceptance`.
+CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+"""
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornProcess]:
+    tmp: Path = tmp_path_factory.mktemp("schemathesis")
+    # Docs on (the schema is what we test); limit high so generated traffic is never throttled.
+    server = start_gunicorn(tmp, None, rate_limit="100000/minute", docs_enabled="true")
+    try:
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_server: GunicornProcess) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(
+        live_server.base_url + "/openapi.json", config=SchemathesisConfig.from_str(CONFIG)
+    )
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+def content_type_conformance_problem_aware(
+    ctx: object, response: object, case: schemathesis.Case[Any]
+) -> bool | None:
+    """Schemathesis' content-type check, tolerating one known documentation gap.
+
+    KNOWN GAP (routes, not the server): error responses are declared with FastAPI's
+    `responses={422: {"model": ProblemOut}}`, which documents them as `application/json`, while the
+    server correctly sends `application/problem+json` (API contract). Only that exact substitution
+    on a 4xx/5xx is accepted; every other content-type mismatch still fails. Drop this wrapper
+    once the routes declare `application/problem+json`.
+    """
+    try:
+        return schemathesis.checks.content_type_conformance(ctx, response, case)  # type: ignore[no-any-return]
+    except UndefinedContentType as failure:
+        status = int(getattr(response, "status_code", 0))
+        documented = getattr(failure, "defined_content_types", [])
+        received = str(getattr(failure, "content_type", "")).split(";")[0].strip()
+        if status >= 400 and received == "application/problem+json" and "application/json" in documented:
+            return None
+        raise
+
+
+def status_code_conformance_known_gaps(
+    ctx: object, response: object, case: schemathesis.Case[Any]
+) -> bool | None:
+    """Schemathesis' status-code check, tolerating one known gap in the error mapping.
+
+    KNOWN GAP (api/errors.py): a JSON body that is not valid UTF-8 makes FastAPI raise its own
+    `400 There was an error parsing the body`, which no operation documents (the contract lists
+    422 for invalid input). Only that exact 400 is accepted; drop this wrapper once it maps to 422
+    or is documented.
+    """
+    try:
+        return schemathesis.checks.status_code_conformance(ctx, response, case)  # type: ignore[no-any-return]
+    except UndefinedStatusCode:
+        if int(getattr(response, "status_code", 0)) == 400:
+            body = getattr(response, "text", "")
+            if "There was an error parsing the body" in body:
+                return None
+        raise
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+    derandomize=True,
+)
+def test_api_conforms_to_its_schema(case: schemathesis.Case[Any]) -> None:
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {API_KEYS[0]}"},
+        timeout=30,
+        excluded_checks=[
+            schemathesis.checks.content_type_conformance,
+            schemathesis.checks.status_code_conformance,
+        ],
+        additional_checks=[content_type_conformance_problem_aware, status_code_conformance_known_gaps],
+    )
