@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.openapi.checks import UndefinedContentType, UndefinedStatusCode
 
-from tests.deployment.conftest import API_KEYS, GunicornProcess, start_gunicorn
+from tests.deployment.harness import API_KEYS, GunicornProcess, start_gunicorn
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(300)]
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from carbon_optimizer.api.security import client_id_for
-from tests.deployment.conftest import (
+from tests.deployment.harness import (
     API_KEYS,
     GunicornProcess,
     RedisProcess,

@@ -1,5 +1,8 @@
 """Real processes for the deployment tests: `redis-server` and `gunicorn -c gunicorn.conf.py`.
 
+Shared by tests/deployment and tests/api/test_schemathesis.py (a plain module, not a conftest,
+so both can import it).
+
 Why real ones: the promises under test (metrics aggregated across forked workers, one rate-limit
 count shared by every worker, graceful drain on SIGTERM, surviving a dead Redis) live in process
 boundaries, signals and sockets that an in-process ASGI client never exercises.
@@ -16,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,12 +186,3 @@ def _get_ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-@pytest.fixture
-def redis_process() -> Iterator[RedisProcess]:
-    process = start_redis()
-    try:
-        yield process
-    finally:
-        process.kill()
