@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
@@ -79,15 +81,19 @@ class CachePolicy:
         return self.on_demand_ttl_s
 
 
+def _nan_to_none(values: npt.NDArray[np.float64]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
 @dataclass(frozen=True, slots=True)
 class CachedEntry:
-    """A decoded store entry: rows of one table and when they were fetched."""
+    """A decoded store entry: one table (rows labelled `cache:<fetch date>`) and its fetch time."""
 
     provider: str
     region: str
     price_type: PriceType
     fetched_at: datetime
-    rows: tuple[tuple[str, int | None, float | None, int, str | None, float], ...]
+    columns: OfferTable
 
     @property
     def as_of(self) -> date:
@@ -95,44 +101,26 @@ class CachedEntry:
         return self.fetched_at.astimezone(UTC).date()
 
     def table(self, region: str) -> OfferTable:
-        """The entry as an OfferTable for `region`, every row labelled `cache:<as_of>`."""
-        label = price_label("cache", self.as_of)
-        offers = [
-            InstanceOffer(
-                provider=self.provider,
-                region=region,
-                instance_type=name,
-                vcpus=vcpus,
-                memory_gib=mem,
-                gpu_count=gpus,
-                gpu_model=model,
-                price_usd_per_hour=price,
-                price_type=self.price_type,
-                as_of=self.as_of,
-                source=label,
-            )
-            for name, vcpus, mem, gpus, model, price in self.rows
-        ]
-        return OfferTable.from_offers(
-            self.provider, region, self.price_type, offers, fetched_at=self.fetched_at
-        )
+        """The entry as an OfferTable for `region` (Lambda's one table serves every region)."""
+        if region == self.columns.region:
+            return self.columns
+        return dataclasses.replace(self.columns, region=region)
 
 
 def encode_table(table: OfferTable, fetched_at: datetime) -> bytes:
-    """Serialise a live table for the store (JSON; schema version in `v`)."""
-    rows = []
-    for i in range(len(table)):
-        offer = table.offer(i)
-        rows.append(
-            [
-                offer.instance_type,
-                offer.vcpus,
-                offer.memory_gib,
-                offer.gpu_count,
-                offer.gpu_model,
-                offer.price_usd_per_hour,
-            ]
+    """Serialise a live table for the store (JSON rows; schema version in `v`)."""
+    vcpus = [None if v is None else int(v) for v in _nan_to_none(table.vcpus)]
+    rows = list(
+        zip(
+            table.instance_types,
+            vcpus,
+            _nan_to_none(table.memory_gib),
+            table.gpu_count.tolist(),
+            table.gpu_models,
+            table.price_usd_per_hour.tolist(),
+            strict=True,
         )
+    )
     return orjson.dumps(
         {
             "v": CACHE_FORMAT,
@@ -147,7 +135,7 @@ def encode_table(table: OfferTable, fetched_at: datetime) -> bytes:
 
 
 def decode_entry(raw: bytes) -> CachedEntry | None:
-    """Parse a store entry; None (treated as a miss) when it is corrupt or of another format."""
+    """Parse a store entry straight into columns; None (a miss) when corrupt or of another format."""
     try:
         doc = orjson.loads(raw)
         if not isinstance(doc, dict) or doc.get("v") != CACHE_FORMAT:
@@ -155,64 +143,78 @@ def decode_entry(raw: bytes) -> CachedEntry | None:
         fetched_at = datetime.fromisoformat(doc["fetched_at"])
         if fetched_at.tzinfo is None:
             return None
-        rows = tuple(
-            (
-                str(name),
-                None if vcpus is None else int(vcpus),
-                None if mem is None else float(mem),
-                int(gpus),
-                None if model is None else str(model),
-                float(price),
-            )
-            for name, vcpus, mem, gpus, model, price in doc["rows"]
-        )
-        return CachedEntry(
-            provider=str(doc["provider"]),
-            region=str(doc["region"]),
-            price_type=PriceType(doc["price_type"]),
+        rows = doc["rows"]
+        if not isinstance(rows, list) or not rows:
+            return None
+        names, vcpus, mem, gpus, models, prices = zip(*rows, strict=True)
+        provider, region, price_type = str(doc["provider"]), str(doc["region"]), PriceType(doc["price_type"])
+        as_of = fetched_at.astimezone(UTC).date()
+        count = len(names)
+        columns = OfferTable(
+            provider=provider,
+            region=region,
+            price_type=price_type,
+            instance_types=tuple(str(n) for n in names),
+            vcpus=np.array([np.nan if v is None else v for v in vcpus], dtype=np.float64),
+            memory_gib=np.array([np.nan if m is None else m for m in mem], dtype=np.float64),
+            gpu_count=np.array(gpus, dtype=np.int64),
+            gpu_models=tuple(None if m is None else str(m) for m in models),
+            price_usd_per_hour=np.array(prices, dtype=np.float64),
+            as_of=(as_of,) * count,
+            sources=(price_label("cache", as_of),) * count,
             fetched_at=fetched_at,
-            rows=rows,
         )
+        return CachedEntry(provider, region, price_type, fetched_at, columns)
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def merge_missing(main: OfferTable, extra: OfferTable | None) -> OfferTable:
-    """`main` plus the rows of `extra` whose instance type `main` does not list."""
+    """`main` plus the rows of `extra` whose instance type `main` does not list (columns only)."""
     if extra is None or not len(extra):
         return main
     have = set(main.instance_types)
-    added = [extra.offer(i) for i in range(len(extra)) if extra.instance_types[i] not in have]
-    if not added:
+    keep = [i for i, name in enumerate(extra.instance_types) if name not in have]
+    if not keep:
         return main
-    rows = [main.offer(i) for i in range(len(main))] + added
-    return OfferTable.from_offers(
-        main.provider, main.region, main.price_type, rows, fetched_at=main.fetched_at
+    take = np.array(keep, dtype=np.int64)
+    return dataclasses.replace(
+        main,
+        instance_types=main.instance_types + tuple(extra.instance_types[i] for i in keep),
+        vcpus=np.concatenate((main.vcpus, extra.vcpus[take])),
+        memory_gib=np.concatenate((main.memory_gib, extra.memory_gib[take])),
+        gpu_count=np.concatenate((main.gpu_count, extra.gpu_count[take])),
+        gpu_models=main.gpu_models + tuple(extra.gpu_models[i] for i in keep),
+        price_usd_per_hour=np.concatenate((main.price_usd_per_hour, extra.price_usd_per_hour[take])),
+        as_of=main.as_of + tuple(extra.as_of[i] for i in keep),
+        sources=main.sources + tuple(extra.sources[i] for i in keep),
     )
 
 
 def fill_specs(main: OfferTable, extra: OfferTable | None) -> OfferTable:
-    """`main` with unknown sizes filled from `extra` rows of the same instance type."""
-    if extra is None or not len(extra) or not np.isnan(main.vcpus).any():
+    """`main` with unknown sizes filled from `extra` rows of the same instance type (columns only)."""
+    if extra is None or not len(extra):
+        return main
+    unknown = np.flatnonzero(np.isnan(main.vcpus))
+    if not len(unknown):
         return main
     index = {name: i for i, name in enumerate(extra.instance_types)}
-    rows = []
-    for i in range(len(main)):
-        offer = main.offer(i)
-        j = index.get(offer.instance_type)
-        if offer.vcpus is None and j is not None:
-            known = extra.offer(j)
-            offer = dataclasses.replace(
-                offer,
-                vcpus=known.vcpus,
-                memory_gib=offer.memory_gib if offer.memory_gib is not None else known.memory_gib,
-                gpu_count=offer.gpu_count or known.gpu_count,
-                gpu_model=offer.gpu_model or known.gpu_model,
-            )
-        rows.append(offer)
-    return OfferTable.from_offers(
-        main.provider, main.region, main.price_type, rows, fetched_at=main.fetched_at
-    )
+    names = main.instance_types
+    pairs = [(r, index[names[r]]) for r in unknown.tolist() if names[r] in index]
+    if not pairs:
+        return main
+    rows = np.array([r for r, _ in pairs], dtype=np.int64)
+    src = np.array([j for _, j in pairs], dtype=np.int64)
+    vcpus = main.vcpus.copy()
+    memory = main.memory_gib.copy()
+    gpus = main.gpu_count.copy()
+    vcpus[rows] = extra.vcpus[src]
+    memory[rows] = np.where(np.isnan(memory[rows]), extra.memory_gib[src], memory[rows])
+    gpus[rows] = np.where(gpus[rows] == 0, extra.gpu_count[src], gpus[rows])
+    models = list(main.gpu_models)
+    for r, j in pairs:
+        models[r] = models[r] or extra.gpu_models[j]
+    return dataclasses.replace(main, vcpus=vcpus, memory_gib=memory, gpu_count=gpus, gpu_models=tuple(models))
 
 
 def _newest_as_of(table: OfferTable) -> date | None:

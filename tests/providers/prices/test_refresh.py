@@ -115,7 +115,13 @@ async def test_sources_from_settings_skip_what_has_no_credentials(
     entry = decode_entry(kv.data[stored(cache_key("gcp", "us-central1", PriceType.ON_DEMAND))])
     assert entry is not None
     assert entry.fetched_at == NOW
-    assert ("n2-standard-8", 8, 32.0, 0, None, 0.388472) in entry.rows
+    n2 = entry.table("us-central1").offer(entry.table("us-central1").find("n2-standard-8") or 0)
+    assert (n2.vcpus, n2.memory_gib, n2.price_usd_per_hour, n2.source) == (
+        8,
+        32.0,
+        0.388472,
+        "cache:2026-11-24",
+    )
     assert "co:v1:prices:lambda:*:on_demand" in kv.data
     assert SECRET not in caplog.text
     assert SECRET not in repr(report.as_dict())
