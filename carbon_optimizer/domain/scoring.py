@@ -312,15 +312,29 @@ def objective_score(
     return float(_scores_in_place(objective, em, cost, min_emissions_g, min_cost))
 
 
+def _first_by_start(tied: IntArray, starts: int, needed: int) -> IntArray:
+    """The `needed` entries of `tied` (ascending flat indices) that come first by (start, location).
+
+    Linear (a bincount over start indices) rather than a sort: in cost mode with equal prices, or on
+    a flat forecast, tens of thousands of candidates can tie.
+    """
+    start_of = tied % starts
+    cut = int(np.searchsorted(np.cumsum(np.bincount(start_of, minlength=starts)), needed))
+    earlier = tied[start_of < cut]
+    # Ascending flat index within one start is ascending location index.
+    return np.concatenate((earlier, tied[start_of == cut][: needed - earlier.size]))
+
+
 def _top_k(scores: FloatArray, k: int) -> IntArray:
     """Flat indices of the k best (score, start, location), best first, without sorting everything.
 
     `scores` is (rows, K), flat index = row·K + start. A full-size argpartition costs ~2 ms at
-    150 × 661 on the reference machine, so it runs on a pre-filtered set instead: the minima of
-    ≥ k disjoint chunks are k distinct candidates, so the k-th smallest of them bounds the k-th
-    smallest score from above and `flat <= bound` keeps every candidate that can make the top k.
-    argpartition then finds the exact k-th score in that small set, every candidate tied with it
-    is kept, and only those are lexsorted by (score, start, location).
+    150 × 661 on the development machine, so it runs on a pre-filtered set instead: the minima of
+    ≥ k disjoint chunks are k distinct candidates, so the k-th smallest of them (`bound`) is at
+    least the k-th smallest score and `flat <= bound` keeps every candidate that can make the top k.
+    If fewer than k of those lie strictly below `bound`, the k-th score is `bound` itself;
+    otherwise argpartition finds it among the ones below. Candidates tied with the k-th score are
+    cut by (start, location), and only the final k are lexsorted by (score, start, location).
     """
     rows, starts = scores.shape
     flat = scores.reshape(-1)
@@ -331,9 +345,14 @@ def _top_k(scores: FloatArray, k: int) -> IntArray:
         bound = np.partition(chunk_minima, k - 1)[k - 1]
         selected = np.flatnonzero(flat <= bound)
         kept = flat[selected]
-        kth = kept[np.argpartition(kept, k - 1)[k - 1]]
-        # Keep every candidate tied with the k-th score: the tie-break decides among them.
-        selected = selected[kept <= kth]
+        below = kept[kept < bound]
+        kth = below[np.argpartition(below, k - 1)[k - 1]] if below.size >= k else bound
+        better = selected[kept < kth]  # fewer than k
+        tied = selected[kept == kth]
+        needed = k - better.size
+        if tied.size > needed:
+            tied = _first_by_start(tied, starts, needed)
+        selected = np.concatenate((better, tied))
     else:
         selected = np.arange(flat.size)
     order = np.lexsort((selected // starts, selected % starts, flat[selected]))[:k]

@@ -22,6 +22,8 @@ from carbon_optimizer.domain.scoring import (
     CandidateGrid,
     ScoringInput,
     ScoringResult,
+    _first_by_start,
+    _top_k,
     candidate_grid,
     objective_score,
     rank_candidates,
@@ -257,3 +259,30 @@ def test_permuting_locations_changes_only_the_location_tie_break(
         firsts = [loc for _, start, i, loc in before if i == ident and start == before[0][1]]
         assert firsts == sorted(firsts)
         assert len(firsts) in (0, len(positions))
+
+
+@PROPERTY_SETTINGS
+@given(
+    rows=st.integers(1, 6),
+    starts=st.integers(1, 40),
+    levels=st.integers(1, 4),
+    k=st.integers(1, 30),
+    data=st.data(),
+)
+def test_top_k_equals_a_full_sort(rows: int, starts: int, levels: int, k: int, data: st.DataObject) -> None:
+    # Few distinct score levels, so ties straddle the k-th place most of the time.
+    values = data.draw(st.lists(st.integers(0, levels - 1), min_size=rows * starts, max_size=rows * starts))
+    scores = np.array(values, dtype=np.float64).reshape(rows, starts)
+    k = min(k, scores.size)
+    flat = np.arange(scores.size)
+    expected = sorted(flat.tolist(), key=lambda i: (scores.flat[i], i % starts, i // starts))[:k]
+    assert _top_k(scores, k).tolist() == expected
+
+
+@PROPERTY_SETTINGS
+@given(starts=st.integers(1, 30), data=st.data())
+def test_first_by_start_takes_exactly_the_needed_earliest(starts: int, data: st.DataObject) -> None:
+    tied = np.array(sorted(data.draw(st.sets(st.integers(0, 5 * starts - 1), min_size=1))), dtype=np.int64)
+    needed = data.draw(st.integers(1, tied.size))
+    expected = sorted(tied.tolist(), key=lambda i: (i % starts, i // starts))[:needed]
+    assert sorted(_first_by_start(tied, starts, needed).tolist()) == sorted(expected)
