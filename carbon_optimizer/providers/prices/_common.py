@@ -56,12 +56,11 @@ class LivePriceSource(Protocol):
     """A live price API client, as the cache chain and the refresh job see it.
 
     It is a `PriceProvider` plus what caching and refreshing need: which price types it can
-    answer, the regions to refresh, and whether its tables list every instance type of a region or
-    only those it can price (GCP composition).
+    answer and which regions to refresh. (Which providers' tables are partial — GCP composes some
+    families only — is a fixed fact the chain knows even when no live client exists.)
     """
 
     name: str
-    covers_all_types: bool
 
     def supports(self, price_type: PriceType) -> bool:
         """True when this API publishes prices of `price_type`."""

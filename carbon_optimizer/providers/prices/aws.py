@@ -222,7 +222,6 @@ class AwsPriceList:
     """`PriceProvider` over the AWS Price List Query API (on-demand) and EC2 spot price history."""
 
     name = UPSTREAM
-    covers_all_types = True
 
     def __init__(
         self,

@@ -100,7 +100,10 @@ def select_prices(items: Sequence[Mapping[str, object]], now: datetime) -> dict[
             continue
         candidate = _Candidate(float(price), effective, bool(item.get("isPrimaryMeterRegion", True)))
         current = best[kind].get(name)
-        if current is None or (candidate.effective, candidate.primary) > (current.effective, current.primary):
+        # Newest effective date, then the primary meter region, then (a tie the API should not
+        # produce) the higher price: deterministic whatever the item order, and never optimistic.
+        rank = (candidate.effective, candidate.primary, candidate.price)
+        if current is None or rank > (current.effective, current.primary, current.price):
             best[kind][name] = candidate
     return {kind: {name: c.price for name, c in by_name.items()} for kind, by_name in best.items()}
 
@@ -109,7 +112,6 @@ class AzureRetailPrices:
     """`PriceProvider` over the Azure Retail Prices API."""
 
     name = UPSTREAM
-    covers_all_types = True
 
     def __init__(
         self,

@@ -317,7 +317,6 @@ class GcpCatalogPrices:
     """`PriceProvider` composing GCP machine-type prices from the Cloud Billing Catalog."""
 
     name = UPSTREAM
-    covers_all_types = False  # only the families in MACHINE_TYPES are composed
 
     def __init__(
         self,

@@ -100,7 +100,6 @@ class LambdaCloudPrices:
     """`PriceProvider` over Lambda Cloud's instance-types endpoint."""
 
     name = UPSTREAM
-    covers_all_types = True
 
     def __init__(
         self,

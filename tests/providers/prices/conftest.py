@@ -114,8 +114,6 @@ class FakeBundled:
 class FakeLive:
     """A LivePriceSource fake: answers from a table factory, or raises; counts calls."""
 
-    covers_all_types = True
-
     def __init__(
         self,
         name: str,

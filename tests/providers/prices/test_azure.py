@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, date, datetime
+
 import httpx
 import pytest
 import respx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.errors import MalformedUpstreamResponse, ProviderRateLimited, ProviderUnavailable
 from carbon_optimizer.providers.prices._common import HttpPolicy
 from carbon_optimizer.providers.prices._specs import SpecIndex
-from carbon_optimizer.providers.prices.azure import AzureRetailPrices, classify
+from carbon_optimizer.providers.prices.azure import AzureRetailPrices, classify, select_prices
 
 from .conftest import Clock, FakeBundled, load, offer
 
@@ -154,3 +159,35 @@ def test_classify_rules() -> None:
     )
     assert classify({**base, "type": "Reservation", "skuName": "D8s v5"}) is None
     assert classify({**base, "unitOfMeasure": "1/Month", "skuName": "D8s v5"}) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dates=st.lists(st.dates(min_value=date(2020, 1, 1), max_value=date(2030, 1, 1)), min_size=1, max_size=6),
+    seed=st.randoms(use_true_random=False),
+)
+def test_newest_effective_item_wins_in_any_order(dates: list[date], seed: random.Random) -> None:
+    now = datetime(2026, 11, 24, tzinfo=UTC)
+    items = [
+        {
+            "type": "Consumption",
+            "unitOfMeasure": "1 Hour",
+            "productName": "Virtual Machines Dsv5 Series",
+            "skuName": "D8s v5",
+            "meterName": "D8s v5",
+            "armSkuName": "Standard_D8s_v5",
+            "retailPrice": 1.0 + i,
+            "effectiveStartDate": f"{d.isoformat()}T00:00:00Z",
+        }
+        for i, d in enumerate(dates)
+    ]
+    past = [(d, 1.0 + i) for i, d in enumerate(dates) if d <= now.date()]
+    shuffled = list(items)
+    seed.shuffle(shuffled)
+    chosen = select_prices(shuffled, now)[PriceType.ON_DEMAND]
+    if not past:
+        assert chosen == {}
+        return
+    newest = max(d for d, _ in past)
+    # The newest item wins; on a date tie the higher price: the same answer in every order.
+    assert chosen == {"Standard_D8s_v5": max(price for d, price in past if d == newest)}
