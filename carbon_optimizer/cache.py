@@ -432,6 +432,7 @@ class CachedSeriesSource:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        failure_cooldown_s: float = 5.0,
     ) -> None:
         self.source = source
         self.name = source.name
@@ -448,6 +449,9 @@ class CachedSeriesSource:
         self._local_ttl_s = settings.local_ttl_s if self._locking is not None else math.inf
         self._local = _LocalTier(settings.local_max_entries)
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
+        # key -> (monotonic time until which we do not ask upstream again, why it failed)
+        self._cooling: dict[str, tuple[float, str]] = {}
+        self._failure_cooldown_s = failure_cooldown_s
         self._refresher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -592,6 +596,14 @@ class CachedSeriesSource:
                 await self.store.set(key, encode_entry(best), best.fresh_until - now + extra)
             return best.result()
         CACHE_EVENTS.labels("carbon", tier, "miss").inc()
+        cooling = self._cooling.get(key)
+        if cooling is not None:
+            until, reason = cooling
+            if self._monotonic() < until:
+                # This key just failed upstream: answer stale/fallback now instead of waiting again
+                # (one request may ask for a zone twice, e.g. options and baseline).
+                return self._stale_or_raise(best, ProviderUnavailable(f"{reason} (recent failure)"))
+            del self._cooling[key]
         return await self._refresh(key, request, best)
 
     async def _refresh(self, key: str, request: SeriesRequest, fallback: CacheEntry | None) -> Fetched:
@@ -605,20 +617,22 @@ class CachedSeriesSource:
                 if entry is not None:
                     self._local.put(key, entry, self._clock())
                     return entry.result()
-                return self._stale_or_raise(
-                    fallback, ProviderUnavailable("another worker's upstream fetch did not complete")
+                return self._failed(
+                    key, fallback, ProviderUnavailable("another worker's upstream fetch did not complete")
                 )
             held = acquired is True
         try:
             fetched = await self.source.fetch(request)
         except (NoDataForZone, ProviderNotEntitled, ProviderAuthError) as exc:
+            self._cooling.pop(key, None)
             await self._put(key, self._negative(exc), self._settings.negative_ttl_s)
             raise
         except ProviderError as exc:
-            return self._stale_or_raise(fallback, exc)
+            return self._failed(key, fallback, exc)
         finally:
             if held and self._locking is not None:
                 await self._locking.release_lock(lock_key, token)
+        self._cooling.pop(key, None)
         ttl = self.ttl_for(request.kind)
         entry = CacheEntry(fresh_until=self._clock() + ttl, fetched=fetched)
         await self._put(key, entry, ttl + self._settings.stale_max_age_s)
@@ -654,6 +668,10 @@ class CachedSeriesSource:
                 fresh = entry is not None and entry.is_fresh(self._clock())
                 return entry if fresh else None
         return None
+
+    def _failed(self, key: str, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
+        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message)
+        return self._stale_or_raise(fallback, exc)
 
     def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
         now = self._clock()

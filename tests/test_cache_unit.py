@@ -95,7 +95,14 @@ def settings(**overrides: Any) -> CacheSettings:
 
 
 def memory_cache(clock: Clock, source: FakeSource, **overrides: Any) -> CachedSeriesSource:
-    return CachedSeriesSource(source, MemoryStore(clock=clock), settings(**overrides), clock=clock)
+    return CachedSeriesSource(
+        source,
+        MemoryStore(clock=clock),
+        settings(**overrides),
+        clock=clock,
+        monotonic=clock,
+        failure_cooldown_s=5,
+    )
 
 
 # ----- byte format -----
@@ -255,8 +262,34 @@ async def test_transient_failures_are_not_cached() -> None:
     cache = memory_cache(clock, source)
     with pytest.raises(ProviderUnavailable):
         await cache.fetch(FORECAST_DE)
+    clock.now += 6  # past the per-key cool-down
     assert (await cache.fetch(FORECAST_DE)).series.values[0] == 100.0
     assert len(source.calls) == 2
+
+
+async def test_a_failed_key_cools_down_before_asking_upstream_again() -> None:
+    clock = Clock()
+    source = FakeSource(clock)
+    cache = memory_cache(clock, source)
+    await cache.fetch(FORECAST_DE)
+    clock.now += 1000
+    source.errors.append(ProviderUnavailable("down"))
+    assert (await cache.fetch(FORECAST_DE)).stale
+    again = await cache.fetch(FORECAST_DE)  # e.g. the same request's baseline: no second wait
+    assert again.stale
+    assert len(source.calls) == 2
+
+    forecast_fr = SeriesRequest(SeriesKind.FORECAST, "FR")
+    source.errors.append(ProviderUnavailable("down"))
+    with pytest.raises(ProviderUnavailable, match="down"):
+        await cache.fetch(forecast_fr)
+    with pytest.raises(ProviderUnavailable, match="recent failure"):  # no stale copy: fails fast
+        await cache.fetch(forecast_fr)
+    assert len(source.calls) == 3
+    clock.now += 6
+    assert not (await cache.fetch(forecast_fr)).stale
+    assert not (await cache.fetch(FORECAST_DE)).stale
+    assert len(source.calls) == 5
 
 
 # ----- stale-while-error -----
@@ -291,6 +324,7 @@ async def test_recovers_fresh_value_after_outage() -> None:
     source.errors.append(ProviderUnavailable("down"))
     assert (await cache.fetch(FORECAST_DE)).stale
     source.value = 200.0
+    clock.now += 6  # past the per-key cool-down
     fresh = await cache.fetch(FORECAST_DE)
     assert not fresh.stale
     assert fresh.series.values[0] == 200.0
