@@ -313,7 +313,7 @@ class OptimizerService:
 
         baseline_query = query.baseline_location
         baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
-        baseline_start = (query.baseline_start or start).astimezone(UTC)
+        baseline_start = (query.baseline_start or start).astimezone(UTC).replace(microsecond=0)
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         if uses_cost:
