@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import numpy as np
@@ -69,6 +69,7 @@ PAST_RANGE_MAX = timedelta(days=10)
 _ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _GRANULARITY = {"hourly": HOUR, "15_minutes": timedelta(minutes=15), "5_minutes": timedelta(minutes=5)}
 _MAX_ERROR_TEXT = 200
+ParsedT = TypeVar("ParsedT")
 
 
 class SeriesKind(StrEnum):
@@ -198,27 +199,36 @@ class ElectricityMapsProvider:
     async def forecast(self, zone: str, horizon_hours: int | None = None) -> Fetched:
         """`GET /carbon-intensity/forecast` (horizon 6/24/48/72 h, default from settings)."""
         horizon = horizon_hours or self._settings.forecast_horizon_hours
-        payload = await self._get_json(
-            "forecast", "/carbon-intensity/forecast", {"zone": validate_zone(zone), "horizonHours": horizon}
-        )
-        rows = _rows(payload, ("forecast", "data"), "forecast")
-        return self._fetched(zone, SeriesKind.FORECAST, rows, _parse_time(_field(payload, "updatedAt")))
+
+        def parse(payload: Any) -> Fetched:
+            rows = _rows(payload, ("forecast", "data"), "forecast")
+            return self._fetched(zone, SeriesKind.FORECAST, rows, _parse_time(_field(payload, "updatedAt")))
+
+        params = {"zone": validate_zone(zone), "horizonHours": horizon}
+        return await self._get("forecast", "/carbon-intensity/forecast", params, parse)
 
     async def history(self, zone: str) -> Fetched:
         """`GET /carbon-intensity/history` (last 24 h; v3 `history` or v4 `data` envelope)."""
-        payload = await self._get_json("history", "/carbon-intensity/history", {"zone": validate_zone(zone)})
-        rows = _rows(payload, ("history", "data"), "history")
-        return self._fetched(zone, SeriesKind.HISTORY, rows, _newest_updated(rows))
+
+        def parse(payload: Any) -> Fetched:
+            rows = _rows(payload, ("history", "data"), "history")
+            return self._fetched(zone, SeriesKind.HISTORY, rows, _newest_updated(rows))
+
+        return await self._get("history", "/carbon-intensity/history", {"zone": validate_zone(zone)}, parse)
 
     async def latest(self, zone: str) -> Fetched:
         """`GET /carbon-intensity/latest`: one point (the layered provider may extend it flat)."""
-        payload = await self._get_json("latest", "/carbon-intensity/latest", {"zone": validate_zone(zone)})
-        if not isinstance(payload, Mapping):
-            raise MalformedUpstreamResponse("latest: body is not an object", source=UPSTREAM)
-        step = _GRANULARITY.get(str(payload.get("temporalGranularity", "hourly")), HOUR)
-        return self._fetched(
-            zone, SeriesKind.LATEST, [payload], _parse_time(payload.get("updatedAt")), step=step
-        )
+
+        def parse(payload: Any) -> Fetched:
+            if not isinstance(payload, Mapping):
+                raise MalformedUpstreamResponse(
+                    "electricitymaps latest: body is not an object", source=UPSTREAM
+                )
+            step = _GRANULARITY.get(str(payload.get("temporalGranularity", "hourly")), HOUR)
+            updated = _parse_time(payload.get("updatedAt"))
+            return self._fetched(zone, SeriesKind.LATEST, [payload], updated, step=step)
+
+        return await self._get("latest", "/carbon-intensity/latest", {"zone": validate_zone(zone)}, parse)
 
     async def past_range(self, zone: str, start: datetime, end: datetime) -> Fetched:
         """`GET /carbon-intensity/past-range`, split into ≤ 10-day chunks fetched concurrently."""
@@ -231,38 +241,44 @@ class ElectricityMapsProvider:
             chunk_end = min(end, cursor + PAST_RANGE_MAX)
             chunks.append((cursor, chunk_end))
             cursor = chunk_end
-        payloads = await asyncio.gather(
+
+        def parse(payload: Any) -> list[Mapping[str, Any]]:
+            return _rows(payload, ("data", "history"), "past-range", allow_empty=True)
+
+        parts = await asyncio.gather(
             *(
-                self._get_json(
+                self._get(
                     "past-range",
                     "/carbon-intensity/past-range",
                     {"zone": zone, "start": _wire_time(a), "end": _wire_time(b)},
+                    parse,
                 )
                 for a, b in chunks
             )
         )
-        rows: list[Mapping[str, Any]] = []
-        for payload in payloads:
-            rows.extend(_rows(payload, ("data", "history"), "past-range", allow_empty=True))
+        rows = [row for part in parts for row in part]
         if not rows:
             raise NoDataForZone(f"no past data for zone {zone!r} in the requested range", source=UPSTREAM)
         return self._fetched(zone, SeriesKind.PAST_RANGE, rows, _newest_updated(rows))
 
     async def zones(self) -> dict[str, frozenset[str]]:
         """`GET /zones` with the token: zone key → endpoints the token may use (`*` = all)."""
-        payload = await self._get_json("zones", "/zones", {})
-        items: list[tuple[str, Any]]
-        if isinstance(payload, Mapping):
-            items = [(str(k), v) for k, v in payload.items()]
-        elif isinstance(payload, list):  # v4 may list zone objects carrying `zoneKey`
-            items = [(str(v.get("zoneKey")), v) for v in payload if isinstance(v, Mapping) and "zoneKey" in v]
-        else:
-            raise MalformedUpstreamResponse("zones: unexpected body", source=UPSTREAM)
-        access: dict[str, frozenset[str]] = {}
-        for key, info in items:
-            granted = info.get("access", []) if isinstance(info, Mapping) else []
-            access[key] = frozenset(str(a).strip("/") for a in granted if isinstance(a, str))
-        return access
+
+        def parse(payload: Any) -> dict[str, frozenset[str]]:
+            items: list[tuple[str, Any]]
+            if isinstance(payload, Mapping):
+                items = [(str(k), v) for k, v in payload.items()]
+            elif isinstance(payload, list):  # v4 may list zone objects carrying `zoneKey`
+                items = [(str(v["zoneKey"]), v) for v in payload if isinstance(v, Mapping) and "zoneKey" in v]
+            else:
+                raise MalformedUpstreamResponse("electricitymaps zones: unexpected body", source=UPSTREAM)
+            access: dict[str, frozenset[str]] = {}
+            for key, info in items:
+                granted = info.get("access", []) if isinstance(info, Mapping) else []
+                access[key] = frozenset(str(a).strip("/") for a in granted if isinstance(a, str))
+            return access
+
+        return await self._get("zones", "/zones", {}, parse)
 
     async def can_access(self, zone: str, endpoint: str) -> bool:
         """Whether the token's plan covers `endpoint` (e.g. `carbon-intensity/forecast`) for `zone`."""
@@ -271,7 +287,13 @@ class ElectricityMapsProvider:
 
     # ----- transport -----
 
-    async def _get_json(self, endpoint: str, path: str, params: dict[str, Any]) -> Any:
+    async def _get(
+        self, endpoint: str, path: str, params: dict[str, Any], parse: Callable[[Any], ParsedT]
+    ) -> ParsedT:
+        """One logical GET (retries inside the deadline, breaker around it), parsed by `parse`.
+
+        Parsing runs inside the attempt, so a 2xx body we cannot read counts as an upstream failure.
+        """
         if path.startswith("/carbon-intensity"):
             params = {**params, "emissionFactorType": self._settings.emission_factor_type}
         if not self.breaker.allow():
@@ -280,7 +302,7 @@ class ElectricityMapsProvider:
         deadline = Deadline(self._settings.request_deadline_s, clock=self._monotonic)
         try:
             payload = await call_with_retries(
-                lambda d: self._attempt(endpoint, path, params, d),
+                lambda d: self._attempt(endpoint, path, params, d, parse),
                 policy=self._policy,
                 deadline=deadline,
                 sleep=self._sleep,
@@ -302,7 +324,14 @@ class ElectricityMapsProvider:
         self.status.last_success = self._wall_clock()
         return payload
 
-    async def _attempt(self, endpoint: str, path: str, params: Mapping[str, Any], deadline: Deadline) -> Any:
+    async def _attempt(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, Any],
+        deadline: Deadline,
+        parse: Callable[[Any], ParsedT],
+    ) -> ParsedT:
         remaining = deadline.remaining()
         timeout = httpx.Timeout(
             min(self._settings.read_timeout_s, remaining),
@@ -330,7 +359,7 @@ class ElectricityMapsProvider:
                     f"electricitymaps {endpoint}: {type(exc).__name__}", source=UPSTREAM, retryable=True
                 ) from exc
             outcome, payload = _interpret(endpoint, response, params.get("zone"))
-            return payload
+            return parse(payload)
         except ProviderError as exc:
             outcome = _outcome_of(exc, outcome)
             raise

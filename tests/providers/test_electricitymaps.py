@@ -389,9 +389,14 @@ async def test_malformed_bodies(
     router: respx.Router, http: httpx.AsyncClient, fake_time: FakeTime, body: bytes
 ) -> None:
     route = router.get("/carbon-intensity/forecast").respond(200, content=body)
+    before = upstream_count("forecast", "malformed")
+    provider = make(http, fake_time)
     with pytest.raises(MalformedUpstreamResponse):
-        await make(http, fake_time).forecast("DE")
+        await provider.forecast("DE")
     assert route.call_count == 1
+    assert upstream_count("forecast", "malformed") == before + 1
+    assert provider.status.last_success is None  # a body we cannot read is a failure, not a success
+    assert (provider.status.last_error or "").startswith("MalformedUpstreamResponse")
 
 
 async def test_non_numeric_intensity_is_malformed(
