@@ -105,15 +105,14 @@ class _Canvas:
         mask[first:last] = True
         return mask
 
-    def paint(self, series: CarbonSeries, mask: npt.NDArray[np.bool_] | None = None) -> int:
-        """Fill empty (NaN) slots from `series` (piecewise constant); returns how many were filled."""
+    def paint(self, series: CarbonSeries, mask: npt.NDArray[np.bool_] | None = None) -> None:
+        """Fill empty (NaN) slots from `series` (piecewise constant)."""
         values, label_ids = _sample(series, self.start, self.step, self.count, self.labels)
         fill = np.isnan(self.values) & ~np.isnan(values)
         if mask is not None:
             fill &= mask
         self.values[fill] = values[fill]
         self.label_ids[fill] = label_ids[fill]
-        return int(fill.sum())
 
     def paint_flat(self, value: float, label: str, mask: npt.NDArray[np.bool_]) -> None:
         """Fill empty slots under `mask` with one value."""
@@ -281,11 +280,17 @@ class LayeredCarbonProvider:
         latest = fetched.get(SeriesKind.LATEST)
         if latest is not None:
             self._paint_latest(canvas, latest)
-        if SeriesKind.HISTORY in fetched:
-            canvas.paint(fetched[SeriesKind.HISTORY].series, future)
+        history = fetched.get(SeriesKind.HISTORY)
+        if history is not None:
+            canvas.paint(history.series, future)
+            covered = canvas.slot_mask(since=history.series.start, before=history.series.end)
+            if (covered & past & np.isnan(canvas.values)).any():
+                warnings.append(
+                    f"electricitymaps history for {zone} has missing hours; filled from fallback data"
+                )
 
         if canvas.missing:
-            await self._paint_offline(zone, canvas, fetched, errors, warnings)
+            await self._paint_offline(zone, canvas, fetched, errors)
         if canvas.missing:
             canvas.extend_nearest()
         if canvas.missing:
@@ -368,7 +373,6 @@ class LayeredCarbonProvider:
         canvas: _Canvas,
         fetched: dict[SeriesKind, Fetched],
         errors: dict[SeriesKind, BaseException],
-        warnings: list[str],
     ) -> None:
         gaps = np.flatnonzero(np.isnan(canvas.values))
         first = canvas.start + canvas.step * int(gaps[0])
@@ -393,11 +397,6 @@ class LayeredCarbonProvider:
         used = {canvas.labels[i] for i in set(canvas.label_ids[before != canvas.label_ids].tolist())}
         for label in sorted(used - live_labels):
             FALLBACKS.labels("carbon", label).inc()
-        history = fetched.get(SeriesKind.HISTORY)
-        if history is not None and np.isnan(np.asarray(history.series.values)).any():
-            warnings.append(
-                f"electricitymaps history for {zone} has missing hours; filled from fallback data"
-            )
 
     def _note_age(self, zone: str, fetched: dict[SeriesKind, Fetched], now: datetime) -> None:
         newest = [f.issued_at or f.fetched_at for f in fetched.values()]

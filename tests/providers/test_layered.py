@@ -158,6 +158,14 @@ async def test_null_history_hours_are_filled_from_offline_and_labelled() -> None
     assert any("missing hours" in w for w in result.warnings)
 
 
+async def test_null_history_hours_outside_the_window_raise_no_warning() -> None:
+    live = FakeLive({SeriesKind.FORECAST: FORECAST, SeriesKind.HISTORY: HISTORY_NULLS})
+    start, end = NOW - timedelta(hours=6), NOW + timedelta(hours=2)
+    result = await layered(live).series_with_warnings("DE", start, end)
+    assert labels(result) == [(0, 6, "electricitymaps:history"), (6, 9, "electricitymaps:forecast")]
+    assert result.warnings == ()
+
+
 async def test_old_window_asks_past_range_day_aligned() -> None:
     past = CarbonSeries(
         "DE",
