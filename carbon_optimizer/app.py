@@ -33,6 +33,7 @@ from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvid
 from carbon_optimizer.providers.bundled import load_region_catalog
 from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings
 
@@ -71,11 +72,16 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         catalog = load_region_catalog()
         offline = OfflineCarbonProvider()
         bundled = BundledPriceProvider()
-        carbon: CarbonIntensityProvider = overrides.carbon or offline
-        prices: PriceProvider = overrides.prices or bundled
         health_reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         readiness: list[Callable[[], Awaitable[bool]]] = []
-        _ = http  # handed to the live data stacks when they are configured
+        carbon: CarbonIntensityProvider = overrides.carbon or offline
+
+        # Prices: cache → live APIs (when enabled and credentialed) → bundled tables.
+        # store=None in embedded mode means the local file cache `prices refresh` writes.
+        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=None)
+        stack.push_async_callback(price_stack.aclose)
+        prices: PriceProvider = overrides.prices or price_stack.provider
+        health_reporters["prices"] = price_stack.health
 
         service = OptimizerService(
             catalog=catalog,
@@ -97,7 +103,6 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             readiness_checks=readiness,
         )
         health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
-        health_reporters.setdefault("prices", lambda: {"status": "embedded", "source": "bundled"})
         health_reporters.setdefault("cache", lambda: {"status": "embedded", "backend": "memory"})
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()

@@ -533,6 +533,10 @@ class OptimizerService:
         location = self.resolve(LocationQuery(provider, region, None, None, ("body",)))
         table = await self._table(provider, region, price_type, ctx)
         index = None if table is None else table.find(instance_type)
+        if (table is None or index is None) and self.fallback_prices is not None:
+            # Live catalogs may name types differently (Lambda's API vs its web labels): try bundled.
+            table = await self.fallback_prices.offers(provider, region, price_type)
+            index = None if table is None else table.find(instance_type)
         if table is None or index is None:
             raise InvalidInput(
                 f"instance type '{instance_type}' has no {price_type.value} price in {provider}/{region}",
