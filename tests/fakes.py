@@ -17,6 +17,10 @@ def fixed_clock(now: datetime = FIXED_NOW) -> Callable[[], datetime]:
     return lambda: now
 
 
+def _flat(hour: int) -> float:
+    return 300.0
+
+
 class FakeCarbon:
     """Serves programmable hourly series: `profiles[zone](hour_index_from_epoch) -> g/kWh`."""
 
@@ -32,7 +36,7 @@ class FakeCarbon:
         first = start.replace(minute=0, second=0, microsecond=0)
         hours = int(-(-(end - first).total_seconds() // 3600))
         base = int(first.timestamp() // 3600)
-        profile = self.profiles.get(zone, lambda h: 300.0)
+        profile = self.profiles.get(zone, _flat)
         values = np.array([profile(base + i) for i in range(hours)], dtype=np.float64)
         return CarbonSeries(
             zone=zone,

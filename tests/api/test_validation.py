@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator
 import json
 from typing import Any
 
@@ -193,7 +194,7 @@ async def test_body_over_limit_is_413(client: httpx.AsyncClient) -> None:
 
 
 async def test_streamed_body_over_limit_is_413(client: httpx.AsyncClient) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(40):
             yield b" " * 8192
 
