@@ -541,12 +541,12 @@ class CachedSeriesSource:
             await self._sleep(shortest * 0.1 * (1.0 + 0.5 * self._rng()))
 
     async def aclose(self) -> None:
-        """Stop the background refresher and wait for it."""
-        task, self._refresher = self._refresher, None
-        if task is not None:
+        """Stop the background refresher and any shared fetch still running (shutdown)."""
+        tasks = [t for t in (self._refresher, *self._inflight.values()) if t is not None]
+        self._refresher = None
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ----- internals -----
 

@@ -504,6 +504,18 @@ async def test_background_refresh_warms_and_renews_entries() -> None:
     assert cache.health()["background_refresh"] is False
 
 
+async def test_aclose_cancels_fetches_still_in_flight() -> None:
+    clock = Clock()
+    cache = memory_cache(clock, FakeSource(clock, gate=asyncio.Event()))  # upstream never answers
+    caller = asyncio.create_task(cache.fetch(FORECAST_DE))
+    await asyncio.sleep(0.01)
+    assert cache.health()["inflight"] == 1
+    await cache.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cache.health()["inflight"] == 0
+
+
 async def test_refresh_skips_fresh_entries() -> None:
     clock = Clock()
     source = FakeSource(clock)
