@@ -241,7 +241,7 @@ class RedisStore:
         self._last_error = type(exc).__name__
         self._last_failure = self._clock()
         self._down_until = self._clock() + self._retry_after_failure_s
-        CACHE_EVENTS.labels("carbon", self.name, "error").inc()
+        CACHE_EVENTS.labels("kv", self.name, "error").inc()  # the store serves carbon and price caches
 
     async def get(self, key: str) -> bytes | None:
         """GET; None on a miss or a failure."""
