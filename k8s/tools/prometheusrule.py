@@ -43,6 +43,18 @@ def load_groups(paths: tuple[Path, ...] = SOURCES) -> list[dict[str, Any]]:
     return groups
 
 
+class _RuleDumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as literal blocks, so the manifest reads like the rule files."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_RuleDumper.add_representer(str, _str_representer)
+
+
 def render(groups: list[dict[str, Any]]) -> str:
     """The PrometheusRule manifest text."""
     resource = {
@@ -54,7 +66,7 @@ def render(groups: list[dict[str, Any]]) -> str:
         },
         "spec": {"groups": groups},
     }
-    return HEADER + yaml.safe_dump(resource, sort_keys=False, width=80, allow_unicode=True)
+    return HEADER + yaml.dump(resource, Dumper=_RuleDumper, sort_keys=False, width=80, allow_unicode=True)
 
 
 def main(argv: list[str] | None = None) -> int:
