@@ -99,7 +99,9 @@ PROMTOOL=$(command -v promtool || true)
 if [ -z "$PROMTOOL" ]; then
     PROMTOOL="$CACHE/promtool/usr/bin/promtool"
     if [ ! -x "$PROMTOOL" ]; then
-        if (cd "$CACHE" && apt-get download prometheus >/dev/null 2>&1 \
+        # A fresh machine may have no package lists yet: update once, then retry.
+        if (cd "$CACHE" && { apt-get download prometheus >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } \
             && dpkg-deb -x prometheus_*.deb "$CACHE/promtool" && rm -f prometheus_*.deb); then
             echo "promtool unpacked from Debian's prometheus package"
         else
