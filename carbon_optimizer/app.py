@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +27,8 @@ from carbon_optimizer.api.ratelimit import install_rate_limit
 from carbon_optimizer.api.routes import catalog, health, optimize
 from carbon_optimizer.api.security import PROBE_PATHS, install_security
 from carbon_optimizer.api.state import AppState
+from carbon_optimizer.cache import RedisStore
+from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
@@ -74,11 +76,25 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         bundled = BundledPriceProvider()
         health_reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         readiness: list[Callable[[], Awaitable[bool]]] = []
-        carbon: CarbonIntensityProvider = overrides.carbon or offline
+        # Carbon: Electricity Maps through the two-tier cache when a key is set, else bundled data.
+        carbon_stack = await build_carbon_stack(settings, http=http, offline=offline)
+        stack.push_async_callback(carbon_stack.aclose)
+        carbon: CarbonIntensityProvider = overrides.carbon or carbon_stack.provider
+        health_reporters["carbon"] = carbon_stack.health
+        # Readiness deliberately does not follow Redis: every replica shares it, so failing readiness
+        # on a Redis outage would take the whole fleet out of rotation while each pod still answers
+        # from its in-process tier and bundled data. /health reports the degraded cache instead.
 
-        # Prices: cache → live APIs (when enabled and credentialed) → bundled tables.
-        # store=None in embedded mode means the local file cache `prices refresh` writes.
-        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=None)
+        # Prices: cache → live APIs (when enabled and credentialed) → bundled tables. They share the
+        # Redis store when one is configured; store=None (embedded) means the local file cache that
+        # `carbon-optimizer prices refresh` writes.
+        shared_store = carbon_stack.store if isinstance(carbon_stack.store, RedisStore) else None
+        if shared_store is None and settings.redis.url is not None:
+            shared_store = RedisStore.from_settings(settings.redis)
+            stack.push_async_callback(shared_store.aclose)
+        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=shared_store)
+        health_reporters["cache"] = _cache_health(carbon_stack.health, shared_store)
+        health_reporters["bundled_data"] = _bundled_data_health(bundled)
         stack.push_async_callback(price_stack.aclose)
         prices: PriceProvider = overrides.prices or price_stack.provider
         health_reporters["prices"] = price_stack.health
@@ -103,7 +119,6 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             readiness_checks=readiness,
         )
         health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
-        health_reporters.setdefault("cache", lambda: {"status": "embedded", "backend": "memory"})
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
@@ -114,6 +129,47 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             yield state
         finally:
             state.ready = False
+
+
+def _cache_health(
+    carbon_health: Callable[[], dict[str, Any]], shared: RedisStore | None
+) -> Callable[[], dict[str, Any]]:
+    """Reporter for the shared cache: the carbon cache's view, else the price store's, else embedded."""
+
+    def report() -> dict[str, Any]:
+        cache = carbon_health().get("cache")
+        if isinstance(cache, dict) and cache.get("backend") not in (None, "none"):
+            return cache
+        if shared is not None:
+            return {"backend": "redis", "status": "ok" if shared.healthy else "degraded"}
+        return {"backend": "memory", "status": "embedded"}
+
+    return report
+
+
+def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str, Any]]:
+    """Reporter for the bundled fallback data: what it is and how old the price tables are."""
+    summary: dict[str, Any] = {}
+
+    def report() -> dict[str, Any]:
+        if not summary:  # computed once, on the first /health call, never on the request path
+            today = datetime.now(UTC).date()
+            prices: dict[str, Any] = {}
+            for provider in ("aws", "azure", "gcp", "lambda"):
+                dates = [o.as_of for o in bundled.list_offers(provider, None, None, None) if o.as_of]
+                newest = max(dates) if dates else None
+                prices[provider] = {
+                    "newest_as_of": newest.isoformat() if newest else None,
+                    "age_days": (today - newest).days if newest else None,
+                }
+            summary.update(
+                status="ok",
+                carbon="Electricity Maps hourly 2023 (19 zones, replayed) + yearly averages (ODbL)",
+                prices=prices,
+            )
+        return summary
+
+    return report
 
 
 def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
