@@ -77,7 +77,8 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         health_reporters: dict[str, Callable[[], dict[str, Any]]] = {}
         readiness: list[Callable[[], Awaitable[bool]]] = []
         # Carbon: Electricity Maps through the two-tier cache when a key is set, else bundled data.
-        carbon_stack = await build_carbon_stack(settings, http=http, offline=offline)
+        clock = overrides.clock or utc_now
+        carbon_stack = await build_carbon_stack(settings, http=http, offline=offline, clock=clock)
         stack.push_async_callback(carbon_stack.aclose)
         carbon: CarbonIntensityProvider = overrides.carbon or carbon_stack.provider
         health_reporters["carbon"] = carbon_stack.health
@@ -107,7 +108,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             fallback_prices=bundled,
             max_window=timedelta(days=settings.max_window_days),
             onprem_pue=settings.onprem_pue,
-            clock=overrides.clock or utc_now,
+            clock=clock,
         )
         state = AppState(
             settings=settings,

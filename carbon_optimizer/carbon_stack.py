@@ -17,7 +17,9 @@ Nothing connects here: Redis is dialled lazily by the first cache operation (gun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 
@@ -87,9 +89,17 @@ class CarbonStack:
 
 
 async def build_carbon_stack(
-    settings: Settings, *, http: httpx.AsyncClient, offline: CarbonIntensityProvider
+    settings: Settings,
+    *,
+    http: httpx.AsyncClient,
+    offline: CarbonIntensityProvider,
+    clock: Callable[[], datetime] | None = None,
 ) -> CarbonStack:
-    """Build the stack the settings ask for (see the module docstring); connects to nothing."""
+    """Build the stack the settings ask for (see the module docstring); connects to nothing.
+
+    `clock` is the wall clock that decides which hours are past (history) and future (forecast);
+    the app passes its own so that one injected clock governs the whole request.
+    """
     em = settings.electricitymaps
     if em.api_key is None:
         return CarbonStack(provider=offline, store=None, offline=offline)
@@ -112,7 +122,11 @@ async def build_carbon_stack(
         key_prefix=settings.redis.key_prefix,
         variant=f"{em.emission_factor_type}-h{em.forecast_horizon_hours}",
     )
-    layered = LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s)
+    layered = (
+        LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s, clock=clock)
+        if clock is not None
+        else LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s)
+    )
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
     return CarbonStack(
