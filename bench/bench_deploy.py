@@ -129,6 +129,10 @@ def start_gunicorn(secured: bool, redis_url: str, workdir: Path) -> tuple[subpro
         wait_and_warm(proc, base, secured, log.name)
     except BaseException:
         stop(proc)  # never leave a server behind
+        kept = ROOT / "bench" / "results" / "bench_deploy_failed_gunicorn.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log.name, kept)
+        print(f"gunicorn log kept at {kept}", file=sys.stderr)
         raise
     return proc, base
 
