@@ -53,6 +53,7 @@ BODY = {
 WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+{extra_header}
 wrk.body = [[{body}]]
 done = function(summary, latency, requests)
   io.write(string.format(
@@ -134,10 +135,15 @@ def main() -> None:
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
     env["PYTHONPATH"] = str(ROOT)
+    # This measures the service's own work: no rate limit (bench_deploy.py measures auth + limits).
+    env["CARBON_OPTIMIZER_RATE_LIMIT_ENABLED"] = "false"
     body = json.dumps(BODY)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(WRK_LUA.format(body=body))
-        script = handle.name
+    scripts = {}
+    for name, extra in (("warm", ""), ("recompute", 'wrk.headers["Cache-Control"] = "no-cache"')):
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+            handle.write(WRK_LUA.format(body=body, extra_header=extra))
+            scripts[name] = handle.name
+    floor_script = scripts["warm"]
 
     ours_port, floor_port = free_port(), free_port()
     ours, ours_start = start("carbon_optimizer.app:create_app", ours_port, env)
@@ -156,21 +162,23 @@ def main() -> None:
             f"request body: {len(body)} bytes, 20 locations, 24 h window, step 60, 3 h job, "
             f"{check.json()['candidates_evaluated']} candidates"
         )
+        print("warm = identical body (served by the 15 s result cache after the first request);")
+        print("recompute = same body with Cache-Control: no-cache (data lookups, engine, serialisation).")
         print()
         print(
-            f"{'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | {'ours p50':>8} | "
-            f"{'ours p99':>8} | {'floor p99':>9} | errors"
+            f"{'path':>9} {'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | "
+            f"{'ours p50':>8} | {'ours p99':>8} | {'floor p99':>9} | errors"
         )
-        print("-" * 84)
-        for connections in (1, 16, 64):
+        print("-" * 96)
+        for path, connections in [(p, c) for p in ("warm", "recompute") for c in (1, 16, 64)]:
             runs_ours, runs_floor = [], []
             for _ in range(args.repeat):
-                runs_ours.append(wrk(ours_url, connections, args.seconds, script))
-                runs_floor.append(wrk(floor_url, connections, args.seconds, script))
+                runs_ours.append(wrk(ours_url, connections, args.seconds, scripts[path]))
+                runs_floor.append(wrk(floor_url, connections, args.seconds, floor_script))
             errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
             rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
             print(
-                f"{connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | {rps / floor_rps:>6.2f} | "
+                f"{path:>9} {connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | {rps / floor_rps:>6.2f} | "
                 f"{_median(runs_ours, 'p50_ms'):>6.1f}ms | {_median(runs_ours, 'p99_ms'):>6.1f}ms | "
                 f"{_median(runs_floor, 'p99_ms'):>7.1f}ms | {errors}"
             )
@@ -181,7 +189,8 @@ def main() -> None:
         for proc in (ours, floor):
             proc.terminate()
             proc.wait(timeout=10)
-        os.unlink(script)
+        for script in scripts.values():
+            os.unlink(script)
 
 
 if __name__ == "__main__":

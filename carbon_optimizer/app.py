@@ -21,11 +21,12 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from carbon_optimizer import __version__
-from carbon_optimizer.api.errors import install_error_handlers
+from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
+from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import catalog, health, optimize
-from carbon_optimizer.api.security import PROBE_PATHS, install_security
+from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
 from carbon_optimizer.carbon_stack import build_carbon_stack
@@ -118,6 +119,10 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             started_at=started,
             health_reporters=health_reporters,
             readiness_checks=readiness,
+            result_cache=ResultCache(
+                max_entries=settings.result_cache_entries if settings.result_cache_ttl_s > 0 else 0,
+                ttl_s=settings.result_cache_ttl_s,
+            ),
         )
         health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
         # Warm the bundled data now so the first request and /readyz see it loaded.
@@ -204,6 +209,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
     # Resulting order, outermost first: access log → request edge → metrics → security headers →
     # CORS → rate limit → API-key auth → routes (see api/security.py).

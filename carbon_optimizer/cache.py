@@ -51,7 +51,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.kv import KeyValueStore
-from carbon_optimizer.metrics import CACHE_EVENTS
+from carbon_optimizer.metrics import CACHE_EVENTS, child
 from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.settings import CacheSettings, RedisSettings
 
@@ -241,7 +241,7 @@ class RedisStore:
         self._last_error = type(exc).__name__
         self._last_failure = self._clock()
         self._down_until = self._clock() + self._retry_after_failure_s
-        CACHE_EVENTS.labels("kv", self.name, "error").inc()  # the store serves carbon and price caches
+        child(CACHE_EVENTS, "kv", self.name, "error").inc()  # the store serves carbon and price caches
 
     async def get(self, key: str) -> bytes | None:
         """GET; None on a miss or a failure."""
@@ -487,7 +487,7 @@ class CachedSeriesSource:
         if item is not None:
             stored_at, entry = item
             if entry.is_fresh(now) and now - stored_at < self._local_ttl_s:
-                CACHE_EVENTS.labels("carbon", "local", "negative" if entry.negative else "hit").inc()
+                child(CACHE_EVENTS, "carbon", "local", "negative" if entry.negative else "hit").inc()
                 return entry.result()
         return await self._single_flight(key, lambda: self._load(key, request))
 
@@ -584,18 +584,18 @@ class CachedSeriesSource:
         tier = self.store.name
         if stored is not None and stored.is_fresh(now):
             self._local.put(key, stored, now)
-            CACHE_EVENTS.labels("carbon", tier, "negative" if stored.negative else "hit").inc()
+            child(CACHE_EVENTS, "carbon", tier, "negative" if stored.negative else "hit").inc()
             return stored.result()
         best = self._best_known(key, stored)
         if best is not None and best.is_fresh(now):
             # The store lost it (eviction, restart) or was down when we fetched, but our copy is
             # still fresh: serve it, and give it back to the store so other workers need not fetch.
-            CACHE_EVENTS.labels("carbon", "local", "hit").inc()
+            child(CACHE_EVENTS, "carbon", "local", "hit").inc()
             if stored is None and self.store.healthy:
                 extra = self._settings.stale_max_age_s if best.fetched is not None else 0
                 await self.store.set(key, encode_entry(best), best.fresh_until - now + extra)
             return best.result()
-        CACHE_EVENTS.labels("carbon", tier, "miss").inc()
+        child(CACHE_EVENTS, "carbon", tier, "miss").inc()
         cooling = self._cooling.get(key)
         if cooling is not None:
             until, reason = cooling
@@ -658,7 +658,7 @@ class CachedSeriesSource:
             delay = min(delay * 1.5, 0.05)  # a short cap: waiters see the value soon after it lands
             entry = await self._store_get(key)
             if entry is not None and entry.is_fresh(self._clock()):
-                CACHE_EVENTS.labels("carbon", self.store.name, "hit").inc()
+                child(CACHE_EVENTS, "carbon", self.store.name, "hit").inc()
                 return entry
             held = await self._locking.lock_held(lock_key)
             if held is None:
@@ -680,6 +680,6 @@ class CachedSeriesSource:
             and fallback.fetched is not None
             and fallback.usable_stale(now, self._settings.stale_max_age_s)
         ):
-            CACHE_EVENTS.labels("carbon", "any", "stale").inc()
+            child(CACHE_EVENTS, "carbon", "any", "stale").inc()
             return mark_stale(fallback.fetched, f"{type(exc).__name__}: {exc.message}")
         raise exc

@@ -271,9 +271,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`carbon-optimizer serve`: uvicorn with the app factory."""
     import uvicorn
 
+    from carbon_optimizer.logging_config import configure_logging
     from carbon_optimizer.settings import Settings
 
     settings = Settings()
+    configure_logging(settings)  # JSON lines; the app's own middleware writes the access log
     uvicorn.run(
         "carbon_optimizer.app:create_app",
         factory=True,
@@ -281,6 +283,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         port=args.port or settings.server.port,
         workers=args.workers,
         log_level=args.log_level or settings.server.log_level,
+        log_config=None,
+        access_log=False,
         proxy_headers=False,
         server_header=False,
     )

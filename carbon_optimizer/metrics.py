@@ -7,6 +7,8 @@ gunicorn). Components import the objects they need; label values stay low-cardin
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 UPSTREAM_REQUESTS = Counter(
@@ -55,3 +57,14 @@ PRICE_DATA_FETCHED = Gauge(
     ["provider"],
     multiprocess_mode="max",
 )
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, memoised: hot paths call it per lookup and `.labels()` costs µs."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found

@@ -136,6 +136,7 @@ class OptimizerService:
         self.onprem_pue = onprem_pue
         self.clock = clock
         # Offer tables are immutable and few; requests repeat: memoise selection per (table, needs).
+        self._powers: dict[tuple[Any, ...], PowerEstimate] = {}
         self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
             OrderedDict()
         )
@@ -158,6 +159,24 @@ class OptimizerService:
         if len(self._selections) > _SELECTION_CACHE_SIZE:
             self._selections.popitem(last=False)
         return chosen
+
+    def _power(self, provider: str | None, workload: Workload, offer: InstanceOffer | None) -> PowerEstimate:
+        """Energy-model estimate, memoised: it depends only on these few inputs."""
+        key = (
+            provider,
+            workload.vcpus,
+            workload.memory_gib,
+            workload.gpu,
+            workload.power_watts,
+            offer.gpu_model if offer is not None else None,
+        )
+        found = self._powers.get(key)
+        if found is None:
+            found = estimate_power(provider, workload, offer, onprem_pue=self.onprem_pue)
+            if len(self._powers) >= _SELECTION_CACHE_SIZE:
+                self._powers.pop(next(iter(self._powers)))
+            self._powers[key] = found
+        return found
 
     # ----- resolution -----
 
@@ -287,7 +306,7 @@ class OptimizerService:
                     if price is None:
                         price = offer.price_usd_per_hour
                         price_source = offer.source
-            power = estimate_power(location.provider, workload, offer, onprem_pue=self.onprem_pue)
+            power = self._power(location.provider, workload, offer)
             placed.append(
                 _Placed(
                     location=location,

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     max_window_days: float = Field(default=7.0, gt=0, le=31)
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     default_max_results: int = Field(default=5, ge=1, le=100)
+    # Identical optimisation requests within the same minute reuse the answer for this long (0 = off).
+    result_cache_ttl_s: float = Field(default=15.0, ge=0, le=60)
+    result_cache_entries: int = Field(default=256, ge=0, le=100_000)
     # PUE used for grid-zone (on-prem/colo) locations, where no cloud provider figure applies.
     onprem_pue: float = Field(default=1.56, ge=1.0, le=3.0)
 

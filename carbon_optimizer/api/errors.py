@@ -100,7 +100,19 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
 async def _http_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 400 and detail == _FASTAPI_BODY_PARSE_ERROR:
+        # FastAPI answers 400 for a body it cannot decode (e.g. invalid UTF-8); the contract says
+        # invalid input is a 422, so report it like any other unparseable JSON body.
+        return problem_response(
+            422,
+            "Request body is not valid UTF-8 JSON",
+            type_=_TYPE_BASE + "validation",
+            errors=[{"loc": ["body"], "msg": "invalid JSON body", "type": "json_invalid"}],
+        )
     return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+_FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 async def _invalid_input_handler(request: Request, exc: Exception) -> Response:
@@ -147,6 +159,25 @@ async def _domain_error_handler(request: Request, exc: Exception) -> Response:
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(500, "The server could not complete this request")
+
+
+def use_problem_media_type(schema: dict[str, Any]) -> None:
+    """Document every 4xx/5xx response as `application/problem+json` with the ProblemOut schema.
+
+    FastAPI documents error responses as `application/json` (and 422 as its own
+    HTTPValidationError); this service sends RFC 9457 problem details for all of them.
+    """
+    problem_ref = {"$ref": "#/components/schemas/ProblemOut"}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] in ("4", "5") and isinstance(response, dict):
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -27,7 +27,6 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from prometheus_client import Counter
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -215,6 +214,7 @@ class SecurityHeadersMiddleware:
             # Only meaningful behind TLS (the Ingress terminates it); harmless otherwise.
             base.append(("strict-transport-security", "max-age=31536000; includeSubDomains"))
         self.base = base
+        self.raw_base = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in base]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -225,12 +225,13 @@ class SecurityHeadersMiddleware:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.base:
-                    if name not in headers:
-                        headers[name] = value
-                if "content-security-policy" not in headers:
-                    headers["content-security-policy"] = csp.decode()
+                # Raw header tuples, not MutableHeaders: this runs on every response of the hot path.
+                raw = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in raw}
+                raw.extend(item for item in self.raw_base if item[0] not in present)
+                if b"content-security-policy" not in present:
+                    raw.append((b"content-security-policy", csp))
+                message["headers"] = raw
             await send(message)
 
         await self.app(scope, receive, send_wrapper)

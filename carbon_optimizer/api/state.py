@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.providers.bundled import RegionCatalog
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 from carbon_optimizer.service import OptimizerService
@@ -27,6 +28,7 @@ class AppState:
     health_reporters: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     readiness_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
     ready: bool = False
+    result_cache: ResultCache = field(default_factory=ResultCache)
 
 
 def get_state(request: Request) -> AppState:

@@ -44,7 +44,7 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     UnknownZone,
 )
-from carbon_optimizer.metrics import DATA_AGE, FALLBACKS
+from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
 from carbon_optimizer.providers.base import CarbonIntensityProvider
 from carbon_optimizer.providers.electricitymaps import (
     HOUR,
@@ -396,14 +396,14 @@ class LayeredCarbonProvider:
         canvas.paint(offline)
         used = {canvas.labels[i] for i in set(canvas.label_ids[before != canvas.label_ids].tolist())}
         for label in sorted(used - live_labels):
-            FALLBACKS.labels("carbon", label).inc()
+            child(FALLBACKS, "carbon", label).inc()
 
     def _note_age(self, zone: str, fetched: dict[SeriesKind, Fetched], now: datetime) -> None:
         newest = [f.issued_at or f.fetched_at for f in fetched.values()]
         if newest:
             issued = max(newest)
             self._issued[zone] = issued
-            DATA_AGE.labels("carbon", zone).set(max(0.0, (now - issued).total_seconds()))
+            child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
 
 
 def _describe_failure(zone: str, kind: SeriesKind, exc: BaseException) -> str:

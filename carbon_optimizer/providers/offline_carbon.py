@@ -40,6 +40,8 @@ from carbon_optimizer.providers.bundled import (
     load_region_catalog,
 )
 
+_MEMO_SIZE = 2048  # memoised series (zone × hour range); a few MB at most
+
 REPLAY_LABEL = f"fallback:replay-{HOURLY_YEAR}"
 HOUR = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -91,6 +93,8 @@ class OfflineCarbonProvider:
         self._catalog = catalog
         self._hourly = hourly
         self._rows: dict[str, int] | None = None
+        # Requests in the same hour ask for the same ranges: series are immutable, so share them.
+        self._memo: dict[tuple[str, int, int], CarbonSeries] = {}
 
     @property
     def catalog(self) -> RegionCatalog:
@@ -133,6 +137,18 @@ class OfflineCarbonProvider:
         first_hour = (utc(start) - _EPOCH) // HOUR  # exact integer floor, no float rounding
         end_hour = -((_EPOCH - utc(end)) // HOUR)  # ceiling
         count = max(1, end_hour - first_hour)
+        key = (info.zone, first_hour, count)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        series = self._build(info, first_hour, count)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.pop(next(iter(self._memo)))  # oldest first: insertion order
+        self._memo[key] = series
+        return series
+
+    def _build(self, info: ZoneInfo, first_hour: int, count: int) -> CarbonSeries:
+        """Build (uncached) the series of `count` hours from epoch hour `first_hour`."""
         row = self._row_of(info.zone)
         if row is not None:
             values = self.hourly.lifecycle[row][replay_indices(first_hour, count)]
@@ -140,6 +156,7 @@ class OfflineCarbonProvider:
         else:
             values = np.full(count, info.latest_intensity_g_per_kwh, dtype=np.float64)
             label = annual_label(info.latest_year)
+        values.flags.writeable = False  # memoised and shared between requests
         return CarbonSeries(
             zone=info.zone,
             start=datetime.fromtimestamp(first_hour * 3600, tz=UTC),

@@ -18,7 +18,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
-from schemathesis.openapi.checks import UndefinedContentType, UndefinedStatusCode
 
 from tests.deployment.harness import API_KEYS, GunicornProcess, start_gunicorn
 
@@ -55,48 +54,6 @@ def api_schema(live_server: GunicornProcess) -> schemathesis.BaseSchema:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-def content_type_conformance_problem_aware(
-    ctx: object, response: object, case: schemathesis.Case[Any]
-) -> bool | None:
-    """Schemathesis' content-type check, tolerating one known documentation gap.
-
-    KNOWN GAP (routes, not the server): error responses are declared with FastAPI's
-    `responses={422: {"model": ProblemOut}}`, which documents them as `application/json`, while the
-    server correctly sends `application/problem+json` (API contract). Only that exact substitution
-    on a 4xx/5xx is accepted; every other content-type mismatch still fails. Drop this wrapper
-    once the routes declare `application/problem+json`.
-    """
-    try:
-        return schemathesis.checks.content_type_conformance(ctx, response, case)  # type: ignore[no-any-return]
-    except UndefinedContentType as failure:
-        status = int(getattr(response, "status_code", 0))
-        documented = getattr(failure, "defined_content_types", [])
-        received = str(getattr(failure, "content_type", "")).split(";")[0].strip()
-        if status >= 400 and received == "application/problem+json" and "application/json" in documented:
-            return None
-        raise
-
-
-def status_code_conformance_known_gaps(
-    ctx: object, response: object, case: schemathesis.Case[Any]
-) -> bool | None:
-    """Schemathesis' status-code check, tolerating one known gap in the error mapping.
-
-    KNOWN GAP (api/errors.py): a JSON body that is not valid UTF-8 makes FastAPI raise its own
-    `400 There was an error parsing the body`, which no operation documents (the contract lists
-    422 for invalid input). Only that exact 400 is accepted; drop this wrapper once it maps to 422
-    or is documented.
-    """
-    try:
-        return schemathesis.checks.status_code_conformance(ctx, response, case)  # type: ignore[no-any-return]
-    except UndefinedStatusCode:
-        if int(getattr(response, "status_code", 0)) == 400:
-            body = getattr(response, "text", "")
-            if "There was an error parsing the body" in body:
-                return None
-        raise
-
-
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -109,12 +66,6 @@ def status_code_conformance_known_gaps(
     derandomize=True,
 )
 def test_api_conforms_to_its_schema(case: schemathesis.Case[Any]) -> None:
-    case.call_and_validate(
-        headers={"Authorization": f"Bearer {API_KEYS[0]}"},
-        timeout=30,
-        excluded_checks=[
-            schemathesis.checks.content_type_conformance,
-            schemathesis.checks.status_code_conformance,
-        ],
-        additional_checks=[content_type_conformance_problem_aware, status_code_conformance_known_gaps],
-    )
+    # Every check, including content-type and status-code conformance: errors are documented as
+    # application/problem+json, and an undecodable body is a 422 like any invalid input.
+    case.call_and_validate(headers={"Authorization": f"Bearer {API_KEYS[0]}"}, timeout=30)

@@ -171,6 +171,20 @@ async def test_non_finite_numbers_are_rejected(client: httpx.AsyncClient, token:
     assert_problem(response, 422, ["body", "workload", field])
 
 
+async def test_undecodable_body_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/optimize", content=b'{"workload": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, ["body"])
+
+
+async def test_openapi_documents_errors_as_problem_json(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    responses = schema["paths"]["/v1/optimize"]["post"]["responses"]
+    assert set(responses["422"]["content"]) == {"application/problem+json"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
 async def test_wrong_content_type_is_415(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/optimize", content=json.dumps(VALID).encode(), headers={"content-type": "text/plain"}

@@ -113,11 +113,16 @@ class TestReplay:
         ]
         assert provider.source_label("US-CAL-CISO") == "fallback:replay-2023"
 
-    def test_values_are_a_copy(self, provider: OfflineCarbonProvider) -> None:
+    def test_values_are_read_only_and_shared(self, provider: OfflineCarbonProvider) -> None:
+        # Series are memoised per (zone, hour range) and shared between requests: nobody may write.
         start = datetime(2026, 6, 3, tzinfo=UTC)
         series = provider.series_sync("DE", start, start + HOUR)
-        series.values[0] = -1.0
-        assert provider.series_sync("DE", start, start + HOUR).values[0] != -1.0
+        with pytest.raises(ValueError, match="read-only"):
+            series.values[0] = -1.0
+        again = provider.series_sync("DE", start, start + HOUR)
+        assert again is series
+        assert again.values[0] > 0
+        assert provider.hourly.lifecycle.min() > 0  # the bundled array itself is untouched
 
     def test_offset_input_is_converted_to_utc(self, provider: OfflineCarbonProvider) -> None:
         cet = timezone(timedelta(hours=2))

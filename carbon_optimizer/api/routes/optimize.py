@@ -9,6 +9,7 @@ from starlette.responses import Response
 from carbon_optimizer.api.convert import to_query
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
+from carbon_optimizer.domain.models import format_utc
 
 router = APIRouter(tags=["optimize"])
 
@@ -22,8 +23,22 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 async def _optimize(body: OptimizeRequest, request: Request) -> Response:
     state = get_state(request)
-    result = await state.service.optimize(to_query(body, request_id(request)))
-    return Response(orjson.dumps(result), media_type="application/json")
+    rid = request_id(request)
+    raw = await request.body()  # already buffered: Starlette keeps it after validation
+    minute = int(state.service.clock().timestamp() // 60)
+    bypass = "no-cache" in request.headers.get("cache-control", "")
+    cached = None if bypass else state.result_cache.get(raw, minute)
+    if cached is not None:
+        result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
+        return Response(orjson.dumps(result), media_type="application/json", headers=_HIT)
+    result = await state.service.optimize(to_query(body, rid))
+    state.result_cache.put(raw, minute, result)
+    return Response(orjson.dumps(result), media_type="application/json", headers=_BYPASS if bypass else _MISS)
+
+
+_HIT = {"x-result-cache": "hit"}
+_MISS = {"x-result-cache": "miss"}
+_BYPASS = {"x-result-cache": "bypass"}
 
 
 router.add_api_route(

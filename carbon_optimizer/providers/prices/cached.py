@@ -37,7 +37,7 @@ import orjson
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
 from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
 from carbon_optimizer.kv import KeyValueStore
-from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED
+from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED, child
 from carbon_optimizer.providers.base import PriceProvider
 
 from ._common import LivePriceSource, SourceStatus, check_region, log, safe_message, utc_now
@@ -217,9 +217,21 @@ def fill_specs(main: OfferTable, extra: OfferTable | None) -> OfferTable:
     return dataclasses.replace(main, vcpus=vcpus, memory_gib=memory, gpu_count=gpus, gpu_models=tuple(models))
 
 
+_NEWEST_CACHE: dict[int, tuple[OfferTable, date | None]] = {}
+_NEWEST_CACHE_SIZE = 2048
+
+
 def _newest_as_of(table: OfferTable) -> date | None:
+    """Newest `as_of` of a table; memoised per (immutable) table, since it runs on every lookup."""
+    hit = _NEWEST_CACHE.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1]
     dated = [d for d in table.as_of if d is not None]
-    return max(dated) if dated else None
+    newest = max(dated) if dated else None
+    if len(_NEWEST_CACHE) >= _NEWEST_CACHE_SIZE:
+        _NEWEST_CACHE.pop(next(iter(_NEWEST_CACHE)))
+    _NEWEST_CACHE[id(table)] = (table, newest)
+    return newest
 
 
 @dataclass(slots=True)
@@ -276,15 +288,15 @@ class CachedPriceProvider:
 
     def _saw(self, provider: str, fetched_at: datetime) -> None:
         self.statuses[provider].saw_data(fetched_at)
-        PRICE_DATA_FETCHED.labels(provider).set(fetched_at.timestamp())
+        child(PRICE_DATA_FETCHED, provider).set(fetched_at.timestamp())
 
     def _report_age(self, provider: str, table: OfferTable | None, fetched_at: datetime | None) -> None:
         now = self._clock()
         if fetched_at is not None:
-            DATA_AGE.labels("price", provider).set(max(0.0, (now - fetched_at).total_seconds()))
+            child(DATA_AGE, "price", provider).set(max(0.0, (now - fetched_at).total_seconds()))
         elif table is not None and (newest := _newest_as_of(table)) is not None:
             as_of = datetime(newest.year, newest.month, newest.day, tzinfo=UTC)
-            DATA_AGE.labels("price", provider).set(max(0.0, (now - as_of).total_seconds()))
+            child(DATA_AGE, "price", provider).set(max(0.0, (now - as_of).total_seconds()))
 
     async def _bundled_table(self, provider: str, region: str, price_type: PriceType) -> OfferTable | None:
         return await self._bundled.offers(provider, region, price_type)
@@ -327,21 +339,21 @@ class CachedPriceProvider:
         ):
             # A local copy of a bundled answer is a cache miss as far as the price cache goes.
             result = "hit" if fresh(local.fetched_at) else "miss" if local.fetched_at is None else "stale"
-            CACHE_EVENTS.labels("prices", "local", result).inc()
+            child(CACHE_EVENTS, "prices", "local", result).inc()
             self._report_age(provider, local.table, local.fetched_at)
             return local.table
         entry = await self._read_store(store_key)
         if entry is None:
-            CACHE_EVENTS.labels("prices", "store", "miss").inc()
+            child(CACHE_EVENTS, "prices", "store", "miss").inc()
         else:
             self._saw(provider, entry.fetched_at)
             if fresh(entry.fetched_at):
-                CACHE_EVENTS.labels("prices", "store", "hit").inc()
+                child(CACHE_EVENTS, "prices", "store", "hit").inc()
                 table = await self._finish(provider, region, price_type, entry.table(region))
                 self._remember(key, entry.fetched_at, table)
                 self._report_age(provider, table, entry.fetched_at)
                 return table
-            CACHE_EVENTS.labels("prices", "store", "stale").inc()
+            child(CACHE_EVENTS, "prices", "store", "stale").inc()
         if source is not None and can_go_live:
             live_table = await self._await_live(source, provider, region, price_type, store_key, key)
             if live_table is not None:
@@ -365,12 +377,12 @@ class CachedPriceProvider:
             if newest_bundled is None or newest_bundled <= entry.as_of:
                 table = await self._finish(provider, region, price_type, entry.table(region))
                 if live:
-                    FALLBACKS.labels("price", "cache").inc()
+                    child(FALLBACKS, "price", "cache").inc()
                 self._remember(key, entry.fetched_at, table)
                 self._report_age(provider, table, entry.fetched_at)
                 return table
         if live:
-            FALLBACKS.labels("price", "bundled").inc()
+            child(FALLBACKS, "price", "bundled").inc()
         self._remember(key, None, bundled)
         self._report_age(provider, bundled, None)
         return bundled
