@@ -40,7 +40,7 @@ from carbon_optimizer.domain.scoring import (
     objective_score,
     rank_candidates,
 )
-from carbon_optimizer.domain.series import align_series
+from carbon_optimizer.domain.series import IntensityGrid, align_series
 from carbon_optimizer.errors import (
     DataUnavailable,
     InvalidInput,
@@ -395,6 +395,8 @@ class OptimizerService:
             ctx,
             explicit=baseline_location is not None,
             first_requested=locations[0] if locations else None,
+            intensity=intensity,
+            by_zone=by_zone,
         )
         savings = _savings(best, baseline)
         best_power = placed[scoring.ranked[0].location_index].power
@@ -446,6 +448,8 @@ class OptimizerService:
         *,
         explicit: bool,
         first_requested: Location | None,
+        intensity: IntensityGrid,
+        by_zone: dict[str, CarbonSeries],
     ) -> dict[str, Any] | None:
         if not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
@@ -471,9 +475,15 @@ class OptimizerService:
                     return None
                 item = extra[0]
         end = start + workload.duration
-        series = await self._series(item.location.zone, start, end, ctx)
-        grid = align_series([series], start, end)
-        avg = evaluate_window(grid, 0, start, workload.duration)
+        scored = by_zone.get(item.location.zone)
+        if scored is not None and intensity.start <= start and end <= intensity.end:
+            # Usually the baseline is a scored location inside the window: reuse its row.
+            row = next(i for i, p in enumerate(placed) if p.location.zone == item.location.zone)
+            series = scored
+            avg = evaluate_window(intensity, row, start, workload.duration)
+        else:
+            series = await self._series(item.location.zone, start, end, ctx)
+            avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
         emissions = item.energy_kwh * avg
         cost = None if item.price_usd_per_hour is None else item.price_usd_per_hour * workload.duration_hours
         score: float | None
