@@ -450,7 +450,9 @@ class CachedSeriesSource:
         self._local = _LocalTier(settings.local_max_entries)
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
         # key -> (monotonic time until which we do not ask upstream again, why it failed)
-        self._cooling: dict[str, tuple[float, str]] = {}
+        # key → (until, reason, best entry known then): during a cool-down the hot path answers from
+        # memory without a Redis round trip per zone (an outage must not cost ~40 GETs a request).
+        self._cooling: dict[str, tuple[float, str, CacheEntry | None]] = {}
         self._failure_cooldown_s = failure_cooldown_s
         self._refresher: asyncio.Task[None] | None = None
 
@@ -579,6 +581,18 @@ class CachedSeriesSource:
         return stored if stored.fresh_until >= local.fresh_until else local
 
     async def _load(self, key: str, request: SeriesRequest) -> Fetched:
+        cooling = self._cooling.get(key)
+        if cooling is not None:
+            until, reason, known = cooling
+            if self._monotonic() < until:
+                # This key just failed upstream: answer stale/fallback now, from memory, instead of
+                # waiting again or asking Redis (one request may ask for a zone twice, e.g. options
+                # and baseline, and an outage hits every zone of every request).
+                best = self._best_known(key, known)
+                if best is not None and best.is_fresh(self._clock()):
+                    return best.result()
+                return self._stale_or_raise(best, ProviderUnavailable(f"{reason} (recent failure)"))
+            del self._cooling[key]
         stored = await self._store_get(key)
         now = self._clock()
         tier = self.store.name
@@ -596,14 +610,6 @@ class CachedSeriesSource:
                 await self.store.set(key, encode_entry(best), best.fresh_until - now + extra)
             return best.result()
         child(CACHE_EVENTS, "carbon", tier, "miss").inc()
-        cooling = self._cooling.get(key)
-        if cooling is not None:
-            until, reason = cooling
-            if self._monotonic() < until:
-                # This key just failed upstream: answer stale/fallback now instead of waiting again
-                # (one request may ask for a zone twice, e.g. options and baseline).
-                return self._stale_or_raise(best, ProviderUnavailable(f"{reason} (recent failure)"))
-            del self._cooling[key]
         return await self._refresh(key, request, best)
 
     async def _refresh(self, key: str, request: SeriesRequest, fallback: CacheEntry | None) -> Fetched:
@@ -670,7 +676,7 @@ class CachedSeriesSource:
         return None
 
     def _failed(self, key: str, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
-        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message)
+        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message, fallback)
         return self._stale_or_raise(fallback, exc)
 
     def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
