@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._wrk import ensure_wrk, free_port, run_wrk, write_script
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key-0123456789abcdef0123456789abcdef"
@@ -46,40 +50,6 @@ BODY = {
     "time_step_minutes": 60,
     "max_results": 5,
 }
-WRK_LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-{auth}
-wrk.body = [[{body}]]
-done = function(summary, latency, requests)
-  io.write(string.format(
-    "JSON {{\\"rps\\": %f, \\"p50_ms\\": %f, \\"p99_ms\\": %f, \\"errors\\": %d, \\"non2xx\\": %d}}\\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
-    latency:percentile(99) / 1000,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status))
-end
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ensure_wrk() -> str:
-    path = shutil.which("wrk")
-    if path:
-        return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk (apt-get install wrk) ...", flush=True)
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
-            subprocess.run(command, check=False, stdout=subprocess.DEVNULL)
-        path = shutil.which("wrk")
-    if not path:
-        sys.exit("wrk is required: sudo apt-get install wrk (Debian/Ubuntu)")
-    return path
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
@@ -156,30 +126,10 @@ def wait_and_warm(proc: subprocess.Popen[bytes], base: str, secured: bool, log_n
                 raise RuntimeError(f"warm-up failed: {response.status_code} {response.text[:300]}")
 
 
-def run_wrk(
-    wrk: str, base: str, secured: bool, duration: int, connections: int, workdir: Path
-) -> dict[str, Any]:
-    auth = f'wrk.headers["Authorization"] = "Bearer {API_KEY}"' if secured else ""
-    script = workdir / f"wrk-{'on' if secured else 'off'}.lua"
-    script.write_text(WRK_LUA.format(auth=auth, body=json.dumps(BODY)))
-    out = subprocess.run(
-        [
-            wrk,
-            "-t2",
-            f"-c{connections}",
-            f"-d{duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            base + "/v1/optimize",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("JSON "))
-    result: dict[str, Any] = json.loads(line[5:])
-    return result
+def run_wrk_round(base: str, secured: bool, duration: int, connections: int, workdir: Path) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {API_KEY}"} if secured else {}
+    script = write_script(workdir / f"wrk-{'on' if secured else 'off'}.lua", json.dumps(BODY), headers)
+    return dict(run_wrk(base + "/v1/optimize", connections, duration, script))
 
 
 def fmt(result: dict[str, Any]) -> str:
@@ -205,7 +155,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
-    wrk = ensure_wrk()
+    ensure_wrk()
     results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         workdir = Path(tmp)
@@ -216,7 +166,7 @@ def main() -> int:
                     secured = mode == "on"
                     proc, base = start_gunicorn(secured, redis_url, workdir)
                     try:
-                        result = run_wrk(wrk, base, secured, args.duration, args.connections, workdir)
+                        result = run_wrk_round(base, secured, args.duration, args.connections, workdir)
                     finally:
                         stop(proc)
                     results[mode].append(result)

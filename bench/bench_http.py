@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,11 @@ import time
 from pathlib import Path
 
 import httpx
+
+if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._wrk import free_port, run_wrk, write_script
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONES_20 = [
@@ -50,25 +54,6 @@ BODY = {
     "time_step_minutes": 60,
     "max_results": 5,
 }
-WRK_LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-{extra_header}
-wrk.body = [[{body}]]
-done = function(summary, latency, requests)
-  io.write(string.format(
-    "JSON {{\\"rps\\": %f, \\"p50_ms\\": %f, \\"p99_ms\\": %f, \\"errors\\": %d, \\"non2xx\\": %d}}\\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status))
-end
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(module_factory: str, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
@@ -110,20 +95,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def wrk(url: str, connections: int, seconds: int, script: str) -> dict[str, float]:
-    threads = min(2, connections)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"^JSON (.*)$", out, re.MULTILINE)
-    assert match, out
-    result: dict[str, float] = json.loads(match.group(1))
-    return result
-
-
 def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -138,11 +109,11 @@ def main() -> None:
     # This measures the service's own work: no rate limit (bench_deploy.py measures auth + limits).
     env["CARBON_OPTIMIZER_RATE_LIMIT_ENABLED"] = "false"
     body = json.dumps(BODY)
-    scripts = {}
-    for name, extra in (("warm", ""), ("recompute", 'wrk.headers["Cache-Control"] = "no-cache"')):
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-            handle.write(WRK_LUA.format(body=body, extra_header=extra))
-            scripts[name] = handle.name
+    workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    scripts = {
+        "warm": write_script(workdir / "warm.lua", body),
+        "recompute": write_script(workdir / "recompute.lua", body, {"Cache-Control": "no-cache"}),
+    }
     floor_script = scripts["warm"]
 
     ours_port, floor_port = free_port(), free_port()
@@ -173,8 +144,8 @@ def main() -> None:
         for path, connections in [(p, c) for p in ("warm", "recompute") for c in (1, 16, 64)]:
             runs_ours, runs_floor = [], []
             for _ in range(args.repeat):
-                runs_ours.append(wrk(ours_url, connections, args.seconds, scripts[path]))
-                runs_floor.append(wrk(floor_url, connections, args.seconds, floor_script))
+                runs_ours.append(run_wrk(ours_url, connections, args.seconds, scripts[path]))
+                runs_floor.append(run_wrk(floor_url, connections, args.seconds, floor_script))
             errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
             rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
             print(
@@ -189,8 +160,7 @@ def main() -> None:
         for proc in (ours, floor):
             proc.terminate()
             proc.wait(timeout=10)
-        for script in scripts.values():
-            os.unlink(script)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

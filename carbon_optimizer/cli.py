@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import httpx
@@ -207,6 +207,26 @@ def _print_problem(problem: dict[str, Any], err: TextIO) -> None:
         err.write(f"  {item.get('location')}: {item.get('reason')}\n")
 
 
+def emit(
+    status: int,
+    result: dict[str, Any],
+    *,
+    as_json: bool,
+    render: Callable[[dict[str, Any], TextIO], None],
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Print an API-shaped answer (table or JSON) or its problem; return the exit code."""
+    if status != 200:
+        _print_problem(result, err)
+        return EXIT_BAD_INPUT if 400 <= status < 500 else EXIT_ERROR
+    if as_json:
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render(result, out)
+    return EXIT_OK
+
+
 async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Run the optimisation through the same runtime the server uses; return (status, body)."""
     from carbon_optimizer.api.convert import to_query
@@ -257,14 +277,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except httpx.HTTPError as exc:
         err.write(f"error: cannot reach {args.server}: {type(exc).__name__}\n")
         return EXIT_ERROR
-    if status != 200:
-        _print_problem(result, err)
-        return EXIT_BAD_INPUT if 400 <= status < 500 else EXIT_ERROR
-    if args.json:
-        out.write(json.dumps(result, indent=2) + "\n")
-    else:
-        render_table(result, out)
-    return EXIT_OK
+    return emit(status, result, as_json=args.json, render=render_table, out=out, err=err)
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -432,14 +445,7 @@ def cmd_estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write("error: --hours must be greater than 0\n")
         return EXIT_BAD_INPUT
     status, result = asyncio.run(_estimate(args))
-    if status != 200:
-        _print_problem(result, err)
-        return EXIT_BAD_INPUT if 400 <= status < 500 else EXIT_ERROR
-    if args.json:
-        out.write(json.dumps(result, indent=2) + "\n")
-    else:
-        render_estimate(result, out)
-    return EXIT_OK
+    return emit(status, result, as_json=args.json, render=render_estimate, out=out, err=err)
 
 
 def add_price_commands(sub: Any) -> None:
