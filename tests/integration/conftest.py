@@ -228,6 +228,10 @@ class StubUpstream:
                 task.cancel()
             with contextlib.suppress(Exception):
                 loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
+                # Let the transports the cancelled handlers closed finish closing (connection_lost
+                # runs on a later loop turn); otherwise they are collected "closing" and warn later.
+                loop.run_until_complete(self._server.wait_closed())
+                loop.run_until_complete(asyncio.sleep(0.05))
             loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -251,6 +255,8 @@ class StubUpstream:
             pass
         finally:
             writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
 
     async def _respond(self, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
         url = urlsplit(target)
