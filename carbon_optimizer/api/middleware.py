@@ -76,7 +76,11 @@ class RequestEdgeMiddleware:
                 except ValueError:
                     content_length = None
         request_id = incoming_id.decode("ascii") if _VALID_ID.match(incoming_id) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        # A per-request copy of the lifespan state, as uvicorn makes: some servers and test harnesses
+        # (asgi-lifespan) hand every request the same dict, and per-request values must not leak.
+        state = dict(scope.get("state") or {})
+        state["request_id"] = request_id
+        scope["state"] = state
         token = request_id_var.set(request_id)
         rid_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 

@@ -11,11 +11,14 @@ Why it looks like this:
   fresh bucket), else the client IP. `X-Forwarded-For` is honoured only when the direct peer is in
   `CARBON_OPTIMIZER_TRUSTED_PROXIES` (IPs or CIDRs), walking the chain from the right.
 - A refused request is a 429 problem+json with `Retry-After` (seconds) and `X-RateLimit-*`.
-- Redis down: slowapi's `in_memory_fallback_enabled` switches to a per-process memory counter and
-  re-probes Redis with back-off (1 s … 32 s). The Redis client gets short timeouts and no retries,
-  because slowapi calls the synchronous `limits` storage on the event loop: a hung Redis must
-  cost at most one short timeout, not seconds. Probes (`/healthz`, `/readyz`, `/metrics`) are
-  never limited.
+- slowapi's `Limiter` holds the configuration (limit string, strategy, key prefix, enable switch,
+  `storage_uri`), but the per-request hit goes through the same `limits` library's asyncio storage
+  (`AsyncCounter`): slowapi's own check calls the synchronous storage on the event loop, and that
+  blocking Redis round trip cost ~47 % of throughput under gunicorn (bench/bench_deploy.py).
+- Redis down: count in per-process memory and re-probe Redis with back-off (1 s … 32 s), as
+  slowapi's `in_memory_fallback_enabled` does; each Redis call is bounded by the Redis socket
+  timeout, so a hung Redis costs at most one short timeout. Probes (`/healthz`, `/readyz`,
+  `/metrics`) are never limited.
 - Pure-ASGI middleware instead of slowapi's `BaseHTTPMiddleware` variant (hot path; see
   docs/architecture.md); it calls the limiter's request check the way slowapi's own ASGI
   middleware does.
@@ -23,20 +26,24 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
 from typing import Any, Final
 
 from fastapi import FastAPI
-from limits import parse_many
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindow
 from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from slowapi import Limiter
-from slowapi.errors import RateLimitExceeded
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -149,6 +156,78 @@ def build_limiter(settings: Settings) -> Limiter:
     )
 
 
+class AsyncCounter:
+    """The per-request hit: `limits`' asyncio fixed window on Redis, per-process memory as fallback.
+
+    slowapi's own check calls the synchronous `limits` storage on the event loop; measured with
+    gunicorn (2 workers, wrk c=64) that blocking round trip cost ~47 % of throughput. The same
+    library's asyncio storage (redis-py's asyncio client) lets the loop serve other requests during
+    the round trip. Redis unreachable → count in this process's memory and re-probe Redis with
+    back-off (1 s doubling to 32 s), like slowapi's `in_memory_fallback`.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.items = parse_many(settings.rate_limit)
+        self.prefix = f"{settings.redis.key_prefix}:rl"
+        self.memory = AsyncFixedWindow(AsyncMemoryStorage())
+        self.redis: AsyncFixedWindow | None = None
+        self._redis_storage: AsyncRedisStorage | None = None
+        self.timeout_s = settings.redis.socket_timeout_s
+        if settings.redis.url is not None:
+            storage = AsyncRedisStorage(
+                settings.redis.url.get_secret_value(),
+                implementation="redispy",
+                key_prefix=self.prefix,
+                socket_timeout=settings.redis.socket_timeout_s,
+                socket_connect_timeout=settings.redis.connect_timeout_s,
+            )
+            self._redis_storage = storage
+            self.redis = AsyncFixedWindow(storage)
+        self._clock = clock
+        self.dead = False
+        self._retry_at = 0.0
+        self._backoff_s = 1.0
+
+    async def aclose(self) -> None:
+        """Close the Redis connection pool (at app shutdown; the pool is bound to this event loop)."""
+        if self._redis_storage is not None:
+            with contextlib.suppress(Exception):
+                bridge: Any = self._redis_storage.bridge  # redis-py bridge (implementation="redispy")
+                client = bridge.get_connection()
+                await client.connection_pool.disconnect()
+
+    def _active(self) -> AsyncFixedWindow:
+        if self.redis is None or (self.dead and self._clock() < self._retry_at):
+            return self.memory
+        return self.redis
+
+    def _mark_dead(self) -> None:
+        if self.dead:
+            self._backoff_s = min(self._backoff_s * 2, 32.0)
+        self.dead = True
+        self._retry_at = self._clock() + self._backoff_s
+
+    async def hit(self, key: str) -> tuple[RateLimitItem, AsyncFixedWindow] | None:
+        """Count one request for `key`; return the exceeded (limit, counter) or None if allowed."""
+        limiter = self._active()
+        for item in self.items:
+            if limiter is self.redis:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        allowed = await limiter.hit(item, key)
+                    if self.dead:
+                        self.dead, self._backoff_s = False, 1.0
+                except Exception:  # any storage failure: count in memory, never fail the request
+                    self._mark_dead()
+                    limiter = self.memory
+                    allowed = await limiter.hit(item, key)
+            else:
+                allowed = await limiter.hit(item, key)
+            if not allowed:
+                return item, limiter
+        return None
+
+
 class RateLimitMiddleware:
     """Pure-ASGI slowapi check: 429 problem+json with `Retry-After` when a client is over its limit."""
 
@@ -157,12 +236,14 @@ class RateLimitMiddleware:
         app: ASGIApp,
         *,
         limiter: Limiter,
+        counter: AsyncCounter,
         trusted_proxies: TrustedProxies,
         key_store: ApiKeyStore | None = None,
         exempt_paths: Iterable[str] = PROBE_PATHS,
     ) -> None:
         self.app = app
         self.limiter = limiter
+        self.counter = counter
         self.trusted = trusted_proxies
         self.key_store = key_store
         self.exempt_paths = frozenset(exempt_paths)
@@ -189,21 +270,19 @@ class RateLimitMiddleware:
         if not isinstance(state, MutableMapping):
             state = {}
             scope["state"] = state
-        state[_RATE_KEY] = self._key(scope)
-        request = Request(scope, receive)
-        try:
-            # Same call slowapi's own middlewares make; in_middleware=True applies application limits.
-            self.limiter._check_request_limit(request, None, True)
-        except RateLimitExceeded as exc:
+        key = self._key(scope)
+        state[_RATE_KEY] = key
+        exceeded = await self.counter.hit(key)
+        self._report_fallback()
+        if exceeded is not None:
             RATE_LIMITED.inc()
-            await self._too_many(request, exc, send)
+            item, limiter = exceeded
+            await self._too_many(item, limiter, key, send)
             return
-        finally:
-            self._report_fallback()
         await self.app(scope, receive, send)
 
     def _report_fallback(self) -> None:
-        dead = bool(self.limiter._storage_dead)
+        dead = self.counter.dead
         if dead != self._fallback_reported:
             self._fallback_reported = dead
             RATE_LIMIT_FALLBACK.set(1 if dead else 0)
@@ -212,18 +291,14 @@ class RateLimitMiddleware:
             else:
                 logger.info("Rate-limit storage reachable again: counting in Redis")
 
-    async def _too_many(self, request: Request, exc: RateLimitExceeded, send: Send) -> None:
-        retry_after = 1
-        limit_amount = ""
-        current = getattr(request.state, "view_rate_limit", None)
-        if current is not None:
-            item, args = current
-            limit_amount = str(item.amount)
-            try:
-                reset_at, _remaining = self.limiter.limiter.get_window_stats(item, *args)
-                retry_after = max(1, math.ceil(reset_at - time.time()))
-            except Exception:  # storage died between hit and stats: the 429 still stands
-                retry_after = int(item.get_expiry())
+    async def _too_many(self, item: RateLimitItem, limiter: AsyncFixedWindow, key: str, send: Send) -> None:
+        try:
+            reset_at, _remaining = await limiter.get_window_stats(item, key)
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+        except Exception:  # storage died between hit and stats: the 429 still stands
+            retry_after = int(item.get_expiry())
+        limit_amount = str(item.amount)
+        detail = str(item)
         headers = [
             (b"retry-after", str(retry_after).encode()),
             (b"x-ratelimit-limit", limit_amount.encode()),
@@ -233,7 +308,7 @@ class RateLimitMiddleware:
             send,
             429,
             "Too Many Requests",
-            f"Rate limit exceeded ({exc.detail}). Retry after {retry_after} s.",
+            f"Rate limit exceeded ({detail}). Retry after {retry_after} s.",
             headers,
         )
 
@@ -247,13 +322,31 @@ def _document_429(schema: dict[str, Any], limit: str) -> None:
         operation.setdefault("responses", {})["429"] = response
 
 
+def _close_on_shutdown(app: FastAPI, counter: AsyncCounter) -> None:
+    """Wrap the app's lifespan so the counter's Redis pool closes when the app stops."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await counter.aclose()
+
+    app.router.lifespan_context = lifespan
+
+
 def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
     """Build the limiter and install its middleware just outside API-key auth (if installed)."""
     from carbon_optimizer.api.security import ApiKeyMiddleware
 
     parse_many(settings.rate_limit)  # fail fast at start-up on a malformed limit string
     limiter = build_limiter(settings)
+    counter = AsyncCounter(settings)
     app.state.limiter = limiter
+    app.state.rate_counter = counter
+    _close_on_shutdown(app, counter)
     store = getattr(app.state, "api_key_store", None)
     if store is None:
         store = ApiKeyStore.from_settings(settings)
@@ -263,6 +356,7 @@ def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
         Middleware(
             RateLimitMiddleware,
             limiter=limiter,
+            counter=counter,
             trusted_proxies=TrustedProxies(settings.trusted_proxies),
             key_store=store,
         ),

@@ -45,7 +45,6 @@ AUTH_FAILURES = Counter(
 PROBE_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 _CLIENT_ID_DOMAIN: Final = b"carbon-optimizer/client-id/v1:"
 _RESOLVED_KEY: Final = "_auth_resolved"
-_PRESENTED_KEY: Final = "_auth_presented"
 # Minimum length we consider a reasonable key; shorter ones work but are warned about at start.
 _WEAK_KEY_CHARS: Final = 20
 
@@ -117,15 +116,15 @@ class ApiKeyStore:
 
         The rate limiter (outer) and the auth check (inner) both need this; hashing once is enough.
         """
-        state = _state(scope)
-        if _RESOLVED_KEY in state:
-            cached = state[CLIENT_ID_STATE_KEY]
-            return (cached if isinstance(cached, str) else None), bool(state[_PRESENTED_KEY])
+        # Memoised on the scope itself (one dict per request on every server), not in `state`,
+        # which some servers and test harnesses share between requests.
+        cached = scope.get(_RESOLVED_KEY)
+        if isinstance(cached, tuple):
+            return cached[0], cached[1]
         presented = _presented_key(scope)
         client_id = self.lookup(presented) if presented is not None and self._entries else None
-        state[_RESOLVED_KEY] = True
-        state[_PRESENTED_KEY] = presented is not None
-        state[CLIENT_ID_STATE_KEY] = client_id
+        scope[_RESOLVED_KEY] = (client_id, presented is not None)
+        _state(scope)[CLIENT_ID_STATE_KEY] = client_id  # for the access log and handlers
         return client_id, presented is not None
 
 

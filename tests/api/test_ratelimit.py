@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import redis
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
@@ -60,9 +61,10 @@ def tiny_app(settings: Settings) -> FastAPI:
 async def client_for(
     app: FastAPI, client: tuple[str, int] = ("203.0.113.7", 5000)
 ) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=client)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
+    async with LifespanManager(app) as manager:  # as in production: shutdown closes the Redis pool
+        transport = httpx.ASGITransport(app=manager.app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
 
 
 async def statuses(client: httpx.AsyncClient, n: int, path: str = "/v1/ping", **kwargs: object) -> list[int]:
@@ -242,7 +244,7 @@ async def test_redis_unreachable_from_start_falls_back_to_memory() -> None:
         got = await statuses(client, 4)
         elapsed = time.monotonic() - started
     assert got == [200, 200, 200, 429]  # no 5xx, and the limit still holds per process
-    assert app.state.limiter._storage_dead is True
+    assert app.state.rate_counter.dead is True
     assert sample("carbon_optimizer_rate_limit_fallback") == 1.0
     assert elapsed < 2.0
 
@@ -255,14 +257,14 @@ async def test_redis_dying_mid_traffic_does_not_fail_requests_and_recovers(redis
         assert await statuses(client, 3) == [200] * 3
         redis_server.stop()
         assert await statuses(client, 5) == [200] * 5
-        limiter = app.state.limiter
-        assert limiter._storage_dead is True
-        # Redis comes back on the same port; slowapi re-probes with back-off (first after ~1 s).
+        counter = app.state.rate_counter
+        assert counter.dead is True
+        # Redis comes back on the same port; the counter re-probes with back-off (first after ~1 s).
         revived = start_redis(redis_server.port)
         try:
             await asyncio.sleep(1.1)
             assert await statuses(client, 2) == [200, 200]
-            assert limiter._storage_dead is False
+            assert counter.dead is False
             assert sample("carbon_optimizer_rate_limit_fallback") == 0.0
             assert redis.Redis(port=revived.port).keys("*")  # counting in Redis again
         finally:
