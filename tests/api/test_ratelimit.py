@@ -23,7 +23,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from carbon_optimizer.api.ratelimit import TrustedProxies, client_ip, install_rate_limit
+from carbon_optimizer.api.ratelimit import (
+    AsyncCounter,
+    TrustedProxies,
+    client_ip,
+    install_rate_limit,
+    reservation_size,
+)
 from carbon_optimizer.api.security import client_id_for, install_security
 from carbon_optimizer.settings import Settings
 
@@ -269,3 +275,72 @@ async def test_redis_dying_mid_traffic_does_not_fail_requests_and_recovers(redis
             assert redis.Redis(port=revived.port).keys("*")  # counting in Redis again
         finally:
             revived.stop()
+
+
+@pytest.mark.parametrize(
+    ("limit", "seen", "expected"),
+    [(5, 0, 1), (1000, 0, 15), (1000, 990, 1), (1000, 1000, 1), (100_000_000, 0, 256), (64 * 3, 64, 2)],
+)
+def test_reservation_size_is_a_small_share_of_what_is_left(limit: int, seen: int, expected: int) -> None:
+    assert reservation_size(limit, seen) == expected
+
+
+def _evalsha_calls(port: int) -> int:
+    stats = redis.Redis(port=port).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
+
+
+@pytest.mark.integration
+async def test_batched_counting_never_over_admits_and_saves_round_trips(redis_server: RedisServer) -> None:
+    limit = 3000
+    settings = make_settings(redis={"url": redis_server.url}, rate_limit=f"{limit}/minute")
+    workers = [AsyncCounter(settings), AsyncCounter(settings), AsyncCounter(settings)]
+    before = _evalsha_calls(redis_server.port)
+    allowed = 0
+    try:
+        for i in range(limit + 500):
+            # A client's requests spread over three workers (round robin, then skewed to one).
+            counter = workers[i % 3] if i < limit // 2 else workers[0]
+            if await counter.hit("key:client") is None:
+                allowed += 1
+        round_trips = _evalsha_calls(redis_server.port) - before
+    finally:
+        for counter in workers:
+            await counter.aclose()
+    assert allowed <= limit  # the shared count is never exceeded
+    # Unused reservations strand at most a few batches; far from the limit, batches save calls.
+    assert allowed >= limit * 0.97
+    assert round_trips < allowed / 4
+
+
+@pytest.mark.integration
+async def test_small_limits_are_exact_across_workers(redis_server: RedisServer) -> None:
+    settings = make_settings(redis={"url": redis_server.url}, rate_limit="20/minute")
+    workers = [AsyncCounter(settings), AsyncCounter(settings)]
+    try:
+        results = [await workers[i % 2].hit("key:exact") is None for i in range(21)]
+        refused = await workers[0].hit("key:exact")
+    finally:
+        for counter in workers:
+            await counter.aclose()
+    assert results == [True] * 20 + [False]
+    assert refused is not None
+    item, retry_after = refused
+    assert item.amount == 20
+    assert 1 <= retry_after <= 60
+
+
+@pytest.mark.integration
+async def test_concurrent_requests_share_one_reservation(redis_server: RedisServer) -> None:
+    settings = make_settings(redis={"url": redis_server.url}, rate_limit="1000000/minute")
+    counter = AsyncCounter(settings)
+    before = _evalsha_calls(redis_server.port)
+    try:
+        results = await asyncio.gather(*(counter.hit("key:burst") for _ in range(50)))
+        calls = _evalsha_calls(redis_server.port) - before
+    finally:
+        await counter.aclose()
+    assert results == [None] * 50
+    assert calls == 1  # one INCRBY reserved tokens for the whole burst
