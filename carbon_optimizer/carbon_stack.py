@@ -88,6 +88,9 @@ class CarbonStack:
         return await self.store.ping()
 
 
+_VERDICT_MARGIN_S = 0.05
+
+
 async def build_carbon_stack(
     settings: Settings,
     *,
@@ -122,10 +125,14 @@ async def build_carbon_stack(
         key_prefix=settings.redis.key_prefix,
         variant=f"{em.emission_factor_type}-h{em.forecast_horizon_hours}",
     )
+    # The adapter enforces `request_deadline_s` itself and records the verdict (breaker failure)
+    # when it expires; the outer bound must fire a little later, or a cancelled fetch would record
+    # nothing and the breaker would open late (a race between two equal deadlines).
+    live_deadline_s = em.request_deadline_s + _VERDICT_MARGIN_S
     layered = (
-        LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s, clock=clock)
+        LayeredCarbonProvider(cache, offline, live_deadline_s=live_deadline_s, clock=clock)
         if clock is not None
-        else LayeredCarbonProvider(cache, offline, live_deadline_s=em.request_deadline_s)
+        else LayeredCarbonProvider(cache, offline, live_deadline_s=live_deadline_s)
     )
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
