@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date
 
-from carbon_optimizer.domain.models import OfferTable, PriceType
+from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
 from carbon_optimizer.errors import CarbonOptimizerError
 from carbon_optimizer.providers.base import PriceProvider
 
@@ -35,6 +36,30 @@ class Spec:
             memory_gib=self.memory_gib if self.memory_gib is not None else other.memory_gib,
             gpu_count=self.gpu_count or other.gpu_count,
             gpu_model=self.gpu_model or other.gpu_model,
+        )
+
+    def live_offer(
+        self,
+        upstream: str,
+        region: str,
+        instance_type: str,
+        price_usd_per_hour: float,
+        price_type: PriceType,
+        as_of: date,
+    ) -> InstanceOffer:
+        """The offer a live price API reported for this size, labelled `live:<upstream>`."""
+        return InstanceOffer(
+            provider=upstream,
+            region=region,
+            instance_type=instance_type,
+            vcpus=self.vcpus,
+            memory_gib=self.memory_gib,
+            gpu_count=self.gpu_count,
+            gpu_model=self.gpu_model,
+            price_usd_per_hour=price_usd_per_hour,
+            price_type=price_type,
+            as_of=as_of,
+            source=f"live:{upstream}",
         )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
+from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import (
     MalformedUpstreamResponse,
     ProviderAuthError,
@@ -316,21 +316,7 @@ class AwsPriceList:
             price, spec = found[name]
             if name in known:
                 spec = spec.merged_over(known[name])
-            offers.append(
-                InstanceOffer(
-                    provider=UPSTREAM,
-                    region=region,
-                    instance_type=name,
-                    vcpus=spec.vcpus,
-                    memory_gib=spec.memory_gib,
-                    gpu_count=spec.gpu_count,
-                    gpu_model=spec.gpu_model,
-                    price_usd_per_hour=price,
-                    price_type=price_type,
-                    as_of=as_of,
-                    source=f"live:{UPSTREAM}",
-                )
-            )
+            offers.append(spec.live_offer(UPSTREAM, region, name, price, price_type, as_of))
         return OfferTable.from_offers(UPSTREAM, region, price_type, offers, fetched_at=fetched_at)
 
     def _regions_sync(self) -> list[str]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
+from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import MalformedUpstreamResponse
 
 from ._common import (
@@ -32,7 +32,7 @@ from ._common import (
     log,
     utc_now,
 )
-from ._specs import SpecIndex
+from ._specs import UNKNOWN, SpecIndex
 
 API_VERSION = "2023-01-01-preview"
 UPSTREAM = "azure"
@@ -188,22 +188,8 @@ class AzureRetailPrices:
         as_of = as_of_today(fetched_at)
         offers = []
         for name in sorted(by_name):
-            spec = specs.get(name)
-            offers.append(
-                InstanceOffer(
-                    provider=UPSTREAM,
-                    region=region,
-                    instance_type=name,
-                    vcpus=spec.vcpus if spec else None,
-                    memory_gib=spec.memory_gib if spec else None,
-                    gpu_count=spec.gpu_count if spec else 0,
-                    gpu_model=spec.gpu_model if spec else None,
-                    price_usd_per_hour=by_name[name],
-                    price_type=price_type,
-                    as_of=as_of,
-                    source=f"live:{UPSTREAM}",
-                )
-            )
+            spec = specs.get(name) or UNKNOWN
+            offers.append(spec.live_offer(UPSTREAM, region, name, by_name[name], price_type, as_of))
         return OfferTable.from_offers(UPSTREAM, region, price_type, offers, fetched_at=fetched_at)
 
     async def regions(self) -> list[str]:

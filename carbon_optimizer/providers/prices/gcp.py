@@ -24,7 +24,7 @@ from datetime import datetime
 import httpx
 from pydantic import SecretStr
 
-from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
+from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import MalformedUpstreamResponse
 
 from ._common import (
@@ -38,6 +38,7 @@ from ._common import (
     log,
     utc_now,
 )
+from ._specs import Spec
 
 UPSTREAM = "gcp"
 COMPUTE_SERVICE = "6F81-5844-456A"  # Compute Engine in the Cloud Billing Catalog
@@ -398,18 +399,8 @@ class GcpCatalogPrices:
             if price is None or price <= 0:
                 continue
             offers.append(
-                InstanceOffer(
-                    provider=UPSTREAM,
-                    region=region,
-                    instance_type=machine.name,
-                    vcpus=machine.vcpus,
-                    memory_gib=machine.memory_gib,
-                    gpu_count=machine.gpu_count,
-                    gpu_model=machine.gpu_model,
-                    price_usd_per_hour=price,
-                    price_type=price_type,
-                    as_of=as_of,
-                    source=f"live:{UPSTREAM}",
+                Spec(machine.vcpus, machine.memory_gib, machine.gpu_count, machine.gpu_model).live_offer(
+                    UPSTREAM, region, machine.name, price, price_type, as_of
                 )
             )
         if not offers:

@@ -22,6 +22,7 @@ from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
 from carbon_optimizer.errors import MalformedUpstreamResponse
 
 from ._common import HttpPolicy, Memo, as_of_today, check_region, expect_mapping, get_json, utc_now
+from ._specs import Spec
 
 UPSTREAM = "lambda"
 ANY_REGION = "*"
@@ -79,18 +80,13 @@ def parse_instance_types(document: object, region: str, fetched_at: datetime) ->
         vcpus = specs.get("vcpus")
         memory = specs.get("memory_gib")
         offers.append(
-            InstanceOffer(
-                provider=UPSTREAM,
-                region=region,
-                instance_type=str(itype.get("name") or key),
+            Spec(
                 vcpus=_int(vcpus, "vcpus") if vcpus is not None else None,
                 memory_gib=float(_int(memory, "memory_gib")) if memory is not None else None,
                 gpu_count=gpus,
                 gpu_model=model,
-                price_usd_per_hour=cents / 100.0,
-                price_type=PriceType.ON_DEMAND,
-                as_of=as_of,
-                source=f"live:{UPSTREAM}",
+            ).live_offer(
+                UPSTREAM, region, str(itype.get("name") or key), cents / 100.0, PriceType.ON_DEMAND, as_of
             )
         )
     return offers
