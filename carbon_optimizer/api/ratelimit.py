@@ -134,7 +134,12 @@ def _rate_key(request: Request) -> str:
 
 
 def build_limiter(settings: Settings) -> Limiter:
-    """A slowapi Limiter over Redis (or memory) with the in-memory fallback enabled."""
+    """The slowapi Limiter: the configuration (limit, strategy, key prefix, switch, `storage_uri`).
+
+    Requests are counted by `AsyncCounter`, not by this limiter's synchronous storage; the storage
+    keeps short timeouts and no retries so that any synchronous use (e.g. a future `@limiter.limit`
+    decorator) could never stall the event loop for long.
+    """
     storage_uri = "memory://"
     storage_options: dict[str, Any] = {}
     if settings.redis.url is not None:
@@ -142,7 +147,7 @@ def build_limiter(settings: Settings) -> Limiter:
         storage_options = {
             "socket_connect_timeout": settings.redis.connect_timeout_s,
             "socket_timeout": settings.redis.socket_timeout_s,
-            # No retry/backoff: the check runs synchronously on the event loop.
+            # No retry/backoff: slowapi's storage calls are synchronous (see the docstring).
             "retry": Retry(NoBackoff(), 0),
         }
     return Limiter(
