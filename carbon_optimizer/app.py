@@ -162,8 +162,7 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
             today = datetime.now(UTC).date()
             prices: dict[str, Any] = {}
             for provider in ("aws", "azure", "gcp", "lambda"):
-                dates = [o.as_of for o in bundled.list_offers(provider, None, None, None) if o.as_of]
-                newest = max(dates) if dates else None
+                newest = bundled.newest_as_of(provider)
                 prices[provider] = {
                     "newest_as_of": newest.isoformat() if newest else None,
                     "age_days": (today - newest).days if newest else None,

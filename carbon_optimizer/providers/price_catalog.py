@@ -193,6 +193,16 @@ class BundledPriceCatalog:
         """Region codes with at least one bundled price (Lambda: every catalogued Lambda region)."""
         return self._regions_by_provider.get(provider.lower(), frozenset())
 
+    def newest_as_of(self, provider: str) -> date | None:
+        """The newest `as_of` date among a provider's bundled prices (None: none dated)."""
+        columns = self._columns
+        try:
+            code = columns.providers.index(provider.lower())
+        except ValueError:
+            return None
+        dated = [columns.as_of[c] for c in np.unique(columns.as_of_code[columns.provider == code])]
+        return max((d for d in dated if d is not None), default=None)
+
     def list_offers(
         self,
         provider: str | None = None,
@@ -301,6 +311,10 @@ class BundledPriceProvider:
     def regions_with_prices(self, provider: str) -> frozenset[str]:
         """Region codes of `provider` that have bundled prices."""
         return self.catalog.regions_with_prices(provider)
+
+    def newest_as_of(self, provider: str) -> date | None:
+        """The newest `as_of` date among a provider's bundled prices."""
+        return self.catalog.newest_as_of(provider)
 
     def estimate_lookup(
         self, provider: str, region: str, instance_type: str, price_type: PriceType

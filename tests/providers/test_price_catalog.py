@@ -216,3 +216,14 @@ class TestListing:
     def test_estimate_lookup_missing(self) -> None:
         assert estimate_lookup("aws", "us-east-1", "no.such", OD) is None
         assert estimate_lookup("aws", "mars-north-1", "t3.large", OD) is None
+
+
+@pytest.mark.parametrize("provider", ["aws", "azure", "gcp", "lambda"])
+def test_newest_as_of_matches_the_rows(provider: str) -> None:
+    catalog = BundledPriceProvider()
+    dated = [o.as_of for o in catalog.list_offers(provider, None, None, None) if o.as_of is not None]
+    assert catalog.newest_as_of(provider) == max(dated)
+
+
+def test_newest_as_of_of_an_unknown_provider_is_none() -> None:
+    assert BundledPriceProvider().newest_as_of("ibm") is None
