@@ -121,3 +121,15 @@ async def test_estimate_survives_carbon_outage(client_factory: ClientFactory) ->
         )
     assert response.status_code == 200
     assert response.json()["warnings"]
+
+
+async def test_prices_truncated_flag_at_the_limit_boundary(client: httpx.AsyncClient) -> None:
+    full = (await client.get("/v1/prices", params={"provider": "lambda", "limit": 10000})).json()
+    n = full["count"]
+    assert n > 1
+    assert full["truncated"] is False
+    exact = (await client.get("/v1/prices", params={"provider": "lambda", "limit": n})).json()
+    assert (exact["count"], exact["truncated"]) == (n, False)
+    cut = (await client.get("/v1/prices", params={"provider": "lambda", "limit": n - 1})).json()
+    assert (cut["count"], cut["truncated"]) == (n - 1, True)
+    assert cut["prices"] == full["prices"][: n - 1]

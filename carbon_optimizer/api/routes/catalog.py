@@ -89,23 +89,21 @@ async def prices(
 ) -> Response:
     """Filter the price catalog; `truncated` says when `limit` cut the list."""
     state = get_state(request)
-    offers = state.bundled_prices.list_offers(
-        provider, region, instance_type, PriceType(price_type) if price_type else None
-    )
+    kind = PriceType(price_type) if price_type else None
+    offers: list[InstanceOffer] = []
     # A live or cached table for a single region supersedes the bundled rows of that region.
     if provider and region and state.service.prices is not state.bundled_prices:
-        kinds = [PriceType(price_type)] if price_type else list(PriceType)
-        live_rows: list[InstanceOffer] = []
-        for kind in kinds:
-            table = await state.service.prices.offers(provider, region, kind)
+        for each in [kind] if kind else list(PriceType):
+            table = await state.service.prices.offers(provider, region, each)
             if table is not None:
-                live_rows.extend(
+                offers.extend(
                     table.offer(i)
                     for i in range(len(table))
                     if instance_type is None or table.instance_types[i] == instance_type
                 )
-        if live_rows:
-            offers = live_rows
+    if not offers:
+        # One row past the limit tells whether the list was cut, without materialising the rest.
+        offers = state.bundled_prices.list_offers(provider, region, instance_type, kind, limit=limit + 1)
     items = [
         {
             "provider": o.provider,
