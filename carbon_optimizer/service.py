@@ -32,7 +32,6 @@ from carbon_optimizer.domain.models import (
     format_utc,
 )
 from carbon_optimizer.domain.scoring import (
-    CandidateGrid,
     RankedCandidate,
     ScoringInput,
     candidate_grid,
@@ -699,4 +698,4 @@ def _energy_model_out(power: PowerEstimate) -> dict[str, Any]:
     }
 
 
-__all__ = ["CandidateGrid", "LocationQuery", "OptimizeQuery", "OptimizerService", "utc_now"]
+__all__ = ["LocationQuery", "OptimizeQuery", "OptimizerService", "utc_now"]
