@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from carbon_optimizer import __version__
+from carbon_optimizer.api.docs import OPENAPI_URL, install_docs, operation_id
 from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
@@ -200,10 +201,13 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
             "Electricity Maps (electricitymaps.com), 2023 hourly datasets, ODbL."
         ),
         lifespan=_lifespan(settings, overrides),
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,  # served from the package by install_docs (no CDN)
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        generate_unique_id_function=operation_id,
     )
+    if settings.docs_enabled:
+        install_docs(app)
     install_error_handlers(app)
     app.include_router(optimize.router)
     app.include_router(catalog.router)
