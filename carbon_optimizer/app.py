@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from carbon_optimizer import __version__
-from carbon_optimizer.api.docs import OPENAPI_URL, install_docs, operation_id
+from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
@@ -212,6 +212,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
     # Resulting order, outermost first: access log → request edge → metrics → security headers →

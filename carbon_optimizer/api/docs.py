@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -97,3 +97,26 @@ def operation_id(route: APIRoute) -> str:
     does. An explicit `operation_id=` on a route still wins.
     """
     return route.name
+
+
+_DATA_PREFIXES: Final = ("/v1/", "/optimize")
+
+
+def document_edge_responses(schema: dict[str, Any]) -> None:
+    """Document the answers the edge gives before a route runs, which FastAPI cannot see.
+
+    413 (body over the size cap) and 415 (not JSON) for every operation with a body; 503 (no data
+    source can answer) for the data routes. 401 and 429 are added by the auth and rate-limit
+    installers, only when they are on. Runs before `use_problem_media_type`, which gives every
+    4xx/5xx the problem+json content.
+    """
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict):
+                continue
+            responses = operation.setdefault("responses", {})
+            if method in ("post", "put", "patch") and "requestBody" in operation:
+                responses.setdefault("413", {"description": "Body larger than the configured cap"})
+                responses.setdefault("415", {"description": "Content-Type is not application/json"})
+            if path.startswith(_DATA_PREFIXES):
+                responses.setdefault("503", {"description": "No data source can answer (rare: bundled data)"})

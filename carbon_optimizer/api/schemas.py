@@ -226,5 +226,10 @@ class ProblemOut(BaseModel):
     title: str
     status: int
     detail: str | None = None
-    errors: list[dict[str, object]] | None = None
+    errors: list[dict[str, object]] | None = Field(
+        default=None, description="422 only: each invalid field (`loc` names it, as pydantic does)"
+    )
+    infeasible: list[InfeasibleOut] | None = Field(
+        default=None, description="422 nothing-feasible only: every candidate location and why it failed"
+    )
     instance: str | None = None

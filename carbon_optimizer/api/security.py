@@ -311,7 +311,8 @@ def _docs_paths(app: FastAPI) -> list[str]:
 
 def _disable_docs(app: FastAPI) -> None:
     """Remove /docs, /redoc and /openapi.json routes that FastAPI added at construction."""
-    paths = set(docs_paths())
+    builtin = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    paths = set(docs_paths()) | {p for p in builtin if p}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
     app.openapi_url = None
     app.docs_url = None

@@ -85,3 +85,52 @@ async def test_operation_ids_are_readable_and_unique(client: httpx.AsyncClient) 
         assert re.fullmatch(r"[a-z][a-z0-9_]*", op_id), op_id
         assert not re.search(r"_(get|post)$", op_id), op_id  # not FastAPI's path-derived default
     assert "optimize" in ids
+
+
+async def test_every_operation_documents_a_typed_200(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            ok = op["responses"]["200"]
+            ref = ok["content"]["application/json"]["schema"].get("$ref", "")
+            assert ref.startswith("#/components/schemas/"), (method, path, ok)
+            target = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            assert target.get("properties"), (method, path)
+
+
+async def test_edge_answers_are_documented_as_problems(client_factory: ClientFactory) -> None:
+    settings = Settings(_env_file=None, api_keys="a-long-enough-test-key-0123456789")
+    async with client_factory(settings) as client:
+        schema = (await client.get("/openapi.json")).json()
+    problem = "#/components/schemas/ProblemOut"
+    optimize = schema["paths"]["/v1/optimize"]["post"]["responses"]
+    for status in ("401", "413", "415", "422", "429", "503"):
+        content = optimize[status]["content"]
+        assert content["application/problem+json"]["schema"]["$ref"] == problem, status
+    assert "infeasible" in schema["components"]["schemas"]["ProblemOut"]["properties"]
+    assert set(schema["components"]["securitySchemes"]) == {"bearerAuth", "apiKeyHeader"}
+    # probes need no key and their 503 stays the probe's own JSON
+    readyz = schema["paths"]["/readyz"]["get"]
+    assert readyz["security"] == []
+    assert "application/json" in readyz["responses"]["503"]["content"]
+
+
+async def test_documented_200_bodies_match_what_routes_serve(client: httpx.AsyncClient) -> None:
+    from carbon_optimizer.api import schemas_out
+
+    cases = [
+        ("/v1/regions?provider=gcp", schemas_out.RegionsOut),
+        ("/v1/zones", schemas_out.ZonesOut),
+        ("/v1/zones/DE/carbon-intensity", schemas_out.ZoneSeriesOut),
+        ("/v1/prices?provider=aws&region=us-east-1&limit=3", schemas_out.PricesOut),
+        ("/health", schemas_out.HealthOut),
+        ("/healthz", schemas_out.LivenessOut),
+        ("/readyz", schemas_out.ReadinessOut),
+    ]
+    for path, model in cases:
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        model.model_validate(response.json(), strict=False)
+    body = {"provider": "aws", "region": "us-east-1", "instance_type": "m5.large", "hours": 2}
+    estimate = await client.post("/v1/estimate", json=body)
+    schemas_out.EstimateOut.model_validate(estimate.json())
