@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from carbon_optimizer.api.docs import ASSET_PATHS
 from carbon_optimizer.api.examples import example_bodies
@@ -118,7 +119,7 @@ async def test_edge_answers_are_documented_as_problems(client_factory: ClientFac
 async def test_documented_200_bodies_match_what_routes_serve(client: httpx.AsyncClient) -> None:
     from carbon_optimizer.api import schemas_out
 
-    cases = [
+    cases: list[tuple[str, type[BaseModel]]] = [
         ("/v1/regions?provider=gcp", schemas_out.RegionsOut),
         ("/v1/zones", schemas_out.ZonesOut),
         ("/v1/zones/DE/carbon-intensity", schemas_out.ZoneSeriesOut),
