@@ -135,3 +135,17 @@ async def test_documented_200_bodies_match_what_routes_serve(client: httpx.Async
     body = {"provider": "aws", "region": "us-east-1", "instance_type": "m5.large", "hours": 2}
     estimate = await client.post("/v1/estimate", json=body)
     schemas_out.EstimateOut.model_validate(estimate.json())
+
+
+async def test_every_schema_field_is_described(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    undescribed = [
+        f"{name}.{prop}"
+        for name, component in schema["components"]["schemas"].items()
+        for prop, spec in component.get("properties", {}).items()
+        if not spec.get("description")
+    ]
+    assert undescribed == []
+    modes = schema["components"]["schemas"]["ObjectiveSpec"]["properties"]["mode"]["description"]
+    for mode in ("carbon", "cost", "balanced", "carbon_within_budget", "monetized"):
+        assert mode in modes
