@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from carbon_optimizer import __version__
+from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
@@ -200,14 +201,18 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
             "Electricity Maps (electricitymaps.com), 2023 hourly datasets, ODbL."
         ),
         lifespan=_lifespan(settings, overrides),
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,  # served from the package by install_docs (no CDN)
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        generate_unique_id_function=operation_id,
     )
+    if settings.docs_enabled:
+        install_docs(app)
     install_error_handlers(app)
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
     # Resulting order, outermost first: access log → request edge → metrics → security headers →

@@ -31,6 +31,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from carbon_optimizer.api.docs import docs_paths
 from carbon_optimizer.logging_config import CLIENT_ID_STATE_KEY
 from carbon_optimizer.settings import Settings
 
@@ -185,14 +186,13 @@ class ApiKeyMiddleware:
         await send_problem(send, 401, "Unauthorized", detail, [(b"www-authenticate", challenge)])
 
 
-# Headers for JSON API responses. The docs pages need scripts and styles from a CDN, so they get a
-# CSP that allows exactly that instead of `default-src 'none'`.
+# Headers for JSON API responses. The docs pages load their scripts and styles from this origin
+# (api/docs.py) plus one inline bootstrap script, so they get a CSP that allows exactly that instead
+# of `default-src 'none'` — and no third-party host.
 _API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
 _DOCS_CSP: Final = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"img-src 'self' data: https://fastapi.tiangolo.com; "
-    b"frame-ancestors 'none'"
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; frame-ancestors 'none'"
 )
 
 
@@ -306,14 +306,13 @@ def _document_auth(schema: dict[str, Any], exempt_paths: Iterable[str]) -> None:
 
 
 def _docs_paths(app: FastAPI) -> list[str]:
-    return [
-        p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
-    ]
+    return list(docs_paths()) if app.openapi_url else []
 
 
 def _disable_docs(app: FastAPI) -> None:
     """Remove /docs, /redoc and /openapi.json routes that FastAPI added at construction."""
-    paths = set(_docs_paths(app))
+    builtin = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    paths = set(docs_paths()) | {p for p in builtin if p}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
     app.openapi_url = None
     app.docs_url = None

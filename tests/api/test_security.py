@@ -185,13 +185,15 @@ async def test_security_headers_on_success_and_on_401(keyed_settings: Settings) 
         assert "strict-transport-security" not in response.headers  # development
 
 
-async def test_hsts_in_production_and_docs_csp_allows_swagger_assets() -> None:
+async def test_hsts_in_production_and_docs_csp_allows_only_this_origin() -> None:
     settings = make_settings(environment="production")
     async with client_for(tiny_app(settings)) as client:
         api = await client.get("/v1/ping")
         docs = await client.get("/docs")
     assert api.headers["strict-transport-security"].startswith("max-age=")
-    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    docs_csp = docs.headers["content-security-policy"]
+    assert "script-src 'self'" in docs_csp
+    assert "cdn.jsdelivr.net" not in docs_csp  # assets come from the package (api/docs.py)
 
 
 async def test_docs_switch_removes_docs_and_schema() -> None:

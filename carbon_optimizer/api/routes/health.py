@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from carbon_optimizer import __version__
+from carbon_optimizer.api.schemas_out import HealthOut, LivenessOut, ReadinessOut
 from carbon_optimizer.api.state import get_state
 
 router = APIRouter(tags=["health"])
@@ -19,13 +20,24 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-@router.get("/healthz", summary="Liveness: the process serves (no I/O)")
+@router.get(
+    "/healthz",
+    summary="Liveness: the process serves (no I/O)",
+    responses={200: {"model": LivenessOut, "description": "OK"}},
+)
 async def healthz() -> Response:
     """Always 200 while the event loop answers."""
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: data loaded and cache reachable (never calls Electricity Maps)")
+@router.get(
+    "/readyz",
+    summary="Readiness: data loaded and cache reachable (never calls Electricity Maps)",
+    responses={
+        200: {"model": ReadinessOut, "description": "Ready"},
+        503: {"model": ReadinessOut, "description": "Not ready (Retry-After: 5)"},
+    },
+)
 async def readyz(request: Request) -> Response:
     """200 when this worker can answer optimisations, else 503."""
     state = get_state(request)
@@ -45,7 +57,11 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@router.get("/health", summary="Component status: cache, data sources, data age, version")
+@router.get(
+    "/health",
+    summary="Component status: cache, data sources, data age, version",
+    responses={200: {"model": HealthOut, "description": "OK, possibly degraded"}},
+)
 async def health(request: Request) -> Response:
     """Status of every component; 200 while the service can answer, even degraded."""
     state = get_state(request)
