@@ -223,6 +223,20 @@ class WattTimeProvider:
         self._located[key] = (region, self._monotonic() + self._settings.region_cache_ttl_s)
         return region
 
+    async def my_access(self) -> frozenset[tuple[str, str, str]]:
+        """`GET /v3/my-access`: what the account's plan covers, as (signal_type, region, endpoint).
+
+        E.g. `("co2_moer", "CAISO_NORTH", "v3/forecast")`. The ground truth for "where the plan
+        allows" — a chain can call it once at start-up instead of learning from 403s.
+        """
+        return await self._call("my-access", "/my-access", {}, parse_access)
+
+    async def can_access(self, zone: str, signal: Signal, endpoint: str = "v3/forecast") -> bool:
+        """Whether the plan covers `endpoint` for the zone's region and `signal` (one request)."""
+        if not self.covers(zone, signal):
+            return False
+        return (SIGNAL_TYPES[signal], self.region_for(zone, signal), endpoint) in await self.my_access()
+
     # ----- public endpoints -----
 
     async def fetch(self, request: SeriesRequest, signal: Signal = Signal.MARGINAL) -> Fetched:
@@ -596,6 +610,24 @@ def parse_token(body: Any) -> SecretStr:
     return SecretStr(token)
 
 
+def parse_access(body: Any) -> frozenset[tuple[str, str, str]]:
+    """`/v3/my-access` body (signal types → regions → endpoints) → flat (signal, region, endpoint)."""
+    signal_types = body.get("signal_types") if isinstance(body, Mapping) else None
+    if not isinstance(signal_types, list):
+        raise MalformedUpstreamResponse("watttime my-access: no `signal_types` list", source=UPSTREAM)
+    granted: set[tuple[str, str, str]] = set()
+    for entry in signal_types:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("signal_type"), str):
+            continue
+        for region in entry.get("regions") or []:
+            if not isinstance(region, Mapping) or not isinstance(region.get("region"), str):
+                continue
+            for endpoint in region.get("endpoints") or []:
+                if isinstance(endpoint, Mapping) and isinstance(endpoint.get("endpoint"), str):
+                    granted.add((entry["signal_type"], region["region"], endpoint["endpoint"].strip("/")))
+    return frozenset(granted)
+
+
 def parse_region(body: Any, signal_type: str) -> str:
     """`/v3/region-from-loc` 200 body → the region code (checked against the asked signal)."""
     region = body.get("region") if isinstance(body, Mapping) else None
@@ -691,6 +723,7 @@ __all__ = [
     "interpret",
     "label",
     "lbs_per_mwh_to_g_per_kwh",
+    "parse_access",
     "parse_body",
     "parse_region",
     "parse_token",

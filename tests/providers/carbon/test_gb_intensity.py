@@ -38,7 +38,7 @@ from carbon_optimizer.providers.carbon.gb_intensity import (
     periods_to_points,
     range_chunks,
 )
-from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest
+from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.resilience import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import GBIntensitySettings, Settings
 from tests.providers.carbon.support import FakeTime, load, upstream_count
@@ -575,3 +575,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not Settings(_env_file=None).watttime.password
     monkeypatch.delenv("CARBON_OPTIMIZER_GB_INTENSITY__ENABLED")
     assert not Settings(_env_file=None).gb_intensity.enabled  # opt in: the default never calls out
+
+
+async def test_adapter_satisfies_the_series_source_protocol(http: httpx.AsyncClient) -> None:
+    assert isinstance(GBIntensityProvider(http, GBIntensitySettings()), SeriesSource)

@@ -35,11 +35,12 @@ from carbon_optimizer.providers.carbon.watttime import (
     LBS_PER_MWH_TO_G_PER_KWH,
     WattTimeProvider,
     lbs_per_mwh_to_g_per_kwh,
+    parse_access,
     parse_body,
     parse_region,
     parse_token,
 )
-from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest
+from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.resilience import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings, WattTimeSettings
 from tests.providers.carbon.support import FakeTime, load, raw, upstream_count
@@ -819,3 +820,38 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_provider_requires_credentials(http: httpx.AsyncClient) -> None:
     with pytest.raises(ValueError, match="username"):
         WattTimeProvider(http, WattTimeSettings(username=USER))
+
+
+# ----- plan coverage -----
+
+
+def test_parse_access_flattens_the_plan() -> None:
+    granted = parse_access(wt("my_access.json"))
+    assert granted == {
+        ("co2_moer", "CAISO_NORTH", "v3/forecast"),
+        ("co2_moer", "CAISO_NORTH", "v3/historical"),
+        ("co2_moer", "PJM_NJ", "v3/historical"),
+        ("co2_aoer", "CAISO", "v3/historical"),
+    }
+    with pytest.raises(MalformedUpstreamResponse):
+        parse_access({"regions": []})
+
+
+async def test_can_access_asks_my_access(
+    router: respx.Router, login: Login, http: httpx.AsyncClient, fake_time: FakeTime
+) -> None:
+    route = router.get("/v3/my-access").respond(json=wt("my_access.json"))
+    provider = make(http, fake_time)
+    assert await provider.can_access("US-CAL-CISO", Signal.MARGINAL)
+    assert await provider.can_access("US-CAL-CISO", Signal.AVERAGE, "v3/historical")
+    assert not await provider.can_access("US-CAL-CISO", Signal.AVERAGE, "v3/forecast")
+    assert not await provider.can_access("US-MIDA-PJM", Signal.MARGINAL)  # PJM_DC not in this plan
+    calls = route.call_count
+    assert not await provider.can_access("DE", Signal.MARGINAL)  # no region: no request
+    assert route.call_count == calls
+    assert bearer(route.calls.last.request) == login.issued[0]
+
+
+async def test_adapter_satisfies_the_series_source_protocol(http: httpx.AsyncClient) -> None:
+    provider = WattTimeProvider(http, WattTimeSettings(username=USER, password=SecretStr(PASSWORD)))
+    assert isinstance(provider, SeriesSource)
