@@ -41,6 +41,7 @@ points and is unit-tested on fixtures without any HTTP.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import random
@@ -180,6 +181,7 @@ class WattTimeProvider:
         self._sleep = sleep
         self._rng = rng
         self._token: _Token | None = None
+        self._recent_tokens: collections.deque[SecretStr] = collections.deque(maxlen=4)  # for scrubbing
         self._login_lock = asyncio.Lock()
         self._located: dict[tuple[float, float, Signal], tuple[str, float]] = {}
         self.logins = 0  # how many times we called /login (observable; WattTime rate-limits it)
@@ -419,6 +421,7 @@ class WattTimeProvider:
             lifetime = max(0.0, self._settings.token_ttl_s - self._settings.token_refresh_margin_s)
             token = _Token(value, self._monotonic() + lifetime)
             self._token = token
+            self._recent_tokens.append(token.value)
             log.info("watttime: logged in; token renewed in %.0f s", lifetime)
             return token
 
@@ -493,10 +496,8 @@ class WattTimeProvider:
         return exc
 
     def _scrub(self, text: str) -> str:
-        secrets = [self._settings.password.get_secret_value() if self._settings.password else ""]
-        if self._token is not None:
-            secrets.append(self._token.value.get_secret_value())
-        for secret in secrets:
+        secrets = [self._settings.password, *self._recent_tokens]
+        for secret in (s.get_secret_value() for s in secrets if s is not None):
             if secret:
                 text = text.replace(secret, "***")
         return text

@@ -785,6 +785,9 @@ async def test_password_and_token_never_in_errors_reprs_status_or_logs(
         return httpx.Response(400, json={"error": "bad", "message": f"{bearer(request)} {PASSWORD}"})
 
     router.get("/v3/forecast").mock(side_effect=echo)
+    router.get("/v3/my-access").mock(
+        side_effect=[httpx.Response(401), httpx.Response(400, json={"message": "old token eyJ-test-token-1"})]
+    )
     router.get("/v3/historical").mock(side_effect=httpx.ConnectError("refused"))
     router.get("/v3/region-from-loc").respond(401)
     provider = make(http, fake_time, max_retries=0)
@@ -793,6 +796,7 @@ async def test_password_and_token_never_in_errors_reprs_status_or_logs(
         lambda: provider.latest("US-CAL-CISO"),
         lambda: provider.history("US-CAL-CISO"),
         lambda: provider.region_from_location(42.0, -72.0),
+        provider.my_access,  # echoes a token refused earlier: scrubbed too
     ]
     for call in calls:
         with pytest.raises(ProviderError) as info:
