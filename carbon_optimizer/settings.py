@@ -41,6 +41,40 @@ class ElectricityMapsSettings(BaseModel):
         return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
+class WattTimeSettings(BaseModel):
+    """WattTime v3 access (marginal `co2_moer`; `co2_aoer` where the plan allows). No login → unused."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    base_url: str = "https://api.watttime.org/v3"  # data paths
+    auth_base_url: str = "https://api.watttime.org"  # `/login` lives at the root, not under /v3
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    read_timeout_s: float = Field(default=2.0, gt=0)
+    # Whole budget for one logical fetch (login and retries included).
+    request_deadline_s: float = Field(default=4.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.1, ge=0)
+    forecast_horizon_hours: int = Field(default=72, ge=0, le=72)
+    # Tokens live 30 min; renew early so a token never expires between check and use.
+    token_ttl_s: float = Field(default=1800.0, gt=0)
+    token_refresh_margin_s: float = Field(default=300.0, ge=0)
+    # WattTime asks clients to re-resolve lat/lon → region at least monthly; a day is plenty.
+    region_cache_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+
+
+class GBIntensitySettings(BaseModel):
+    """GB Carbon Intensity API (NESO; no key, CC BY 4.0). Opt in: the default never calls out."""
+
+    enabled: bool = False
+    base_url: str = "https://api.carbonintensity.org.uk"
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    read_timeout_s: float = Field(default=2.0, gt=0)
+    request_deadline_s: float = Field(default=3.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.1, ge=0)
+    user_agent: str = "carbon-optimizer"  # NESO asks for a descriptive User-Agent
+
+
 class RedisSettings(BaseModel):
     """Shared Redis (cache, single-flight locks, rate-limit counters). No URL → in-process only."""
 
@@ -130,6 +164,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production", "test"] = "development"
     electricitymaps: ElectricityMapsSettings = Field(default_factory=ElectricityMapsSettings)
+    watttime: WattTimeSettings = Field(default_factory=WattTimeSettings)
+    gb_intensity: GBIntensitySettings = Field(default_factory=GBIntensitySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
