@@ -490,7 +490,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vcpus", type=int, default=2)
     parser.add_argument("--memory", type=float, default=4.0, help="GiB")
     parser.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
-    parser.add_argument("--power-watts", type=float, help="average IT power draw (overrides the energy model)")
+    parser.add_argument(
+        "--power-watts", type=float, help="average IT power draw (overrides the energy model)"
+    )
     parser.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
     parser.add_argument("--spot", action="store_true", help="use spot prices")
     parser.add_argument(

@@ -36,10 +36,10 @@ from carbon_optimizer.api.response_models import EstimateResponse
 from carbon_optimizer.api.schemas import EstimateRequest, OptimizeRequest, OptimizeResponse, ProblemOut
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ApiError",
     "AsyncCarbonOptimizerClient",
     "CarbonOptimizerClient",
-    "DEFAULT_TIMEOUT",
     "EstimateRequest",
     "EstimateResponse",
     "OptimizeRequest",
@@ -88,11 +88,13 @@ class RetryPolicy:
         """Seconds to wait before attempt number `attempt + 1` (0-based `attempt` just failed)."""
         if retry_after_s is not None:
             return min(max(retry_after_s, 0.0), self.max_backoff_s)
-        ceiling = min(self.backoff_s * (2**attempt), self.max_backoff_s)
-        return ceiling * self.jitter()
+        ceiling = min(self.backoff_s * (2.0**attempt), self.max_backoff_s)
+        return float(ceiling * self.jitter())
 
 
-def parse_retry_after(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
+def parse_retry_after(
+    value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> float | None:
     """`Retry-After` as seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3); None if absent/bad."""
     if not value:
         return None
@@ -130,7 +132,9 @@ def _problem(response: httpx.Response) -> ProblemOut | None:
 
 
 def _error(response: httpx.Response) -> ApiError:
-    return ApiError(response.status_code, _problem(response), parse_retry_after(response.headers.get("retry-after")))
+    return ApiError(
+        response.status_code, _problem(response), parse_retry_after(response.headers.get("retry-after"))
+    )
 
 
 class CarbonOptimizerClient:
@@ -240,7 +244,9 @@ class AsyncCarbonOptimizerClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: Any = None
+    ) -> httpx.Response:
         """Send with retries on 429/503 and transport failures; raise `ApiError` on any other 4xx/5xx."""
         for attempt in range(self.retry.attempts):
             last = attempt == self.retry.attempts - 1
@@ -252,7 +258,9 @@ class AsyncCarbonOptimizerClient:
                 await self._sleep(self.retry.delay(attempt, None))
                 continue
             if response.status_code in RETRY_STATUSES and not last:
-                await self._sleep(self.retry.delay(attempt, parse_retry_after(response.headers.get("retry-after"))))
+                await self._sleep(
+                    self.retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
+                )
                 continue
             if response.status_code >= 400:
                 raise _error(response)

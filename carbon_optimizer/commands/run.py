@@ -1,4 +1,4 @@
-"""`carbon-optimizer run [plan options] -- CMD ARGS…` and `carbon-optimizer wait`: gate a job on the greenest start.
+"""`carbon-optimizer run [plan options] -- CMD ARGS…` and `wait`: gate a job on the greenest start.
 
 Both plan exactly like `plan` (same options, same request builder, in-process or `--server`) over the
 window [now, now + --max-delay] for the start, wait until the chosen start, then `run` replaces
@@ -148,11 +148,11 @@ def describe(decision: Decision, result: dict[str, Any] | None, max_delay: timed
     if decision.fail_open:
         return f"carbon-optimizer: {decision.reason}; running now (fail open)"
     best = (result or {}).get("best", {})
-    when = (
-        "start now"
-        if decision.wait_seconds < 60
-        else f"start {decision.start} (in {_span(decision.wait_seconds)}, max delay {_span(max_delay.total_seconds())})"
-    )
+    if decision.wait_seconds < 60:
+        when = "start now"
+    else:
+        delay = _span(max_delay.total_seconds())
+        when = f"start {decision.start} (in {_span(decision.wait_seconds)}, max delay {delay})"
     where = _where(best.get("location", {})) if best else decision.location
     if decision.saving_g is None:
         saving = "no baseline to compare with"
@@ -233,7 +233,7 @@ def exec_command(command: Sequence[str], out: TextIO, err: TextIO) -> int:
     out.flush()
     err.flush()
     try:
-        os.execvp(command[0], list(command))
+        os.execvp(command[0], list(command))  # noqa: S606 - the caller's own command, argv as given
     except FileNotFoundError:
         err.write(f"carbon-optimizer: command not found: {command[0]}\n")
         return EXIT_NOT_FOUND
@@ -318,14 +318,15 @@ def gate(
         _print_problem(result, err)
         return EXIT_BAD_INPUT
     decision = decide(result, now)
-    emit(decision, result)
     if dry_run:
+        emit(decision, result)
         return EXIT_OK
 
     start = _utc(result["best"]["start"])
     replan_pending = start - clock() > replan_before
     try:
         with _interruptible():
+            emit(decision, result)  # after the handlers are in: whoever reads this line may signal
             while True:
                 remaining = (start - clock()).total_seconds()
                 if remaining <= 0:
@@ -352,7 +353,13 @@ def _replan(
 ) -> tuple[Decision, dict[str, Any]] | None:
     """Ask once more over the rest of the window; the new answer if the best option moved."""
     now = clock()
-    again = {**body, "window": {**body["window"], "earliest_start": _fmt_time(now)}}
+    # Stay on the first plan's start grid (earliest + k·step): a grid shifted to "now" would offer
+    # starts a few minutes off the chosen one and call that a moved forecast.
+    earliest = _utc(body["window"]["earliest_start"])
+    step = timedelta(minutes=int(body.get("time_step_minutes", 60)))
+    steps_passed = max(0, -((earliest - now) // step))  # ceil((now - earliest) / step)
+    aligned = earliest + step * steps_passed
+    again = {**body, "window": {**body["window"], "earliest_start": _fmt_time(aligned)}}
     try:
         status, result = planner(again)
     except PlanUnavailable as exc:
@@ -421,16 +428,23 @@ def _gate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     add_plan_arguments(parser)
     parser.add_argument(
-        "--max-delay", default="6h", help="latest start after now (or --earliest): minutes or 3h, 1h30m (default 6h)"
+        "--max-delay",
+        default="6h",
+        help="latest start after now (or --earliest): minutes or 3h, 1h30m (default 6h)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="plan and print the choice; do not wait or run")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="plan and print the choice; do not wait or run"
+    )
     parser.add_argument(
         "--fail-closed",
         action="store_true",
         help="exit 69 instead of running now when the service cannot answer",
     )
     parser.add_argument(
-        "--plan-timeout", type=float, default=10.0, help="seconds to wait for a plan before failing open (default 10)"
+        "--plan-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a plan before failing open (default 10)",
     )
     parser.add_argument(
         "--replan-before",
