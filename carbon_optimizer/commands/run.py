@@ -181,6 +181,8 @@ def in_process_planner(timeout_s: float) -> Planner:
             return asyncio.run(asyncio.wait_for(_plan_in_process(body), timeout_s))
         except TimeoutError as exc:
             raise PlanUnavailable(f"planning took longer than {timeout_s:g} s") from exc
+        except Exception as exc:  # a broken local setup (e.g. bad Redis URL) must not block the job
+            raise PlanUnavailable(f"in-process planning failed: {type(exc).__name__}") from exc
 
     return plan
 

@@ -29,6 +29,7 @@ from carbon_optimizer.commands.run import (
     MAX_SLEEP_CHUNK_S,
     PlanUnavailable,
     gate,
+    in_process_planner,
 )
 from carbon_optimizer.settings import Settings
 from tests.callers.conftest import LiveServer, clean_env
@@ -257,6 +258,11 @@ def test_fails_open_on_overload_and_server_errors(status: int) -> None:
     assert runner.calls
     assert f"HTTP {status}" in err
     assert "fail open" in err
+
+
+def test_in_process_planning_that_is_too_slow_is_unavailable() -> None:
+    with pytest.raises(PlanUnavailable, match="longer than"):
+        in_process_planner(1e-6)(BODY)
 
 
 def test_fail_closed_exits_69_without_running() -> None:
