@@ -334,8 +334,12 @@ def test_exec_passes_the_commands_exit_status_and_output_through() -> None:
     assert "start now at zone DE" in done.stderr
 
 
-def test_missing_command_is_127() -> None:
-    done = cli("run", "-l", "zone:DE", "--max-delay", "0", "--", "no-such-command-for-carbon-optimizer")
+def test_missing_command_is_127(live_server: LiveServer) -> None:
+    # Planned by the live server: this test is about exec, not about in-process start-up.
+    server = ("--server", live_server.url, "--api-key", live_server.api_key)
+    done = cli(
+        "run", *server, "-l", "zone:DE", "--max-delay", "0", "--", "no-such-command-for-carbon-optimizer"
+    )
     assert done.returncode == 127
     assert "command not found" in done.stderr
 
@@ -351,7 +355,9 @@ def test_unreachable_server_fails_open_and_fail_closed_is_69() -> None:
 
 
 @pytest.mark.parametrize(("sig", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_while_waiting_exits_promptly_with_128_plus_signum(sig: signal.Signals, expected: int) -> None:
+def test_signal_while_waiting_exits_promptly_with_128_plus_signum(
+    sig: signal.Signals, expected: int, live_server: LiveServer
+) -> None:
     earliest = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     process = subprocess.Popen(
         [
@@ -359,6 +365,10 @@ def test_signal_while_waiting_exits_promptly_with_128_plus_signum(sig: signal.Si
             "-m",
             "carbon_optimizer",
             "run",
+            "--server",
+            live_server.url,
+            "--api-key",
+            live_server.api_key,
             "-l",
             "zone:DE",
             "--earliest",
