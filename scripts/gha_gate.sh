@@ -40,7 +40,7 @@ import json
 import sys
 
 with open(sys.argv[1], encoding="utf-8") as handle:
-    d = json.loads(handle.readline())
+    d = json.loads([line for line in handle if line.strip()][-1])  # the last decision: a re-plan wins
 pct = d.get("saving_pct")
 grams = d.get("saving_g")
 print(f"start={d['start']}")

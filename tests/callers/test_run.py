@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
@@ -28,6 +29,7 @@ from carbon_optimizer.commands.run import (
     EXIT_UNAVAILABLE,
     MAX_SLEEP_CHUNK_S,
     PlanUnavailable,
+    exec_command,
     gate,
     in_process_planner,
 )
@@ -263,6 +265,15 @@ def test_fails_open_on_overload_and_server_errors(status: int) -> None:
 def test_in_process_planning_that_is_too_slow_is_unavailable() -> None:
     with pytest.raises(PlanUnavailable, match="longer than"):
         in_process_planner(1e-6)(BODY)
+
+
+def test_a_non_executable_command_is_126(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    err = io.StringIO()
+    assert exec_command([str(script)], io.StringIO(), err) == 126
+    assert "cannot execute" in err.getvalue()
 
 
 def test_fail_closed_exits_69_without_running() -> None:
