@@ -484,6 +484,41 @@ def add_price_commands(sub: Any) -> None:
     estimate.set_defaults(func=cmd_estimate)
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload/location/objective options of `plan` (shared with `run` and `wait`)."""
+    parser.add_argument("--duration", default="60", help="run length: minutes or 3h, 1h30m, 2d (default 60)")
+    parser.add_argument("--vcpus", type=int, default=2)
+    parser.add_argument("--memory", type=float, default=4.0, help="GiB")
+    parser.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
+    parser.add_argument(
+        "--power-watts", type=float, help="average IT power draw (overrides the energy model)"
+    )
+    parser.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
+    parser.add_argument("--spot", action="store_true", help="use spot prices")
+    parser.add_argument(
+        "--location", "-l", action="append", help="aws:us-east-1, gcp:europe-west1, zone:DE@0.35 (repeatable)"
+    )
+    parser.add_argument("--providers", help="every catalogued region of these providers, e.g. aws,gcp")
+    parser.add_argument("--earliest", help="RFC 3339 earliest start (default now)")
+    parser.add_argument("--deadline", help="RFC 3339 latest end (default earliest + 24 h)")
+    parser.add_argument(
+        "--mode",
+        default="balanced",
+        choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
+    )
+    parser.add_argument("--carbon-weight", type=float)
+    parser.add_argument("--max-cost-increase-pct", type=float)
+    parser.add_argument("--carbon-price", type=float, help="USD per tonne CO2e (mode monetized)")
+    parser.add_argument(
+        "--step", type=int, default=60, choices=[5, 15, 30, 60], help="start-time step, minutes"
+    )
+    parser.add_argument("--top", type=int, default=5, help="how many options")
+    parser.add_argument("--request", help="read the whole request body from this JSON file instead")
+    parser.add_argument("--server", help="ask a running server instead of computing in-process")
+    parser.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and for extra subcommands)."""
     parser = argparse.ArgumentParser(
@@ -501,37 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     plan = sub.add_parser("plan", help="rank placements for one workload (same as POST /v1/optimize)")
-    plan.add_argument("--duration", default="60", help="run length: minutes or 3h, 1h30m, 2d (default 60)")
-    plan.add_argument("--vcpus", type=int, default=2)
-    plan.add_argument("--memory", type=float, default=4.0, help="GiB")
-    plan.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
-    plan.add_argument("--power-watts", type=float, help="average IT power draw (overrides the energy model)")
-    plan.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
-    plan.add_argument("--spot", action="store_true", help="use spot prices")
-    plan.add_argument(
-        "--location", "-l", action="append", help="aws:us-east-1, gcp:europe-west1, zone:DE@0.35 (repeatable)"
-    )
-    plan.add_argument("--providers", help="every catalogued region of these providers, e.g. aws,gcp")
-    plan.add_argument("--earliest", help="RFC 3339 earliest start (default now)")
-    plan.add_argument("--deadline", help="RFC 3339 latest end (default earliest + 24 h)")
-    plan.add_argument(
-        "--mode",
-        default="balanced",
-        choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
-    )
-    plan.add_argument("--carbon-weight", type=float)
-    plan.add_argument("--max-cost-increase-pct", type=float)
-    plan.add_argument("--carbon-price", type=float, help="USD per tonne CO2e (mode monetized)")
-    plan.add_argument(
-        "--step", type=int, default=60, choices=[5, 15, 30, 60], help="start-time step, minutes"
-    )
-    plan.add_argument("--top", type=int, default=5, help="how many options")
-    plan.add_argument("--request", help="read the whole request body from this JSON file instead")
-    plan.add_argument("--server", help="ask a running server instead of computing in-process")
-    plan.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
-    plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
+    from carbon_optimizer.commands import run  # here, not at the top: run.py imports this module
+
+    run.register(sub)
     return parser
 
 
@@ -544,7 +554,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
-    if getattr(args, "api_key", None) is None and args.command == "plan":
+    if getattr(args, "api_key", None) is None and args.command in ("plan", "run", "wait"):
         import os
 
         args.api_key = os.environ.get("CARBON_OPTIMIZER_CLIENT_API_KEY")
