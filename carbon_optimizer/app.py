@@ -38,7 +38,7 @@ from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.service import OptimizerService, utc_now
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI]
 
 def create_app(settings: Settings | None = None, overrides: AppOverrides | None = None) -> FastAPI:
     """Build the ASGI app (gunicorn/uvicorn call this as a factory)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     overrides = overrides or AppOverrides()
     app = FastAPI(
         title="carbon-optimizer",

@@ -233,14 +233,14 @@ async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.app import runtime
     from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
     try:
         request = OptimizeRequest.model_validate(body)
     except ValidationError as exc:
         errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
         return 422, {"detail": "Request validation failed", "errors": errors}
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, await state.service.optimize(to_query(request, "cli"))
         except InvalidInput as exc:
@@ -285,9 +285,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import uvicorn
 
     from carbon_optimizer.logging_config import configure_logging
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings)  # JSON lines; the app's own middleware writes the access log
     uvicorn.run(
         "carbon_optimizer.app:create_app",
@@ -344,9 +344,9 @@ async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
     from carbon_optimizer import __version__
     from carbon_optimizer.kv import KeyValueStore
     from carbon_optimizer.providers.prices import refresh_prices
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     store: KeyValueStore | None = None
     redis_store = None
     if settings.redis.url is not None:
@@ -390,9 +390,9 @@ async def _estimate(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.app import runtime
     from carbon_optimizer.domain.models import PriceType
     from carbon_optimizer.errors import DataUnavailable, InvalidInput
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, await state.service.estimate(
                 provider=args.provider,
@@ -548,5 +548,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         import os
 
         args.api_key = os.environ.get("CARBON_OPTIMIZER_CLIENT_API_KEY")
-    code: int = args.func(args, out, err)
+    from carbon_optimizer.settings import ConfigurationError
+
+    try:
+        code: int = args.func(args, out, err)
+    except ConfigurationError as exc:  # one line naming the variable, not a traceback
+        err.write(f"carbon-optimizer: {exc}\n")
+        return EXIT_BAD_INPUT
     return code
