@@ -22,6 +22,7 @@ from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_p
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
     CarbonSeries,
+    GpuRequirement,
     InstanceOffer,
     Location,
     Objective,
@@ -575,7 +576,8 @@ class OptimizerService:
             duration=timedelta(hours=hours),
             vcpus=max(1, round(offer.vcpus or 1)),
             memory_gib=offer.memory_gib or 0.0,
-            gpu=None,
+            # The instance's own GPUs draw power too (a2-highgpu-1g was 0.56 kWh instead of 2.55).
+            gpu=GpuRequirement(count=offer.gpu_count) if offer.gpu_count > 0 else None,
             price_type=price_type,
         )
         power = estimate_power(provider, workload, offer, onprem_pue=self.onprem_pue)
