@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import ConfigurationError, load_settings
 
-_settings = Settings()
+try:
+    _settings = load_settings()
+except ConfigurationError as _exc:
+    # gunicorn prints a traceback for an exception in its config file; SystemExit is one line.
+    sys.exit(f"carbon-optimizer: {_exc}")
 _server = _settings.server
 
 # Multiprocess metrics must be configured before any worker imports prometheus_client.
@@ -93,7 +98,7 @@ def post_fork(server: Any, worker: Any) -> None:
     """Route the worker's logs (root, uvicorn, ours) through the JSON formatter with secret masking."""
     from carbon_optimizer.logging_config import configure_logging
 
-    configure_logging(Settings())
+    configure_logging(_settings)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -32,6 +32,7 @@ from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
 from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.bundled import load_region_catalog
@@ -39,7 +40,7 @@ from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.service import OptimizerService, utc_now
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
                 ttl_s=settings.result_cache_ttl_s,
             ),
         )
-        health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
+        health_reporters.setdefault(
+            "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
+        )
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
@@ -148,8 +151,9 @@ def _cache_health(
         if isinstance(cache, dict) and cache.get("backend") not in (None, "none"):
             return cache
         if shared is not None:
-            return {"backend": "redis", "status": "ok" if shared.healthy else "degraded"}
-        return {"backend": "memory", "status": "embedded"}
+            status = ComponentStatus.OK if shared.healthy else ComponentStatus.DEGRADED
+            return {"backend": "redis", "status": status}
+        return {"backend": "memory", "status": ComponentStatus.EMBEDDED}
 
     return report
 
@@ -169,7 +173,7 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
                     "age_days": (today - newest).days if newest else None,
                 }
             summary.update(
-                status="ok",
+                status=ComponentStatus.OK,
                 carbon="Electricity Maps hourly 2023 (19 zones, replayed) + yearly averages (ODbL)",
                 prices=prices,
             )
@@ -190,7 +194,7 @@ def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI]
 
 def create_app(settings: Settings | None = None, overrides: AppOverrides | None = None) -> FastAPI:
     """Build the ASGI app (gunicorn/uvicorn call this as a factory)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     overrides = overrides or AppOverrides()
     app = FastAPI(
         title="carbon-optimizer",

@@ -50,6 +50,7 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     ProviderUnavailable,
 )
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import CACHE_EVENTS, child
 from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
@@ -509,7 +510,7 @@ class CachedSeriesSource:
         """Cache backend and tier status (JSON-able, no secrets)."""
         return {
             "backend": self.store.name,
-            "status": "healthy" if self.store.healthy else "degraded",
+            "status": ComponentStatus.OK if self.store.healthy else ComponentStatus.DEGRADED,
             "last_error": self.store.last_error,
             "local_entries": len(self._local),
             "inflight": len(self._inflight),

@@ -233,14 +233,14 @@ async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.app import runtime
     from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
     try:
         request = OptimizeRequest.model_validate(body)
     except ValidationError as exc:
         errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
         return 422, {"detail": "Request validation failed", "errors": errors}
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, await state.service.optimize(to_query(request, "cli"))
         except InvalidInput as exc:
@@ -285,9 +285,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import uvicorn
 
     from carbon_optimizer.logging_config import configure_logging
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings)  # JSON lines; the app's own middleware writes the access log
     uvicorn.run(
         "carbon_optimizer.app:create_app",
@@ -344,9 +344,9 @@ async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
     from carbon_optimizer import __version__
     from carbon_optimizer.kv import KeyValueStore
     from carbon_optimizer.providers.prices import refresh_prices
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     store: KeyValueStore | None = None
     redis_store = None
     if settings.redis.url is not None:
@@ -380,19 +380,47 @@ def cmd_prices_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         out.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
         out.write(report.summary() + "\n")
-    if report.ok_count == 0:
+    return _refresh_exit_code(report.ok_count, report.failed_count, args.max_failed_pct, err)
+
+
+def _refresh_exit_code(ok: int, failed: int, max_failed_pct: float, err: TextIO) -> int:
+    """Exit policy of `prices refresh` (README, "Command line").
+
+    0 when every table was refreshed, or when some failed but no more than `--max-failed-pct` of
+    them (a scheduled warmer should not fail its Job over one transient error: the failed tables
+    keep their cached price and are retried on the next run). 1 when nothing was refreshed or more
+    than that share failed. The default 0 % keeps "any failure exits 1" for interactive use.
+    """
+    if ok == 0:
         err.write("error: no price table could be refreshed (see above; nothing cached was changed)\n")
         return EXIT_ERROR
-    return EXIT_ERROR if report.failed_count else EXIT_OK
+    if not failed:
+        return EXIT_OK
+    total = ok + failed
+    share = f"{failed}/{total} price tables failed ({100 * failed / total:.1f} %)"
+    if 100 * failed > max_failed_pct * total:
+        err.write(
+            f"error: {share}, more than --max-failed-pct {max_failed_pct:g}; their cached prices were kept\n"
+        )
+        return EXIT_ERROR
+    err.write(f"warning: {share}, within --max-failed-pct {max_failed_pct:g}; retried on the next run\n")
+    return EXIT_OK
+
+
+def _percentage(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 0 and 100")
+    return value
 
 
 async def _estimate(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.app import runtime
     from carbon_optimizer.domain.models import PriceType
     from carbon_optimizer.errors import DataUnavailable, InvalidInput
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, await state.service.estimate(
                 provider=args.provider,
@@ -467,6 +495,12 @@ def add_price_commands(sub: Any) -> None:
         help="only this region code (repeatable; default every region the API lists)",
     )
     refresh.add_argument("--json", action="store_true", help="print the full report as JSON")
+    refresh.add_argument(
+        "--max-failed-pct",
+        type=_percentage,
+        default=0.0,
+        help="exit 0 while at most this share of tables failed (default 0: any failure exits 1)",
+    )
     refresh.set_defaults(func=cmd_prices_refresh)
 
     estimate = sub.add_parser("estimate", help="list cost of one instance type (same as POST /v1/estimate)")
@@ -558,5 +592,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         import os
 
         args.api_key = os.environ.get("CARBON_OPTIMIZER_CLIENT_API_KEY")
-    code: int = args.func(args, out, err)
+    from carbon_optimizer.settings import ConfigurationError
+
+    try:
+        code: int = args.func(args, out, err)
+    except ConfigurationError as exc:  # one line naming the variable, not a traceback
+        err.write(f"carbon-optimizer: {exc}\n")
+        return EXIT_BAD_INPUT
     return code

@@ -3,13 +3,21 @@
 There is deliberately no module-level instance: the app factory and the CLI call `Settings()` so
 that tests can build apps with explicit settings and importing never reads the environment.
 Secrets are `SecretStr` so they never show up in reprs, logs or error bodies.
+
+An empty variable means "unset" (`env_ignore_empty`), for every setting and nested section alike:
+Compose's `${VAR:-}` and Kubernetes env entries produce empty strings, and an empty Redis URL or
+API key must fall back to the default rather than crash start-up or configure an empty key.
+Entry points call `load_settings()`, which turns a validation failure into one `ConfigurationError`
+line naming the environment variable (never a library traceback, never the offending value, which
+may be a secret).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -28,6 +36,11 @@ class ElectricityMapsSettings(BaseModel):
     emission_factor_type: Literal["lifecycle", "direct"] = "lifecycle"
     # Zones refreshed in the background before their cache entries expire (comma-separated in env).
     prefetch_zones: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_http_url(value)
 
     @field_validator("prefetch_zones", mode="before")
     @classmethod
@@ -85,6 +98,25 @@ class RedisSettings(BaseModel):
     # After a Redis failure, skip Redis for this long before probing again (keeps latency flat).
     retry_after_failure_s: float = Field(default=5.0, ge=0)
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the URL: it may carry a password.
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError(f"must be a URL with scheme {', '.join(sorted(_REDIS_SCHEMES))}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, e.g. redis://host:6379/0")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("unix:// URL must name a socket path")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
 
 class CacheSettings(BaseModel):
     """TTLs and resilience knobs of the carbon-data cache."""
@@ -125,6 +157,11 @@ class PricingSettings(BaseModel):
     # Cached live prices are kept (as stale fallback) this long past their TTL.
     cache_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
 
+    @field_validator("azure_base_url", "lambda_base_url", "gcp_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
 
 class ServerSettings(BaseModel):
     """Process-level knobs used by `carbon-optimizer serve` and gunicorn.conf.py."""
@@ -145,6 +182,16 @@ class ServerSettings(BaseModel):
     json_logs: bool = True
 
 
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host, e.g. https://api.example.com/v1")
+    return value
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -160,6 +207,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        env_ignore_empty=True,
     )
 
     environment: Literal["development", "production", "test"] = "development"
@@ -181,7 +229,6 @@ class Settings(BaseSettings):
 
     max_window_days: float = Field(default=7.0, gt=0, le=31)
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
-    default_max_results: int = Field(default=5, ge=1, le=100)
     # Identical optimisation requests within the same minute reuse the answer for this long (0 = off).
     result_cache_ttl_s: float = Field(default=15.0, ge=0, le=60)
     result_cache_entries: int = Field(default=256, ge=0, le=100_000)
@@ -192,3 +239,37 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_syntax(cls, value: str) -> str:
+        # Checked here so a typo fails start-up, not the first request (limits' own parser).
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("must be limits syntax such as 600/minute or 10/second;1000/hour") from None
+        return value
+
+
+class ConfigurationError(ValueError):
+    """An invalid setting; `str()` is one line naming the environment variable(s), without values."""
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings path: ("redis", "url") → CARBON_OPTIMIZER_REDIS__URL."""
+    names = [str(part) for part in loc if isinstance(part, str)]
+    return "CARBON_OPTIMIZER_" + "__".join(names).upper()
+
+
+def load_settings() -> Settings:
+    """`Settings()` from the environment and `.env`, or one `ConfigurationError` line saying what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{env_name(tuple(error['loc']))}: {message}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from carbon_optimizer import __version__
 from carbon_optimizer.api.schemas_out import HealthOut, LivenessOut, ReadinessOut
 from carbon_optimizer.api.state import get_state
+from carbon_optimizer.health import ComponentStatus, overall
 
 router = APIRouter(tags=["health"])
 
@@ -66,18 +67,17 @@ async def health(request: Request) -> Response:
     """Status of every component; 200 while the service can answer, even degraded."""
     state = get_state(request)
     components: dict[str, Any] = {}
-    degraded = False
+    statuses: list[ComponentStatus] = []
     for name, reporter in state.health_reporters.items():
         try:
             report = reporter()
         except Exception:  # a broken reporter must not break the health page
-            report = {"status": "unknown"}
+            report = {"status": ComponentStatus.UNKNOWN}
         components[name] = report
-        if report.get("status") not in (None, "ok", "embedded", "disabled"):
-            degraded = True
+        statuses.append(ComponentStatus.parse(report.get("status")))
     return _json(
         {
-            "status": "degraded" if degraded else "ok",
+            "status": overall(statuses),
             "version": __version__,
             "uptime_s": round(time.monotonic() - state.started_at, 1),
             "environment": state.settings.environment,

@@ -1,7 +1,7 @@
 """Live cloud prices (AWS, Azure, GCP, Lambda Cloud) with a cache and a bundled fallback.
 
 Why a package of its own: each price API has its own wire format and gotchas (see
-research-notes/pricing.md), but the rest of the service sees one `PriceProvider`: the chain in
+docs/data-sources.md §2), but the rest of the service sees one `PriceProvider`: the chain in
 `cached.py` (cache → live → bundled, provenance on every row), composed by `stack.py` for the app
 lifespan, and filled in bulk by `refresh.py` for `carbon-optimizer prices refresh`. Importing it
 does no I/O and does not import boto3.

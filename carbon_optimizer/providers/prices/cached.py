@@ -1,6 +1,6 @@
 """The price chain: cache → live API (when enabled and configured) → bundled tables.
 
-Why this shape (research-notes/pricing.md §7.1): list prices change rarely, so a table fetched
+Why this shape (docs/data-sources.md §2.5): list prices change rarely, so a table fetched
 once is good for 24 h (spot for at most 1 h); an outage must never turn into an error when older
 data exists, and a failed fetch must never replace a good price. Hence:
 
@@ -36,6 +36,7 @@ import orjson
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
 from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED, child
 from carbon_optimizer.providers.base import PriceProvider
@@ -484,7 +485,11 @@ class CachedPriceProvider:
     def health(self) -> dict[str, object]:
         """Per live source: enabled, last success/failure, last error, as_of and age of its data."""
         now = self._clock()
+        store_down = self._store is not None and not self._store.healthy
         return {
+            "status": ComponentStatus.DEGRADED
+            if store_down
+            else (ComponentStatus.OK if self._live else ComponentStatus.EMBEDDED),
             "live_enabled": bool(self._live),
             "store": None
             if self._store is None
