@@ -25,7 +25,7 @@ from carbon_optimizer.api.errors import install_error_handlers, use_problem_medi
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import catalog, health, optimize
+from carbon_optimizer.api.routes import catalog, compare, health, optimize
 from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    app.include_router(compare.router)
     extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
     # Resulting order, outermost first: access log → request edge → metrics → security headers →
