@@ -36,6 +36,7 @@ from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvid
 from carbon_optimizer.providers.bundled import load_region_catalog
 from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.serverless_live import build_serverless_chain
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings
@@ -124,6 +125,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
                 ttl_s=settings.result_cache_ttl_s,
             ),
         )
+        state.serverless_prices = build_serverless_chain(settings, http=http, store=shared_store)
         health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()

@@ -440,7 +440,7 @@ class ServerlessPriceChain:
         fetchers: Mapping[str, LiveFetcher] | None = None,
         ttl_s: float = 24 * 3600.0,
         failure_cooldown_s: float = 300.0,
-        key_prefix: str = "co:v1:",
+        key_prefix: str = "co:v1",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -452,7 +452,7 @@ class ServerlessPriceChain:
         self._cooldown_until: dict[str, float] = {}
 
     def _key(self, option: Option, region: str) -> str:
-        return f"{self.key_prefix}serverless:{option.value}:{region}"
+        return f"{self.key_prefix.rstrip(':')}:serverless:{option.value}:{region}"
 
     async def prices(
         self, option: Option, region: str, *, gcp_egress: str = "source_destination"

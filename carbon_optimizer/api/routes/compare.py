@@ -71,7 +71,7 @@ async def _compare(body: CompareDeploymentRequest, request: Request) -> Response
         catalog=state.catalog,
         prices=service.prices,
         fallback_prices=service.fallback_prices,
-        serverless=getattr(state, "serverless_prices", None) or _BUNDLED_ONLY,
+        serverless=state.serverless_prices or _BUNDLED_ONLY,
         clock=service.clock,
     )
     result = await comparer.compare(to_query(body, request_id(request)))
