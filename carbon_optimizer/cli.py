@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
+    from carbon_optimizer.commands import compare_deployment
+
+    compare_deployment.register(sub)
     return parser
 
 
