@@ -384,17 +384,27 @@ class DeploymentComparer:
         s_curve: CostCurve = serverless_curve(s_prices, probe, volumes)
         v_curve: VmCurve = vm_curve(table, probe, volumes, egress)
         types = table.instance_types
+        columns = zip(
+            _rounded(volumes, 1),
+            _rounded(s_curve.total, 4),
+            _rounded(v_curve.total, 4),
+            _rounded(s_curve.energy_kwh * best_s.intensity / 1000.0, 6),
+            _rounded(v_curve.energy_kwh * best_vm.intensity / 1000.0, 6),
+            v_curve.row.tolist(),
+            v_curve.count.tolist(),
+            strict=True,
+        )
         points = [
             {
-                "invocations_per_month": _r(float(volumes[i]), 1),
-                "serverless_usd": _r(float(s_curve.total[i]), 4),
-                "vm_usd": _r(float(v_curve.total[i]), 4),
-                "serverless_kg": _r(float(s_curve.energy_kwh[i]) * best_s.intensity / 1000.0),
-                "vm_kg": _r(float(v_curve.energy_kwh[i]) * best_vm.intensity / 1000.0),
-                "vm_instance_type": types[int(v_curve.row[i])] if v_curve.row[i] >= 0 else None,
-                "vm_count": int(v_curve.count[i]),
+                "invocations_per_month": volume,
+                "serverless_usd": s_usd,
+                "vm_usd": vm_usd,
+                "serverless_kg": s_kg,
+                "vm_kg": vm_kg,
+                "vm_instance_type": types[row] if row >= 0 else None,
+                "vm_count": int(count),
             }
-            for i in range(len(volumes))
+            for volume, s_usd, vm_usd, s_kg, vm_kg, row, count in columns
         ]
         return {
             "break_even": _break_even_out(be, best_s, best_vm),
@@ -409,6 +419,12 @@ class DeploymentComparer:
 
 def _with_volume(w: DeploymentWorkload, volume: float) -> DeploymentWorkload:
     return replace(w, invocations_per_month=volume, peak_concurrency=None, hourly_profile=None)
+
+
+def _rounded(values: FloatArray, digits: int) -> list[float | None]:
+    """Vectorised `_r`: rounded floats, None where not finite (JSON has no inf)."""
+    rounded = np.round(values, digits) + 0.0
+    return [v if math.isfinite(v) else None for v in rounded.tolist()]
 
 
 def _break_even_out(be: BreakEven | None, s: _Row, vm: _Row) -> dict[str, Any] | None:
