@@ -249,7 +249,7 @@ class DeploymentComparer:
         elif row.reason is None and row.table is not None and row.egress is not None:
             vm = vm_curve(row.table, w, volume, row.egress)
             if not vm.feasible[0]:
-                row.reason = _vm_infeasible(vm, row.table)
+                row.reason = _vm_infeasible(vm, row.table, w)
             else:
                 row.total = float(vm.total[0])
                 row.emissions_kg = float(vm.energy_kwh[0]) * row.intensity / 1000.0
@@ -478,11 +478,13 @@ def _usage_out(curve: CostCurve) -> dict[str, Any]:
     }
 
 
-def _vm_infeasible(vm: VmCurve, table: OfferTable) -> str:
+def _vm_infeasible(vm: VmCurve, table: OfferTable, w: DeploymentWorkload) -> str:
+    arch = {"x86_64": "x86-64 ", "arm64": "Arm "}.get(w.cpu_architecture, "")
+    burst = "" if w.vm_allow_burstable else " non-burstable"
     return (
-        f"no fleet of up to 64 CPU-only instances in {table.provider}/{table.region} holds "
-        f"{float(vm.vcpus_needed[0]):,.4g} vCPUs and {float(vm.memory_gib_needed[0]):,.4g} GiB "
-        "(architecture and burstable policy applied)"
+        f"no{burst} CPU-only {arch}instance type with known specs and room for one invocation "
+        f"({w.memory_mb:,.0f} MB) is priced in {table.provider}/{table.region} "
+        "(GPU types are not considered for this workload)"
     )
 
 

@@ -176,7 +176,7 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
             f"{be['cheaper_below']} is cheaper below it\n"
         )
     elif best.get("serverless") and best.get("vm"):
-        out.write("break-even: none between 1e3 and 1e12 invocations/month\n")
+        out.write("break-even: none between 1 and 1e12 invocations/month\n")
     for warning in result.get("warnings", []):
         out.write(f"warning: {warning}\n")
 

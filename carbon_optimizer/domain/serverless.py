@@ -513,8 +513,6 @@ def serverless_curve(
 
 # ----- VMs -----
 
-_VM_MULTIPLES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
 
 @dataclass(frozen=True, eq=False, slots=True)
 class VmCurve:
@@ -620,8 +618,9 @@ def vm_curve(
     """Cheapest fleet of identical VMs sized for the peak at the target utilisation, per volume.
 
     Need at volume V (peak scales with volume): vCPUs = peak × CPU share / target utilisation,
-    GiB = peak × MB / 1024. Fleets of n ∈ {1, 2, 3, 4, 6, …, 64} × `vm_min_instances` identical
-    instances are tried; the cheapest total wins (ties: fewer instances).
+    GiB = peak × MB / 1024. For every candidate type that holds one whole invocation (its memory
+    and CPU share, up to 1 vCPU) the fleet is the smallest multiple of `vm_min_instances` that
+    holds the need; the cheapest fleet wins (ties: fewer instances).
     """
     n = np.asarray(volumes, dtype=np.float64)
     base = w.invocations_per_month
@@ -631,7 +630,6 @@ def vm_curve(
     vcpu_need = peak_v * w.cpu_share / w.vm_target_utilization
     mem_need = peak_v * w.memory_mb / 1024.0
     order = vm_frontier(table, w)  # sorted by price
-    counts = np.array([m * w.vm_min_instances for m in _VM_MULTIPLES], dtype=np.float64)
     k = len(n)
     best_cost = np.full(k, math.inf)
     best_row = np.full(k, -1, dtype=np.int64)
@@ -640,19 +638,22 @@ def vm_curve(
         vc = table.vcpus[order]
         mem = table.memory_gib[order]
         price = table.price_usd_per_hour[order]
-        # (volume, count, row): does one instance of `row` hold 1/count of the need?
-        per_v = vcpu_need[:, None, None] / counts[None, :, None]
-        per_m = mem_need[:, None, None] / counts[None, :, None]
-        fits = (vc[None, None, :] >= per_v - 1e-9) & (mem[None, None, :] >= per_m - 1e-9)
-        any_fit = fits.any(axis=2)
-        first = np.where(any_fit, fits.argmax(axis=2), 0)  # cheapest fitting row (sorted by price)
-        cost = np.where(any_fit, price[first] * counts[None, :] * HOURS_PER_MONTH, math.inf)
-        pick = cost.argmin(axis=1)
+        # (volume, row): how many identical instances of `row` hold the need, in whole multiples
+        # of `vm_min_instances` (at least one multiple).
+        step = float(w.vm_min_instances)
+        per_row = np.maximum(vcpu_need[:, None] / vc[None, :], mem_need[:, None] / mem[None, :])
+        count = np.maximum(np.ceil(per_row / step - 1e-9), 1.0) * step
+        # Each instance must hold at least one whole invocation (its memory and CPU share).
+        holds_one = (mem >= w.memory_mb / 1024.0 - 1e-9) & (vc >= min(w.cpu_share, 1.0) - 1e-9)
+        cost = np.where(holds_one[None, :], count * price[None, :] * HOURS_PER_MONTH, math.inf)
+        cheapest = cost.min(axis=1, keepdims=True)
+        tied = cost <= cheapest * (1 + 1e-12)
+        pick = np.where(tied, count, math.inf).argmin(axis=1)  # price ties: fewer instances
         idx = np.arange(k)
         best_cost = cost[idx, pick]
         ok = np.isfinite(best_cost)
-        best_row = np.where(ok, order[first[idx, pick]], -1)
-        best_count = np.where(ok, counts[pick], 0.0)
+        best_row = np.where(ok, order[pick], -1)
+        best_count = np.where(ok, count[idx, pick], 0.0)
     if egress_gb is None:
         egress_gb = n / base * w.egress_gb if base > 0 else n * w.response_kb / 1e6
     gross, credit = egress.cost(egress_gb)
@@ -715,7 +716,7 @@ class BreakEven:
 def find_break_even(
     serverless: Callable[[FloatArray], FloatArray],
     vm: Callable[[FloatArray], FloatArray],
-    lo: float = 1e3,
+    lo: float = 1.0,
     hi: float = 1e12,
     grid: int = 61,
     rounds: int = 2,
@@ -723,7 +724,7 @@ def find_break_even(
     """First volume in [lo, hi] where sign(serverless − vm) changes.
 
     Vectorised refinement on a log scale: a `grid`-point scan, then `rounds` rescans of the
-    bracketing interval (each shrinks it `grid − 1`-fold: 1e9 range → ~1e-4 relative). The VM
+    bracketing interval (each shrinks it `grid − 1`-fold: 12 decades → ~2e-4 relative). The VM
     curve is a step function (instances are whole), so "cross" includes a VM step jumping over the
     serverless line: the answer is then the step's volume. None when nothing changes in range.
     """

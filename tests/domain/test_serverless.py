@@ -248,9 +248,8 @@ EGRESS = bundled_egress("aws", "us-east-1")
 
 
 def test_vm_fleet_is_sized_for_peak_at_target_utilisation() -> None:
-    # peak 10 × 1 vCPU / 0.5 = 20 vCPUs and 10 GiB. Fleets tried: 2 × m7i.4xlarge (32 vCPUs,
-    # $1.61/h), 6 × m7i.xlarge (24 vCPUs, $1.21/h), 12 × m7i.large (24 vCPUs, $1.21/h): the price
-    # tie goes to fewer instances. (5 × m7i.xlarge would fit but 5 is not a tried fleet size.)
+    # peak 10 × 1 vCPU / 0.5 = 20 vCPUs and 10 GiB: 10 × m7i.large and 5 × m7i.xlarge both cost
+    # $1.008/h (the tie goes to fewer instances); 2 × m7i.4xlarge $1.61/h; 1 × c7i.8xlarge $1.43/h.
     w = DeploymentWorkload(
         invocations_per_month=1e6,
         duration_ms=100,
@@ -263,8 +262,12 @@ def test_vm_fleet_is_sized_for_peak_at_target_utilisation() -> None:
     vm = vm_curve(TABLE, w, np.array([1e6]), EGRESS)
     assert vm.vcpus_needed[0] == pytest.approx(20)
     chosen = TABLE.instance_types[int(vm.row[0])]
-    assert (chosen, int(vm.count[0])) == ("m7i.xlarge", 6)
-    assert vm.compute[0] == pytest.approx(6 * 0.2016 * 730)
+    assert (chosen, int(vm.count[0])) == ("m7i.xlarge", 5)
+    assert vm.compute[0] == pytest.approx(5 * 0.2016 * 730)
+    pairs = dataclasses.replace(w, vm_min_instances=2)  # fleets in whole pairs: 6 × m7i.xlarge? no —
+    # 20 vCPUs in pairs: 10 × m7i.large = 5 pairs, $1.008/h, vs 6 × m7i.xlarge = 3 pairs, $1.21/h.
+    vm2 = vm_curve(TABLE, pairs, np.array([1e6]), EGRESS)
+    assert (TABLE.instance_types[int(vm2.row[0])], int(vm2.count[0])) == ("m7i.large", 10)
 
 
 def test_vm_policy_excludes_gpu_arm_and_burstable_unless_allowed() -> None:
@@ -277,6 +280,17 @@ def test_vm_policy_excludes_gpu_arm_and_burstable_unless_allowed() -> None:
     assert TABLE.instance_types[int(vm_curve(TABLE, anyarch, np.array([1e6]), EGRESS).row[0])] == "m7g.large"
     burst = dataclasses.replace(w, vm_allow_burstable=True)
     assert TABLE.instance_types[int(vm_curve(TABLE, burst, np.array([1e6]), EGRESS).row[0])] == "t3.large"
+
+
+def test_every_vm_must_hold_one_whole_invocation() -> None:
+    # A 9 GiB invocation does not fit one m7i.large (8 GiB), however many there are: m7i.xlarge.
+    w = DeploymentWorkload(
+        invocations_per_month=1e6, duration_ms=100, memory_mb=9 * 1024, cpu_architecture="x86_64"
+    )
+    vm = vm_curve(TABLE, w, np.array([1e6]), EGRESS)
+    assert TABLE.instance_types[int(vm.row[0])] == "m7i.xlarge"
+    huge = dataclasses.replace(w, memory_mb=100 * 1024)
+    assert not vm_curve(TABLE, huge, np.array([1e6]), EGRESS).feasible[0]
 
 
 def test_vm_energy_follows_actual_utilisation() -> None:
