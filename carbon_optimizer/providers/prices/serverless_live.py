@@ -1,7 +1,7 @@
 """Live serverless rates from the providers' price APIs: pure parsers plus small fetch functions.
 
 Why a file of its own: the instance-price clients beside it are being restructured, so these
-parsers share nothing with them but the wire shapes (research-notes/pricing.md §1–3):
+parsers share nothing with them but the wire shapes (documented in docs/serverless.md):
 
 - AWS Price List, service code `AWSLambda`: the anonymous regional offer file
   `/offers/v1.0/aws/AWSLambda/current/<region>/index.json` (`products` + `terms.OnDemand`,
