@@ -94,7 +94,9 @@ def test_aws_lambda_example_without_free_tier() -> None:
 def test_azure_consumption_pricing_page_example() -> None:
     # azure.microsoft.com/pricing/details/functions, Consumption example: 512 MB observed memory,
     # 3,000,000 executions of 1 s: 1,500,000 − 400,000 free GB-s = 1,100,000 × $0.000016 = $17.60;
-    # 3M − 1M free executions = 2M × $0.20/M = $0.40; total $18.00.
+    # 3M − 1M free executions = 2M × $0.20/M = $0.40; total $18.00. (Inputs as the page's example
+    # gives them; the stored page copy we could read renders its prices client-side, so the
+    # figures were checked against the page's rules and the Retail Prices API meters.)
     w = DeploymentWorkload(invocations_per_month=3e6, duration_ms=1000, memory_mb=512)
     compute, requests, total = bill(CONSUMPTION, w)
     assert (cents(compute), cents(requests), cents(total)) == (17.60, 0.40, 18.00)
