@@ -26,7 +26,7 @@ from carbon_optimizer.api.errors import install_error_handlers, use_problem_medi
 from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, health, optimize
+from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
 from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
@@ -38,6 +38,7 @@ from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvid
 from carbon_optimizer.providers.bundled import load_region_catalog
 from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.serverless_live import build_serverless_chain
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings, load_settings
@@ -126,6 +127,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
                 ttl_s=settings.result_cache_ttl_s,
             ),
         )
+        state.serverless_prices = build_serverless_chain(settings, http=http, store=shared_store)
         health_reporters.setdefault(
             "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
         )
@@ -217,6 +219,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(catalog.router)
     app.include_router(health.router)
     app.include_router(carbon_aware_sdk.router)
+    app.include_router(compare.router)
     extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.

@@ -573,9 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
-    from carbon_optimizer.commands import run  # here, not at the top: run.py imports this module
+    from carbon_optimizer.commands import compare_deployment, run  # here: run.py imports this module
 
     run.register(sub)
+    compare_deployment.register(sub)
     return parser
 
 

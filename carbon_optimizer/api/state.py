@@ -11,6 +11,7 @@ from starlette.requests import Request
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.providers.bundled import RegionCatalog
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.serverless_prices import ServerlessPriceChain
 from carbon_optimizer.service import OptimizerService
 from carbon_optimizer.settings import Settings
 
@@ -29,6 +30,8 @@ class AppState:
     readiness_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
     ready: bool = False
     result_cache: ResultCache = field(default_factory=ResultCache)
+    # Serverless price chain for /v1/compare/deployment (None → bundled tables only).
+    serverless_prices: ServerlessPriceChain | None = None
 
 
 def get_state(request: Request) -> AppState:
