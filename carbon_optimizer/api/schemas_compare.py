@@ -30,8 +30,12 @@ class _Strict(BaseModel):
 class CompareLocation(_Strict):
     """A cloud region, as in /v1/optimize (`provider` + `region`)."""
 
-    provider: ProviderName
-    region: str = Field(min_length=1, max_length=64, examples=["us-east-1"])
+    provider: ProviderName = Field(
+        description="Cloud provider: aws, azure or gcp (each prices its own offers)."
+    )
+    region: str = Field(
+        min_length=1, max_length=64, examples=["us-east-1"], description="Provider's region name."
+    )
 
 
 class CompareDeploymentRequest(_Strict):
@@ -72,8 +76,13 @@ class CompareDeploymentRequest(_Strict):
     egress_gb_per_month: float = Field(
         default=0, ge=0, le=1e8, description="Other internet egress per month."
     )
-    trigger: Literal["http", "event"] = "http"
-    locations: list[CompareLocation] = Field(min_length=1, max_length=50)
+    trigger: Literal["http", "event"] = Field(
+        default="http",
+        description="http (billed requests, payloads to the internet) or event (queue/stream).",
+    )
+    locations: list[CompareLocation] = Field(
+        min_length=1, max_length=50, description="Regions to compare in."
+    )
     options: list[OptionName] | None = Field(
         default=None,
         min_length=1,
@@ -89,16 +98,26 @@ class CompareDeploymentRequest(_Strict):
         le=1000,
         description="Requests sharing one Cloud Run / Flex instance (1 = pessimistic).",
     )
-    cloud_run_vcpu: float | None = Field(default=None, gt=0, le=8)
-    flex_instance_memory_mb: Literal[512, 2048, 4096] | None = None
+    cloud_run_vcpu: float | None = Field(
+        default=None, gt=0, le=8, description="Cloud Run vCPU per instance (default: the memory's minimum)."
+    )
+    flex_instance_memory_mb: Literal[512, 2048, 4096] | None = Field(
+        default=None, description="Azure Flex Consumption instance size (default: the smallest that fits)."
+    )
     vcpu_per_invocation: float | None = Field(
         default=None, gt=0, le=64, description="VM CPU per in-flight invocation (default: memory_mb / 1,769)."
     )
-    vm_target_utilization: float = Field(default=0.6, gt=0, le=1)
-    vm_min_instances: int = Field(default=1, ge=1, le=10)
-    vm_allow_burstable: bool = False
-    gcp_egress_pricing: Literal["source_destination", "legacy_premium"] = "source_destination"
-    curve_points: int = Field(default=41, ge=2, le=200)
+    vm_target_utilization: float = Field(
+        default=0.6, gt=0, le=1, description="CPU utilisation the VM fleet is sized for at peak (0..1)."
+    )
+    vm_min_instances: int = Field(
+        default=1, ge=1, le=10, description="Smallest VM fleet (e.g. 2 for redundancy)."
+    )
+    vm_allow_burstable: bool = Field(default=False, description="Allow burstable (CPU-credit) VM types.")
+    gcp_egress_pricing: Literal["source_destination", "legacy_premium"] = Field(
+        default="source_destination", description="Which GCP internet-egress schedule applies to the account."
+    )
+    curve_points: int = Field(default=41, ge=2, le=200, description="Points of the cost-vs-volume curve.")
 
     @field_validator("hourly_profile")
     @classmethod
@@ -117,12 +136,19 @@ class CompareDeploymentRequest(_Strict):
 class CompareDeploymentResponse(BaseModel):
     """Per (region, option) monthly cost, energy and emissions; best picks; break-even; curve."""
 
-    request_id: str
-    generated_at: str
-    workload: dict[str, Any]
-    options: list[dict[str, Any]]
-    best: dict[str, Any]
-    break_even: dict[str, Any] | None
-    curve: dict[str, Any] | None
-    methodology: dict[str, Any]
-    warnings: list[str]
+    request_id: str = Field(description="Echo of X-Request-ID, or a generated id.")
+    generated_at: str = Field(description="When the answer was computed, UTC ISO 8601.")
+    workload: dict[str, Any] = Field(description="The workload as applied (volume, duration, memory, …).")
+    options: list[dict[str, Any]] = Field(
+        description="Per (region, option): monthly cost breakdown (USD), energy (kWh), emissions (gCO2e), "
+        "prices with provenance, or infeasible with why."
+    )
+    best: dict[str, Any] = Field(description="Cheapest and lowest-emission feasible options.")
+    break_even: dict[str, Any] | None = Field(
+        description="Monthly volume where the best serverless and the best VM option cost the same."
+    )
+    curve: dict[str, Any] | None = Field(
+        description="Cost and emissions against monthly volume, for plotting."
+    )
+    methodology: dict[str, Any] = Field(description="Energy model and price sources behind the numbers.")
+    warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
