@@ -226,7 +226,10 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        # RuntimeError: under uvloop (gunicorn's UvicornWorker) a connection reset mid-command
+        # surfaces as "unable to perform operation on <TCPTransport closed=True>", not as a
+        # ConnectionError (issue 11, item 1). A store never raises: it is a miss like the others.
+        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
             self._mark_down(exc)
             return False, default
         if not self._healthy:
@@ -291,7 +294,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the client and its connection pool (a pool passed in is not closed by the client)."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
             await self._client.aclose()  # type: ignore[attr-defined,unused-ignore]
             await self._client.connection_pool.disconnect()
 

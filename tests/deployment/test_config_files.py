@@ -169,7 +169,7 @@ def test_network_policy_egress_is_redis_dns_and_public_https(
 def test_gunicorn_conf_uses_factory_worker_and_multiprocess_hooks() -> None:
     text = (ROOT / "gunicorn.conf.py").read_text()
     assert 'wsgi_app = "carbon_optimizer.app:create_app()"' in text
-    assert 'worker_class = "uvicorn_worker.UvicornWorker"' in text
-    assert "mark_process_dead(worker.pid)" in text
+    assert 'worker_class = "carbon_optimizer.worker.EdgeUvicornWorker"' in text
+    assert "retire_worker_metrics(worker.pid" in text
     assert "def on_starting(" in text
     assert "max_requests_jitter" in text
