@@ -133,6 +133,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             result_cache=ResultCache(
                 max_entries=settings.result_cache_entries if settings.result_cache_ttl_s > 0 else 0,
                 ttl_s=settings.result_cache_ttl_s,
+                max_bytes=settings.edge.result_cache_max_bytes,
             ),
         )
         health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})

@@ -679,7 +679,16 @@ class CachedSeriesSource:
         return None
 
     def _failed(self, key: str, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
-        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message, fallback)
+        now = self._monotonic()
+        self._cooling.pop(key, None)  # re-insert at the end: the dict's order is then by expiry
+        self._cooling[key] = (now + self._failure_cooldown_s, exc.message, fallback)
+        # Bounded like the local tier (issue 11 item 10): expired cool-downs go first, then the
+        # oldest, so a stream of distinct failing keys cannot grow this map without limit.
+        if len(self._cooling) > self._settings.local_max_entries:
+            for stale in [k for k, (until, _, _) in self._cooling.items() if until <= now]:
+                del self._cooling[stale]
+            while len(self._cooling) > self._settings.local_max_entries:
+                del self._cooling[next(iter(self._cooling))]
         return self._stale_or_raise(fallback, exc)
 
     def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:

@@ -1,6 +1,7 @@
 """Request and response bodies (pydantic v2), exactly as the API contract names them.
 
-Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset (`AwareDatetime`).
+Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset and lie in the
+accepted range (`ApiDatetime`, api/timebounds.py).
 Response models exist for the OpenAPI document and for tests that validate real responses against
 it; routes serialise plain dicts with orjson on the hot path (measured: response-model validation
 of a 5-option answer costs more than the scoring itself).
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from carbon_optimizer.api.timebounds import ApiDatetime
 
 ProviderName = Literal["aws", "azure", "gcp", "lambda"]
 ModeName = Literal["carbon", "cost", "balanced", "carbon_within_budget", "monetized"]
@@ -75,8 +78,8 @@ class LocationSpec(_Strict):
 class WindowSpec(_Strict):
     """When the job may run: start no earlier than `earliest_start`, end no later than `deadline`."""
 
-    earliest_start: AwareDatetime | None = None
-    deadline: AwareDatetime | None = None
+    earliest_start: ApiDatetime | None = None
+    deadline: ApiDatetime | None = None
 
 
 class ObjectiveSpec(_Strict):
@@ -98,7 +101,7 @@ class BaselineSpec(_Strict):
     """What the savings are measured against (default: first location at earliest_start)."""
 
     location: LocationSpec
-    start: AwareDatetime | None = None
+    start: ApiDatetime | None = None
 
 
 class OptimizeRequest(_Strict):
@@ -130,7 +133,7 @@ class EstimateRequest(_Strict):
     instance_type: str = Field(min_length=1, max_length=128)
     hours: float = Field(gt=0, le=8760)
     price_type: Literal["on_demand", "spot"] = "on_demand"
-    start: AwareDatetime | None = Field(default=None, description="When the run starts (default now).")
+    start: ApiDatetime | None = Field(default=None, description="When the run starts (default now).")
 
 
 # ----- responses (documentation + test validation) -----

@@ -11,6 +11,8 @@ from starlette.responses import Response
 
 from carbon_optimizer import __version__
 from carbon_optimizer.api.state import get_state
+from carbon_optimizer.logging_config import settings_secrets
+from carbon_optimizer.redact import redact_tree
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +21,7 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-@router.get("/healthz", summary="Liveness: the process serves (no I/O)")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process serves (no I/O)")
 async def healthz() -> Response:
     """Always 200 while the event loop answers."""
     return _json({"status": "ok"})
@@ -51,12 +53,13 @@ async def health(request: Request) -> Response:
     state = get_state(request)
     components: dict[str, Any] = {}
     degraded = False
+    secrets = tuple(settings_secrets(state.settings))
     for name, reporter in state.health_reporters.items():
         try:
             report = reporter()
         except Exception:  # a broken reporter must not break the health page
             report = {"status": "unknown"}
-        components[name] = report
+        components[name] = redact_tree(report, secrets)  # upstream messages may echo credentials
         if report.get("status") not in (None, "ok", "embedded", "disabled"):
             degraded = True
     return _json(
