@@ -32,7 +32,8 @@ def test_result_cache_is_bounded_by_bytes_not_only_entries() -> None:
 def test_answer_larger_than_the_budget_is_not_cached() -> None:
     cache = ResultCache(max_entries=10, ttl_s=60, max_bytes=1024)
     cache.put(b"{}", 1, answer(500))
-    assert len(cache) == 0 and cache.nbytes == 0
+    assert len(cache) == 0
+    assert cache.nbytes == 0
 
 
 class AlwaysDown:

@@ -5,6 +5,7 @@ Uses `create_app` itself (bundled data, fixed clock), so the whole middleware li
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -140,14 +141,14 @@ async def test_unauthenticated_body_is_never_read() -> None:
 
     app = create_app(Settings(_env_file=None, api_keys=KEY))
     pulled = 0
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled
         pulled += 1
         return {"type": "http.request", "body": b"{" * 1000, "more_body": True}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {
@@ -176,13 +177,13 @@ async def test_slow_body_is_408_after_the_body_deadline() -> None:
     from carbon_optimizer.app import create_app
 
     app = create_app(Settings(_env_file=None, api_keys=KEY, edge={"body_timeout_s": 0.2}))
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         await asyncio.sleep(0.15)  # a trickle: each chunk in time, the whole body not
         return {"type": "http.request", "body": b" ", "more_body": True}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {
