@@ -17,7 +17,7 @@ from typing import Final
 
 MASK: Final = "***"
 
-_SECRET_NAMES = (
+_CREDENTIAL_FIELDS = (
     r"(?:auth[-_]?token|access[-_]?token|refresh[-_]?token|id[-_]?token|token|api[-_]?key|apikey|"
     r"x-api-key|secret|client[-_]?secret|password|passwd|pwd|authorization|auth|key|signature|sig|"
     r"session|cookie|credentials?)"
@@ -30,7 +30,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # "auth-token": "xyz", api_key=xyz, password: xyz, ?token=xyz&...
     (
         re.compile(
-            rf"(?i)([\"']?\b{_SECRET_NAMES}[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic)\b|\*\*\*)([^\s\"'&,;)\]}}]+)"
+            rf"(?i)([\"']?\b{_CREDENTIAL_FIELDS}[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic)\b|\*\*\*)([^\s\"'&,;)\]}}]+)"
         ),
         rf"\1{MASK}",
     ),
