@@ -14,7 +14,7 @@ Why these choices:
   `PROMETHEUS_MULTIPROC_DIR` and `/metrics` aggregates them. The directory is wiped when the
   master starts (stale files from a previous run would be summed in), and in `child_exit` a dead
   worker's files are folded into one archive per type and deleted
-  (`metrics.retire_worker_metrics`), so recycling does not fill the directory. Point it at a
+  (`metrics_files.retire_worker_metrics`), so recycling does not fill the directory. Point it at a
   tmpfs/emptyDir: the root FS may be read-only.
 - The access log is the app's (`AccessLogMiddleware`: JSON with request id and client id), so
   gunicorn's access log stays off; gunicorn's and the workers' own logs are JSON too.
@@ -108,7 +108,7 @@ def post_fork(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """Fold a dead worker's metric files into the archive and delete them (bounded directory)."""
-    from carbon_optimizer.metrics import retire_worker_metrics
+    from carbon_optimizer.metrics_files import retire_worker_metrics
 
     removed = retire_worker_metrics(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
     server.log.info("retired %d metric file(s) of worker %s", removed, worker.pid)

@@ -184,7 +184,12 @@ class ApiKeyMiddleware:
         else:
             challenge = b'Bearer realm="carbon-optimizer"'
             detail = "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
-        await send_problem(send, 401, "Unauthorized", detail, [(b"www-authenticate", challenge)])
+        headers = [(b"www-authenticate", challenge)]
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            # The body was never read (and never will be): close instead of keeping a slow,
+            # unauthenticated client's half-sent body on the connection.
+            headers.append((b"connection", b"close"))
+        await send_problem(send, 401, "Unauthorized", detail, headers)
 
 
 # Headers for JSON API responses. The docs pages need scripts and styles from a CDN, so they get a

@@ -65,6 +65,8 @@ class TcpProxy:
             self._call(self._stop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def reset_all(self) -> int:
         """Send a TCP RST on every open forwarded connection (both sides); returns how many."""
