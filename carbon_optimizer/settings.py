@@ -120,6 +120,9 @@ class EdgeSettings(BaseModel):
     # Every rate-limiter Redis round trip (and any wait behind another one) ends after this long;
     # the request is then counted locally instead of queueing behind a stalled Redis.
     rate_limit_redis_timeout_s: float = Field(default=0.1, gt=0, le=5)
+    # A Redis of its own for the counters (its own `noeviction` policy, so cache pressure can
+    # never evict a budget); unset: the counters share `redis.url` with the cache.
+    rate_limit_redis_url: SecretStr | None = None
     # Redis unreachable: "scale" counts limit / (workers x replicas) per worker; "fail_closed"
     # refuses limited routes with 503 until Redis answers again.
     rate_limit_redis_down: Literal["scale", "fail_closed"] = "scale"

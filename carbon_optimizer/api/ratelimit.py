@@ -155,8 +155,9 @@ def build_limiter(settings: Settings) -> Limiter:
     """
     storage_uri = "memory://"
     storage_options: dict[str, Any] = {}
-    if settings.redis.url is not None:
-        storage_uri = settings.redis.url.get_secret_value()
+    url = settings.edge.rate_limit_redis_url or settings.redis.url
+    if url is not None:
+        storage_uri = url.get_secret_value()
         storage_options = {
             "socket_connect_timeout": settings.redis.connect_timeout_s,
             "socket_timeout": settings.redis.socket_timeout_s,
@@ -243,10 +244,11 @@ class AsyncCounter:
         self.fail_closed = settings.edge.rate_limit_redis_down == "fail_closed"
         self._redis_storage: AsyncRedisStorage | None = None
         share = 1
-        if settings.redis.url is not None:
+        url = settings.edge.rate_limit_redis_url or settings.redis.url
+        if url is not None:
             share = settings.server.workers * settings.edge.replicas
             self._redis_storage = AsyncRedisStorage(
-                settings.redis.url.get_secret_value(),
+                url.get_secret_value(),
                 implementation="redispy",
                 key_prefix=self.prefix,
                 socket_timeout=settings.redis.socket_timeout_s,

@@ -329,8 +329,15 @@ def _disable_docs(app: FastAPI) -> None:
 
 
 def configure_docs(app: FastAPI, settings: Settings) -> frozenset[str]:
-    """Drop the docs routes when disabled; return the docs paths still served (exempt from auth)."""
-    if not settings.docs_enabled:
+    """Drop the docs routes when disabled; return the docs paths still served (exempt from auth).
+
+    In production the docs are closed unless `CARBON_OPTIMIZER_DOCS_ENABLED=true` says otherwise
+    explicitly: a forgotten setting must not publish the API's schema.
+    """
+    production_default = (
+        settings.environment == "production" and "docs_enabled" not in settings.model_fields_set
+    )
+    if not settings.docs_enabled or production_default:
         _disable_docs(app)
     return frozenset(_docs_paths(app))
 

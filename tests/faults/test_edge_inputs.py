@@ -203,3 +203,12 @@ async def test_slow_body_is_408_after_the_body_deadline() -> None:
     }
     await asyncio.wait_for(app(scope, receive, send), timeout=5)
     assert sent[0]["status"] == 408
+
+
+async def test_production_closes_docs_unless_explicitly_enabled() -> None:
+    async with make_client(Settings(_env_file=None, environment="production")) as client:
+        closed = [(await client.get(p)).status_code for p in ("/docs", "/openapi.json")]
+    async with make_client(Settings(_env_file=None, environment="production", docs_enabled=True)) as client:
+        opened = [(await client.get(p)).status_code for p in ("/docs", "/openapi.json")]
+    assert closed == [404, 404]
+    assert opened == [200, 200]
