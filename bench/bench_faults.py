@@ -122,7 +122,9 @@ def back_to_normal_s(result: LoadResult, fault_end: float, floor_p99_ms: float) 
         window = result.window(fault_end + second, fault_end + second + 1)
         if window.requests == 0:
             return None
-        healthy = all(o.status is not None and (200 <= o.status < 300 or o.status == 429) for o in window.outcomes)
+        healthy = all(
+            o.status is not None and (200 <= o.status < 300 or o.status == 429) for o in window.outcomes
+        )
         if healthy and window.p99_ms() <= max(3 * floor_p99_ms, 50.0):
             return float(second)
         second += 1
@@ -148,7 +150,9 @@ def run(name: str, phase_s: float, floor_p99_ms: float) -> dict[str, Any]:
     scenario.port = server.port
     times: dict[str, float] = {}
     try:
-        httpx.post(server.base_url + "/v1/optimize", json=BODY, headers={"Authorization": f"Bearer {API_KEYS[0]}"})
+        httpx.post(
+            server.base_url + "/v1/optimize", json=BODY, headers={"Authorization": f"Bearer {API_KEYS[0]}"}
+        )
 
         def inject() -> None:
             time.sleep(phase_s)
@@ -162,7 +166,9 @@ def run(name: str, phase_s: float, floor_p99_ms: float) -> dict[str, Any]:
         injector.start()
         result = run_load(
             server.base_url,
-            lambda c, i: c.post("/v1/optimize", json=BODY, headers={"Authorization": f"Bearer {API_KEYS[i % 8]}"}),
+            lambda c, i: c.post(
+                "/v1/optimize", json=BODY, headers={"Authorization": f"Bearer {API_KEYS[i % 8]}"}
+            ),
             concurrency=8,
             duration_s=3 * phase_s,
         )
@@ -184,7 +190,9 @@ def run(name: str, phase_s: float, floor_p99_ms: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--phase", type=float, default=4.0, help="seconds before, during and after the fault")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     args = parser.parse_args()
@@ -200,7 +208,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print(f"{'scenario':<14}{'requests':>9}{'non-2xx':>9}{'5xx':>6}{'transport':>10}{'p99 ms':>9}{'back s':>8}")
+    print(
+        f"{'scenario':<14}{'requests':>9}{'non-2xx':>9}{'5xx':>6}{'transport':>10}{'p99 ms':>9}{'back s':>8}"
+    )
     for row in rows:
         d = row["during_fault"]
         back = row["back_to_normal_s"]

@@ -7,7 +7,8 @@
   protocol rejects them even earlier, while parsing; this covers any other server);
 - 415 for a body-carrying request whose Content-Type is not JSON;
 - 413 for a declared Content-Length over the limit;
-- redirects carry a relative `Location`, so a client's Host header is never reflected.
+- redirects carry a relative `Location`, so a client's Host header is never reflected;
+- `HEAD /healthz` and `HEAD /readyz` are answered as their GET without a body.
 
 `BodyReadMiddleware` (innermost, *after* the API-key check, so an unauthenticated client never
 makes us buffer anything) reads the body once, bounded in size (413) and time (408), before
@@ -40,6 +41,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_HEAD_AS_GET = frozenset({"/healthz", "/readyz"})
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 
@@ -106,7 +108,15 @@ class RequestEdgeMiddleware:
         token = request_id_var.set(request_id)
         rid_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 
+        head = scope["method"] == "HEAD" and scope["path"] in _HEAD_AS_GET
+        if head:
+            # Load balancers probe with HEAD: answer it as the GET it stands for, without a body.
+            # A copy: the server keeps its own scope saying HEAD (uvicorn then writes no body).
+            scope = {**scope, "method": "GET"}
+
         async def send_with_id(message: Message) -> None:
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 raw = list(message.get("headers") or ())
                 if 300 <= message.get("status", 200) < 400:

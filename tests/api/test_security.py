@@ -182,7 +182,8 @@ async def test_security_headers_on_success_and_on_401(keyed_settings: Settings) 
 
 
 async def test_hsts_in_production_and_docs_csp_allows_swagger_assets() -> None:
-    settings = make_settings(environment="production")
+    # Production closes the docs unless they are enabled explicitly (docs/edge.md).
+    settings = make_settings(environment="production", docs_enabled=True)
     async with client_for(tiny_app(settings)) as client:
         api = await client.get("/v1/ping")
         docs = await client.get("/docs")

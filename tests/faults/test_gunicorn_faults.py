@@ -182,8 +182,13 @@ def test_malformed_http_is_a_problem_400(tmp_path: Path) -> None:
         big_head = _raw(
             server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n"
         )
+        head = httpx.head(server.base_url + "/healthz", timeout=5)
+        after_head = httpx.get(server.base_url + "/healthz", timeout=5)
     finally:
         server.terminate()
+    assert head.status_code == 200
+    assert head.content == b""
+    assert after_head.json() == {"status": "ok"}
     for answer, status in ((garbage, b"400"), (long_url, b"414"), (big_head, b"431")):
         assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
         assert b"application/problem+json" in answer

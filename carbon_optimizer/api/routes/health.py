@@ -22,7 +22,6 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 @router.get("/healthz", summary="Liveness: the process serves (no I/O)")
-@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> Response:
     """Always 200 while the event loop answers."""
     return _json({"status": "ok"})
