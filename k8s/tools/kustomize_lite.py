@@ -116,11 +116,9 @@ def _apply_images(resources: list[Resource], images: list[dict[str, str]]) -> No
                     new_name = image.get("newName", name)
                     new_tag = image.get("newTag", tag)
                     new_digest = image.get("digest", digest)
-                    # Like kustomize: a digest replaces the tag.
-                    if new_digest:
-                        container["image"] = f"{new_name}@{new_digest}"
-                    else:
-                        container["image"] = f"{new_name}:{new_tag}" if new_tag else new_name
+                    # Like kustomize 5: `name:tag@digest` (the digest is what the runtime pulls).
+                    reference = f"{new_name}:{new_tag}" if new_tag else new_name
+                    container["image"] = f"{reference}@{new_digest}" if new_digest else reference
 
 
 def _generate_configmaps(base: Path, generators: list[dict[str, Any]]) -> list[Resource]:

@@ -106,7 +106,7 @@ def test_prod_deployment_is_hardened_probed_and_spread(rendered: dict[str, list[
         "kubernetes.io/hostname",
     }
     (container,) = pod["containers"]
-    assert container["image"].startswith("ghcr.io/example/carbon-optimizer@sha256:")
+    assert container["image"].startswith("ghcr.io/example/carbon-optimizer:0.1.0@sha256:")
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
