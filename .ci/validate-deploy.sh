@@ -71,6 +71,9 @@ if grep -q 'kind: Secret' "$RENDER_DIR/prod.yaml"; then
     fail "prod overlay renders a Secret: secrets must be created out of band"
 fi
 
+step "1b. images pinned by digest, narrow proxy trust (k8s/tools/check_images.py)"
+python k8s/tools/check_images.py k8s/overlays/prod || fail "prod: image or proxy-trust policy"
+
 step "2. kubernetes-validate --strict"
 for overlay in dev prod; do
     for version in "${K8S_VERSIONS[@]}"; do

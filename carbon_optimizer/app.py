@@ -17,17 +17,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.middleware import Middleware
 
 from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
-from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
-from carbon_optimizer.api.middleware import RequestEdgeMiddleware
-from carbon_optimizer.api.ratelimit import install_rate_limit
+from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
+from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
-from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
+from carbon_optimizer.api.security import (
+    PROBE_PATHS,
+    ApiKeyMiddleware,
+    ApiKeyStore,
+    SecurityHeadersMiddleware,
+    configure_docs,
+    cors_middleware,
+    document_security,
+    extend_openapi,
+)
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
 from carbon_optimizer.carbon_stack import build_carbon_stack
@@ -125,6 +136,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             result_cache=ResultCache(
                 max_entries=settings.result_cache_entries if settings.result_cache_ttl_s > 0 else 0,
                 ttl_s=settings.result_cache_ttl_s,
+                max_bytes=settings.edge.result_cache_max_bytes,
             ),
         )
         state.serverless_prices = build_serverless_chain(settings, http=http, store=shared_store)
@@ -215,6 +227,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     if settings.docs_enabled:
         install_docs(app)
     install_error_handlers(app)
+    app.add_exception_handler(OverflowError, _out_of_range)
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
@@ -222,14 +235,47 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(compare.router)
     extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
-    # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
-    # Resulting order, outermost first: access log → request edge → metrics → security headers →
-    # CORS → rate limit → API-key auth → routes (see api/security.py).
-    install_security(app, settings)
-    install_rate_limit(app, settings)
+
+    # The request edge (issues 6 and 11): every middleware in ONE ordered list, outermost first.
+    # Why this order: the access log and request id see every response; header-only bounds
+    # (414/431/415/413-by-length) come before anything costs work; metrics count 401/429 too;
+    # CORS wraps auth so preflights (no credentials) are answered and 401/429 carry CORS
+    # headers; the rate limiter wraps auth so floods of bad keys are throttled; the body is read
+    # only after the key was checked. See docs/edge.md.
+    key_store = ApiKeyStore.from_settings(settings)
+    rate = RateLimiting.from_settings(settings)
+    app.state.api_key_store = key_store
+    app.state.limiter = rate.limiter
+    app.state.rate_counter = rate.counter
+    docs_paths = configure_docs(app, settings)
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
-    app.add_middleware(RequestEdgeMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS)
+    metrics_middleware = app.user_middleware.pop(0)  # the one `instrument()` just added
+    edge = settings.edge
+    app.user_middleware[:] = [
+        Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),
+        Middleware(
+            RequestEdgeMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            max_url_bytes=edge.max_url_bytes,
+            max_header_bytes=edge.max_header_bytes,
+        ),
+        Middleware(MetricsPortMiddleware, metrics_port=edge.metrics_port),
+        metrics_middleware,
+        Middleware(
+            SecurityHeadersMiddleware, hsts=settings.environment == "production", docs_paths=docs_paths
+        ),
+        *cors_middleware(settings),
+        rate.middleware(key_store),
+        Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
+        Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
+    ]
+    document_security(app, key_store, PROBE_PATHS | docs_paths)
+    rate.document(app)
     return app
+
+
+async def _out_of_range(request: Request, exc: Exception) -> Response:
+    """Last line of defence: arithmetic past the calendar's ends is bad input, never a 500."""
+    return problem_response(422, "A date or number in the request is outside the supported range.")

@@ -227,7 +227,10 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        # RuntimeError: under uvloop (gunicorn's UvicornWorker) a connection reset mid-command
+        # surfaces as "unable to perform operation on <TCPTransport closed=True>", not as a
+        # ConnectionError (issue 11, item 1). A store never raises: it is a miss like the others.
+        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
             self._mark_down(exc)
             return False, default
         if not self._healthy:
@@ -292,7 +295,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the client and its connection pool (a pool passed in is not closed by the client)."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
             await self._client.aclose()  # type: ignore[attr-defined,unused-ignore]
             await self._client.connection_pool.disconnect()
 
@@ -677,7 +680,16 @@ class CachedSeriesSource:
         return None
 
     def _failed(self, key: str, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
-        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message, fallback)
+        now = self._monotonic()
+        self._cooling.pop(key, None)  # re-insert at the end: the dict's order is then by expiry
+        self._cooling[key] = (now + self._failure_cooldown_s, exc.message, fallback)
+        # Bounded like the local tier (issue 11 item 10): expired cool-downs go first, then the
+        # oldest, so a stream of distinct failing keys cannot grow this map without limit.
+        if len(self._cooling) > self._settings.local_max_entries:
+            for stale in [k for k, (until, _, _) in self._cooling.items() if until <= now]:
+                del self._cooling[stale]
+            while len(self._cooling) > self._settings.local_max_entries:
+                del self._cooling[next(iter(self._cooling))]
         return self._stale_or_raise(fallback, exc)
 
     def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:

@@ -192,6 +192,42 @@ def _check_http_url(value: str) -> str:
     return value
 
 
+class EdgeSettings(BaseModel):
+    """The request edge (issue 11): slow clients, size bounds, rate-limit degradation, metrics port.
+
+    `CARBON_OPTIMIZER_EDGE__*`. See docs/edge.md for why each default is what it is.
+    """
+
+    # Every rate-limiter Redis round trip (and any wait behind another one) ends after this long;
+    # the request is then counted locally instead of queueing behind a stalled Redis.
+    rate_limit_redis_timeout_s: float = Field(default=0.1, gt=0, le=5)
+    # A Redis of its own for the counters (its own `noeviction` policy, so cache pressure can
+    # never evict a budget); unset: the counters share `redis.url` with the cache.
+    rate_limit_redis_url: SecretStr | None = None
+    # Redis unreachable: "scale" counts limit / (workers x replicas) per worker; "fail_closed"
+    # refuses limited routes with 503 until Redis answers again.
+    rate_limit_redis_down: Literal["scale", "fail_closed"] = "scale"
+    # Replicas sharing one limit (for the "scale" share); set it to the Deployment's replica count.
+    replicas: int = Field(default=1, ge=1, le=1000)
+    # How many X-Forwarded-For hops (from the right) trusted proxies may have written.
+    trusted_proxy_hops: int = Field(default=1, ge=1, le=10)
+    # Slow clients: request line + headers must arrive within header_timeout_s of the first byte
+    # (or of the connection); the body within body_timeout_s of the headers.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    max_url_bytes: int = Field(default=8 * 1024, ge=256)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # Open connections + running requests per worker before new requests get a 503.
+    max_connections: int = Field(default=1000, ge=1)
+    # Serve /metrics only on this port (and nothing else there); None: on the main port, as in dev.
+    metrics_port: int | None = Field(default=None, gt=0, lt=65536)
+    # Worker recycling/shutdown: idle keep-alive connections stay open this long so a request
+    # already on the wire is answered (with `Connection: close`) rather than reset.
+    drain_grace_s: float = Field(default=2.0, ge=0, le=30)
+    # Upper bound of the result cache in bytes (keys + answers), per worker.
+    result_cache_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -218,6 +254,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
 
     # Client API keys (comma-separated). Empty → no auth (warned at start-up).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

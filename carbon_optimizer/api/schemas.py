@@ -1,6 +1,7 @@
 """Request and response bodies (pydantic v2), exactly as the API contract names them.
 
-Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset (`AwareDatetime`).
+Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset and lie in the
+accepted range (`ApiDatetime`, api/timebounds.py).
 Response models exist for the OpenAPI document and for tests that validate real responses against
 it; routes serialise plain dicts with orjson on the hot path (measured: response-model validation
 of a 5-option answer costs more than the scoring itself).
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from carbon_optimizer.api.timebounds import ApiDatetime
 
 ProviderName = Literal["aws", "azure", "gcp", "lambda"]
 ModeName = Literal["carbon", "cost", "balanced", "carbon_within_budget", "monetized"]
@@ -94,10 +97,10 @@ class LocationSpec(_Strict):
 class WindowSpec(_Strict):
     """When the job may run: start no earlier than `earliest_start`, end no later than `deadline`."""
 
-    earliest_start: AwareDatetime | None = Field(
+    earliest_start: ApiDatetime | None = Field(
         default=None, description="Earliest start, with offset; default and anything in the past: now."
     )
-    deadline: AwareDatetime | None = Field(
+    deadline: ApiDatetime | None = Field(
         default=None,
         description="Latest allowed END of the run; default earliest_start + 24 h; window ≤ 7 days.",
     )
@@ -136,7 +139,7 @@ class BaselineSpec(_Strict):
     """What the savings are measured against (default: first location at earliest_start)."""
 
     location: LocationSpec = Field(description="Where the job would run without optimisation.")
-    start: AwareDatetime | None = Field(
+    start: ApiDatetime | None = Field(
         default=None, description="When it would start; default earliest_start."
     )
 
@@ -178,7 +181,7 @@ class EstimateRequest(_Strict):
     instance_type: str = Field(min_length=1, max_length=128, description="e.g. m5.large, n2-standard-8.")
     hours: float = Field(gt=0, le=8760, description="Run time in hours (≤ one year).")
     price_type: Literal["on_demand", "spot"] = Field(default="on_demand", description="Which list price.")
-    start: AwareDatetime | None = Field(default=None, description="When the run starts (default now).")
+    start: ApiDatetime | None = Field(default=None, description="When the run starts (default now).")
 
 
 # ----- responses (documentation + test validation) -----

@@ -143,5 +143,7 @@ def test_the_existing_callers_still_reach_the_api(rendered: tuple[str, list[dict
     ingress = Pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
     prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
     assert reachable(policies, ingress, api, 8000)
-    assert reachable(policies, prometheus, api, 8000)
+    assert reachable(policies, prometheus, api, 9090)  # the metrics port
+    assert not reachable(policies, prometheus, api, 8000)
+    assert not reachable(policies, ingress, api, 9090)  # /metrics never through the Ingress
     assert not reachable(policies, Pod("default", {"app": "random"}), api, 8000)

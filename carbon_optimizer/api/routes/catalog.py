@@ -6,12 +6,13 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from carbon_optimizer.api.schemas import EstimateRequest, ProblemOut
 from carbon_optimizer.api.schemas_out import EstimateOut, PricesOut, RegionsOut, ZoneSeriesOut, ZonesOut
 from carbon_optimizer.api.state import get_state
+from carbon_optimizer.api.timebounds import ApiDatetime
 from carbon_optimizer.domain.models import InstanceOffer, PriceType
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -77,8 +78,8 @@ async def zones(request: Request) -> Response:
 async def zone_carbon_intensity(
     request: Request,
     zone: Annotated[str, Path(min_length=1, max_length=64)],
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: ApiDatetime | None = None,
+    end: ApiDatetime | None = None,
 ) -> Response:
     """Series over [start, end) (default: the next 24 hours from the current hour)."""
     return _json(await get_state(request).service.zone_series(zone, start, end))

@@ -13,6 +13,8 @@ from carbon_optimizer import __version__
 from carbon_optimizer.api.schemas_out import HealthOut, LivenessOut, ReadinessOut
 from carbon_optimizer.api.state import get_state
 from carbon_optimizer.health import ComponentStatus, overall
+from carbon_optimizer.logging_config import settings_secrets
+from carbon_optimizer.redact import redact_tree
 
 router = APIRouter(tags=["health"])
 
@@ -68,12 +70,13 @@ async def health(request: Request) -> Response:
     state = get_state(request)
     components: dict[str, Any] = {}
     statuses: list[ComponentStatus] = []
+    secrets = tuple(settings_secrets(state.settings))
     for name, reporter in state.health_reporters.items():
         try:
             report = reporter()
         except Exception:  # a broken reporter must not break the health page
             report = {"status": ComponentStatus.UNKNOWN}
-        components[name] = report
+        components[name] = redact_tree(report, secrets)  # upstream messages may echo credentials
         statuses.append(ComponentStatus.parse(report.get("status")))
     return _json(
         {

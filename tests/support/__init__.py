@@ -1,0 +1,1 @@
+"""Importable test support (fixtures that tests and bench/ share)."""
