@@ -29,7 +29,7 @@ import numpy as np
 from carbon_optimizer.domain import backtest as bt
 from carbon_optimizer.domain.forecast import FULL_HISTORY_HOURS, MODEL_NAME, QUANTILES
 from carbon_optimizer.domain.models import FloatArray
-from carbon_optimizer.domain.uncertainty import ErrorModel, LeadError
+from carbon_optimizer.domain.uncertainty import ErrorModel, LeadError, Options, assess
 from carbon_optimizer.providers.bundled import HOURLY_YEAR, load_hourly_carbon
 
 ERROR_MODEL_PATH = (
@@ -189,12 +189,35 @@ def main() -> None:
             f"{100 * arr[:, 3].mean():6.1f} {arr[:, 4].mean():11.0f}"
         )
 
+    print("\n## uncertainty.assess cost (1000 draws, 50 options, risk p90; median of 7)")
+    for zones_n, hours_n in ((3, 48), (10, 48), (10, 168)):
+        print(f"  {zones_n} zones × {hours_n} h: {time_assess(zones_n, hours_n):6.1f} ms")
+
     if args.write_error_model:
         model = error_model_from(residuals, args.step)
         ERROR_MODEL_PATH.write_text(
             json.dumps(model.to_json(), indent=1, sort_keys=True) + "\n", encoding="utf-8"
         )
         print(f"\nwrote {ERROR_MODEL_PATH.relative_to(ERROR_MODEL_PATH.parents[2])}")
+
+
+def time_assess(zones_n: int, hours_n: int, options_n: int = 50) -> float:
+    """Median ms of one `assess` call on synthetic paths (the cost the answer path would pay)."""
+    p50 = np.full((zones_n, hours_n), 300.0)
+    paths = np.stack([p50 - 30.0, p50, p50 + 40.0], axis=1)
+    rng = np.random.default_rng(0)
+    opts = Options(
+        zone=rng.integers(0, zones_n, options_n),
+        start=rng.integers(0, hours_n - 6, options_n),
+        hours=rng.integers(1, 7, options_n),
+        scale=np.ones(options_n),
+    )
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        assess(paths, opts, risk="p90")
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
 
 
 def error_model_from(residuals: dict[str, tuple[FloatArray, FloatArray]], step: int) -> ErrorModel:

@@ -154,9 +154,10 @@ def test_sampled_interval_matches_one_hour_quantiles_and_sits_inside_the_comonot
 
 def test_ar1_normals_have_unit_variance_and_the_requested_correlations() -> None:
     z = unc.ar1_normals(np.random.default_rng(9), 20000, 2, 5, rho=0.8, cross_zone=0.3)
-    assert z[:, :, 4].std() == pytest.approx(1.0, abs=0.03)
-    assert np.corrcoef(z[:, 0, 0], z[:, 0, 2])[0, 1] == pytest.approx(0.64, abs=0.03)
-    assert np.corrcoef(z[:, 0, 3], z[:, 1, 3])[0, 1] == pytest.approx(0.3, abs=0.03)
+    assert z.shape == (5, 20000, 2)
+    assert z[4].std() == pytest.approx(1.0, abs=0.03)
+    assert np.corrcoef(z[0, :, 0], z[2, :, 0])[0, 1] == pytest.approx(0.64, abs=0.03)
+    assert np.corrcoef(z[3, :, 0], z[3, :, 1])[0, 1] == pytest.approx(0.3, abs=0.03)
     with pytest.raises(ValueError, match="rho"):
         unc.ar1_normals(np.random.default_rng(0), 1, 1, 1, rho=1.5)
 
