@@ -153,7 +153,6 @@ class FittedForecaster:
     beta: FloatArray  # (len(ANOMALY_WINDOWS), horizon) weight of each current anomaly by lead
     offsets: FloatArray  # (len(QUANTILES), horizon) residual quantiles around the point forecast
     residual_scale: FloatArray  # (horizon,) mean |residual| per lead (the backtested MAE)
-    lag1_correlation: float  # corr of residuals at consecutive leads (the error model's AR(1) rho)
     model: str
 
 
@@ -187,9 +186,9 @@ def fit(
         raise ValueError("history has non-finite values")
     days, weeks, span = _settings(n, horizon)
     leads = np.arange(horizon, dtype=np.int64)
-    # Calibration origins: for lead h the most recent origins whose target (origin + h) is known.
-    # One common grid (every CALIBRATION_STEP h) ending at n − horizon keeps it a single gather;
-    # the extra origins for short leads are added by shifting the grid per lead below.
+    # Calibration origins: for every lead h the most recent origins whose target (origin + h) is
+    # known, every CALIBRATION_STEP h back over `span`: row j targets hour n − 1 − offsets_back[j]
+    # at every lead, so each lead is calibrated on the same, most recent, target hours.
     offsets_back = np.arange(0, span, CALIBRATION_STEP, dtype=np.int64)  # (m,)
     # origin[j, h] = n − 1 − h − offsets_back[j]: its target for lead h is n − 1 − offsets_back[j].
     origins = n - 1 - leads[None, :] - offsets_back[:, None]  # all ≥ lookback + ANOMALY_HOURS
@@ -208,12 +207,6 @@ def fit(
     mid = offsets[QUANTILES.index(0.5)]
     offsets = mid[None, :] + widening(horizon)[None, :] * (offsets - mid[None, :])
     scale = np.abs(resid - mid[None, :]).mean(axis=0)
-    if resid.shape[1] > 1:
-        a, b = resid[:, :-1].ravel(), resid[:, 1:].ravel()
-        sa, sb = a.std(), b.std()
-        rho = float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 else 1.0
-    else:
-        rho = 1.0
     model = MODEL_NAME if n >= FULL_HISTORY_HOURS else f"{MODEL_NAME}-short"
     return FittedForecaster(
         days=days,
@@ -222,7 +215,6 @@ def fit(
         beta=beta,
         offsets=offsets,
         residual_scale=scale,
-        lag1_correlation=float(np.clip(rho, 0.0, 1.0)),
         model=model,
     )
 
