@@ -717,9 +717,8 @@ class ProgressBar:
             self.stream.write("\r" + "  ".join(parts))
             self.stream.flush()
         elif done == 0:
+            # No "n/n done" line: `done` counts answers, not successes; the summary says which.
             self.stream.write(f"{provider}: refreshing {total} price tables\n")
-        elif done == total:
-            self.stream.write(f"{provider}: {done}/{total} done\n")
 
     def close(self) -> None:
         """End the redrawn line."""
@@ -727,7 +726,29 @@ class ProgressBar:
             self.stream.write("\n")
 
 
-async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
+class _RecordingClient(httpx.AsyncClient):
+    """An AsyncClient that remembers which hosts it could not reach (to name them afterwards).
+
+    A subclass rather than a wrapping transport: passing `transport=` to httpx turns off the
+    HTTPS_PROXY/HTTP_PROXY/NO_PROXY environment handling this command relies on behind a proxy.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unreachable: dict[str, str] = {}  # host → transport error type
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """Send; on a transport failure (connect, DNS, proxy, timeout) note the host and re-raise."""
+        try:
+            return await super().send(request, **kwargs)
+        except httpx.TransportError as exc:
+            self.unreachable.setdefault(request.url.host, type(exc).__name__)
+            raise
+
+
+async def _refresh(
+    args: argparse.Namespace, progress: ProgressBar, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[Any, dict[str, str]]:
     from carbon_optimizer import __version__
     from carbon_optimizer.kv import KeyValueStore
     from carbon_optimizer.providers.prices import refresh_prices
@@ -747,26 +768,80 @@ async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
         store = FileStore(settings.pricing.file_cache_dir)
     regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
     try:
-        async with httpx.AsyncClient(headers={"user-agent": f"carbon-optimizer/{__version__}"}) as http:
-            return await refresh_prices(
+        async with _RecordingClient(
+            headers={"user-agent": f"carbon-optimizer/{__version__}"}, transport=transport
+        ) as http:
+            report = await refresh_prices(
                 settings, http=http, store=store, providers=args.provider, progress=progress, regions=regions
             )
+            return report, http.unreachable
     finally:
         if redis_store is not None:
             await redis_store.aclose()
 
 
-def cmd_prices_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """`carbon-optimizer prices refresh`: fetch live catalogs into the cache (Redis or local files)."""
+def refresh_summary(report: Any) -> str:
+    """One line per provider: 'azure: 0 of 2 refreshed, 2 failed (e.g. eastus spot: …)'."""
+    lines = []
+    for provider in sorted({i.provider for i in report.items} | set(report.skipped)):
+        if provider in report.skipped:
+            lines.append(f"{provider}: skipped: {report.skipped[provider]}")
+            continue
+        mine = [i for i in report.items if i.provider == provider]
+        listing = [i for i in mine if i.region == "*"]  # region discovery failed: no tables tried
+        if listing:
+            lines.append(f"{provider}: could not list its regions: {listing[0].error}")
+            continue
+        ok = [i for i in mine if i.ok]
+        failed = [i for i in mine if not i.ok]
+        line = f"{provider}: {len(ok)} of {len(mine)} refreshed"
+        if ok:
+            line += f" ({sum(i.offers for i in ok)} prices)"
+        if failed:
+            first = failed[0]
+            line += f", {len(failed)} failed (e.g. {first.region} {first.price_type}: {first.error})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _unreachable_hint(unreachable: dict[str, str]) -> str:
+    """Name the hosts that could not be reached and say how to go through a proxy."""
+    hosts = ", ".join(f"{host} ({kind})" for host, kind in sorted(unreachable.items()))
+    import os
+
+    proxy_set = any(os.environ.get(n) for n in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    advice = (
+        "HTTPS_PROXY is set: check that the proxy is reachable and lets these hosts through"
+        if proxy_set
+        else "if this machine reaches the internet through a proxy, set HTTPS_PROXY=http://proxy:port "
+        "(and NO_PROXY for hosts that must bypass it)"
+    )
+    return f"error: could not reach {hosts}; {advice}\n"
+
+
+def cmd_prices_refresh(
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """`carbon-optimizer prices refresh`: fetch live catalogs into the cache (Redis or local files).
+
+    `transport` is the test seam (an httpx.MockTransport); the command itself passes none, so
+    httpx keeps honouring the proxy environment variables.
+    """
     progress = ProgressBar(err)
     try:
-        report = asyncio.run(_refresh(args, progress))
+        report, unreachable = asyncio.run(_refresh(args, progress, transport))
     finally:
         progress.close()
     if args.json:
         out.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
-        out.write(report.summary() + "\n")
+        out.write(refresh_summary(report) + "\n")
+    if unreachable:
+        err.write(_unreachable_hint(unreachable))
     return _refresh_exit_code(report.ok_count, report.failed_count, args.max_failed_pct, err)
 
 
@@ -779,7 +854,11 @@ def _refresh_exit_code(ok: int, failed: int, max_failed_pct: float, err: TextIO)
     than that share failed. The default 0 % keeps "any failure exits 1" for interactive use.
     """
     if ok == 0:
-        err.write("error: no price table could be refreshed (see above; nothing cached was changed)\n")
+        err.write(
+            f"error: 0 of {failed} price tables refreshed, {failed} failed; nothing cached was changed\n"
+            if failed
+            else "error: no price table could be refreshed (see above; nothing cached was changed)\n"
+        )
         return EXIT_ERROR
     if not failed:
         return EXIT_OK
