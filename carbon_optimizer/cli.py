@@ -935,8 +935,22 @@ def render_estimate(result: dict[str, Any], out: TextIO) -> None:
 
 def cmd_estimate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """`carbon-optimizer estimate aws t3.large --hours 8`: the same answer as POST /v1/estimate."""
-    if not args.hours > 0:
-        err.write("error: --hours must be greater than 0\n")
+    from carbon_optimizer.api.schemas import EstimateRequest
+
+    region = args.region or DEFAULT_REGIONS[args.provider]
+    try:  # the API's own limits (0 < hours ≤ 8760, name lengths), said in this command's terms
+        EstimateRequest.model_validate(
+            {
+                "provider": args.provider,
+                "region": region,
+                "instance_type": args.instance_type,
+                "hours": args.hours,
+            }
+        )
+    except ValidationError as exc:
+        for item in exc.errors():
+            flag = {"hours": "--hours", "region": "--region"}.get(str(item["loc"][0]), "instance type")
+            err.write(f"error: {flag}: {item['msg']}\n")
         return EXIT_BAD_INPUT
     status, result = asyncio.run(_estimate(args))
     return emit(status, result, as_json=args.json, render=render_estimate, out=out, err=err)

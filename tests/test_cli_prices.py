@@ -111,3 +111,16 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
     bar.close()
     lines = stream.getvalue().split("\r")
     assert lines[-1] == "azure [##########] 4/4  gcp [#####.....] 1/2\n"
+
+
+def test_estimate_hours_are_capped_like_the_api() -> None:
+    from carbon_optimizer.api.schemas import EstimateRequest
+
+    cap = next(m.le for m in EstimateRequest.model_fields["hours"].metadata if hasattr(m, "le"))
+    assert cap == 8760
+    code, out, err = run("estimate", "aws", "t3.large", "--hours", "9000")
+    assert (code, out) == (2, "")
+    assert err == f"error: --hours: Input should be less than or equal to {cap}\n"
+    code, out, _ = run("estimate", "aws", "t3.large", "--hours", str(cap), "--json")
+    assert code == 0
+    assert json.loads(out)["hours"] == cap
