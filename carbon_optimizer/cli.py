@@ -1074,7 +1074,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
         action=_Store,
         default="balanced",
         choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
-        help="how options are ranked (see below)",
+        help="how options are ranked (one line per mode: plan --help)",
     )
     parser.add_argument("--carbon-weight", action=_Store, type=float, help="balanced: weight of carbon, 0..1")
     parser.add_argument(

@@ -455,4 +455,12 @@ def test_wait_shares_relative_times_and_request_merging(request_file: Path) -> N
 
     code, _, err = run("run", "-l", "eu-west-1", "--", "true")
     assert code == EXIT_BAD_INPUT
-    assert "error: -l/--location" in err
+    assert err == "error: -l/--location eu-west-1: unknown zone 'eu-west-1'; did you mean aws:eu-west-1?\n"
+
+
+def test_run_and_wait_help_show_the_shared_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["wait", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: carbon)" in text  # wait's own default mode
+    assert "(default: 60)" in text
+    assert "(default: None)" not in text
