@@ -664,7 +664,12 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"error: cannot reach {args.server}: {type(exc).__name__}\n")
         return EXIT_ERROR
     render = PLAN_FORMATS.get(fmt, render_table)
-    return emit(status, result, as_json=fmt == "json", render=render, out=out, err=err, context=context)
+    code = emit(status, result, as_json=fmt == "json", render=render, out=out, err=err, context=context)
+    if code == EXIT_OK and fmt in ("start", "csv"):
+        # stdout stays machine-readable; what the answer rests on still reaches the log.
+        for warning in result.get("warnings") or []:
+            err.write(f"warning: {warning}\n")
+    return code
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -303,6 +303,15 @@ def test_format_start_prints_only_the_chosen_start() -> None:
     assert datetime.fromisoformat(json.loads(answer)["best"]["start"]) == started
 
 
+def test_format_start_keeps_warnings_on_stderr() -> None:
+    # A duplicate location is dropped with a warning: stdout keeps only the time, stderr the warning.
+    code, out, err = run("plan", "-l", "zone:DE", "-l", "zone:DE", "--mode", "carbon", "--format", "start")
+    assert code == 0, err
+    assert out.count("\n") == 1
+    assert datetime.fromisoformat(out.strip()).tzinfo is not None
+    assert "warning: duplicate location" in err
+
+
 def test_format_csv_has_one_row_per_option() -> None:
     code, out, err = run(
         "plan", "-l", "aws:us-east-1", "-l", "gcp:europe-west1", "--top", "4", "--format", "csv"
