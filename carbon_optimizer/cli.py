@@ -459,6 +459,23 @@ _FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 )
 
 
+# API field names inside messages, as this command line spells them (only when an option set them).
+_TERMS = {
+    "carbon_price_usd_per_tonne": "--carbon-price",
+    "max_cost_increase_pct": "--max-cost-increase-pct",
+    "carbon_weight": "--carbon-weight",
+    "earliest_start": "--start",
+    "duration_minutes": "--duration",
+    "time_step_minutes": "--step",
+    "max_results": "--top",
+    "price_usd_per_hour": "@PRICE, e.g. -l zone:DE@0.35",
+}
+
+
+def _in_cli_terms(message: str) -> str:
+    return re.sub(r"\b(" + "|".join(_TERMS) + r")\b", lambda m: _TERMS[m.group(1)], message)
+
+
 def _body_path(loc: Any) -> tuple[str | int, ...]:
     path = tuple(loc or ())
     return path[1:] if path[:1] == ("body",) else path
@@ -555,6 +572,8 @@ def _print_problem(problem: dict[str, Any], err: TextIO, context: PlanContext | 
         err.write(f"error: {detail}\n")
     for item, message in zip(errors, messages, strict=True):
         where = flag_for(item.get("loc"), context)
+        if not (context is not None and context.request_file and where.startswith(context.request_file)):
+            message = _in_cli_terms(message)
         hint = _suggestion(item.get("loc"), message, context)
         prefix = "error: " if repeats else "  "
         err.write(f"{prefix}{where + ': ' if where else ''}{message}{'; ' + hint if hint else ''}\n")
