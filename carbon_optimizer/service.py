@@ -668,13 +668,16 @@ def _savings(best: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str,
         return None
     delta = baseline["emissions_g"] - best["emissions_g"]
     pct = 100.0 * delta / baseline["emissions_g"] if baseline["emissions_g"] > 0 else None
-    cost = None
+    cost = cost_pct = None
     if best["cost_usd"] is not None and baseline["cost_usd"] is not None:
         cost = round(baseline["cost_usd"] - best["cost_usd"], 6)
+        if baseline["cost_usd"] > 0:  # a share of the baseline's cost, as emissions_pct is
+            cost_pct = round(100.0 * (baseline["cost_usd"] - best["cost_usd"]) / baseline["cost_usd"], 2)
     return {
         "emissions_g": round(delta, 3),
         "emissions_pct": None if pct is None else round(pct, 2),
         "cost_usd": cost,
+        "cost_pct": cost_pct,
     }
 
 

@@ -223,6 +223,10 @@ class SavingsOut(BaseModel):
     emissions_g: float = Field(description="Baseline emissions − best emissions, gCO2e (positive = saved).")
     emissions_pct: float | None = Field(description="The same as a % of the baseline's emissions.")
     cost_usd: float | None = Field(description="Baseline cost − best cost, USD (positive = cheaper).")
+    cost_pct: float | None = Field(
+        default=None,
+        description="The same as a % of the baseline's cost (positive = cheaper); null without a cost.",
+    )
 
 
 class InfeasibleOut(BaseModel):

@@ -85,8 +85,8 @@ class PriceOut(_Out):
     provider: str = Field(description="Cloud provider.")
     region: str = Field(description="Provider's region name.")
     instance_type: str = Field(description="Instance type.")
-    vcpus: int = Field(description="vCPUs of the instance.")
-    memory_gib: float = Field(description="Memory of the instance, GiB.")
+    vcpus: int | None = Field(description="vCPUs of the instance; null when the catalog lacks its size.")
+    memory_gib: float | None = Field(description="Memory of the instance, GiB; null when unknown.")
     gpu_count: int = Field(description="GPUs per instance.")
     gpu_model: str | None = Field(description="GPU model, if any.")
     price_type: str = Field(description="on_demand or spot")
@@ -100,7 +100,13 @@ class PricesOut(_Out):
     """GET /v1/prices answer; `truncated` says whether `limit` cut the list."""
 
     count: int = Field(description="Number of prices listed.")
-    truncated: bool = Field(description="True when `limit` cut the list.")
+    truncated: bool = Field(
+        description="True when more rows follow this page (fetch them with `next_cursor`)."
+    )
+    next_cursor: str | None = Field(
+        default=None,
+        description="Opaque; send it back as `cursor` (same filters) for the next page; null on the last.",
+    )
     prices: list[PriceOut] = Field(description="The prices.")
 
 
@@ -111,8 +117,8 @@ class EstimateOut(_Out):
     region: str = Field(description="Provider's region name.")
     zone: str = Field(description="Electricity Maps zone.")
     instance_type: str = Field(description="Instance type.")
-    vcpus: int = Field(description="vCPUs of the instance.")
-    memory_gib: float = Field(description="Memory of the instance, GiB.")
+    vcpus: int | None = Field(description="vCPUs of the instance; null when the catalog lacks its size.")
+    memory_gib: float | None = Field(description="Memory of the instance, GiB; null when unknown.")
     gpu_count: int = Field(description="GPUs per instance.")
     gpu_model: str | None = Field(description="GPU model, if any.")
     hours: float = Field(description="Run time, hours.")

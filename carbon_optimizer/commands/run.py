@@ -49,11 +49,14 @@ from typing import Any, TextIO
 from carbon_optimizer.cli import (
     EXIT_BAD_INPUT,
     EXIT_OK,
+    HelpFormatter,
+    PlanContext,
     _BadInputError,
     _plan_in_process,
     _print_problem,
     add_plan_arguments,
     build_request,
+    given_options,
     parse_minutes,
 )
 
@@ -272,8 +275,12 @@ def gate(
     clock: Clock,
     sleep: Sleeper,
     runner: Runner = exec_command,
+    context: PlanContext | None = None,
 ) -> int:
-    """Plan, say why, wait for the start (re-planning once), then run the command (if any)."""
+    """Plan, say why, wait for the start (re-planning once), then run the command (if any).
+
+    `context` lets a rejected request be reported in command-line terms (`-l/--location …`).
+    """
     now = clock()
     earliest, deadline = _window(body, now, max_delay)
     body = {**body, "window": {"earliest_start": _fmt_time(earliest), "deadline": _fmt_time(deadline)}}
@@ -317,7 +324,7 @@ def gate(
     if status == 429 or status >= 500:
         return unavailable(f"no plan: the service answered HTTP {status}")
     if status != 200:
-        _print_problem(result, err)
+        _print_problem(result, err, context)
         return EXIT_BAD_INPUT
     decision = decide(result, now)
     if dry_run:
@@ -421,6 +428,7 @@ def _gate_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err=err,
             clock=lambda: datetime.now(UTC),
             sleep=time.sleep,
+            context=PlanContext(body, args.request, given_options(args)),
         )
     except ValueError as exc:  # an unreadable --earliest/--deadline
         err.write(f"error: {exc}\n")
@@ -461,6 +469,7 @@ def register(subparsers: Any) -> None:
     """Add `run` and `wait` to the top-level subparsers."""
     run = subparsers.add_parser(
         "run",
+        formatter_class=HelpFormatter,
         help="wait for the greenest start, then run a command (exit code passed through)",
         description="Plan like `plan`, wait until the chosen start, then exec CMD. Example: "
         "carbon-optimizer run -l zone:DE -l zone:FR --duration 2h --max-delay 8h -- make train",
@@ -468,7 +477,9 @@ def register(subparsers: Any) -> None:
     _add_gate_options(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     wait = subparsers.add_parser(
-        "wait", help="wait for the greenest start, then exit 0 (for CI steps and init containers)"
+        "wait",
+        formatter_class=HelpFormatter,
+        help="wait for the greenest start, then exit 0 (for CI steps and init containers)",
     )
     _add_gate_options(wait)
 
