@@ -110,7 +110,10 @@ class IntensityGrid:
         bound = largest * step_s * points
         decimals = INTENSITY_DECIMALS
         if bound > 0:
-            decimals = min(INTENSITY_DECIMALS, math.floor(math.log10(math.ldexp(1.0, _EXACT_BITS) / bound)))
+            # A subnormal bound makes the headroom infinite: the full decimal scale then fits.
+            headroom = math.ldexp(1.0, _EXACT_BITS) / bound
+            if math.isfinite(headroom):
+                decimals = min(INTENSITY_DECIMALS, math.floor(math.log10(headroom)))
         scale = 10.0**decimals
         # Quantise: round to the nearest quantum (error <= half a quantum; exact for data with at
         # most `decimals` decimals), cast into the int64 array that is kept and sum in place. One

@@ -91,3 +91,10 @@ def test_permuted_windows_have_identical_means(ticks: list[int], decimals: int, 
     n = len(values)
     means = window_means(grid, np.array([0.0, n * 60.0]), n * 60.0)
     assert means[0, 0] == means[0, 1]
+
+
+def test_subnormal_intensities_keep_the_full_decimal_scale() -> None:
+    # Found by hypothesis: a bound this small made log10(inf) → floor(inf) raise OverflowError.
+    prefix = IntensityGrid(T0, HOUR, np.array([[5e-324, 0.0, 5e-324]])).prefix_sums()
+    assert prefix.scale == 10.0**INTENSITY_DECIMALS
+    assert int(prefix.cumulative[0, -1]) == 0  # far below one quantum
