@@ -28,7 +28,6 @@ from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import catalog, health, optimize
 from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
-from carbon_optimizer.cache import RedisStore
 from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.logging_config import AccessLogMiddleware
@@ -37,6 +36,7 @@ from carbon_optimizer.providers.bundled import load_region_catalog
 from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
 from carbon_optimizer.providers.price_catalog import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
+from carbon_optimizer.providers.store import RedisStore
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings
 

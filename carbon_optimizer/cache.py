@@ -34,13 +34,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.errors import (
@@ -50,10 +46,10 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     ProviderUnavailable,
 )
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import CACHE_EVENTS, child
 from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
-from carbon_optimizer.settings import CacheSettings, RedisSettings
+from carbon_optimizer.providers.store import CacheStore, LockingStore
+from carbon_optimizer.settings import CacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,228 +68,6 @@ _NEGATIVE_KINDS: dict[str, type[ProviderError]] = {
 
 
 # ----- stores -----
-
-
-class MemoryStore:
-    """In-process `KeyValueStore` (the embedded default): an LRU dict with per-key expiry."""
-
-    name = "memory"
-
-    def __init__(self, *, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._max_entries = max_entries
-        self._clock = clock
-
-    def __repr__(self) -> str:
-        return f"MemoryStore(entries={len(self._data)})"
-
-    @property
-    def healthy(self) -> bool:
-        """Always True: memory does not fail."""
-        return True
-
-    @property
-    def last_error(self) -> str | None:
-        """Always None."""
-        return None
-
-    async def get(self, key: str) -> bytes | None:
-        """Return the value or None when absent/expired."""
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires_at, value = item
-        if expires_at <= self._clock():
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return value
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Store with expiry, evicting the least recently used entry when full."""
-        self._data[key] = (self._clock() + ttl_s, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max_entries:
-            self._data.popitem(last=False)
-
-    async def delete(self, key: str) -> None:
-        """Remove the key."""
-        self._data.pop(key, None)
-
-    async def ping(self) -> bool:
-        """Always reachable."""
-        return True
-
-    async def aclose(self) -> None:
-        """Nothing to close."""
-
-
-@runtime_checkable
-class CacheStore(KeyValueStore, Protocol):
-    """What the cache needs of a store beyond `KeyValueStore`: status, a probe and a close."""
-
-    @property
-    def last_error(self) -> str | None:
-        """Short description of the last backend failure (no secrets), or None."""
-        ...
-
-    async def ping(self) -> bool:
-        """Whether the backend answers now."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections."""
-        ...
-
-
-@runtime_checkable
-class LockingStore(Protocol):
-    """A shared store that can also hold short cross-process locks (Redis)."""
-
-    async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
-        """True if acquired, False if held by someone else, None if the store is unavailable."""
-        ...
-
-    async def release_lock(self, key: str, token: str) -> None:
-        """Release the lock if we still hold it."""
-        ...
-
-    async def lock_held(self, key: str) -> bool | None:
-        """Whether anyone holds the lock (None: unavailable)."""
-        ...
-
-
-class RedisStore:
-    """`KeyValueStore` on Redis that never raises: failures read as misses and mark it degraded."""
-
-    name = "redis"
-
-    def __init__(
-        self,
-        client: aioredis.Redis[bytes],
-        *,
-        op_timeout_s: float,
-        retry_after_failure_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._op_timeout_s = op_timeout_s
-        self._retry_after_failure_s = retry_after_failure_s
-        self._clock = clock
-        self._down_until = 0.0
-        self._healthy = True
-        self._last_error: str | None = None
-        self._last_failure: float | None = None
-
-    @classmethod
-    def from_settings(cls, settings: RedisSettings) -> RedisStore:
-        """Build from settings without connecting (connections are made lazily)."""
-        if settings.url is None:
-            raise ValueError("RedisStore needs settings.redis.url")
-        # No client-side retries: one bounded attempt, then the store is skipped for a while.
-        no_retry = Retry(NoBackoff(), 0)
-        pool = aioredis.ConnectionPool.from_url(  # type: ignore[var-annotated,unused-ignore]
-            settings.url.get_secret_value(),
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.connect_timeout_s,
-            retry=no_retry,
-            health_check_interval=0,
-        )
-        client: aioredis.Redis[bytes] = aioredis.Redis(connection_pool=pool, retry=no_retry)
-        return cls(
-            client,
-            # A stalled server accepts TCP but never answers: bound every operation end to end.
-            op_timeout_s=settings.socket_timeout_s + settings.connect_timeout_s,
-            retry_after_failure_s=settings.retry_after_failure_s,
-        )
-
-    def __repr__(self) -> str:  # never the URL: it may carry a password
-        return f"RedisStore(healthy={self._healthy})"
-
-    @property
-    def healthy(self) -> bool:
-        """False from a failed operation until a later one succeeds."""
-        return self._healthy
-
-    @property
-    def last_error(self) -> str | None:
-        """Class name of the last failure (no message: it could name hosts or credentials)."""
-        return self._last_error
-
-    async def _run(self, operation: Callable[[], Awaitable[T]], default: T) -> tuple[bool, T]:
-        if not self._healthy and self._clock() < self._down_until:
-            return False, default  # skip Redis while it is known to be failing
-        try:
-            async with asyncio.timeout(self._op_timeout_s):
-                result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._mark_down(exc)
-            return False, default
-        if not self._healthy:
-            log.info("redis cache reachable again")
-        self._healthy = True
-        return True, result
-
-    def _mark_down(self, exc: BaseException) -> None:
-        if self._healthy:
-            log.warning("redis cache failing (%s); serving from the local tier", type(exc).__name__)
-        self._healthy = False
-        self._last_error = type(exc).__name__
-        self._last_failure = self._clock()
-        self._down_until = self._clock() + self._retry_after_failure_s
-        child(CACHE_EVENTS, "kv", self.name, "error").inc()  # the store serves carbon and price caches
-
-    async def get(self, key: str) -> bytes | None:
-        """GET; None on a miss or a failure."""
-        _, value = await self._run(lambda: self._client.get(key), None)
-        return value if isinstance(value, bytes) else None
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """SET with PX expiry (best effort)."""
-        await self._run(lambda: self._client.set(key, value, px=max(1, int(ttl_s * 1000))), None)
-
-    async def delete(self, key: str) -> None:
-        """DEL (best effort)."""
-        await self._run(lambda: self._client.delete(key), None)
-
-    async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
-        """SET key token NX PX ttl."""
-        ok, result = await self._run(
-            lambda: self._client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))), None
-        )
-        return bool(result) if ok else None
-
-    async def release_lock(self, key: str, token: str) -> None:
-        """Compare-and-delete (WATCH/MULTI), so a lock that expired and was re-taken is left alone."""
-
-        async def release() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                if await pipe.get(key) != token.encode():
-                    await pipe.unwatch()
-                    return
-                pipe.multi()
-                pipe.delete(key)
-                with contextlib.suppress(WatchError):  # changed under us: it is not ours any more
-                    await pipe.execute()
-
-        await self._run(release, None)
-
-    async def lock_held(self, key: str) -> bool | None:
-        """EXISTS on the lock key."""
-        ok, result = await self._run(lambda: self._client.exists(key), 0)
-        return bool(result) if ok else None
-
-    async def ping(self) -> bool:
-        """PING (skipped, False, while Redis is known to be failing)."""
-        ok, result = await self._run(lambda: self._client.ping(), False)  # type: ignore[no-untyped-call,unused-ignore]
-        return ok and bool(result)
-
-    async def aclose(self) -> None:
-        """Close the client and its connection pool (a pool passed in is not closed by the client)."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await self._client.aclose()  # type: ignore[attr-defined,unused-ignore]
-            await self._client.connection_pool.disconnect()
 
 
 # ----- entries and their byte format -----

@@ -342,21 +342,17 @@ class ProgressBar:
 
 async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
     from carbon_optimizer import __version__
-    from carbon_optimizer.kv import KeyValueStore
     from carbon_optimizer.providers.prices import refresh_prices
+    from carbon_optimizer.providers.store import FileStore, KeyValueStore, RedisStore
     from carbon_optimizer.settings import Settings
 
     settings = Settings()
     store: KeyValueStore | None = None
     redis_store = None
     if settings.redis.url is not None:
-        from carbon_optimizer.cache import RedisStore
-
         redis_store = RedisStore.from_settings(settings.redis)
         store = redis_store
     else:
-        from carbon_optimizer.providers.prices import FileStore
-
         store = FileStore(settings.pricing.file_cache_dir)
     regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
     try:

@@ -18,8 +18,6 @@ from pydantic import SecretStr
 from carbon_optimizer.cache import (
     CachedSeriesSource,
     CacheEntry,
-    MemoryStore,
-    RedisStore,
     decode_entry,
     encode_entry,
     mark_stale,
@@ -33,6 +31,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest
+from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
 
 T0 = 1_700_000_000.0

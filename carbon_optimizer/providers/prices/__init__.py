@@ -10,14 +10,12 @@ does no I/O and does not import boto3.
 from __future__ import annotations
 
 from .cached import CachedPriceProvider, CachePolicy
-from .file_store import FileStore
 from .refresh import RefreshItem, RefreshReport, refresh_prices
 from .stack import PriceStack, build_price_stack
 
 __all__ = [
     "CachePolicy",
     "CachedPriceProvider",
-    "FileStore",
     "PriceStack",
     "RefreshItem",
     "RefreshReport",

@@ -36,9 +36,9 @@ import orjson
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
 from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED, child
 from carbon_optimizer.providers.base import PriceProvider
+from carbon_optimizer.providers.store import KeyValueStore
 
 from ._common import LivePriceSource, SourceStatus, check_region, log, safe_message, utc_now
 
@@ -514,32 +514,6 @@ class _EmptyAnswerError(CarbonOptimizerError):
     def __init__(self, provider: str, region: str) -> None:
         super().__init__(f"{provider} returned no prices for {region}")
         self.message = f"{provider} returned no prices for {region}"
-
-
-class PrefixedStore:
-    """A KeyValueStore view that namespaces keys (`co:v1:` + key), like the carbon cache does."""
-
-    def __init__(self, inner: KeyValueStore, prefix: str) -> None:
-        self.inner = inner
-        self.prefix = prefix.rstrip(":") + ":" if prefix else ""
-        self.name = inner.name
-
-    @property
-    def healthy(self) -> bool:
-        """The wrapped store's health."""
-        return self.inner.healthy
-
-    async def get(self, key: str) -> bytes | None:
-        """Get `prefix + key`."""
-        return await self.inner.get(self.prefix + key)
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Set `prefix + key`."""
-        await self.inner.set(self.prefix + key, value, ttl_s)
-
-    async def delete(self, key: str) -> None:
-        """Delete `prefix + key`."""
-        await self.inner.delete(self.prefix + key)
 
 
 async def store_table(

@@ -20,9 +20,9 @@ import httpx
 
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.errors import InvalidInput
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import PRICE_DATA_FETCHED
 from carbon_optimizer.providers.base import PriceProvider
+from carbon_optimizer.providers.store import KeyValueStore
 from carbon_optimizer.settings import Settings
 
 from ._common import LivePriceSource, log, safe_message, utc_now
