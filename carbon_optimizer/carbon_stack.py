@@ -28,7 +28,7 @@ from carbon_optimizer.providers.base import CarbonIntensityProvider
 from carbon_optimizer.providers.electricitymaps import ElectricityMapsProvider
 from carbon_optimizer.providers.layered import LayeredCarbonProvider
 from carbon_optimizer.providers.store import CacheStore, MemoryStore, RedisStore
-from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings
 
 

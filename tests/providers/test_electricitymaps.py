@@ -36,7 +36,7 @@ from carbon_optimizer.providers.electricitymaps import (
     SeriesKind,
     SeriesRequest,
 )
-from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import ElectricityMapsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "electricitymaps"
