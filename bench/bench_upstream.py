@@ -36,8 +36,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carbon_optimizer.carbon_stack import CarbonStack, build_carbon_stack
 from carbon_optimizer.providers.base import CarbonIntensityProvider
+from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
 from tests.integration.conftest import (
     FlatOffline,
     RedisServer,
@@ -62,7 +62,7 @@ def pct(values: list[float], q: float) -> float:
 def offline_provider() -> CarbonIntensityProvider:
     """The bundled offline provider when present (warmed), else a flat stand-in."""
     try:
-        from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
+        from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
     except ImportError:
         return FlatOffline()
     provider = OfflineCarbonProvider()

@@ -28,13 +28,13 @@ from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import catalog, health, optimize
 from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
-from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.bundled import load_region_catalog
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.providers.store import RedisStore
 from carbon_optimizer.service import OptimizerService, utc_now

@@ -50,7 +50,7 @@ from carbon_optimizer.errors import (
 )
 from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.bundled import RegionCatalog
+from carbon_optimizer.providers.catalog import RegionCatalog
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]

@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import Request
 
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.providers.bundled import RegionCatalog
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.catalog import RegionCatalog
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.service import OptimizerService
 from carbon_optimizer.settings import Settings
 

@@ -11,7 +11,7 @@ from carbon_optimizer.api.schemas import OptimizeResponse
 from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.domain.instances import ARM, BURSTABLE, instance_traits
 from carbon_optimizer.domain.models import PriceType
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from tests.api.conftest import ClientFactory
 from tests.fakes import FIXED_NOW, FailingCarbon, FakeCarbon, fixed_clock, hour_of
 

@@ -36,8 +36,8 @@ import httpx
 import numpy as np
 import pytest
 
-from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
 from carbon_optimizer.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

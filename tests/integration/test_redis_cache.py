@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from carbon_optimizer.carbon_stack import CarbonStack, build_carbon_stack
+from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
 from carbon_optimizer.providers.store import RedisStore
 from carbon_optimizer.settings import Settings
 from tests.integration.conftest import (

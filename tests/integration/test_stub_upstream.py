@@ -14,8 +14,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from carbon_optimizer.carbon_stack import CarbonStack, build_carbon_stack
-from carbon_optimizer.providers.layered import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.chain import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
 from carbon_optimizer.settings import Settings
 from tests.integration.conftest import FlatOffline, RedisServer, StubUpstream, live_settings
 

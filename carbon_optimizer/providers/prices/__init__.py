@@ -2,14 +2,14 @@
 
 Why a package of its own: each price API has its own wire format and gotchas (see
 research-notes/pricing.md), but the rest of the service sees one `PriceProvider`: the chain in
-`cached.py` (cache → live → bundled, provenance on every row), composed by `stack.py` for the app
+`chain.py` (cache → live → bundled, provenance on every row), composed by `stack.py` for the app
 lifespan, and filled in bulk by `refresh.py` for `carbon-optimizer prices refresh`. Importing it
 does no I/O and does not import boto3.
 """
 
 from __future__ import annotations
 
-from .cached import CachedPriceProvider, CachePolicy
+from .chain import CachedPriceProvider, CachePolicy
 from .refresh import RefreshItem, RefreshReport, refresh_prices
 from .stack import PriceStack, build_price_stack
 

@@ -25,7 +25,7 @@ from ._common import HttpPolicy, LivePriceSource, SourceStatus, log, utc_now
 from ._specs import SpecIndex
 from .aws import AwsPriceList, boto3_unavailable_reason, default_client_factory
 from .azure import AzureRetailPrices
-from .cached import LIVE_PROVIDERS, CachedPriceProvider, CachePolicy
+from .chain import LIVE_PROVIDERS, CachedPriceProvider, CachePolicy
 from .gcp import GcpCatalogPrices
 from .lambda_cloud import LambdaCloudPrices
 

@@ -11,7 +11,7 @@ import respx
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.errors import InvalidInput, ProviderUnavailable
 from carbon_optimizer.providers.prices import refresh_prices
-from carbon_optimizer.providers.prices.cached import cache_key, decode_entry, encode_table
+from carbon_optimizer.providers.prices.chain import cache_key, decode_entry, encode_table
 from carbon_optimizer.settings import Settings
 
 from .conftest import NOW, SECRET, Clock, FakeBundled, FakeLive, MemoryKV, live_table, load, offer

@@ -46,7 +46,7 @@ from carbon_optimizer.errors import (
 )
 from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
 from carbon_optimizer.providers.base import CarbonIntensityProvider
-from carbon_optimizer.providers.electricitymaps import (
+from carbon_optimizer.providers.carbon.electricitymaps import (
     HOUR,
     Fetched,
     SeriesKind,

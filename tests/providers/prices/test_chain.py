@@ -9,7 +9,7 @@ import pytest
 
 from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import ProviderAuthError, ProviderUnavailable
-from carbon_optimizer.providers.prices.cached import (
+from carbon_optimizer.providers.prices.chain import (
     CachedPriceProvider,
     CachePolicy,
     cache_key,

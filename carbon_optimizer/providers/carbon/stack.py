@@ -23,10 +23,10 @@ from datetime import datetime
 
 import httpx
 
-from carbon_optimizer.cache import CachedSeriesSource
 from carbon_optimizer.providers.base import CarbonIntensityProvider
-from carbon_optimizer.providers.electricitymaps import ElectricityMapsProvider
-from carbon_optimizer.providers.layered import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
+from carbon_optimizer.providers.carbon.chain import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
 from carbon_optimizer.providers.store import CacheStore, MemoryStore, RedisStore
 from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings

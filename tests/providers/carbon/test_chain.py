@@ -24,10 +24,15 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, rows_to_series
-from carbon_optimizer.providers.layered import LayeredCarbonProvider, SeriesResult, ceil_to, floor_to
+from carbon_optimizer.providers.carbon.chain import LayeredCarbonProvider, SeriesResult, ceil_to, floor_to
+from carbon_optimizer.providers.carbon.electricitymaps import (
+    Fetched,
+    SeriesKind,
+    SeriesRequest,
+    rows_to_series,
+)
 
-FIXTURES = Path(__file__).parent / "fixtures" / "electricitymaps"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "electricitymaps"
 NOW = datetime(2023, 6, 2, 12, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 REPLAY = "fallback:replay-2023"

@@ -15,13 +15,6 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from carbon_optimizer.cache import (
-    CachedSeriesSource,
-    CacheEntry,
-    decode_entry,
-    encode_entry,
-    mark_stale,
-)
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.errors import (
     NoDataForZone,
@@ -30,7 +23,14 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     ProviderUnavailable,
 )
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest
+from carbon_optimizer.providers.carbon.cache import (
+    CachedSeriesSource,
+    CacheEntry,
+    decode_entry,
+    encode_entry,
+    mark_stale,
+)
+from carbon_optimizer.providers.carbon.electricitymaps import Fetched, SeriesKind, SeriesRequest
 from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
 

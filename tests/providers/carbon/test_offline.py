@@ -12,8 +12,8 @@ import pytest
 
 from carbon_optimizer.errors import UnknownZone
 from carbon_optimizer.providers.base import CarbonIntensityProvider
-from carbon_optimizer.providers.bundled import data_file, load_hourly_carbon, read_csv
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider, replay_indices
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider, replay_indices
+from carbon_optimizer.providers.catalog import data_file, load_hourly_carbon, read_csv
 
 HOUR = timedelta(hours=1)
 START_2023 = datetime(2023, 1, 1, tzinfo=UTC)

@@ -47,7 +47,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.metrics import CACHE_EVENTS, child
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
+from carbon_optimizer.providers.carbon.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.providers.store import CacheStore, LockingStore
 from carbon_optimizer.settings import CacheSettings
 
