@@ -341,28 +341,22 @@ class ProgressBar:
 
 
 async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
-    from carbon_optimizer import __version__
+    from carbon_optimizer.app import runtime
     from carbon_optimizer.providers.prices import refresh_prices
-    from carbon_optimizer.providers.store import FileStore, KeyValueStore, RedisStore
     from carbon_optimizer.settings import Settings
 
     settings = Settings()
-    store: KeyValueStore | None = None
-    redis_store = None
-    if settings.redis.url is not None:
-        redis_store = RedisStore.from_settings(settings.redis)
-        store = redis_store
-    else:
-        store = FileStore(settings.pricing.file_cache_dir)
     regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
-    try:
-        async with httpx.AsyncClient(headers={"user-agent": f"carbon-optimizer/{__version__}"}) as http:
-            return await refresh_prices(
-                settings, http=http, store=store, providers=args.provider, progress=progress, regions=regions
-            )
-    finally:
-        if redis_store is not None:
-            await redis_store.aclose()
+    # The same runtime as the server: its HTTP client and its price store (Redis or local files).
+    async with runtime(settings) as state:
+        return await refresh_prices(
+            settings,
+            http=state.http,
+            store=state.price_store,
+            providers=args.provider,
+            progress=progress,
+            regions=regions,
+        )
 
 
 def cmd_prices_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

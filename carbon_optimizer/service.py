@@ -41,15 +41,14 @@ from carbon_optimizer.domain.scoring import (
 )
 from carbon_optimizer.domain.series import IntensityGrid, align_series
 from carbon_optimizer.errors import (
-    DataUnavailable,
     InvalidInput,
     NothingFeasible,
-    ProviderError,
     UnknownRegion,
     UnknownZone,
 )
 from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
+from carbon_optimizer.providers.carbon.base import Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
 
 log = logging.getLogger(__name__)
@@ -88,6 +87,7 @@ class OptimizeQuery:
     baseline_location: LocationQuery | None = None
     baseline_start: datetime | None = None
     request_id: str = "-"
+    signal: Signal = Signal.AVERAGE
 
 
 @dataclass(slots=True)
@@ -120,7 +120,6 @@ class OptimizerService:
         catalog: RegionCatalog,
         carbon: CarbonIntensityProvider,
         prices: PriceProvider,
-        fallback_carbon: CarbonIntensityProvider | None = None,
         fallback_prices: PriceProvider | None = None,
         max_window: timedelta = timedelta(days=7),
         onprem_pue: float = 1.56,
@@ -129,7 +128,6 @@ class OptimizerService:
         self.catalog = catalog
         self.carbon = carbon
         self.prices = prices
-        self.fallback_carbon = fallback_carbon
         self.fallback_prices = fallback_prices
         self.max_window = max_window
         self.onprem_pue = onprem_pue
@@ -246,32 +244,37 @@ class OptimizerService:
 
     # ----- data fetch -----
 
-    async def _table(self, provider: str, region: str, price_type: PriceType, ctx: _Context) -> Any:
-        try:
-            return await self.prices.offers(provider, region, price_type)
-        except ProviderError:
-            if self.fallback_prices is None:
-                raise
-            ctx.warn(f"price source unavailable for {provider}/{region}; used bundled prices")
-            return await self.fallback_prices.offers(provider, region, price_type)
+    async def _table(
+        self, provider: str, region: str, price_type: PriceType, ctx: _Context
+    ) -> OfferTable | None:
+        # The price chain ends in the bundled tables itself: nothing to fall back to here.
+        return await self.prices.offers(provider, region, price_type)
 
-    async def _series(self, zone: str, start: datetime, end: datetime, ctx: _Context) -> CarbonSeries:
-        with_warnings = getattr(self.carbon, "series_with_warnings", None)
-        try:
-            if with_warnings is not None:
-                result = await with_warnings(zone, start, end)
-                for message in result.warnings:
-                    ctx.warn(message)
-                series: CarbonSeries = result.series
-                return series
-            return await self.carbon.series(zone, start, end)
-        except UnknownZone:
-            raise
-        except ProviderError as exc:
-            if self.fallback_carbon is None:
-                raise DataUnavailable(f"no carbon data source could answer for {zone}") from exc
-            ctx.warn(f"carbon data unavailable for {zone}; used bundled fallback data")
-            return await self.fallback_carbon.series(zone, start, end)
+    async def _series(
+        self,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        ctx: _Context,
+        signal: Signal = Signal.AVERAGE,
+    ) -> CarbonSeries:
+        # The carbon chain ends in the bundled data and says so in its warnings.
+        result = await self.carbon.series(zone, start, end, signal)
+        for message in result.warnings:
+            ctx.warn(message)
+        return result.series
+
+    def _check_signal(self, zones: Sequence[str], signal: Signal) -> None:
+        """422 naming every zone that has no source of `signal` (average is always answerable)."""
+        if signal is Signal.AVERAGE:
+            return
+        lacking = [zone for zone in zones if signal not in self.carbon.signals(zone)]
+        if lacking:
+            raise InvalidInput(
+                f"no {signal.value} carbon data source for zone(s) {', '.join(lacking)}; "
+                "use signal 'average' or configure a source that has it",
+                loc=("body", "signal"),
+            )
 
     async def _place(
         self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
@@ -352,7 +355,10 @@ class OptimizerService:
             )
 
         zones = sorted({p.location.zone for p in placed})
-        series_list = await asyncio.gather(*(self._series(z, start, deadline, ctx) for z in zones))
+        self._check_signal(zones, query.signal)
+        series_list = await asyncio.gather(
+            *(self._series(z, start, deadline, ctx, query.signal) for z in zones)
+        )
         by_zone = dict(zip(zones, series_list, strict=True))
         intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
         scoring = rank_candidates(
@@ -396,6 +402,7 @@ class OptimizerService:
             first_requested=locations[0] if locations else None,
             intensity=intensity,
             by_zone=by_zone,
+            signal=query.signal,
         )
         savings = _savings(best, baseline)
         best_power = placed[scoring.ranked[0].location_index].power
@@ -449,6 +456,7 @@ class OptimizerService:
         first_requested: Location | None,
         intensity: IntensityGrid,
         by_zone: dict[str, CarbonSeries],
+        signal: Signal = Signal.AVERAGE,
     ) -> dict[str, Any] | None:
         if not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
@@ -481,7 +489,7 @@ class OptimizerService:
             series = scored
             avg = evaluate_window(intensity, row, start, workload.duration)
         else:
-            series = await self._series(item.location.zone, start, end, ctx)
+            series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
         emissions = item.energy_kwh * avg
         cost = None if item.price_usd_per_hour is None else item.price_usd_per_hour * workload.duration_hours

@@ -114,6 +114,13 @@ class OptimizeRequest(_Strict):
     time_step_minutes: Literal[5, 15, 30, 60] = 60
     max_results: int = Field(default=5, ge=1, le=100)
     baseline: BaselineSpec | None = None
+    signal: Literal["average", "marginal"] = Field(
+        default="average",
+        description=(
+            "Carbon signal: the grid's average intensity (every zone), or the marginal emissions "
+            "rate (only zones with a source that publishes it; otherwise 422 naming the zones)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _locations_or_providers(self) -> OptimizeRequest:

@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from starlette.requests import Request
 
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.providers.catalog import RegionCatalog
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
+from carbon_optimizer.providers.store import KeyValueStore
 from carbon_optimizer.service import OptimizerService
 from carbon_optimizer.settings import Settings
 
@@ -20,6 +22,8 @@ class AppState:
     """Everything a request needs; one instance per worker process."""
 
     settings: Settings
+    http: httpx.AsyncClient  # the process's one HTTP client (the CLI's `prices refresh` uses it)
+    price_store: KeyValueStore  # where price tables live (Redis, or the local file cache)
     service: OptimizerService
     catalog: RegionCatalog
     bundled_prices: BundledPriceProvider

@@ -37,8 +37,8 @@ import numpy as np
 import pytest
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
-from carbon_optimizer.providers.carbon.stack import build_carbon_stack
 from carbon_optimizer.settings import Settings
+from tests.support.stacks import carbon_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOUR = timedelta(hours=1)
@@ -402,8 +402,7 @@ async def stack_worker(config: dict[str, Any]) -> dict[str, Any]:
     zones: list[str] = config["zones"]
     settings = live_settings(config["base_url"], config.get("redis_url"), **config.get("cache", {}))
     settings.redis.key_prefix = config.get("redis_key_prefix", settings.redis.key_prefix)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as http:
-        stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
+    async with carbon_stack(settings, FlatOffline()) as stack:
         await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
         now = datetime.now(UTC)
         window = timedelta(hours=config.get("window_hours", 24))
@@ -411,13 +410,12 @@ async def stack_worker(config: dict[str, Any]) -> dict[str, Any]:
         async def one(index: int) -> tuple[float, str, str | None]:
             started = time.perf_counter()
             try:
-                series = await stack.provider.series(zones[index % len(zones)], now, now + window)
+                series = (await stack.provider.series(zones[index % len(zones)], now, now + window)).series
             except Exception as exc:  # a worker reports failures instead of dying
                 return time.perf_counter() - started, "", type(exc).__name__
             return time.perf_counter() - started, "+".join(series.sources_between(now, now + window)), None
 
         results = await asyncio.gather(*(one(i) for i in range(config["requests"])))
-        await stack.aclose()
     return {
         "latencies_s": [latency for latency, _, _ in results],
         "labels": sorted({label for _, label, error in results if error is None}),

@@ -1,4 +1,4 @@
-"""Carbon-data cache: a proxy of the Electricity Maps `SeriesSource` with the same `fetch` protocol.
+"""Carbon-data cache: a proxy of any live `CarbonSource` with the same `fetch` protocol.
 
 Why it looks like this:
 - Electricity Maps publishes no rate limit and answers in hundreds of milliseconds, so every worker
@@ -47,7 +47,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.metrics import CACHE_EVENTS, child
-from carbon_optimizer.providers.carbon.electricitymaps import Fetched, SeriesKind, SeriesRequest, SeriesSource
+from carbon_optimizer.providers.carbon.base import CarbonSource, Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.store import CacheStore, LockingStore
 from carbon_optimizer.settings import CacheSettings
 
@@ -196,7 +196,7 @@ class CachedSeriesSource:
 
     def __init__(
         self,
-        source: SeriesSource,
+        source: CarbonSource,
         store: CacheStore,
         settings: CacheSettings,
         *,
@@ -233,6 +233,15 @@ class CachedSeriesSource:
     def __repr__(self) -> str:
         return f"CachedSeriesSource(source={self.source!r}, store={self.store!r})"
 
+    @property
+    def signals(self) -> frozenset[Signal]:
+        """The wrapped source's signals."""
+        return self.source.signals
+
+    def covers(self, zone: str) -> bool:
+        """Whether the wrapped source covers `zone`."""
+        return self.source.covers(zone)
+
     # ----- keys and TTLs -----
 
     def key_for(self, request: SeriesRequest) -> str:
@@ -241,6 +250,8 @@ class CachedSeriesSource:
         key = f"{base}:{request.kind.value}:{request.zone}"
         if request.kind is SeriesKind.PAST_RANGE and request.start and request.end:
             key += f":{int(request.start.timestamp())}-{int(request.end.timestamp())}"
+        if request.signal is not Signal.AVERAGE:
+            key += f":{request.signal.value}"  # average keys keep the scheme they always had
         return key
 
     def ttl_for(self, kind: SeriesKind) -> float:

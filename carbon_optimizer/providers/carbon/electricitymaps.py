@@ -30,10 +30,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -45,7 +43,14 @@ from carbon_optimizer.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderNotEntitled,
-    UnknownZone,
+)
+from carbon_optimizer.providers.carbon.base import (
+    HOUR,
+    Fetched,
+    SeriesKind,
+    SeriesRequest,
+    Signal,
+    validate_zone,
 )
 from carbon_optimizer.providers.upstream import CircuitBreaker, RetryPolicy, Sleep, SourceStatus, Upstream
 from carbon_optimizer.settings import CacheSettings, ElectricityMapsSettings
@@ -53,72 +58,17 @@ from carbon_optimizer.settings import CacheSettings, ElectricityMapsSettings
 log = logging.getLogger(__name__)
 
 UPSTREAM = "electricitymaps"
-HOUR = timedelta(hours=1)
 # `/past-range` accepts at most 10 days at hourly granularity (notes §3.4).
 PAST_RANGE_MAX = timedelta(days=10)
-_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _GRANULARITY = {"hourly": HOUR, "15_minutes": timedelta(minutes=15), "5_minutes": timedelta(minutes=5)}
 ParsedT = TypeVar("ParsedT")
-
-
-class SeriesKind(StrEnum):
-    """The carbon-intensity endpoints the service uses; also the cache's key kinds."""
-
-    FORECAST = "forecast"
-    HISTORY = "history"
-    LATEST = "latest"
-    PAST_RANGE = "past-range"
-
-    @property
-    def label(self) -> str:
-        """Source label of data from this endpoint (past-range is measured history too)."""
-        kind = "history" if self is SeriesKind.PAST_RANGE else self.value
-        return f"{UPSTREAM}:{kind}"
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesRequest:
-    """One cacheable question to the upstream. `start`/`end` are used by past-range only."""
-
-    kind: SeriesKind
-    zone: str
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A series plus its provenance: when we got it, when upstream issued it, whether it is stale."""
-
-    series: CarbonSeries
-    fetched_at: datetime
-    issued_at: datetime | None = None  # upstream `updatedAt` when given
-    stale: bool = False
-    error: str | None = None  # why a stale value was served
-
-
-@runtime_checkable
-class SeriesSource(Protocol):
-    """Fetches raw per-endpoint series (the adapter, and the cache that wraps it)."""
-
-    name: str
-
-    async def fetch(self, request: SeriesRequest) -> Fetched:
-        """Return the series for `request` or raise a `ProviderError` subclass."""
-        ...
-
-
-def validate_zone(zone: str) -> str:
-    """Return `zone` if it is a plausible zone key (safe in URLs and cache keys), else UnknownZone."""
-    if not _ZONE_RE.match(zone):
-        raise UnknownZone(f"invalid zone key {zone[:64]!r}", loc=("zone",))
-    return zone
 
 
 class ElectricityMapsProvider:
     """Async Electricity Maps client (v3 paths, v4-tolerant parsing); satisfies `SeriesSource`."""
 
     name = UPSTREAM
+    signals = frozenset({Signal.AVERAGE})
 
     def __init__(
         self,
@@ -168,6 +118,10 @@ class ElectricityMapsProvider:
     def status(self) -> SourceStatus:
         """Last outcomes of this upstream (for /health)."""
         return self.upstream.status
+
+    def covers(self, zone: str) -> bool:
+        """Electricity Maps answers (or definitively refuses) any zone key."""
+        return True
 
     # ----- public endpoints -----
 
@@ -298,7 +252,9 @@ class ElectricityMapsProvider:
         *,
         step: timedelta | None = None,
     ) -> Fetched:
-        series = rows_to_series(zone, rows, kind.label, self._settings.emission_factor_type, step=step)
+        series = rows_to_series(
+            zone, rows, kind.label_for(UPSTREAM), self._settings.emission_factor_type, step=step
+        )
         return Fetched(series=series, fetched_at=self._wall_clock(), issued_at=issued_at)
 
 

@@ -9,10 +9,10 @@ Settings map as follows:
 - no `electricitymaps.api_key`  → `provider` is the offline provider itself; no live call ever.
 - key set                       → `LayeredCarbonProvider(CachedSeriesSource(ElectricityMapsProvider))`
                                   with the offline provider beyond the horizon and on any failure.
-- `redis.url` set               → `RedisStore` behind the in-process tier; else `MemoryStore`.
+- a shared `store` (the runtime's Redis) → behind the in-process tier; else a `MemoryStore`.
 - `cache.background_refresh` and `electricitymaps.prefetch_zones` → a refresher task per worker
   (replicas coordinate through the Redis lock, so each entry is still fetched once).
-Nothing connects here: Redis is dialled lazily by the first cache operation (gunicorn forks).
+Nothing connects here: the runtime builds the one store (Redis is dialled lazily, gunicorn forks).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from datetime import datetime
 
 import httpx
 
-from carbon_optimizer.providers.base import CarbonIntensityProvider
+from carbon_optimizer.providers.carbon.base import BundledSeries
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
-from carbon_optimizer.providers.carbon.chain import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
-from carbon_optimizer.providers.store import CacheStore, MemoryStore, RedisStore
+from carbon_optimizer.providers.store import CacheStore, MemoryStore
 from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings
 
@@ -36,23 +36,20 @@ from carbon_optimizer.settings import Settings
 class CarbonStack:
     """The carbon data stack of one worker: what to call, and how to watch and stop it."""
 
-    provider: CarbonIntensityProvider
+    provider: CarbonChain
     store: CacheStore | None
-    offline: CarbonIntensityProvider | None = None
+    offline: BundledSeries | None = None
     live: ElectricityMapsProvider | None = None
     cache: CachedSeriesSource | None = None
-    layered: LayeredCarbonProvider | None = None
 
     async def aclose(self) -> None:
-        """Stop background refresh tasks, then close the Redis client."""
+        """Stop background refresh tasks (the store belongs to the runtime, which closes it)."""
         if self.cache is not None:
             await self.cache.aclose()
-        if self.store is not None:
-            await self.store.aclose()
 
     def health(self) -> dict[str, object]:
         """Component status for /health: JSON-able, no I/O, no secrets."""
-        offline_name = getattr(self.offline or self.provider, "name", "offline")
+        offline_name = self.offline.name if self.offline is not None else "offline"
         sources: dict[str, object] = {"offline": {"name": offline_name, "status": "ok"}}
         if self.live is None:
             return {
@@ -79,14 +76,12 @@ class CarbonStack:
                 **sources,
             },
             "circuit": {self.live.name: circuit.value},
-            "data_age_s": self.layered.data_age_s() if self.layered is not None else {},
+            "data_age_s": self.provider.data_age_s(),
         }
 
     async def ready(self) -> bool:
         """True when answerable: the cache is reachable, or there is no shared cache to reach."""
-        if self.store is None or not isinstance(self.store, RedisStore):
-            return True
-        return await self.store.ping()
+        return True if self.store is None else await self.store.ping()
 
 
 _VERDICT_MARGIN_S = 0.05
@@ -96,7 +91,8 @@ async def build_carbon_stack(
     settings: Settings,
     *,
     http: httpx.AsyncClient,
-    offline: CarbonIntensityProvider,
+    offline: BundledSeries,
+    store: CacheStore | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> CarbonStack:
     """Build the stack the settings ask for (see the module docstring); connects to nothing.
@@ -106,13 +102,11 @@ async def build_carbon_stack(
     """
     em = settings.electricitymaps
     if em.api_key is None:
-        return CarbonStack(provider=offline, store=None, offline=offline)
+        chain = CarbonChain((), offline, live_deadline_s=em.request_deadline_s, clock=clock)
+        return CarbonStack(provider=chain, store=None, offline=offline)
     cache_settings = settings.cache
-    store: CacheStore = (
-        RedisStore.from_settings(settings.redis)
-        if settings.redis.url is not None
-        else MemoryStore(max_entries=cache_settings.local_max_entries)
-    )
+    if store is None:
+        store = MemoryStore(max_entries=cache_settings.local_max_entries)
     breaker = CircuitBreaker(
         "electricitymaps",
         failure_threshold=cache_settings.breaker_failure_threshold,
@@ -130,13 +124,7 @@ async def build_carbon_stack(
     # when it expires; the outer bound must fire a little later, or a cancelled fetch would record
     # nothing and the breaker would open late (a race between two equal deadlines).
     live_deadline_s = em.request_deadline_s + _VERDICT_MARGIN_S
-    layered = (
-        LayeredCarbonProvider(cache, offline, live_deadline_s=live_deadline_s, clock=clock)
-        if clock is not None
-        else LayeredCarbonProvider(cache, offline, live_deadline_s=live_deadline_s)
-    )
+    layered = CarbonChain([cache], offline, live_deadline_s=live_deadline_s, clock=clock)
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
-    return CarbonStack(
-        provider=layered, store=store, offline=offline, live=live, cache=cache, layered=layered
-    )
+    return CarbonStack(provider=layered, store=store, offline=offline, live=live, cache=cache)

@@ -23,6 +23,7 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     ProviderUnavailable,
 )
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.carbon.cache import (
     CachedSeriesSource,
     CacheEntry,
@@ -30,7 +31,6 @@ from carbon_optimizer.providers.carbon.cache import (
     encode_entry,
     mark_stale,
 )
-from carbon_optimizer.providers.carbon.electricitymaps import Fetched, SeriesKind, SeriesRequest
 from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
 
@@ -69,6 +69,10 @@ class FakeSource:
     errors: list[ProviderError] = field(default_factory=list)
     gate: asyncio.Event | None = None
     value: float = 100.0
+    signals: frozenset[Signal] = frozenset({Signal.AVERAGE})
+
+    def covers(self, zone: str) -> bool:
+        return True
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
         self.calls.append(request)

@@ -31,11 +31,8 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
-from carbon_optimizer.providers.carbon.electricitymaps import (
-    ElectricityMapsProvider,
-    SeriesKind,
-    SeriesRequest,
-)
+from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest
+from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
 from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import ElectricityMapsSettings
 
