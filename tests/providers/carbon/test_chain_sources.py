@@ -53,7 +53,8 @@ async def test_a_complete_first_source_costs_the_others_nothing() -> None:
     result = await chain(first, second).series("DE", START, START + 6 * HOUR)
     assert result.series.values.tolist() == [100.0] * 6
     assert result.series.sources_between(START, START + 6 * HOUR) == ("a:forecast",)
-    assert first.calls and not second.calls
+    assert first.calls
+    assert not second.calls
 
 
 async def test_gaps_of_the_first_source_are_filled_by_the_next_then_by_bundled_data() -> None:
