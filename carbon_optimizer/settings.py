@@ -59,6 +59,9 @@ class CacheSettings(BaseModel):
     latest_ttl_s: int = Field(default=300, gt=0)
     history_ttl_s: int = Field(default=6 * 3600, gt=0)
     negative_ttl_s: int = Field(default=600, gt=0)
+    # Definite "no" answers (401/403/404) are kept this long at first, doubling per repeat up to
+    # negative_ttl_s: a short upstream blip must cost seconds, not the cap.
+    negative_base_s: float = Field(default=5.0, gt=0)
     stale_max_age_s: int = Field(default=24 * 3600, ge=0)
     local_ttl_s: float = Field(default=30.0, ge=0)
     local_max_entries: int = Field(default=4096, gt=0)

@@ -178,7 +178,7 @@ class StubUpstream:
 
     def __init__(self, *, delay_s: float = 0.0, mode: str = "ok") -> None:
         self.delay_s = delay_s
-        self.mode = mode  # "ok" | "error" (HTTP 500) | "hang" (accepts, never answers)
+        self.mode = mode  # "ok" | "error" (HTTP 500) | "auth" (HTTP 401) | "hang" (never answers)
         self.calls: Counter[tuple[str, str]] = Counter()
         self.tokens: set[str] = set()
         self.port = 0
@@ -278,6 +278,8 @@ class StubUpstream:
             await asyncio.sleep(self.delay_s)
         if self.mode == "error":
             return 500, b'{"status": "error", "message": "Unknown error occured."}'
+        if self.mode == "auth":
+            return 401, b'{"status": "error", "message": "Invalid auth-token"}'
         now = hour_floor(datetime.now(UTC))
 
         def row(when: datetime) -> dict[str, object]:

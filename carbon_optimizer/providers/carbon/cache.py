@@ -1,54 +1,39 @@
 """Carbon-data cache: a proxy of any live `CarbonSource` with the same `fetch` protocol.
 
-Why it looks like this:
-- Electricity Maps publishes no rate limit and answers in hundreds of milliseconds, so every worker
-  and replica shares one copy of each (kind, zone) in Redis, and concurrent misses cause exactly one
-  upstream call: in-process through a shared task, across processes through a short Redis lock
-  (`SET NX PX`) that the others poll behind until the value appears (or `lock_wait_s` passes).
-- One Redis GET costs ~120 µs of CPU per request, so decoded entries also live in a small
-  in-process LRU tier (`local_ttl_s`) in front of Redis; the hot path usually never touches Redis.
-- Entries are compact bytes — a small JSON header (zone, start, step, labels, fetched_at,
-  fresh_until) followed by little-endian float64s — that `np.frombuffer` loads without a copy.
-  Keys are versioned (`<prefix>:carbon:v<N>:<variant>:<kind>:<zone>`) so a format change never
-  reads old bytes.
-- Entries stay in the store `stale_max_age_s` beyond their freshness: when the upstream fails we
-  serve the last good value labelled `…(stale)` (stale-while-error). Definite answers (no data,
-  not in plan, bad token) are cached as negative entries for `negative_ttl_s`.
-- A store never raises: a failing Redis (refused, timing out, stalled by SIGSTOP) reports misses,
-  marks itself degraded and is skipped for `retry_after_failure_s`, after which the next operation
-  probes it again. Requests keep being answered from the local tier and the upstream.
+The machinery (local tier, single-flight within and across processes, per-key cool-down,
+stale-while-error, negative markers beside the last good value, no write-back) is the shared
+`providers/tiered.py`; this module holds what is carbon's own:
+
+- the byte format — a small JSON header (zone, start, step, labels, fetched_at, fresh_until)
+  followed by little-endian float64s that `np.frombuffer` loads without a copy; unchanged, so
+  entries written by earlier versions are read as they are;
+- the key scheme, versioned: `<prefix>:carbon:v<N>:<variant>:<kind>:<zone>` (past-range adds
+  `:<start>-<end>`, a marginal signal adds `:marginal`; the negative marker is `<key>:neg`);
+- freshness per kind (forecast/latest short, measured history long), and the background refresh
+  that keeps configured zones warm.
+Why shared: Electricity Maps publishes no rate limit and answers in hundreds of milliseconds, so
+every worker and replica shares one copy of each (kind, zone) in Redis; see `tiered.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import math
 import random
-import secrets
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import numpy as np
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
-from carbon_optimizer.errors import (
-    NoDataForZone,
-    ProviderAuthError,
-    ProviderError,
-    ProviderNotEntitled,
-    ProviderUnavailable,
-)
-from carbon_optimizer.metrics import CACHE_EVENTS, child
 from carbon_optimizer.providers.carbon.base import CarbonSource, Fetched, SeriesKind, SeriesRequest, Signal
-from carbon_optimizer.providers.store import CacheStore, LockingStore
+from carbon_optimizer.providers.store import CacheStore
+from carbon_optimizer.providers.tiered import Entry, TieredCache, TierPolicy
 from carbon_optimizer.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -59,12 +44,6 @@ CACHE_SCHEMA_VERSION = 1
 _MAGIC = b"COC1"
 _HEADER_LEN = struct.Struct("<I")
 STALE_SUFFIX = "(stale)"
-# Definite upstream answers: cached as negative entries instead of being retried on every request.
-_NEGATIVE_KINDS: dict[str, type[ProviderError]] = {
-    "no_data": NoDataForZone,
-    "not_entitled": ProviderNotEntitled,
-    "auth": ProviderAuthError,
-}
 
 
 # ----- stores -----
@@ -73,29 +52,7 @@ _NEGATIVE_KINDS: dict[str, type[ProviderError]] = {
 # ----- entries and their byte format -----
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """A cached answer: a `Fetched` series, or a negative (definite error) entry."""
-
-    fresh_until: float  # epoch seconds
-    fetched: Fetched | None = None
-    negative: tuple[str, str] | None = None  # (kind, message)
-
-    def is_fresh(self, now: float) -> bool:
-        """Whether the entry may be served without asking upstream."""
-        return now < self.fresh_until
-
-    def usable_stale(self, now: float, max_age_s: float) -> bool:
-        """Whether a positive entry is young enough to serve after an upstream failure."""
-        return self.fetched is not None and now - self.fetched.fetched_at.timestamp() <= max_age_s
-
-    def result(self) -> Fetched:
-        """The cached value, or the cached error raised again."""
-        if self.negative is not None:
-            kind, message = self.negative
-            raise _NEGATIVE_KINDS.get(kind, NoDataForZone)(message, source="cache")
-        assert self.fetched is not None
-        return self.fetched
+CacheEntry = Entry[Fetched]
 
 
 def encode_entry(entry: CacheEntry) -> bytes:
@@ -105,8 +62,8 @@ def encode_entry(entry: CacheEntry) -> bytes:
     if entry.negative is not None:
         header["neg"] = list(entry.negative)
     else:
-        assert entry.fetched is not None
-        fetched = entry.fetched
+        assert entry.value is not None
+        fetched = entry.value
         series = fetched.series
         header.update(
             zone=series.zone,
@@ -151,7 +108,7 @@ def decode_entry(data: bytes) -> CacheEntry | None:
             fetched_at=datetime.fromtimestamp(header["fa"], UTC),
             issued_at=datetime.fromtimestamp(issued, UTC) if issued is not None else None,
         )
-        return CacheEntry(fresh_until=fresh_until, fetched=fetched)
+        return CacheEntry(fresh_until=fresh_until, value=fetched)
     except (ValueError, KeyError, TypeError, struct.error):
         return None
 
@@ -165,34 +122,33 @@ def mark_stale(fetched: Fetched, error: str) -> Fetched:
     return replace(fetched, series=replace(fetched.series, runs=runs), stale=True, error=error)
 
 
-class _LocalTier:
-    """Small LRU of decoded entries, each remembering when it entered the tier."""
+class CarbonCodec:
+    """The carbon half's `Codec` for `TieredCache`."""
 
-    def __init__(self, max_entries: int) -> None:
-        self._data: OrderedDict[str, tuple[float, CacheEntry]] = OrderedDict()
-        self._max_entries = max_entries
+    def encode(self, entry: CacheEntry) -> bytes:
+        """See `encode_entry`."""
+        return encode_entry(entry)
 
-    def __len__(self) -> int:
-        return len(self._data)
+    def decode(self, data: bytes) -> CacheEntry | None:
+        """See `decode_entry`."""
+        return decode_entry(data)
 
-    def get(self, key: str) -> tuple[float, CacheEntry] | None:
-        item = self._data.get(key)
-        if item is not None:
-            self._data.move_to_end(key)
-        return item
+    def fetched_at(self, value: Fetched) -> float:
+        """Upstream fetch time (epoch seconds)."""
+        return value.fetched_at.timestamp()
 
-    def put(self, key: str, entry: CacheEntry, now: float) -> None:
-        self._data[key] = (now, entry)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max_entries:
-            self._data.popitem(last=False)
+    def stale(self, value: Fetched, error: str) -> Fetched:
+        """Relabelled `…(stale)`."""
+        return mark_stale(value, error)
 
-
-# ----- the caching proxy -----
+    def empty(self, value: Fetched) -> bool:
+        """An answer whose every value is null (NaN) carries nothing."""
+        values = np.asarray(value.series.values)
+        return bool(values.size == 0 or np.isnan(values).all())
 
 
 class CachedSeriesSource:
-    """Caches a `SeriesSource` in two tiers with single-flight, stale-while-error, negative caching."""
+    """Caches a `CarbonSource` through the shared `TieredCache` (see the module docstring)."""
 
     def __init__(
         self,
@@ -214,20 +170,21 @@ class CachedSeriesSource:
         self._settings = settings
         self._key_prefix = key_prefix
         self._variant = variant
-        self._clock = clock
-        self._monotonic = monotonic
         self._sleep = sleep
         self._rng = rng
-        self._locking: LockingStore | None = store if isinstance(store, LockingStore) else None
-        # With only this process writing (memory store), local entries are as good as the store's.
-        self._local_ttl_s = settings.local_ttl_s if self._locking is not None else math.inf
-        self._local = _LocalTier(settings.local_max_entries)
-        self._inflight: dict[str, asyncio.Task[Fetched]] = {}
-        # key -> (monotonic time until which we do not ask upstream again, why it failed)
-        # key → (until, reason, best entry known then): during a cool-down the hot path answers from
-        # memory without a Redis round trip per zone (an outage must not cost ~40 GETs a request).
-        self._cooling: dict[str, tuple[float, str, CacheEntry | None]] = {}
-        self._failure_cooldown_s = failure_cooldown_s
+        policy = TierPolicy(
+            local_ttl_s=settings.local_ttl_s,
+            local_max_entries=settings.local_max_entries,
+            stale_max_age_s=settings.stale_max_age_s,
+            negative_base_s=min(settings.negative_base_s, settings.negative_ttl_s),
+            negative_ttl_s=settings.negative_ttl_s,
+            lock_ttl_s=settings.lock_ttl_s,
+            lock_wait_s=settings.lock_wait_s,
+            failure_cooldown_s=failure_cooldown_s,
+        )
+        self.tiers: TieredCache[Fetched] = TieredCache(
+            "carbon", store, CarbonCodec(), policy, clock=clock, monotonic=monotonic, sleep=sleep
+        )
         self._refresher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -267,28 +224,23 @@ class CachedSeriesSource:
     # ----- protocol -----
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
-        """Answer from the local tier, the store, or one shared upstream call (see module doc)."""
-        key = self.key_for(request)
-        now = self._clock()
-        item = self._local.get(key)
-        if item is not None:
-            stored_at, entry = item
-            if entry.is_fresh(now) and now - stored_at < self._local_ttl_s:
-                child(CACHE_EVENTS, "carbon", "local", "negative" if entry.negative else "hit").inc()
-                return entry.result()
-        return await self._single_flight(key, lambda: self._load(key, request))
+        """Answer from the local tier, the store, or one shared upstream call."""
+        return await self.tiers.get(
+            self.key_for(request), lambda: self.source.fetch(request), self.ttl_for(request.kind)
+        )
 
     async def refresh(self, request: SeriesRequest, *, min_remaining_s: float = 0.0) -> bool:
         """Fetch upstream now unless the entry stays fresh for `min_remaining_s`; True if refreshed."""
-        key = self.key_for(request)
-        now = self._clock()
-        best = self._best_known(key, await self._store_get(key))
-        if best is not None and best.fresh_until - now > min_remaining_s:
-            return False
-        with contextlib.suppress(ProviderError):
-            await self._single_flight(key, lambda: self._refresh(key, request, best))
-            return True
-        return False
+        return await self.tiers.refresh(
+            self.key_for(request),
+            lambda: self.source.fetch(request),
+            self.ttl_for(request.kind),
+            min_remaining_s=min_remaining_s,
+        )
+
+    async def clear_negative(self, request: SeriesRequest) -> None:
+        """Forget the negative marker of `request` (e.g. after the operator fixed the token)."""
+        await self.tiers.clear_negative(self.key_for(request))
 
     def health(self) -> dict[str, object]:
         """Cache backend and tier status (JSON-able, no secrets)."""
@@ -296,8 +248,8 @@ class CachedSeriesSource:
             "backend": self.store.name,
             "status": "healthy" if self.store.healthy else "degraded",
             "last_error": self.store.last_error,
-            "local_entries": len(self._local),
-            "inflight": len(self._inflight),
+            "local_entries": len(self.tiers),
+            "inflight": len(self.tiers.flights),
             "background_refresh": self._refresher is not None and not self._refresher.done(),
         }
 
@@ -329,148 +281,8 @@ class CachedSeriesSource:
 
     async def aclose(self) -> None:
         """Stop the background refresher and any shared fetch still running (shutdown)."""
-        tasks = [t for t in (self._refresher, *self._inflight.values()) if t is not None]
-        self._refresher = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # ----- internals -----
-
-    async def _single_flight(self, key: str, factory: Callable[[], Awaitable[Fetched]]) -> Fetched:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(factory())
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
-        # shield: one caller giving up (its own deadline) must not cancel the shared fetch.
-        return await asyncio.shield(task)
-
-    def _forget(self, key: str, task: asyncio.Task[Fetched]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here so an abandoned failure is not reported as unhandled
-
-    async def _store_get(self, key: str) -> CacheEntry | None:
-        data = await self.store.get(key)
-        return decode_entry(data) if data is not None else None
-
-    def _best_known(self, key: str, stored: CacheEntry | None) -> CacheEntry | None:
-        item = self._local.get(key)
-        local = item[1] if item is not None else None
-        if local is None:
-            return stored
-        if stored is None:
-            return local
-        return stored if stored.fresh_until >= local.fresh_until else local
-
-    async def _load(self, key: str, request: SeriesRequest) -> Fetched:
-        cooling = self._cooling.get(key)
-        if cooling is not None:
-            until, reason, known = cooling
-            if self._monotonic() < until:
-                # This key just failed upstream: answer stale/fallback now, from memory, instead of
-                # waiting again or asking Redis (one request may ask for a zone twice, e.g. options
-                # and baseline, and an outage hits every zone of every request).
-                best = self._best_known(key, known)
-                if best is not None and best.is_fresh(self._clock()):
-                    return best.result()
-                return self._stale_or_raise(best, ProviderUnavailable(f"{reason} (recent failure)"))
-            del self._cooling[key]
-        stored = await self._store_get(key)
-        now = self._clock()
-        tier = self.store.name
-        if stored is not None and stored.is_fresh(now):
-            self._local.put(key, stored, now)
-            child(CACHE_EVENTS, "carbon", tier, "negative" if stored.negative else "hit").inc()
-            return stored.result()
-        best = self._best_known(key, stored)
-        if best is not None and best.is_fresh(now):
-            # The store lost it (eviction, restart) or was down when we fetched, but our copy is
-            # still fresh: serve it, and give it back to the store so other workers need not fetch.
-            child(CACHE_EVENTS, "carbon", "local", "hit").inc()
-            if stored is None and self.store.healthy:
-                extra = self._settings.stale_max_age_s if best.fetched is not None else 0
-                await self.store.set(key, encode_entry(best), best.fresh_until - now + extra)
-            return best.result()
-        child(CACHE_EVENTS, "carbon", tier, "miss").inc()
-        return await self._refresh(key, request, best)
-
-    async def _refresh(self, key: str, request: SeriesRequest, fallback: CacheEntry | None) -> Fetched:
-        token = secrets.token_hex(8)
-        lock_key = key + ":lock"
-        held = False
-        if self._locking is not None:
-            acquired = await self._locking.acquire_lock(lock_key, token, self._settings.lock_ttl_s)
-            if acquired is False:
-                entry = await self._wait_for_other(key, lock_key)
-                if entry is not None:
-                    self._local.put(key, entry, self._clock())
-                    return entry.result()
-                return self._failed(
-                    key, fallback, ProviderUnavailable("another worker's upstream fetch did not complete")
-                )
-            held = acquired is True
-        try:
-            fetched = await self.source.fetch(request)
-        except (NoDataForZone, ProviderNotEntitled, ProviderAuthError) as exc:
-            self._cooling.pop(key, None)
-            await self._put(key, self._negative(exc), self._settings.negative_ttl_s)
-            raise
-        except ProviderError as exc:
-            return self._failed(key, fallback, exc)
-        finally:
-            if held and self._locking is not None:
-                await self._locking.release_lock(lock_key, token)
-        self._cooling.pop(key, None)
-        ttl = self.ttl_for(request.kind)
-        entry = CacheEntry(fresh_until=self._clock() + ttl, fetched=fetched)
-        await self._put(key, entry, ttl + self._settings.stale_max_age_s)
-        return fetched
-
-    def _negative(self, exc: ProviderError) -> CacheEntry:
-        kind = next(k for k, cls in _NEGATIVE_KINDS.items() if isinstance(exc, cls))
-        return CacheEntry(
-            fresh_until=self._clock() + self._settings.negative_ttl_s, negative=(kind, exc.message)
-        )
-
-    async def _put(self, key: str, entry: CacheEntry, store_ttl_s: float) -> None:
-        self._local.put(key, entry, self._clock())
-        await self.store.set(key, encode_entry(entry), store_ttl_s)
-
-    async def _wait_for_other(self, key: str, lock_key: str) -> CacheEntry | None:
-        """Poll the store for the value another process is fetching, up to `lock_wait_s`."""
-        assert self._locking is not None
-        give_up_at = self._monotonic() + self._settings.lock_wait_s
-        delay = 0.01
-        while (remaining := give_up_at - self._monotonic()) > 0:
-            await self._sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.05)  # a short cap: waiters see the value soon after it lands
-            entry = await self._store_get(key)
-            if entry is not None and entry.is_fresh(self._clock()):
-                child(CACHE_EVENTS, "carbon", self.store.name, "hit").inc()
-                return entry
-            held = await self._locking.lock_held(lock_key)
-            if held is None:
-                return None  # store went away: stop waiting on it
-            if not held:
-                entry = await self._store_get(key)  # it may have landed just before the release
-                fresh = entry is not None and entry.is_fresh(self._clock())
-                return entry if fresh else None
-        return None
-
-    def _failed(self, key: str, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
-        self._cooling[key] = (self._monotonic() + self._failure_cooldown_s, exc.message, fallback)
-        return self._stale_or_raise(fallback, exc)
-
-    def _stale_or_raise(self, fallback: CacheEntry | None, exc: ProviderError) -> Fetched:
-        now = self._clock()
-        if (
-            fallback is not None
-            and fallback.fetched is not None
-            and fallback.usable_stale(now, self._settings.stale_max_age_s)
-        ):
-            child(CACHE_EVENTS, "carbon", "any", "stale").inc()
-            return mark_stale(fallback.fetched, f"{type(exc).__name__}: {exc.message}")
-        raise exc
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+        await self.tiers.aclose()
