@@ -38,14 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carbon_optimizer.providers.carbon.base import BundledSeries
 from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
-from tests.integration.conftest import (
-    FlatOffline,
-    RedisServer,
-    StubProcess,
-    live_settings,
-    run_stack_workers,
-)
+from tests.integration.conftest import run_stack_workers
+from tests.support.redis import RedisServer
 from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubProcess, live_settings
 
 ZONES = [
     "DE", "FR", "ES", "GB", "NO", "AU-NSW", "AU-VIC", "BR-CS", "CA-ON", "CL-SEN",

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from tests.integration.conftest import FlatOffline, RedisServer, StubUpstream, live_settings
+from tests.support.redis import RedisServer
 from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubUpstream, live_settings
 
 
 def window() -> tuple[datetime, datetime]:

@@ -18,14 +18,10 @@ import redis.asyncio as aioredis
 from carbon_optimizer.providers.carbon.stack import CarbonStack
 from carbon_optimizer.providers.store import RedisStore
 from carbon_optimizer.settings import Settings
-from tests.integration.conftest import (
-    FlatOffline,
-    RedisServer,
-    StubUpstream,
-    live_settings,
-    run_stack_workers,
-)
+from tests.integration.conftest import run_stack_workers
+from tests.support.redis import RedisServer
 from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubUpstream, live_settings
 
 pytestmark = pytest.mark.integration
 

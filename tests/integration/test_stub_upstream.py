@@ -16,8 +16,9 @@ from pydantic import SecretStr
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.stack import CarbonStack
 from carbon_optimizer.settings import Settings
-from tests.integration.conftest import FlatOffline, RedisServer, StubUpstream, live_settings
+from tests.support.redis import RedisServer
 from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubUpstream, live_settings
 
 pytestmark = pytest.mark.integration
 

@@ -33,17 +33,10 @@ from carbon_optimizer.providers.carbon.cache import (
 )
 from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
+from tests.support.clock import T0
+from tests.support.clock import ManualClock as Clock
 
-T0 = 1_700_000_000.0
 FORECAST_DE = SeriesRequest(SeriesKind.FORECAST, "DE")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_series(
