@@ -120,6 +120,18 @@ def _split_csv(value: object) -> object:
     return value
 
 
+class CarbonChainSettings(BaseModel):
+    """Which live carbon sources answer which zones, in priority order (then the bundled data).
+
+    `routes` maps a zone key to source names (`electricitymaps`, and any source added to
+    `providers/carbon/stack.py`); `"*"` is every other zone. Empty: every configured source, in
+    registration order, for every zone. Env: `CARBON_OPTIMIZER_CARBON_CHAIN__ROUTES='{"GB":
+    ["gb_intensity", "electricitymaps"], "*": ["electricitymaps"]}'`.
+    """
+
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """All configuration. Binding names: see the README's configuration table."""
 
@@ -135,6 +147,7 @@ class Settings(BaseSettings):
     electricitymaps: ElectricityMapsSettings = Field(default_factory=ElectricityMapsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    carbon_chain: CarbonChainSettings = Field(default_factory=CarbonChainSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 

@@ -23,7 +23,7 @@ from datetime import datetime
 
 import httpx
 
-from carbon_optimizer.providers.carbon.base import BundledSeries
+from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
@@ -41,11 +41,12 @@ class CarbonStack:
     offline: BundledSeries | None = None
     live: ElectricityMapsProvider | None = None
     cache: CachedSeriesSource | None = None
+    caches: tuple[CachedSeriesSource, ...] = ()
 
     async def aclose(self) -> None:
         """Stop background refresh tasks (the store belongs to the runtime, which closes it)."""
-        if self.cache is not None:
-            await self.cache.aclose()
+        for cache in self.caches or ((self.cache,) if self.cache is not None else ()):
+            await cache.aclose()
 
     def health(self) -> dict[str, object]:
         """Component status for /health: JSON-able, no I/O, no secrets."""
@@ -87,6 +88,32 @@ class CarbonStack:
 _VERDICT_MARGIN_S = 0.05
 
 
+def _electricitymaps(
+    settings: Settings, http: httpx.AsyncClient
+) -> tuple[ElectricityMapsProvider, str] | None:
+    """The Electricity Maps adapter and its cache variant, when a key is configured."""
+    em = settings.electricitymaps
+    if em.api_key is None:
+        return None
+    breaker = CircuitBreaker(
+        "electricitymaps",
+        failure_threshold=settings.cache.breaker_failure_threshold,
+        reset_s=settings.cache.breaker_reset_s,
+    )
+    # The variant keeps the key scheme entries have always had: `<eft>-h<horizon>`.
+    return ElectricityMapsProvider(
+        http, em, breaker=breaker
+    ), f"{em.emission_factor_type}-h{em.forecast_horizon_hours}"
+
+
+# Every live carbon source, in default priority order: a builder returns (adapter, cache variant)
+# or None when the source is not configured. A new source is one builder here (its variant must
+# start with its name so its keys never meet another source's) plus its own settings section.
+SOURCE_BUILDERS: tuple[Callable[[Settings, httpx.AsyncClient], tuple[CarbonSource, str] | None], ...] = (
+    _electricitymaps,
+)
+
+
 async def build_carbon_stack(
     settings: Settings,
     *,
@@ -101,30 +128,29 @@ async def build_carbon_stack(
     the app passes its own so that one injected clock governs the whole request.
     """
     em = settings.electricitymaps
-    if em.api_key is None:
+    cache_settings = settings.cache
+    built = [b for b in (builder(settings, http) for builder in SOURCE_BUILDERS) if b is not None]
+    routes = settings.carbon_chain.routes or None
+    if not built:
         chain = CarbonChain((), offline, live_deadline_s=em.request_deadline_s, clock=clock)
         return CarbonStack(provider=chain, store=None, offline=offline)
-    cache_settings = settings.cache
     if store is None:
         store = MemoryStore(max_entries=cache_settings.local_max_entries)
-    breaker = CircuitBreaker(
-        "electricitymaps",
-        failure_threshold=cache_settings.breaker_failure_threshold,
-        reset_s=cache_settings.breaker_reset_s,
-    )
-    live = ElectricityMapsProvider(http, em, breaker=breaker)
-    cache = CachedSeriesSource(
-        live,
-        store,
-        cache_settings,
-        key_prefix=settings.redis.key_prefix,
-        variant=f"{em.emission_factor_type}-h{em.forecast_horizon_hours}",
-    )
-    # The adapter enforces `request_deadline_s` itself and records the verdict (breaker failure)
-    # when it expires; the outer bound must fire a little later, or a cancelled fetch would record
-    # nothing and the breaker would open late (a race between two equal deadlines).
+    caches = [
+        CachedSeriesSource(
+            source, store, cache_settings, key_prefix=settings.redis.key_prefix, variant=variant
+        )
+        for source, variant in built
+    ]
+    # Each adapter enforces its own request deadline and records the verdict (breaker failure)
+    # when it expires; the chain's bound must fire a little later, or a cancelled fetch would
+    # record nothing and the breaker would open late (a race between two equal deadlines).
     live_deadline_s = em.request_deadline_s + _VERDICT_MARGIN_S
-    layered = CarbonChain([cache], offline, live_deadline_s=live_deadline_s, clock=clock)
+    chain = CarbonChain(caches, offline, live_deadline_s=live_deadline_s, routes=routes, clock=clock)
+    live = next((s for s, _ in built if isinstance(s, ElectricityMapsProvider)), None)
+    cache = next((c for c in caches if c.source is live), caches[0])
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
-    return CarbonStack(provider=layered, store=store, offline=offline, live=live, cache=cache)
+    return CarbonStack(
+        provider=chain, store=store, offline=offline, live=live, cache=cache, caches=tuple(caches)
+    )
