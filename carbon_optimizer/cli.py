@@ -230,6 +230,7 @@ def emit(
 async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Run the optimisation through the same runtime the server uses; return (status, body)."""
     from carbon_optimizer.api.convert import to_query
+    from carbon_optimizer.api.present import plan_json
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.app import runtime
     from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
@@ -242,7 +243,7 @@ async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 422, {"detail": "Request validation failed", "errors": errors}
     async with runtime(Settings()) as state:
         try:
-            return 200, await state.service.optimize(to_query(request, "cli"))
+            return 200, plan_json(await state.service.optimize(to_query(request, "cli")))
         except InvalidInput as exc:
             return 422, {"detail": exc.message, "errors": [{"loc": list(exc.loc), "msg": exc.message}]}
         except NothingFeasible as exc:

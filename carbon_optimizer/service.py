@@ -1,7 +1,7 @@
 """Orchestration: resolve locations, fetch prices and carbon series concurrently, call the engine.
 
 Nothing here knows HTTP or a wire format. The API layer converts request schemas into the domain
-`OptimizeQuery` and serialises the plain dict this returns. Every upstream failure ends in
+`OptimizeQuery` and presents the typed `Plan` this returns (`api/present.py`). Every upstream failure ends in
 fallback data plus a warning: the only exception that escapes for data reasons is
 `DataUnavailable`, when not even the bundled data can answer.
 """
@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,18 +25,17 @@ from carbon_optimizer.domain.models import (
     InstanceOffer,
     Location,
     Objective,
-    ObjectiveMode,
     OfferTable,
     PriceType,
     Workload,
     format_utc,
 )
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
     candidate_grid,
     evaluate_window,
-    objective_score,
     rank_candidates,
 )
 from carbon_optimizer.domain.series import IntensityGrid, align_series
@@ -323,8 +322,8 @@ class OptimizerService:
 
     # ----- optimise -----
 
-    async def optimize(self, query: OptimizeQuery) -> dict[str, Any]:
-        """Rank (location, start) options; returns the response body as plain data."""
+    async def optimize(self, query: OptimizeQuery) -> Plan:
+        """Rank (location, start) options: the typed plan (presentation: `api/present.py`)."""
         ctx = _Context()
         workload = query.workload
         locations = self._resolve_all(query, ctx)
@@ -383,12 +382,10 @@ class OptimizerService:
         if not scoring.ranked:
             raise NothingFeasible("no candidate satisfies the objective's constraints")
 
-        options = [
+        options = tuple(
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
-        ]
-        best = options[0]
-
+        )
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
@@ -404,22 +401,20 @@ class OptimizerService:
             by_zone=by_zone,
             signal=query.signal,
         )
-        savings = _savings(best, baseline)
-        best_power = placed[scoring.ranked[0].location_index].power
-        return {
-            "request_id": query.request_id,
-            "generated_at": format_utc(self.clock()),
-            "objective": _objective_out(query.objective),
-            "window": {"earliest_start": format_utc(start), "deadline": format_utc(deadline)},
-            "best": best,
-            "options": options,
-            "baseline": baseline,
-            "savings": savings,
-            "candidates_evaluated": scoring.candidates_evaluated,
-            "infeasible": [{"location": _location_out(loc), "reason": reason} for loc, reason in infeasible],
-            "energy_model": _energy_model_out(best_power),
-            "warnings": ctx.warnings,
-        }
+        return Plan(
+            request_id=query.request_id,
+            generated_at=self.clock(),
+            objective=query.objective,
+            window_start=start,
+            window_end=deadline,
+            options=options,
+            baseline=baseline,
+            savings=savings(options[0], baseline),
+            candidates_evaluated=scoring.candidates_evaluated,
+            infeasible=tuple(infeasible),
+            energy_model=placed[scoring.ranked[0].location_index].power,
+            warnings=tuple(ctx.warnings),
+        )
 
     def _option(
         self,
@@ -428,9 +423,9 @@ class OptimizerService:
         cand: RankedCandidate,
         by_zone: dict[str, CarbonSeries],
         workload: Workload,
-    ) -> dict[str, Any]:
+    ) -> Option:
         series = by_zone[item.location.zone]
-        return _option_out(
+        return _option(
             rank=rank,
             item=item,
             start=cand.start,
@@ -457,7 +452,7 @@ class OptimizerService:
         intensity: IntensityGrid,
         by_zone: dict[str, CarbonSeries],
         signal: Signal = Signal.AVERAGE,
-    ) -> dict[str, Any] | None:
+    ) -> Option | None:
         if not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
             if first_requested is None:
@@ -491,23 +486,18 @@ class OptimizerService:
         else:
             series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
-        emissions = item.energy_kwh * avg
-        cost = None if item.price_usd_per_hour is None else item.price_usd_per_hour * workload.duration_hours
-        score: float | None
-        if objective.uses_cost and cost is None:
-            score = None
-        else:
-            score = objective_score(objective, emissions, cost, min_emissions, min_cost)
-        return _option_out(
+        option = _option(
             rank=None,
             item=item,
             start=start,
             end=end,
             avg=avg,
-            score=score,
+            score=None,
             carbon_source="+".join(series.sources_between(start, end)),
             duration_hours=workload.duration_hours,
         )
+        score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
+        return replace(option, score=score)
 
     # ----- other endpoints -----
 
@@ -629,13 +619,7 @@ def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:
     return ("body", "providers")
 
 
-def _location_out(location: Location) -> dict[str, Any]:
-    if location.is_cloud:
-        return {"provider": location.provider, "region": location.region, "zone": location.zone}
-    return {"zone": location.zone}
-
-
-def _option_out(
+def _option(
     *,
     rank: int | None,
     item: _Placed,
@@ -645,51 +629,22 @@ def _option_out(
     score: float | None,
     carbon_source: str,
     duration_hours: float,
-) -> dict[str, Any]:
-    price = item.price_usd_per_hour
-    return {
-        "rank": rank,
-        "location": _location_out(item.location),
-        "instance_type": item.offer.instance_type if item.offer else None,
-        "start": format_utc(start),
-        "end": format_utc(end),
-        "avg_carbon_intensity_g_per_kwh": round(avg, 3),
-        "energy_kwh": round(item.energy_kwh, 6),
-        "emissions_g": round(item.energy_kwh * avg, 3),
-        "power_watts": round(item.power.watts, 3),
-        "pue": item.power.pue,
-        "price_usd_per_hour": price,
-        "cost_usd": None if price is None else round(price * duration_hours, 6),
-        "score": None if score is None else round(score, 6),
-        "carbon_source": carbon_source,
-        "price_source": item.price_source,
-    }
-
-
-def _savings(best: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
-    if baseline is None:
-        return None
-    delta = baseline["emissions_g"] - best["emissions_g"]
-    pct = 100.0 * delta / baseline["emissions_g"] if baseline["emissions_g"] > 0 else None
-    cost = None
-    if best["cost_usd"] is not None and baseline["cost_usd"] is not None:
-        cost = round(baseline["cost_usd"] - best["cost_usd"], 6)
-    return {
-        "emissions_g": round(delta, 3),
-        "emissions_pct": None if pct is None else round(pct, 2),
-        "cost_usd": cost,
-    }
-
-
-def _objective_out(objective: Objective) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": objective.mode.value}
-    if objective.mode is ObjectiveMode.BALANCED:
-        out["carbon_weight"] = objective.carbon_weight
-    elif objective.mode is ObjectiveMode.CARBON_WITHIN_BUDGET:
-        out["max_cost_increase_pct"] = objective.max_cost_increase_pct
-    elif objective.mode is ObjectiveMode.MONETIZED:
-        out["carbon_price_usd_per_tonne"] = objective.carbon_price_usd_per_tonne
-    return out
+) -> Option:
+    return Option(
+        rank=rank,
+        location=item.location,
+        instance_type=item.offer.instance_type if item.offer else None,
+        start=start,
+        end=end,
+        avg_intensity_g_per_kwh=avg,
+        energy_kwh=item.energy_kwh,
+        power=item.power,
+        price_usd_per_hour=item.price_usd_per_hour,
+        duration_hours=duration_hours,
+        score=score,
+        carbon_source=carbon_source,
+        price_source=item.price_source,
+    )
 
 
 def _energy_model_out(power: PowerEstimate) -> dict[str, Any]:

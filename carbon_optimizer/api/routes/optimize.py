@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from carbon_optimizer.api.convert import to_query
+from carbon_optimizer.api.present import plan_json
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
 from carbon_optimizer.domain.models import format_utc
@@ -31,7 +32,7 @@ async def _optimize(body: OptimizeRequest, request: Request) -> Response:
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
         return Response(orjson.dumps(result), media_type="application/json", headers=_HIT)
-    result = await state.service.optimize(to_query(body, rid))
+    result = plan_json(await state.service.optimize(to_query(body, rid)))
     state.result_cache.put(raw, minute, result)
     return Response(orjson.dumps(result), media_type="application/json", headers=_BYPASS if bypass else _MISS)
 
