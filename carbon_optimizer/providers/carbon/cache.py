@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.providers.carbon.base import CarbonSource, Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.store import CacheStore
 from carbon_optimizer.providers.tiered import Entry, TieredCache, TierPolicy
@@ -246,7 +247,7 @@ class CachedSeriesSource:
         """Cache backend and tier status (JSON-able, no secrets)."""
         return {
             "backend": self.store.name,
-            "status": "healthy" if self.store.healthy else "degraded",
+            "status": ComponentStatus.OK if self.store.healthy else ComponentStatus.DEGRADED,
             "last_error": self.store.last_error,
             "local_entries": len(self.tiers),
             "inflight": len(self.tiers.flights),

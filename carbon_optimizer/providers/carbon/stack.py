@@ -23,6 +23,7 @@ from datetime import datetime
 
 import httpx
 
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
@@ -51,21 +52,25 @@ class CarbonStack:
     def health(self) -> dict[str, object]:
         """Component status for /health: JSON-able, no I/O, no secrets."""
         offline_name = self.offline.name if self.offline is not None else "offline"
-        sources: dict[str, object] = {"offline": {"name": offline_name, "status": "ok"}}
+        sources: dict[str, object] = {"offline": {"name": offline_name, "status": ComponentStatus.OK}}
         if self.live is None:
             return {
-                "status": "ok",
+                "status": ComponentStatus.OK,
                 "mode": "offline",
-                "cache": {"backend": "none", "status": "healthy"},
+                "cache": {"backend": "none", "status": ComponentStatus.DISABLED},
                 "sources": {"electricitymaps": {"configured": False}, **sources},
                 "circuit": {},
                 "data_age_s": {},
             }
         circuit = self.live.breaker.state
-        cache = self.cache.health() if self.cache is not None else {"backend": "none", "status": "healthy"}
-        degraded = circuit is not CircuitState.CLOSED or cache.get("status") != "healthy"
+        cache = (
+            self.cache.health()
+            if self.cache is not None
+            else {"backend": "none", "status": ComponentStatus.DISABLED}
+        )
+        degraded = circuit is not CircuitState.CLOSED or cache.get("status") is ComponentStatus.DEGRADED
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": ComponentStatus.DEGRADED if degraded else ComponentStatus.OK,
             "mode": "live",
             "cache": cache,
             "sources": {

@@ -35,6 +35,7 @@ import orjson
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
 from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED, child
 from carbon_optimizer.providers.base import PriceProvider
 from carbon_optimizer.providers.store import KeyValueStore
@@ -478,7 +479,11 @@ class CachedPriceProvider:
     def health(self) -> dict[str, object]:
         """Per live source: enabled, last success/failure, last error, as_of and age of its data."""
         now = self._clock()
+        store_down = self._store is not None and not self._store.healthy
         return {
+            "status": ComponentStatus.DEGRADED
+            if store_down
+            else (ComponentStatus.OK if self._live else ComponentStatus.EMBEDDED),
             "live_enabled": bool(self._live),
             "store": None
             if self._store is None

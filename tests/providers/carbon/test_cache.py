@@ -441,7 +441,7 @@ async def test_redis_failure_degrades_then_recovers() -> None:
     clock.now += 5
     await cache.fetch(SeriesRequest(SeriesKind.FORECAST, "ES"))
     assert store.healthy
-    assert cache.health()["status"] == "healthy"
+    assert cache.health()["status"] == "ok"
 
 
 async def test_redis_store_lock_semantics(server: fakeredis.FakeServer) -> None:
