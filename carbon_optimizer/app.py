@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -147,12 +147,12 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
         await bundled.offers("aws", "us-east-1", PriceType.ON_DEMAND)
-        state.ready = True
+        state.readiness.ready = True
         log.info("carbon-optimizer ready in %.2f s", time.monotonic() - started)
         try:
             yield state
         finally:
-            state.ready = False
+            state.readiness.ready = False
 
 
 def _cache_health(
@@ -195,12 +195,14 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
     return report
 
 
-def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
+def _lifespan(
+    settings: Settings, overrides: AppOverrides
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, AppState]]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        # Starlette copies the yielded mapping into every request's `request.state`.
         async with runtime(settings, overrides) as state:
-            app.state.co = state
-            yield
+            yield {"co": state}
 
     return lifespan
 
