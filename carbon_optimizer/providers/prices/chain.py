@@ -135,7 +135,7 @@ def encode_table(table: OfferTable, fetched_at: datetime) -> bytes:
     )
 
 
-def decode_entry(raw: bytes) -> CachedEntry | None:
+def decode_table(raw: bytes) -> CachedEntry | None:
     """Parse a store entry straight into columns; None (a miss) when corrupt or of another format."""
     try:
         doc = orjson.loads(raw)
@@ -285,7 +285,7 @@ class CachedPriceProvider:
         if self._store is None:
             return None
         raw = await self._store.get(key)
-        return decode_entry(raw) if raw is not None else None
+        return decode_table(raw) if raw is not None else None
 
     def _saw(self, provider: str, fetched_at: datetime) -> None:
         self.statuses[provider].saw_data(fetched_at)
