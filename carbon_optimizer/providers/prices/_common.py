@@ -21,6 +21,7 @@ import httpx
 
 from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import InvalidInput, MalformedUpstreamResponse
+from carbon_optimizer.providers.tiered import SingleFlight
 from carbon_optimizer.providers.upstream import RetryPolicy, SourceStatus, Upstream, safe_message
 
 log = logging.getLogger("carbon_optimizer.providers.prices")
@@ -140,7 +141,7 @@ V = TypeVar("V")
 
 @dataclass(slots=True)
 class Memo(Generic[K, V]):
-    """Single-flight memo with a short TTL: one upstream fetch serves every concurrent caller.
+    """A short-TTL memo over the shared `SingleFlight`: one upstream fetch serves every caller.
 
     Used inside the clients where one upstream answer feeds several tables (Azure returns on-demand
     and spot items in one query; GCP's catalog covers every region).
@@ -148,34 +149,20 @@ class Memo(Generic[K, V]):
 
     ttl_s: float
     _values: dict[K, tuple[float, V]] = field(default_factory=dict)
-    _inflight: dict[K, asyncio.Future[V]] = field(default_factory=dict)
+    _flights: SingleFlight[K, V] = field(default_factory=SingleFlight)
 
     async def get(self, key: K, fetch: Callable[[], Awaitable[V]]) -> V:
         """Return a memoised value, joining an in-flight fetch or starting one."""
         hit = self._values.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
             return hit[1]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[V] = loop.create_future()
-        self._inflight[key] = future
-        try:
+
+        async def fetch_and_remember() -> V:
             value = await fetch()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: no "exception was never retrieved" warning
-            raise
-        else:
             self._values[key] = (time.monotonic(), value)
-            future.set_result(value)
             return value
-        finally:
-            del self._inflight[key]
+
+        return await self._flights.run(key, fetch_and_remember)
 
     def clear(self) -> None:
         """Forget every memoised value."""
