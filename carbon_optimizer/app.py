@@ -17,28 +17,42 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.middleware import Middleware
 
 from carbon_optimizer import __version__
-from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
-from carbon_optimizer.api.middleware import RequestEdgeMiddleware
-from carbon_optimizer.api.ratelimit import install_rate_limit
+from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
+from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
+from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import catalog, health, optimize
-from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
+from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
+from carbon_optimizer.api.security import (
+    PROBE_PATHS,
+    ApiKeyMiddleware,
+    ApiKeyStore,
+    SecurityHeadersMiddleware,
+    configure_docs,
+    cors_middleware,
+    document_security,
+    extend_openapi,
+)
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.stack import build_carbon_stack
 from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.providers.prices import build_serverless_chain
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.providers.store import CacheStore, FileStore, KeyValueStore, build_store
 from carbon_optimizer.service import OptimizerService, utc_now
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +154,14 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             result_cache=ResultCache(
                 max_entries=settings.result_cache_entries if settings.result_cache_ttl_s > 0 else 0,
                 ttl_s=settings.result_cache_ttl_s,
+                max_bytes=settings.edge.result_cache_max_bytes,
             ),
+            # Serverless prices share the one HTTP client and the one store.
+            serverless_prices=build_serverless_chain(settings, http=http, store=shared_store),
         )
-        health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
+        health_reporters.setdefault(
+            "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
+        )
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
@@ -165,8 +184,9 @@ def _cache_health(
         if isinstance(cache, dict) and cache.get("backend") not in (None, "none"):
             return cache
         if shared is not None:
-            return {"backend": shared.name, "status": "ok" if shared.healthy else "degraded"}
-        return {"backend": "memory", "status": "embedded"}
+            status = ComponentStatus.OK if shared.healthy else ComponentStatus.DEGRADED
+            return {"backend": shared.name, "status": status}
+        return {"backend": "memory", "status": ComponentStatus.EMBEDDED}
 
     return report
 
@@ -186,7 +206,7 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
                     "age_days": (today - newest).days if newest else None,
                 }
             summary.update(
-                status="ok",
+                status=ComponentStatus.OK,
                 carbon="Electricity Maps hourly 2023 (19 zones, replayed) + yearly averages (ODbL)",
                 prices=prices,
             )
@@ -209,7 +229,7 @@ def _lifespan(
 
 def create_app(settings: Settings | None = None, overrides: AppOverrides | None = None) -> FastAPI:
     """Build the ASGI app (gunicorn/uvicorn call this as a factory)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     overrides = overrides or AppOverrides()
     app = FastAPI(
         title="carbon-optimizer",
@@ -220,23 +240,63 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
             "Electricity Maps (electricitymaps.com), 2023 hourly datasets, ODbL."
         ),
         lifespan=_lifespan(settings, overrides),
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,  # served from the package by install_docs (no CDN)
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        generate_unique_id_function=operation_id,
     )
+    if settings.docs_enabled:
+        install_docs(app)
     install_error_handlers(app)
+    app.add_exception_handler(OverflowError, _out_of_range)
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    app.include_router(carbon_aware_sdk.router)
+    app.include_router(compare.router)
+    extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
-    # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
-    # Resulting order, outermost first: access log → request edge → metrics → security headers →
-    # CORS → rate limit → API-key auth → routes (see api/security.py).
-    install_security(app, settings)
-    install_rate_limit(app, settings)
+
+    # The request edge (issues 6 and 11): every middleware in ONE ordered list, outermost first.
+    # Why this order: the access log and request id see every response; header-only bounds
+    # (414/431/415/413-by-length) come before anything costs work; metrics count 401/429 too;
+    # CORS wraps auth so preflights (no credentials) are answered and 401/429 carry CORS
+    # headers; the rate limiter wraps auth so floods of bad keys are throttled; the body is read
+    # only after the key was checked. See docs/edge.md.
+    key_store = ApiKeyStore.from_settings(settings)
+    rate = RateLimiting.from_settings(settings)
+    app.state.api_key_store = key_store
+    app.state.limiter = rate.limiter
+    app.state.rate_counter = rate.counter
+    docs_paths = configure_docs(app, settings)
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
-    app.add_middleware(RequestEdgeMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS)
+    metrics_middleware = app.user_middleware.pop(0)  # the one `instrument()` just added
+    edge = settings.edge
+    app.user_middleware[:] = [
+        Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),
+        Middleware(
+            RequestEdgeMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            max_url_bytes=edge.max_url_bytes,
+            max_header_bytes=edge.max_header_bytes,
+        ),
+        Middleware(MetricsPortMiddleware, metrics_port=edge.metrics_port),
+        metrics_middleware,
+        Middleware(
+            SecurityHeadersMiddleware, hsts=settings.environment == "production", docs_paths=docs_paths
+        ),
+        *cors_middleware(settings),
+        rate.middleware(key_store),
+        Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
+        Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
+    ]
+    document_security(app, key_store, PROBE_PATHS | docs_paths)
+    rate.document(app)
     return app
+
+
+async def _out_of_range(request: Request, exc: Exception) -> Response:
+    """Last line of defence: arithmetic past the calendar's ends is bad input, never a 500."""
+    return problem_response(422, "A date or number in the request is outside the supported range.")

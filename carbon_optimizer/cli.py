@@ -234,14 +234,14 @@ async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.app import runtime
     from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
     try:
         request = OptimizeRequest.model_validate(body)
     except ValidationError as exc:
         errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in exc.errors()]
         return 422, {"detail": "Request validation failed", "errors": errors}
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, plan_json(await state.service.optimize(to_query(request, "cli")))
         except InvalidInput as exc:
@@ -286,9 +286,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import uvicorn
 
     from carbon_optimizer.logging_config import configure_logging
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings)  # JSON lines; the app's own middleware writes the access log
     uvicorn.run(
         "carbon_optimizer.app:create_app",
@@ -344,9 +344,9 @@ class ProgressBar:
 async def _refresh(args: argparse.Namespace, progress: ProgressBar) -> Any:
     from carbon_optimizer.app import runtime
     from carbon_optimizer.providers.prices import refresh_prices
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
     # The same runtime as the server: its HTTP client and its price store (Redis or local files).
     async with runtime(settings) as state:
@@ -371,19 +371,47 @@ def cmd_prices_refresh(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         out.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
         out.write(report.summary() + "\n")
-    if report.ok_count == 0:
+    return _refresh_exit_code(report.ok_count, report.failed_count, args.max_failed_pct, err)
+
+
+def _refresh_exit_code(ok: int, failed: int, max_failed_pct: float, err: TextIO) -> int:
+    """Exit policy of `prices refresh` (README, "Command line").
+
+    0 when every table was refreshed, or when some failed but no more than `--max-failed-pct` of
+    them (a scheduled warmer should not fail its Job over one transient error: the failed tables
+    keep their cached price and are retried on the next run). 1 when nothing was refreshed or more
+    than that share failed. The default 0 % keeps "any failure exits 1" for interactive use.
+    """
+    if ok == 0:
         err.write("error: no price table could be refreshed (see above; nothing cached was changed)\n")
         return EXIT_ERROR
-    return EXIT_ERROR if report.failed_count else EXIT_OK
+    if not failed:
+        return EXIT_OK
+    total = ok + failed
+    share = f"{failed}/{total} price tables failed ({100 * failed / total:.1f} %)"
+    if 100 * failed > max_failed_pct * total:
+        err.write(
+            f"error: {share}, more than --max-failed-pct {max_failed_pct:g}; their cached prices were kept\n"
+        )
+        return EXIT_ERROR
+    err.write(f"warning: {share}, within --max-failed-pct {max_failed_pct:g}; retried on the next run\n")
+    return EXIT_OK
+
+
+def _percentage(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 0 and 100")
+    return value
 
 
 async def _estimate(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from carbon_optimizer.app import runtime
     from carbon_optimizer.domain.models import PriceType
     from carbon_optimizer.errors import DataUnavailable, InvalidInput
-    from carbon_optimizer.settings import Settings
+    from carbon_optimizer.settings import load_settings
 
-    async with runtime(Settings()) as state:
+    async with runtime(load_settings()) as state:
         try:
             return 200, await state.service.estimate(
                 provider=args.provider,
@@ -458,6 +486,12 @@ def add_price_commands(sub: Any) -> None:
         help="only this region code (repeatable; default every region the API lists)",
     )
     refresh.add_argument("--json", action="store_true", help="print the full report as JSON")
+    refresh.add_argument(
+        "--max-failed-pct",
+        type=_percentage,
+        default=0.0,
+        help="exit 0 while at most this share of tables failed (default 0: any failure exits 1)",
+    )
     refresh.set_defaults(func=cmd_prices_refresh)
 
     estimate = sub.add_parser("estimate", help="list cost of one instance type (same as POST /v1/estimate)")
@@ -473,6 +507,41 @@ def add_price_commands(sub: Any) -> None:
     estimate.add_argument("--spot", action="store_true", help="spot price instead of on-demand")
     estimate.add_argument("--json", action="store_true", help="print the API's JSON answer")
     estimate.set_defaults(func=cmd_estimate)
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload/location/objective options of `plan` (shared with `run` and `wait`)."""
+    parser.add_argument("--duration", default="60", help="run length: minutes or 3h, 1h30m, 2d (default 60)")
+    parser.add_argument("--vcpus", type=int, default=2)
+    parser.add_argument("--memory", type=float, default=4.0, help="GiB")
+    parser.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
+    parser.add_argument(
+        "--power-watts", type=float, help="average IT power draw (overrides the energy model)"
+    )
+    parser.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
+    parser.add_argument("--spot", action="store_true", help="use spot prices")
+    parser.add_argument(
+        "--location", "-l", action="append", help="aws:us-east-1, gcp:europe-west1, zone:DE@0.35 (repeatable)"
+    )
+    parser.add_argument("--providers", help="every catalogued region of these providers, e.g. aws,gcp")
+    parser.add_argument("--earliest", help="RFC 3339 earliest start (default now)")
+    parser.add_argument("--deadline", help="RFC 3339 latest end (default earliest + 24 h)")
+    parser.add_argument(
+        "--mode",
+        default="balanced",
+        choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
+    )
+    parser.add_argument("--carbon-weight", type=float)
+    parser.add_argument("--max-cost-increase-pct", type=float)
+    parser.add_argument("--carbon-price", type=float, help="USD per tonne CO2e (mode monetized)")
+    parser.add_argument(
+        "--step", type=int, default=60, choices=[5, 15, 30, 60], help="start-time step, minutes"
+    )
+    parser.add_argument("--top", type=int, default=5, help="how many options")
+    parser.add_argument("--request", help="read the whole request body from this JSON file instead")
+    parser.add_argument("--server", help="ask a running server instead of computing in-process")
+    parser.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,37 +561,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     plan = sub.add_parser("plan", help="rank placements for one workload (same as POST /v1/optimize)")
-    plan.add_argument("--duration", default="60", help="run length: minutes or 3h, 1h30m, 2d (default 60)")
-    plan.add_argument("--vcpus", type=int, default=2)
-    plan.add_argument("--memory", type=float, default=4.0, help="GiB")
-    plan.add_argument("--gpu", help="e.g. A100-80GB, 2xH100, or a count")
-    plan.add_argument("--power-watts", type=float, help="average IT power draw (overrides the energy model)")
-    plan.add_argument("--instance-type", action="append", help="pin a type: provider=type (repeatable)")
-    plan.add_argument("--spot", action="store_true", help="use spot prices")
-    plan.add_argument(
-        "--location", "-l", action="append", help="aws:us-east-1, gcp:europe-west1, zone:DE@0.35 (repeatable)"
-    )
-    plan.add_argument("--providers", help="every catalogued region of these providers, e.g. aws,gcp")
-    plan.add_argument("--earliest", help="RFC 3339 earliest start (default now)")
-    plan.add_argument("--deadline", help="RFC 3339 latest end (default earliest + 24 h)")
-    plan.add_argument(
-        "--mode",
-        default="balanced",
-        choices=["carbon", "cost", "balanced", "carbon_within_budget", "monetized"],
-    )
-    plan.add_argument("--carbon-weight", type=float)
-    plan.add_argument("--max-cost-increase-pct", type=float)
-    plan.add_argument("--carbon-price", type=float, help="USD per tonne CO2e (mode monetized)")
-    plan.add_argument(
-        "--step", type=int, default=60, choices=[5, 15, 30, 60], help="start-time step, minutes"
-    )
-    plan.add_argument("--top", type=int, default=5, help="how many options")
-    plan.add_argument("--request", help="read the whole request body from this JSON file instead")
-    plan.add_argument("--server", help="ask a running server instead of computing in-process")
-    plan.add_argument("--api-key", help="API key for --server (or set CARBON_OPTIMIZER_CLIENT_API_KEY)")
-    plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
+    from carbon_optimizer.commands import compare_deployment, run  # here: run.py imports this module
+
+    run.register(sub)
+    compare_deployment.register(sub)
     return parser
 
 
@@ -535,9 +580,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
-    if getattr(args, "api_key", None) is None and args.command == "plan":
+    if getattr(args, "api_key", None) is None and args.command in ("plan", "run", "wait"):
         import os
 
         args.api_key = os.environ.get("CARBON_OPTIMIZER_CLIENT_API_KEY")
-    code: int = args.func(args, out, err)
+    from carbon_optimizer.settings import ConfigurationError
+
+    try:
+        code: int = args.func(args, out, err)
+    except ConfigurationError as exc:  # one line naming the variable, not a traceback
+        err.write(f"carbon-optimizer: {exc}\n")
+        return EXIT_BAD_INPUT
     return code

@@ -22,6 +22,7 @@ from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_p
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
     CarbonSeries,
+    GpuRequirement,
     InstanceOffer,
     Location,
     Objective,
@@ -333,7 +334,7 @@ class OptimizerService:
 
         baseline_query = query.baseline_location
         baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
-        baseline_start = (query.baseline_start or start).astimezone(UTC).replace(microsecond=0)
+        baseline_start = (query.baseline_start or start).astimezone(UTC)  # floored at the edge
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         if uses_cost:
@@ -507,11 +508,14 @@ class OptimizerService:
         if info is None:
             raise UnknownZone(f"unknown zone '{zone}'", loc=("path", "zone"))
         now = self.clock().astimezone(UTC)
-        begin = (start or now).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        requested = (start or now).astimezone(UTC)
+        # Points are listed from the hour containing `start`, but the cap applies to the range asked
+        # for: a 7-day optimize window starting at 10:07 must be viewable here too.
+        begin = requested.replace(minute=0, second=0, microsecond=0)
         finish = (end or begin + timedelta(hours=24)).astimezone(UTC)
-        if finish <= begin:
+        if finish <= requested:
             raise InvalidInput("end must be after start", loc=("query", "end"))
-        if finish - begin > self.max_window:
+        if finish - requested > self.max_window:
             raise InvalidInput(
                 f"range longer than the {self.max_window.total_seconds() / 86400:g}-day maximum",
                 loc=("query", "end"),
@@ -573,7 +577,8 @@ class OptimizerService:
             duration=timedelta(hours=hours),
             vcpus=max(1, round(offer.vcpus or 1)),
             memory_gib=offer.memory_gib or 0.0,
-            gpu=None,
+            # The instance's own GPUs draw power too (a2-highgpu-1g was 0.56 kWh instead of 2.55).
+            gpu=GpuRequirement(count=offer.gpu_count) if offer.gpu_count > 0 else None,
             price_type=price_type,
         )
         power = estimate_power(provider, workload, offer, onprem_pue=self.onprem_pue)

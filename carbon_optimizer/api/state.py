@@ -12,6 +12,7 @@ from starlette.requests import Request
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.providers.catalog import RegionCatalog
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
+from carbon_optimizer.providers.serverless_prices import ServerlessPriceChain
 from carbon_optimizer.providers.store import KeyValueStore
 from carbon_optimizer.service import OptimizerService
 from carbon_optimizer.settings import Settings
@@ -41,6 +42,8 @@ class AppState:
     health_reporters: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     readiness_checks: list[Callable[[], Awaitable[bool]]] = field(default_factory=list)
     result_cache: ResultCache = field(default_factory=ResultCache)
+    # Serverless price chain for /v1/compare/deployment (None → bundled tables only).
+    serverless_prices: ServerlessPriceChain | None = None
     readiness: Readiness = field(default_factory=Readiness)
 
     @property

@@ -149,9 +149,20 @@ def test_checker_allows_pure_imports(source: str) -> None:
 
 PACKAGE_DIR = DOMAIN_DIR.parent
 # The only modules that may import a Redis client or the rate-limit library.
-REDIS_MODULES = frozenset({"carbon_optimizer.providers.store", "carbon_optimizer.api.ratelimit"})
-# The only modules that may catch httpx errors: the upstream seam, and the CLI's `--server` mode.
-HTTPX_CATCHERS = frozenset({"carbon_optimizer.providers.upstream", "carbon_optimizer.cli"})
+# (settings parses rate-limit strings with limits' own parser at start-up; it opens no client.)
+REDIS_MODULES = frozenset(
+    {"carbon_optimizer.providers.store", "carbon_optimizer.api.ratelimit", "carbon_optimizer.settings"}
+)
+# The only modules that may catch httpx errors: the upstream seam, and the callers of this service
+# (the CLI's `--server` mode, the typed client, `compare-deployment --server`).
+HTTPX_CATCHERS = frozenset(
+    {
+        "carbon_optimizer.providers.upstream",
+        "carbon_optimizer.cli",
+        "carbon_optimizer.client",
+        "carbon_optimizer.commands.compare_deployment",
+    }
+)
 # What of a half (providers/carbon, providers/prices) the rest of the package may import.
 HALVES = ("carbon_optimizer.providers.carbon", "carbon_optimizer.providers.prices")
 HALF_SURFACE = frozenset({"", "base", "stack", "offline", "bundled"})

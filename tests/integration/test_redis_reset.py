@@ -11,25 +11,25 @@ import uvloop
 from carbon_optimizer.providers.store import RedisStore
 from carbon_optimizer.settings import RedisSettings
 from tests.support.redis import RedisServer
-from tests.support.tcp_proxy import ResettingProxy
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[ResettingProxy]:
-    running = ResettingProxy(redis_server.port).start()
+def proxy(redis_server: RedisServer) -> Iterator[TcpProxy]:
+    running = TcpProxy(("127.0.0.1", redis_server.port)).start()
     try:
         yield running
     finally:
         running.stop()
 
 
-async def _round_trips(store: RedisStore, proxy: ResettingProxy) -> list[bytes | None]:
+async def _round_trips(store: RedisStore, proxy: TcpProxy) -> list[bytes | None]:
     await store.set("k", b"v", 60)
     seen = [await store.get("k")]
     for _ in range(5):
-        proxy.reset()  # every pooled connection now gets an RST
+        proxy.reset_all()  # every pooled connection now gets an RST
         await asyncio.sleep(0.05)
         seen.append(await store.get("k"))  # must not raise, whatever the loop says
         await store.set("k", b"v", 60)
@@ -39,7 +39,7 @@ async def _round_trips(store: RedisStore, proxy: ResettingProxy) -> list[bytes |
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_a_reset_connection_reads_as_a_miss_then_recovers(proxy: ResettingProxy, loop: str) -> None:
+def test_a_reset_connection_reads_as_a_miss_then_recovers(proxy: TcpProxy, loop: str) -> None:
     settings = RedisSettings(
         url=f"redis://127.0.0.1:{proxy.port}/0", retry_after_failure_s=0.2, socket_timeout_s=0.5
     )

@@ -6,15 +6,22 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AwareDatetime
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from carbon_optimizer.api.schemas import EstimateRequest, ProblemOut
+from carbon_optimizer.api.schemas_out import EstimateOut, PricesOut, RegionsOut, ZoneSeriesOut, ZonesOut
 from carbon_optimizer.api.state import get_state
+from carbon_optimizer.api.timebounds import ApiDatetime
 from carbon_optimizer.domain.models import InstanceOffer, PriceType
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 _PROBLEMS: dict[int | str, dict[str, Any]] = {422: {"model": ProblemOut, "description": "Invalid input"}}
+
+
+def _ok(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """Document the 200 body (the route serialises it itself) beside the problem answers."""
+    return {200: {"model": model, "description": "OK"}, **_PROBLEMS}
 
 
 def _json(data: Any) -> Response:
@@ -22,7 +29,7 @@ def _json(data: Any) -> Response:
 
 
 @router.get(
-    "/regions", summary="Catalogued cloud regions and their Electricity Maps zones", responses=_PROBLEMS
+    "/regions", summary="Catalogued cloud regions and their Electricity Maps zones", responses=_ok(RegionsOut)
 )
 async def regions(
     request: Request, provider: Literal["aws", "azure", "gcp", "lambda"] | None = None
@@ -46,7 +53,7 @@ async def regions(
 
 
 @router.get(
-    "/zones", summary="Known Electricity Maps zones and the offline data each has", responses=_PROBLEMS
+    "/zones", summary="Known Electricity Maps zones and the offline data each has", responses=_ok(ZonesOut)
 )
 async def zones(request: Request) -> Response:
     """List every zone the service can answer for."""
@@ -66,19 +73,21 @@ async def zones(request: Request) -> Response:
 @router.get(
     "/zones/{zone}/carbon-intensity",
     summary="The carbon intensity series the engine would use for a zone",
-    responses=_PROBLEMS,
+    responses=_ok(ZoneSeriesOut),
 )
 async def zone_carbon_intensity(
     request: Request,
     zone: Annotated[str, Path(min_length=1, max_length=64)],
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: ApiDatetime | None = None,
+    end: ApiDatetime | None = None,
 ) -> Response:
     """Series over [start, end) (default: the next 24 hours from the current hour)."""
     return _json(await get_state(request).service.zone_series(zone, start, end))
 
 
-@router.get("/prices", summary="List prices from the catalog (live, cached or bundled)", responses=_PROBLEMS)
+@router.get(
+    "/prices", summary="List prices from the catalog (live, cached or bundled)", responses=_ok(PricesOut)
+)
 async def prices(
     request: Request,
     provider: Literal["aws", "azure", "gcp", "lambda"] | None = None,
@@ -125,7 +134,9 @@ async def prices(
 
 
 @router.post(
-    "/estimate", summary="Cost, energy and emissions of one instance type for some hours", responses=_PROBLEMS
+    "/estimate",
+    summary="Cost, energy and emissions of one instance type for some hours",
+    responses=_ok(EstimateOut),
 )
 async def estimate(body: EstimateRequest, request: Request) -> Response:
     """The classic estimate_cost(instance_type, hours), with provenance and footprint."""

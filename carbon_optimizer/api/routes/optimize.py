@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from carbon_optimizer.api.convert import to_query
+from carbon_optimizer.api.examples import OPTIMIZE_EXAMPLES
 from carbon_optimizer.api.present import plan_json
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
@@ -22,7 +25,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-async def _optimize(body: OptimizeRequest, request: Request) -> Response:
+async def _optimize(
+    body: Annotated[OptimizeRequest, Body(openapi_examples=OPTIMIZE_EXAMPLES)], request: Request
+) -> Response:
     state = get_state(request)
     rid = request_id(request)
     raw = await request.body()  # already buffered: Starlette keeps it after validation

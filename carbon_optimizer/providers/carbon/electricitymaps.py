@@ -13,7 +13,7 @@ turns every failure into the domain error tree, so nothing above sees httpx:
 | 5xx, timeout, connection error, circuit open      | `ProviderUnavailable`                         |
 | 2xx with a body we cannot read                    | `MalformedUpstreamResponse`                   |
 
-Why the shape: the notes (`research-notes/electricitymaps-api.md`) show v3 and v4 differ in
+Why the shape: the wire facts (docs/data-sources.md §1) show v3 and v4 differ in
 envelopes (`history` vs `data`) and optional row fields, so parsing accepts both and requires only
 `datetime`. One logical fetch (retries included) stays inside `request_deadline_s`, and a per-upstream
 circuit breaker makes an established outage cost nothing. The token travels only in the

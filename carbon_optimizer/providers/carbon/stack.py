@@ -28,6 +28,10 @@ from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
+from carbon_optimizer.providers.carbon.gb_intensity import UPSTREAM as GB_UPSTREAM
+from carbon_optimizer.providers.carbon.gb_intensity import GBIntensityProvider
+from carbon_optimizer.providers.carbon.watttime import UPSTREAM as WATTTIME_UPSTREAM
+from carbon_optimizer.providers.carbon.watttime import WattTimeProvider
 from carbon_optimizer.providers.store import CacheStore, MemoryStore
 from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings
@@ -111,11 +115,38 @@ def _electricitymaps(
     ), f"{em.emission_factor_type}-h{em.forecast_horizon_hours}"
 
 
+def _breaker(name: str, settings: Settings) -> CircuitBreaker:
+    return CircuitBreaker(
+        name,
+        failure_threshold=settings.cache.breaker_failure_threshold,
+        reset_s=settings.cache.breaker_reset_s,
+    )
+
+
+def _watttime(settings: Settings, http: httpx.AsyncClient) -> tuple[WattTimeProvider, str] | None:
+    """The WattTime adapter (marginal and average), when a username and password are configured."""
+    wt = settings.watttime
+    if not wt.username or wt.password is None:
+        return None
+    # One variant for both signals: the cache appends `:marginal` to marginal keys.
+    return WattTimeProvider(http, wt, breaker=_breaker(WATTTIME_UPSTREAM, settings)), WATTTIME_UPSTREAM
+
+
+def _gb_intensity(settings: Settings, http: httpx.AsyncClient) -> tuple[GBIntensityProvider, str] | None:
+    """The GB Carbon Intensity adapter (no key needed), when enabled."""
+    gb = settings.gb_intensity
+    if not gb.enabled:
+        return None
+    return GBIntensityProvider(http, gb, breaker=_breaker(GB_UPSTREAM, settings)), GB_UPSTREAM
+
+
 # Every live carbon source, in default priority order: a builder returns (adapter, cache variant)
 # or None when the source is not configured. A new source is one builder here (its variant must
 # start with its name so its keys never meet another source's) plus its own settings section.
 SOURCE_BUILDERS: tuple[Callable[[Settings, httpx.AsyncClient], tuple[CarbonSource, str] | None], ...] = (
     _electricitymaps,
+    _watttime,
+    _gb_intensity,
 )
 
 

@@ -1,6 +1,6 @@
 """The price chain: cache → live API (when enabled and configured) → bundled tables.
 
-Why this shape (research-notes/pricing.md §7.1): list prices change rarely, so a table fetched
+Why this shape (docs/data-sources.md §2.5): list prices change rarely, so a table fetched
 once is good for 24 h (spot for at most 1 h); an outage must never turn into an error when older
 data exists, and a failed fetch must never replace a good price. Hence:
 

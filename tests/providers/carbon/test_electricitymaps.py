@@ -1,7 +1,7 @@
 """Electricity Maps adapter against respx mocks built from the documented wire shapes.
 
-Every fixture under fixtures/electricitymaps/ follows research-notes/electricitymaps-api.md (§3 for
-bodies, §4 for errors); carbonIntensity values are the real DE 2023 hourly figures.
+Every fixture under fixtures/electricitymaps/ follows docs/data-sources.md (§1.3 for
+bodies, §1.4 for errors); carbonIntensity values are the real DE 2023 hourly figures.
 """
 
 from __future__ import annotations
