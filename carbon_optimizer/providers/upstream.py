@@ -250,6 +250,9 @@ class CircuitBreaker:
 _MAX_ERROR_TEXT = 200
 # Refines the table for one source: (status, upstream's error words) -> an error, or None for the table's.
 Refine = Callable[[int, str, str], ProviderError | None]
+# Replaces the table for a source whose answers need more than (status, words), e.g. an empty 2xx
+# body meaning an outage: (endpoint, response) -> the decoded body, or raises the domain error.
+Interpret = Callable[[str, httpx.Response], Any]
 
 _OUTCOMES: dict[type[ProviderError], str] = {
     ProviderNotEntitled: "not_entitled",
@@ -324,9 +327,10 @@ def status_error(
 
 def outcome_of(exc: ProviderError) -> str:
     """Metric outcome label of an error raised by the table or a parser."""
-    found = _OUTCOMES.get(type(exc))
-    if found is not None:
-        return found
+    for kind in type(exc).__mro__:  # a source's own subclass (e.g. a rejected token) counts as its base
+        found = _OUTCOMES.get(kind)
+        if found is not None:
+            return found
     return "server_error" if exc.retryable else "client_error"
 
 
@@ -422,6 +426,7 @@ class Upstream:
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         refine: Refine | None = None,
+        interpret: Interpret | None = None,
         secrets: Sequence[str] = (),
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Clock = time.monotonic,
@@ -436,6 +441,7 @@ class Upstream:
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
         self._refine = refine
+        self._interpret = interpret
         self._secrets = tuple(secrets)
         self._wall_clock = wall_clock
         self._monotonic = monotonic
@@ -456,17 +462,26 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         parse: Callable[[Any], T] | None = None,
         zone: object = None,
+        auth: httpx.Auth | None = None,
+        deadline: Deadline | None = None,
     ) -> T:
-        """One logical GET (retries inside the deadline, breaker around it), parsed by `parse`."""
+        """One logical GET (retries inside the deadline, breaker around it), parsed by `parse`.
+
+        `auth` is for a request that authenticates differently from the client's default (a
+        source's login with HTTP Basic credentials). `deadline` lets several calls of one logical
+        fetch (a login, the data call, a re-login after a refused token) share one time budget;
+        without it each call gets `deadline_s` of its own.
+        """
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             UPSTREAM_REQUESTS.labels(self.name, endpoint, "circuit_open").inc()
             raise ProviderUnavailable(f"{self.name} circuit open", source=self.name)
-        deadline = Deadline(self.deadline_s, clock=self._monotonic)
+        if deadline is None:
+            deadline = Deadline(self.deadline_s, clock=self._monotonic)
         parser: Callable[[Any], Any] = parse if parse is not None else _identity
         try:
             result: T = await call_with_retries(
-                lambda d: self._attempt(endpoint, url, params, headers, d, parser, zone),
+                lambda d: self._attempt(endpoint, url, params, headers, d, parser, zone, auth),
                 policy=self.retry,
                 deadline=deadline,
                 sleep=self._sleep,
@@ -500,6 +515,7 @@ class Upstream:
         deadline: Deadline,
         parse: Callable[[Any], T],
         zone: object,
+        auth: httpx.Auth | None = None,
     ) -> T:
         remaining = deadline.remaining()
         timeout = httpx.Timeout(
@@ -511,7 +527,13 @@ class Upstream:
         try:
             try:
                 async with asyncio.timeout(remaining):
-                    response = await self._http.get(url, params=params, headers=headers, timeout=timeout)
+                    response = await self._http.get(
+                        url,
+                        params=params,
+                        headers=headers,
+                        auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                        timeout=timeout,
+                    )
             except (httpx.TimeoutException, TimeoutError) as exc:
                 outcome = "timeout"
                 raise ProviderUnavailable(f"{where}: timed out", source=self.name, retryable=True) from exc
@@ -520,14 +542,17 @@ class Upstream:
                 raise ProviderUnavailable(
                     f"{where}: {type(exc).__name__}", source=self.name, retryable=True
                 ) from exc
-            if not response.is_success:
-                raise status_error(
-                    self.name, endpoint, response, zone=zone, refine=self._refine, secrets=self._secrets
-                )
-            try:
-                payload = response.json()
-            except ValueError as exc:
-                raise MalformedUpstreamResponse(f"{where}: body is not JSON", source=self.name) from exc
+            if self._interpret is not None:
+                payload = self._interpret(endpoint, response)
+            else:
+                if not response.is_success:
+                    raise status_error(
+                        self.name, endpoint, response, zone=zone, refine=self._refine, secrets=self._secrets
+                    )
+                try:
+                    payload = response.json()
+                except ValueError as exc:
+                    raise MalformedUpstreamResponse(f"{where}: body is not JSON", source=self.name) from exc
             result = parse(payload)
             outcome = "ok"
             return result
