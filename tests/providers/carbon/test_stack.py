@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-import httpx
+from datetime import UTC, datetime, timedelta
 
+import httpx
+import numpy as np
+from pydantic import SecretStr
+
+from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.carbon.stack import SOURCE_BUILDERS, build_carbon_stack
 from carbon_optimizer.providers.store import MemoryStore
-from carbon_optimizer.settings import CarbonChainSettings, ElectricityMapsSettings, Settings
+from carbon_optimizer.settings import (
+    CarbonChainSettings,
+    ElectricityMapsSettings,
+    GBIntensitySettings,
+    Settings,
+    WattTimeSettings,
+)
+from tests.providers.carbon.test_gb_intensity import Emulator
 from tests.support.stub_upstream import FlatOffline
 
 
@@ -45,3 +57,42 @@ async def test_without_credentials_no_source_is_built() -> None:
         stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
     assert stack.provider.sources == ()
     assert stack.store is None
+
+
+async def test_watttime_and_gb_are_registered_with_their_own_cache_variants() -> None:
+    settings = Settings(
+        _env_file=None,
+        watttime=WattTimeSettings(username="u", password=SecretStr("p-secret")),
+        gb_intensity=GBIntensitySettings(enabled=True),
+    )
+    async with httpx.AsyncClient() as http:
+        built = [b for b in (builder(settings, http) for builder in SOURCE_BUILDERS) if b is not None]
+        assert [source.name for source, _ in built] == ["watttime", "carbonintensity-uk"]
+        assert all(variant.startswith(source.name) for source, variant in built)
+        stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
+        try:
+            chain = stack.provider
+            assert Signal.MARGINAL in chain.signals("US-CAL-CISO")  # WattTime's
+            assert chain.signals("GB") == frozenset({Signal.AVERAGE})
+            assert [s.name for s in chain.route("GB")] == ["carbonintensity-uk"]
+            assert [s.name for s in chain.route("US-CAL-CISO", Signal.MARGINAL)] == ["watttime"]
+            request = SeriesRequest(SeriesKind.FORECAST, "GB")
+            keys = {cache.key_for(request) for cache in stack.caches}
+            assert len(keys) == 2  # the two sources' keys never meet
+        finally:
+            await stack.aclose()
+
+
+async def test_the_chain_answers_gb_from_the_gb_source_through_the_seam() -> None:
+    now = datetime.now(UTC)
+    settings = Settings(_env_file=None, gb_intensity=GBIntensitySettings(enabled=True, max_retries=0))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Emulator(now))) as http:
+        stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
+        try:
+            start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            result = await stack.provider.series("GB", start, start + timedelta(hours=6))
+        finally:
+            await stack.aclose()
+    labels = {run.label for run in result.series.runs}
+    assert labels == {"carbonintensity-uk:forecast"}, labels
+    assert not np.isnan(result.series.values).any()
