@@ -33,7 +33,7 @@ from carbon_optimizer.providers.carbon.gb_intensity import GBIntensityProvider
 from carbon_optimizer.providers.carbon.watttime import UPSTREAM as WATTTIME_UPSTREAM
 from carbon_optimizer.providers.carbon.watttime import WattTimeProvider
 from carbon_optimizer.providers.store import CacheStore, MemoryStore
-from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState, SourceStatus
 from carbon_optimizer.settings import Settings
 
 
@@ -57,7 +57,8 @@ class CarbonStack:
         """Component status for /health: JSON-able, no I/O, no secrets."""
         offline_name = self.offline.name if self.offline is not None else "offline"
         sources: dict[str, object] = {"offline": {"name": offline_name, "status": ComponentStatus.OK}}
-        if self.live is None:
+        others, circuits, others_degraded = self._other_sources()
+        if self.live is None and not others:
             return {
                 "status": ComponentStatus.OK,
                 "mode": "offline",
@@ -66,28 +67,46 @@ class CarbonStack:
                 "circuit": {},
                 "data_age_s": {},
             }
-        circuit = self.live.breaker.state
         cache = (
             self.cache.health()
             if self.cache is not None
             else {"backend": "none", "status": ComponentStatus.DISABLED}
         )
-        degraded = circuit is not CircuitState.CLOSED or cache.get("status") is ComponentStatus.DEGRADED
+        em: dict[str, object] = {"configured": False}
+        degraded = others_degraded or cache.get("status") is ComponentStatus.DEGRADED
+        if self.live is not None:
+            circuit = self.live.breaker.state
+            em = {"configured": True, "circuit": circuit.value, **self.live.status.as_dict()}
+            circuits = {self.live.name: circuit.value, **circuits}
+            degraded = degraded or circuit is not CircuitState.CLOSED
         return {
             "status": ComponentStatus.DEGRADED if degraded else ComponentStatus.OK,
             "mode": "live",
             "cache": cache,
-            "sources": {
-                "electricitymaps": {
-                    "configured": True,
-                    "circuit": circuit.value,
-                    **self.live.status.as_dict(),
-                },
-                **sources,
-            },
-            "circuit": {self.live.name: circuit.value},
+            "sources": {"electricitymaps": em, **others, **sources},
+            "circuit": circuits,
             "data_age_s": self.provider.data_age_s(),
         }
+
+    def _other_sources(self) -> tuple[dict[str, object], dict[str, str], bool]:
+        """Entries, circuits and whether any is open, for the live sources besides Electricity Maps."""
+        entries: dict[str, object] = {}
+        circuits: dict[str, str] = {}
+        degraded = False
+        for cache in self.caches:
+            source = cache.source
+            if source is self.live:
+                continue
+            breaker = getattr(source, "breaker", None)
+            state = breaker.state if isinstance(breaker, CircuitBreaker) else CircuitState.CLOSED
+            status = getattr(source, "status", None)
+            entry: dict[str, object] = {"configured": True, "circuit": state.value}
+            if isinstance(status, SourceStatus):
+                entry.update(status.as_dict())
+            entries[source.name] = entry
+            circuits[source.name] = state.value
+            degraded = degraded or state is not CircuitState.CLOSED
+        return entries, circuits, degraded
 
     async def ready(self) -> bool:
         """True when answerable: the cache is reachable, or there is no shared cache to reach."""

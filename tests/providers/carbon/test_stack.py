@@ -96,3 +96,24 @@ async def test_the_chain_answers_gb_from_the_gb_source_through_the_seam() -> Non
     labels = {run.label for run in result.series.runs}
     assert labels == {"carbonintensity-uk:forecast"}, labels
     assert not np.isnan(result.series.values).any()
+
+
+async def test_health_reports_every_configured_live_source() -> None:
+    settings = Settings(
+        _env_file=None,
+        watttime=WattTimeSettings(username="u", password=SecretStr("p-secret")),
+        gb_intensity=GBIntensitySettings(enabled=True),
+    )
+    async with httpx.AsyncClient() as http:
+        stack = await build_carbon_stack(settings, http=http, offline=FlatOffline())
+        try:
+            health = stack.health()
+        finally:
+            await stack.aclose()
+    assert health["mode"] == "live"
+    assert health["circuit"] == {"watttime": "closed", "carbonintensity-uk": "closed"}
+    sources = health["sources"]
+    assert isinstance(sources, dict)
+    assert sources["electricitymaps"] == {"configured": False}
+    assert sources["watttime"]["configured"] is True
+    assert "p-secret" not in str(health)
