@@ -32,8 +32,8 @@ from carbon_optimizer.api.routes.compare import to_query
 from carbon_optimizer.api.schemas_compare import CompareDeploymentRequest
 from carbon_optimizer.app import AppOverrides, create_app
 from carbon_optimizer.compare_deployment import DeploymentComparer
-from carbon_optimizer.providers.bundled import load_region_catalog
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.settings import Settings
 
 REGIONS = [

@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 
 from tests.deployment.harness import API_KEYS, start_gunicorn, start_redis  # noqa: E402
 from tests.faults.load import LoadResult, run_load  # noqa: E402
-from tests.integration.conftest import StubUpstream  # noqa: E402
+from tests.support.stub_upstream import StubUpstream  # noqa: E402
 from tests.support.tcp_proxy import TcpProxy  # noqa: E402
 
 BODY = {

@@ -30,7 +30,7 @@ from carbon_optimizer.domain import backtest as bt
 from carbon_optimizer.domain.forecast import FULL_HISTORY_HOURS, MODEL_NAME, QUANTILES
 from carbon_optimizer.domain.models import FloatArray
 from carbon_optimizer.domain.uncertainty import ErrorModel, LeadError, Options, assess
-from carbon_optimizer.providers.bundled import HOURLY_YEAR, load_hourly_carbon
+from carbon_optimizer.providers.catalog import HOURLY_YEAR, load_hourly_carbon
 
 ERROR_MODEL_PATH = (
     Path(__file__).resolve().parents[1] / "carbon_optimizer" / "data" / "forecast_error_model.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,17 +40,17 @@ from carbon_optimizer.api.security import (
     extend_openapi,
 )
 from carbon_optimizer.api.state import AppState
-from carbon_optimizer.cache import RedisStore
-from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.bundled import load_region_catalog
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
-from carbon_optimizer.providers.prices.serverless_live import build_serverless_chain
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.providers.prices import build_serverless_chain
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
+from carbon_optimizer.providers.store import CacheStore, FileStore, KeyValueStore, build_store
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings, load_settings
 
@@ -59,11 +59,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AppOverrides:
-    """Test seams: replace a data source or the clock without touching the network."""
+    """Test seams: replace a data source, the HTTP client, the store or the clock.
+
+    `http` is the one client every adapter uses (tests pass `httpx.AsyncClient(transport=
+    httpx.MockTransport(...))`, so nothing patches httpx globally); `store` replaces the shared
+    key-value store (e.g. a `MemoryStore`, or a store that fails on cue). Neither is closed by
+    the runtime: whoever made them closes them.
+    """
 
     carbon: CarbonIntensityProvider | None = None
     prices: PriceProvider | None = None
     clock: Callable[[], datetime] | None = None
+    http: httpx.AsyncClient | None = None
+    store: CacheStore | None = None
 
 
 def _http_client(settings: Settings) -> httpx.AsyncClient:
@@ -79,13 +87,22 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
 async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> AsyncIterator[AppState]:
     """Build every per-process component (clients, caches, data stacks, service); close in reverse.
 
-    Used by the app lifespan (once per worker) and by the CLI's in-process `plan`, so both run the
-    very same stack.
+    The only place that builds the HTTP client, the store and the two stacks. Used by the app
+    lifespan (once per worker) and by the CLI (`plan`, `estimate`, `prices refresh`), so all of
+    them run the very same stack.
     """
     overrides = overrides or AppOverrides()
     async with AsyncExitStack() as stack:
         started = time.monotonic()
-        http = await stack.enter_async_context(_http_client(settings))
+        http = overrides.http
+        if http is None:
+            http = await stack.enter_async_context(_http_client(settings))
+        # One shared store per process (Redis when configured), for the carbon and the price cache.
+        shared_store: CacheStore | None = overrides.store
+        if shared_store is None:
+            shared_store = build_store(settings.redis)
+            if shared_store is not None:
+                stack.push_async_callback(shared_store.aclose)
         catalog = load_region_catalog()
         offline = OfflineCarbonProvider()
         bundled = BundledPriceProvider()
@@ -93,7 +110,9 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         readiness: list[Callable[[], Awaitable[bool]]] = []
         # Carbon: Electricity Maps through the two-tier cache when a key is set, else bundled data.
         clock = overrides.clock or utc_now
-        carbon_stack = await build_carbon_stack(settings, http=http, offline=offline, clock=clock)
+        carbon_stack = await build_carbon_stack(
+            settings, http=http, offline=offline, store=shared_store, clock=clock
+        )
         stack.push_async_callback(carbon_stack.aclose)
         carbon: CarbonIntensityProvider = overrides.carbon or carbon_stack.provider
         health_reporters["carbon"] = carbon_stack.health
@@ -102,13 +121,11 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         # from its in-process tier and bundled data. /health reports the degraded cache instead.
 
         # Prices: cache → live APIs (when enabled and credentialed) → bundled tables. They share the
-        # Redis store when one is configured; store=None (embedded) means the local file cache that
-        # `carbon-optimizer prices refresh` writes.
-        shared_store = carbon_stack.store if isinstance(carbon_stack.store, RedisStore) else None
-        if shared_store is None and settings.redis.url is not None:
-            shared_store = RedisStore.from_settings(settings.redis)
-            stack.push_async_callback(shared_store.aclose)
-        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=shared_store)
+        # store; without one (embedded) the local file cache that `prices refresh` writes.
+        price_backend: KeyValueStore = (
+            shared_store if shared_store is not None else FileStore(settings.pricing.file_cache_dir)
+        )
+        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=price_backend)
         health_reporters["cache"] = _cache_health(carbon_stack.health, shared_store)
         health_reporters["bundled_data"] = _bundled_data_health(bundled)
         stack.push_async_callback(price_stack.aclose)
@@ -119,7 +136,6 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             catalog=catalog,
             carbon=carbon,
             prices=prices,
-            fallback_carbon=offline,
             fallback_prices=bundled,
             max_window=timedelta(days=settings.max_window_days),
             onprem_pue=settings.onprem_pue,
@@ -127,6 +143,8 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         )
         state = AppState(
             settings=settings,
+            http=http,
+            price_store=price_backend,
             service=service,
             catalog=catalog,
             bundled_prices=bundled,
@@ -138,8 +156,9 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
                 ttl_s=settings.result_cache_ttl_s,
                 max_bytes=settings.edge.result_cache_max_bytes,
             ),
+            # Serverless prices share the one HTTP client and the one store.
+            serverless_prices=build_serverless_chain(settings, http=http, store=shared_store),
         )
-        state.serverless_prices = build_serverless_chain(settings, http=http, store=shared_store)
         health_reporters.setdefault(
             "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
         )
@@ -147,16 +166,16 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
         await bundled.offers("aws", "us-east-1", PriceType.ON_DEMAND)
-        state.ready = True
+        state.readiness.ready = True
         log.info("carbon-optimizer ready in %.2f s", time.monotonic() - started)
         try:
             yield state
         finally:
-            state.ready = False
+            state.readiness.ready = False
 
 
 def _cache_health(
-    carbon_health: Callable[[], dict[str, Any]], shared: RedisStore | None
+    carbon_health: Callable[[], dict[str, Any]], shared: KeyValueStore | None
 ) -> Callable[[], dict[str, Any]]:
     """Reporter for the shared cache: the carbon cache's view, else the price store's, else embedded."""
 
@@ -166,7 +185,7 @@ def _cache_health(
             return cache
         if shared is not None:
             status = ComponentStatus.OK if shared.healthy else ComponentStatus.DEGRADED
-            return {"backend": "redis", "status": status}
+            return {"backend": shared.name, "status": status}
         return {"backend": "memory", "status": ComponentStatus.EMBEDDED}
 
     return report
@@ -196,12 +215,14 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
     return report
 
 
-def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
+def _lifespan(
+    settings: Settings, overrides: AppOverrides
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, AppState]]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        # Starlette copies the yielded mapping into every request's `request.state`.
         async with runtime(settings, overrides) as state:
-            app.state.co = state
-            yield
+            yield {"co": state}
 
     return lifespan
 

@@ -520,7 +520,7 @@ def suggest_location(location: dict[str, Any]) -> str | None:
     a region of that name is suggested. A provider:region pair that exists under another provider
     (or is a zone) is suggested in its right form; otherwise near spellings are offered.
     """
-    from carbon_optimizer.providers.bundled import load_region_catalog
+    from carbon_optimizer.providers.catalog import load_region_catalog
 
     catalog = load_region_catalog()
     provider = location.get("provider")
@@ -621,6 +621,7 @@ def emit(
 async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Run the optimisation through the same runtime the server uses; return (status, body)."""
     from carbon_optimizer.api.convert import to_query
+    from carbon_optimizer.api.present import plan_json
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.app import runtime
     from carbon_optimizer.errors import DataUnavailable, InvalidInput, NothingFeasible
@@ -633,7 +634,7 @@ async def _plan_in_process(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 422, {"detail": "Request validation failed", "errors": errors}
     async with runtime(load_settings()) as state:
         try:
-            return 200, await state.service.optimize(to_query(request, "cli"))
+            return 200, plan_json(await state.service.optimize(to_query(request, "cli")))
         except InvalidInput as exc:
             return 422, {"detail": exc.message, "errors": [{"loc": list(exc.loc), "msg": exc.message}]}
         except NothingFeasible as exc:
@@ -774,34 +775,29 @@ async def _refresh(
     args: argparse.Namespace, progress: ProgressBar, transport: httpx.AsyncBaseTransport | None = None
 ) -> tuple[Any, dict[str, str]]:
     from carbon_optimizer import __version__
-    from carbon_optimizer.kv import KeyValueStore
+    from carbon_optimizer.app import AppOverrides, runtime
     from carbon_optimizer.providers.prices import refresh_prices
     from carbon_optimizer.settings import load_settings
 
     settings = load_settings()
-    store: KeyValueStore | None = None
-    redis_store = None
-    if settings.redis.url is not None:
-        from carbon_optimizer.cache import RedisStore
-
-        redis_store = RedisStore.from_settings(settings.redis)
-        store = redis_store
-    else:
-        from carbon_optimizer.providers.prices import FileStore
-
-        store = FileStore(settings.pricing.file_cache_dir)
     regions = {p: list(args.region) for p in (args.provider or PRICE_PROVIDERS)} if args.region else None
-    try:
-        async with _RecordingClient(
+    # The same runtime as the server (its price store: Redis or local files), with an HTTP client
+    # that notes unreachable hosts so the summary can name them.
+    async with (
+        _RecordingClient(
             headers={"user-agent": f"carbon-optimizer/{__version__}"}, transport=transport
-        ) as http:
-            report = await refresh_prices(
-                settings, http=http, store=store, providers=args.provider, progress=progress, regions=regions
-            )
-            return report, http.unreachable
-    finally:
-        if redis_store is not None:
-            await redis_store.aclose()
+        ) as http,
+        runtime(settings, AppOverrides(http=http)) as state,
+    ):
+        report = await refresh_prices(
+            settings,
+            http=http,
+            store=state.price_store,
+            providers=args.provider,
+            progress=progress,
+            regions=regions,
+        )
+        return report, http.unreachable
 
 
 def refresh_summary(report: Any) -> str:

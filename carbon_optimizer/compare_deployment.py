@@ -47,7 +47,7 @@ from carbon_optimizer.domain.serverless import (
 )
 from carbon_optimizer.errors import InvalidInput, ProviderError, UnknownRegion
 from carbon_optimizer.providers.base import PriceProvider
-from carbon_optimizer.providers.bundled import RegionCatalog
+from carbon_optimizer.providers.catalog import RegionCatalog
 from carbon_optimizer.providers.serverless_prices import ServerlessPriceChain, bundled_egress, bundled_prices
 
 

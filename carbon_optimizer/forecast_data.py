@@ -12,7 +12,7 @@ import functools
 import json
 
 from carbon_optimizer.domain.uncertainty import ErrorModel
-from carbon_optimizer.providers.bundled import read_text
+from carbon_optimizer.providers.catalog import read_text
 
 ERROR_MODEL_FILE = "forecast_error_model.json"
 

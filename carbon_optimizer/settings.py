@@ -125,6 +125,9 @@ class CacheSettings(BaseModel):
     latest_ttl_s: int = Field(default=300, gt=0)
     history_ttl_s: int = Field(default=6 * 3600, gt=0)
     negative_ttl_s: int = Field(default=600, gt=0)
+    # Definite "no" answers (401/403/404) are kept this long at first, doubling per repeat up to
+    # negative_ttl_s: a short upstream blip must cost seconds, not the cap.
+    negative_base_s: float = Field(default=5.0, gt=0)
     stale_max_age_s: int = Field(default=24 * 3600, ge=0)
     local_ttl_s: float = Field(default=30.0, ge=0)
     local_max_entries: int = Field(default=4096, gt=0)
@@ -234,6 +237,18 @@ def _split_csv(value: object) -> object:
     return value
 
 
+class CarbonChainSettings(BaseModel):
+    """Which live carbon sources answer which zones, in priority order (then the bundled data).
+
+    `routes` maps a zone key to source names (`electricitymaps`, and any source added to
+    `providers/carbon/stack.py`); `"*"` is every other zone. Empty: every configured source, in
+    registration order, for every zone. Env: `CARBON_OPTIMIZER_CARBON_CHAIN__ROUTES='{"GB":
+    ["gb_intensity", "electricitymaps"], "*": ["electricitymaps"]}'`.
+    """
+
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """All configuration. Binding names: see the README's configuration table."""
 
@@ -252,6 +267,7 @@ class Settings(BaseSettings):
     gb_intensity: GBIntensitySettings = Field(default_factory=GBIntensitySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    carbon_chain: CarbonChainSettings = Field(default_factory=CarbonChainSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)

@@ -14,6 +14,7 @@ from carbon_optimizer.api.schemas import LocationSpec, OptimizeRequest
 from carbon_optimizer.domain.gpu import expand_gpu_models
 from carbon_optimizer.domain.models import GpuRequirement, Objective, ObjectiveMode, PriceType, Workload
 from carbon_optimizer.errors import InvalidInput
+from carbon_optimizer.providers.carbon.base import Signal
 from carbon_optimizer.service import LocationQuery, OptimizeQuery
 
 
@@ -85,4 +86,5 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         ),
         baseline_start=whole_second(body.baseline.start) if body.baseline else None,
         request_id=request_id,
+        signal=Signal(body.signal),
     )

@@ -165,6 +165,13 @@ class OptimizeRequest(_Strict):
     baseline: BaselineSpec | None = Field(
         default=None, description="What savings are measured against; default the first location, now."
     )
+    signal: Literal["average", "marginal"] = Field(
+        default="average",
+        description=(
+            "Carbon signal: the grid's average intensity (every zone), or the marginal emissions "
+            "rate (only zones with a source that publishes it; otherwise 422 naming the zones)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _locations_or_providers(self) -> OptimizeRequest:

@@ -36,8 +36,8 @@ from carbon_optimizer.domain.serverless import (
     ServerlessPrices,
     Tiered,
 )
-from carbon_optimizer.kv import KeyValueStore
-from carbon_optimizer.providers.bundled import read_text
+from carbon_optimizer.providers.catalog import read_text
+from carbon_optimizer.providers.store import KeyValueStore
 
 log = logging.getLogger(__name__)
 BUNDLED = "bundled"

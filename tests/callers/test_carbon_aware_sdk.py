@@ -23,8 +23,9 @@ from carbon_optimizer.api.routes.carbon_aware_sdk import (
     SdkLocation,
 )
 from carbon_optimizer.app import AppOverrides, create_app
-from carbon_optimizer.settings import Settings
-from tests.fakes import FIXED_NOW, FailingCarbon, FakeCarbon, fixed_clock, hour_of
+from carbon_optimizer.settings import ElectricityMapsSettings, Settings
+from tests.fakes import FIXED_NOW, FakeCarbon, fixed_clock, hour_of
+from tests.support.http import mocked_upstream
 
 
 def profile(h: int) -> float:
@@ -349,12 +350,20 @@ async def test_routes_read_through_the_services_carbon_chain(
 
 
 async def test_an_outage_is_answered_from_the_fallback_with_provenance() -> None:
-    app = create_app(Settings(_env_file=None), AppOverrides(carbon=FailingCarbon(), clock=fixed_clock()))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://sdk") as c,
-    ):
-        response = await c.get("/emissions/forecasts/current", params={"location": "eastus"})
+    # The live source is configured but unreachable (at the network boundary): the carbon chain
+    # answers from the bundled data, and the SDK route says so in its provenance header.
+    async with mocked_upstream() as (router, http):
+        router.route(host="api.electricitymaps.com").mock(side_effect=httpx.ConnectError("refused"))
+        settings = Settings(
+            _env_file=None,
+            electricitymaps=ElectricityMapsSettings(api_key="k-test", request_deadline_s=1.0, max_retries=0),
+        )
+        app = create_app(settings, AppOverrides(clock=fixed_clock(), http=http))
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://sdk") as c,
+        ):
+            response = await c.get("/emissions/forecasts/current", params={"location": "eastus"})
     assert response.status_code == 200
     assert response.headers["x-carbon-data-sources"].startswith("fallback:")
 

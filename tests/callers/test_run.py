@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import pytest
 
 from carbon_optimizer.api.convert import to_query
+from carbon_optimizer.api.present import plan_json
 from carbon_optimizer.api.schemas import OptimizeRequest
 from carbon_optimizer.app import AppOverrides, runtime
 from carbon_optimizer.cli import main
@@ -85,7 +86,8 @@ class ServicePlanner:
         async def plan() -> dict[str, Any]:
             overrides = AppOverrides(carbon=FakeCarbon(dict(self.profiles)), clock=self.time.clock)
             async with runtime(Settings(_env_file=None), overrides) as state:
-                return await state.service.optimize(to_query(OptimizeRequest.model_validate(body), "test"))
+                result = await state.service.optimize(to_query(OptimizeRequest.model_validate(body), "test"))
+                return plan_json(result)  # the route's rendering of the service's Plan
 
         return 200, asyncio.run(plan())
 

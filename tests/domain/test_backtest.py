@@ -7,7 +7,7 @@ import pytest
 
 from carbon_optimizer.domain import backtest as bt
 from carbon_optimizer.domain.forecast import FULL_HISTORY_HOURS
-from carbon_optimizer.providers.bundled import load_hourly_carbon
+from carbon_optimizer.providers.catalog import load_hourly_carbon
 
 
 def test_naive_predictors_read_the_right_lags() -> None:

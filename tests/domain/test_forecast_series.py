@@ -10,7 +10,7 @@ import pytest
 from carbon_optimizer.domain.forecast import FULL_HISTORY_HOURS, MODEL_NAME, min_history_hours
 from carbon_optimizer.domain.forecast_series import forecast_from_history, forecast_label
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
-from carbon_optimizer.providers.bundled import load_hourly_carbon
+from carbon_optimizer.providers.catalog import load_hourly_carbon
 
 START = datetime(2023, 1, 1, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from carbon_optimizer.domain.serverless import (
     serverless_curve,
     vm_curve,
 )
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.serverless_prices import bundled_egress, bundled_prices
 
 REGION = {"aws": "us-east-1", "azure": "eastus", "gcp": "europe-west2"}  # a Cloud Run Tier 2 region

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.cache import CachedSeriesSource, MemoryStore
 from carbon_optimizer.errors import ProviderUnavailable
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, Signal
+from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
+from carbon_optimizer.providers.store import MemoryStore
 from carbon_optimizer.settings import CacheSettings
 
 
@@ -38,6 +39,10 @@ def test_answer_larger_than_the_budget_is_not_cached() -> None:
 
 class AlwaysDown:
     name = "down"
+    signals = frozenset({Signal.AVERAGE})
+
+    def covers(self, zone: str) -> bool:
+        return True
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
         raise ProviderUnavailable("upstream 503")
@@ -56,4 +61,4 @@ async def test_failure_cooldown_map_is_bounded() -> None:
     for i in range(500):
         with pytest.raises(ProviderUnavailable):
             await cache.fetch(SeriesRequest(SeriesKind.FORECAST, f"Z{i}"))
-    assert len(cache._cooling) <= 16
+    assert len(cache.tiers._cooling) <= 16

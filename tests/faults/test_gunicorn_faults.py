@@ -21,7 +21,7 @@ import pytest
 
 from tests.deployment.harness import API_KEYS, RedisProcess, free_port, start_gunicorn, start_redis
 from tests.faults.load import run_load
-from tests.integration.conftest import StubUpstream
+from tests.support.stub_upstream import StubUpstream
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.deployment, pytest.mark.integration]
@@ -157,9 +157,9 @@ def test_connection_bound_per_worker_answers_503_problem(tmp_path: Path) -> None
     server = start_gunicorn(tmp_path, None, edge__max_connections="2", edge__header_timeout_s="30")
     idle: list[socket.socket] = []
     try:
-        for _ in range(8):  # idle keep-alive-like connections, spread over both workers by the kernel
+        for _ in range(16):  # idle keep-alive-like connections, spread over both workers by the kernel
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-        time.sleep(0.3)
+        time.sleep(1.0)  # let both workers accept theirs (slower when the machine is loaded)
         answers = [
             _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             for _ in range(8)

@@ -13,9 +13,10 @@ import orjson
 import pytest
 import redis
 
-from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.errors import ProviderAuthError
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.store import build_store
 from carbon_optimizer.redact import MASK, redact
 from carbon_optimizer.settings import Settings
 from tests.deployment.harness import start_redis
@@ -39,7 +40,10 @@ async def test_echoed_token_is_masked_in_health_and_in_redis() -> None:
     )
     try:
         async with httpx.AsyncClient(transport=httpx.MockTransport(echoing_upstream)) as http:
-            stack = await build_carbon_stack(settings, http=http, offline=OfflineCarbonProvider())
+            store = build_store(settings.redis)  # what runtime() passes: the one shared store
+            stack = await build_carbon_stack(
+                settings, http=http, offline=OfflineCarbonProvider(), store=store
+            )
             try:
                 now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
                 errors: list[str] = []
@@ -51,6 +55,8 @@ async def test_echoed_token_is_masked_in_health_and_in_redis() -> None:
                 health = orjson.dumps(stack.health()).decode()
             finally:
                 await stack.aclose()
+                if store is not None:
+                    await store.aclose()
         stored = [
             redis.Redis(port=server.port).get(k) or b"" for k in redis.Redis(port=server.port).keys("*")
         ]

@@ -14,7 +14,8 @@ from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.health import ComponentStatus, overall
 from carbon_optimizer.settings import Settings
 from tests.api.conftest import make_client
-from tests.integration.conftest import RedisServer, StubUpstream, live_settings
+from tests.support.redis import RedisServer
+from tests.support.stub_upstream import StubUpstream, live_settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carbon_optimizer.providers.bundled import (
+from carbon_optimizer.providers.catalog import (
     RegionCatalog,
     data_file,
     load_hourly_carbon,
@@ -202,8 +202,8 @@ class TestPackaging:
 
     def test_import_does_no_io(self) -> None:
         code = (
-            "import carbon_optimizer.providers.bundled as b, carbon_optimizer.providers.price_catalog as p, "
-            "carbon_optimizer.providers.offline_carbon as o\n"
+            "import carbon_optimizer.providers.catalog as b, carbon_optimizer.providers.prices.bundled as p, "
+            "carbon_optimizer.providers.carbon.offline as o\n"
             "o.OfflineCarbonProvider(); p.BundledPriceProvider()\n"
             "assert b.load_hourly_carbon.cache_info().currsize == 0\n"
             "assert b.load_region_catalog.cache_info().currsize == 0\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carbon_optimizer.domain.serverless import OPTION_PROVIDER, SERVERLESS_OPTIONS, Option
-from carbon_optimizer.providers.bundled import load_region_catalog
+from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.providers.serverless_prices import bundled_egress, bundled_prices, load_tables
 
 

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from carbon_optimizer.api.convert import to_query
 from carbon_optimizer.api.examples import OPTIMIZE_EXAMPLES
+from carbon_optimizer.api.present import plan_json
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
 from carbon_optimizer.domain.models import format_utc
@@ -36,7 +37,7 @@ async def _optimize(
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
         return Response(orjson.dumps(result), media_type="application/json", headers=_HIT)
-    result = await state.service.optimize(to_query(body, rid))
+    result = plan_json(await state.service.optimize(to_query(body, rid)))
     state.result_cache.put(raw, minute, result)
     return Response(orjson.dumps(result), media_type="application/json", headers=_BYPASS if bypass else _MISS)
 

@@ -12,24 +12,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 import numpy as np
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.errors import NoDataForZone
+from carbon_optimizer.providers.carbon.base import Signal
 
-
-class Signal(StrEnum):
-    """Which emission rate a series measures (the request field `signal`).
-
-    `average`: emissions of all generation per kWh (attributional; every source has it).
-    `marginal`: emissions of the generation that responds to a change in load — the signal load
-    shifting actually moves. Only WattTime (`co2_moer`) sells it; never blend the two in one series.
-    """
-
-    AVERAGE = "average"
-    MARGINAL = "marginal"
+__all__ = ["Point", "Signal", "points_to_series"]
 
 
 @dataclass(frozen=True, slots=True)

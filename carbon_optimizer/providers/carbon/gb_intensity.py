@@ -26,8 +26,9 @@ national cap) that never cross 1 January (the API truncates such ranges at 31 De
 | 200 with `"data": []`, or every value null             | `NoDataForZone`                         |
 | 200 we cannot read (not JSON, wrong shape)             | `MalformedUpstreamResponse`             |
 
-The HTTP mechanics are `_send` (one attempt, status → error) and `_call` (deadline, retries,
-breaker); the parsing below `# ----- parsing (pure)` is unit-tested on fixtures without HTTP.
+The HTTP goes through the shared seam (`providers/upstream.py`: deadline, retries, breaker,
+metrics) with this module's `interpret` as its status table; the parsing below
+`# ----- parsing (pure)` is unit-tested on fixtures without HTTP.
 """
 
 from __future__ import annotations
@@ -47,26 +48,17 @@ from carbon_optimizer.errors import (
     MalformedUpstreamResponse,
     NoDataForZone,
     ProviderAuthError,
-    ProviderError,
-    ProviderNotEntitled,
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from carbon_optimizer.metrics import UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, validate_zone
 from carbon_optimizer.providers.carbon.common import Point, Signal, points_to_series
-from carbon_optimizer.providers.electricitymaps import (
-    Fetched,
-    SeriesKind,
-    SeriesRequest,
-    SourceStatus,
-    validate_zone,
-)
-from carbon_optimizer.resilience import (
+from carbon_optimizer.providers.upstream import (
     CircuitBreaker,
-    Deadline,
     RetryPolicy,
     Sleep,
-    call_with_retries,
+    SourceStatus,
+    Upstream,
     parse_retry_after,
 )
 from carbon_optimizer.settings import CacheSettings, GBIntensitySettings
@@ -123,7 +115,6 @@ class GBIntensityProvider:
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self._http = http
         self._settings = settings
         self._base_url = settings.base_url.rstrip("/")
         defaults = CacheSettings()
@@ -133,12 +124,22 @@ class GBIntensityProvider:
             reset_s=defaults.breaker_reset_s,
             clock=monotonic,
         )
-        self._policy = RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s)
         self._wall_clock = wall_clock
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._rng = rng
-        self.status = SourceStatus()
+        self._upstream = Upstream(
+            UPSTREAM,
+            http,
+            deadline_s=settings.request_deadline_s,
+            read_timeout_s=settings.read_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            retry=RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s),
+            breaker=self.breaker,
+            interpret=interpret,
+            wall_clock=wall_clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            rng=rng,
+        )
+        self.status: SourceStatus = self._upstream.status
 
     def __repr__(self) -> str:
         return f"GBIntensityProvider(base_url={self._base_url!r}, breaker={self.breaker.state.value})"
@@ -222,80 +223,18 @@ class GBIntensityProvider:
     # ----- transport -----
 
     async def _call(self, endpoint: str, path: str, parse: Callable[[Any], ParsedT]) -> ParsedT:
-        """One logical GET: deadline, retries, breaker; parsing inside the attempt."""
-        if not self.breaker.allow():
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, "circuit_open").inc()
-            raise ProviderUnavailable(f"{UPSTREAM} circuit open", source=UPSTREAM)
-        deadline = Deadline(self._settings.request_deadline_s, clock=self._monotonic)
-        try:
-            result = await call_with_retries(
-                lambda d: self._send(endpoint, self._base_url + path, d, parse),
-                policy=self._policy,
-                deadline=deadline,
-                sleep=self._sleep,
-                rng=self._rng,
-            )
-        except (ProviderAuthError, ProviderNotEntitled, NoDataForZone) as exc:
-            self.breaker.record_success()  # a definite answer: the upstream is up
-            self._failed(exc)
-            raise
-        except ProviderError as exc:
-            self.breaker.record_failure()
-            self._failed(exc)
-            raise
-        except BaseException:
-            self.breaker.release()
-            raise
-        self.breaker.record_success()
-        self.status.last_success = self._wall_clock()
-        return result
+        """One logical GET through the shared seam (deadline, retries, breaker, metrics, status).
 
-    async def _send(
-        self, endpoint: str, url: str, deadline: Deadline, parse: Callable[[Any], ParsedT]
-    ) -> ParsedT:
-        """One HTTP attempt inside `deadline` → `parse(body)`, or the domain error.
-
-        No `Content-Type` header: the regional routes answer a GET carrying one with 400.
+        `interpret` (this module's status table) reads each answer; parsing runs inside the
+        attempt, so a 2xx body we cannot read counts as a failure. No `Content-Type` header: the
+        regional routes answer a GET carrying one with 400.
         """
-        remaining = deadline.remaining()
-        timeout = httpx.Timeout(
-            min(self._settings.read_timeout_s, remaining),
-            connect=min(self._settings.connect_timeout_s, remaining),
+        return await self._upstream.get_json(
+            endpoint,
+            self._base_url + path,
+            headers={"accept": "application/json", "user-agent": self._settings.user_agent},
+            parse=parse,
         )
-        started = self._monotonic()
-        outcome = "error"
-        try:
-            try:
-                async with asyncio.timeout(remaining):
-                    response = await self._http.get(
-                        url,
-                        headers={"accept": "application/json", "user-agent": self._settings.user_agent},
-                        timeout=timeout,
-                    )
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                outcome = "timeout"
-                raise ProviderUnavailable(
-                    f"{UPSTREAM} {endpoint}: timed out", source=UPSTREAM, retryable=True
-                ) from exc
-            except httpx.TransportError as exc:
-                outcome = "connect_error"
-                raise ProviderUnavailable(
-                    f"{UPSTREAM} {endpoint}: {type(exc).__name__}", source=UPSTREAM, retryable=True
-                ) from exc
-            result = parse(interpret(endpoint, response))
-            outcome = "ok"
-            return result
-        except ProviderError as exc:
-            if outcome == "error":
-                outcome = _OUTCOMES.get(type(exc), "server_error")
-            raise
-        finally:
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, outcome).inc()
-            UPSTREAM_LATENCY.labels(UPSTREAM, endpoint).observe(self._monotonic() - started)
-
-    def _failed(self, exc: ProviderError) -> None:
-        self.status.last_failure = self._wall_clock()
-        self.status.last_error = f"{type(exc).__name__}: {exc.message}"
 
     def _region(self, zone: str) -> int | None:
         if validate_zone(zone) not in GB_ZONES:
@@ -337,14 +276,6 @@ def interpret(endpoint: str, response: httpx.Response) -> Any:
     if status >= 500:
         raise ProviderUnavailable(f"{what}: HTTP {status} {text}".rstrip(), source=UPSTREAM, retryable=True)
     raise ProviderUnavailable(f"{what}: unexpected HTTP {status}", source=UPSTREAM)
-
-
-_OUTCOMES: dict[type[ProviderError], str] = {
-    ProviderAuthError: "auth_error",
-    NoDataForZone: "no_data",
-    ProviderRateLimited: "rate_limited",
-    MalformedUpstreamResponse: "malformed",
-}
 
 
 def _error_text(response: httpx.Response) -> str:

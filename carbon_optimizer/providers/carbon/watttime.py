@@ -33,8 +33,9 @@ Secrets: the password travels only in the `/login` Basic header, the token only 
 `Authorization` header of data calls; neither appears in a message, a log line or a repr (messages
 are also scrubbed in case an upstream echoes them back).
 
-The HTTP mechanics are `_send` (one attempt, status → error) and `_call` (deadline, retries,
-breaker, the one re-login); everything below `# ----- parsing (pure)` turns bodies into domain
+The HTTP goes through the shared seam (`providers/upstream.py`: deadline, retries, breaker,
+metrics) with this module's `interpret` as its status table; `_call` adds the bearer token and
+the one re-login after a refused token; everything below `# ----- parsing (pure)` turns bodies into domain
 points and is unit-tested on fixtures without any HTTP.
 """
 
@@ -64,21 +65,15 @@ from carbon_optimizer.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from carbon_optimizer.metrics import UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, validate_zone
 from carbon_optimizer.providers.carbon.common import Point, Signal, points_to_series
-from carbon_optimizer.providers.electricitymaps import (
-    Fetched,
-    SeriesKind,
-    SeriesRequest,
-    SourceStatus,
-    validate_zone,
-)
-from carbon_optimizer.resilience import (
+from carbon_optimizer.providers.upstream import (
     CircuitBreaker,
     Deadline,
     RetryPolicy,
     Sleep,
-    call_with_retries,
+    SourceStatus,
+    Upstream,
     parse_retry_after,
 )
 from carbon_optimizer.settings import CacheSettings, WattTimeSettings
@@ -162,7 +157,6 @@ class WattTimeProvider:
     ) -> None:
         if not settings.username or settings.password is None:
             raise ValueError("WattTimeProvider needs settings.watttime.username and .password")
-        self._http = http
         self._settings = settings
         self._base_url = settings.base_url.rstrip("/")
         self._auth_url = settings.auth_base_url.rstrip("/")
@@ -175,17 +169,38 @@ class WattTimeProvider:
             reset_s=defaults.breaker_reset_s,
             clock=monotonic,
         )
-        self._policy = RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s)
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        self._sleep = sleep
-        self._rng = rng
+        policy = RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s)
+
+        def upstream(read: Callable[[str, httpx.Response], Any]) -> Upstream:
+            return Upstream(
+                UPSTREAM,
+                http,
+                deadline_s=settings.request_deadline_s,
+                read_timeout_s=settings.read_timeout_s,
+                connect_timeout_s=settings.connect_timeout_s,
+                retry=policy,
+                breaker=self.breaker,
+                interpret=read,
+                wall_clock=wall_clock,
+                monotonic=monotonic,
+                sleep=sleep,
+                rng=rng,
+            )
+
+        # Two views of the one seam (same breaker): data calls, and `/login`, whose
+        # 401/403 mean "credentials rejected" rather than "token rejected".
+        self._upstream = upstream(interpret)
+        self._login = upstream(lambda endpoint, response: interpret(endpoint, response, login=True))
         self._token: _Token | None = None
         self._recent_tokens: collections.deque[SecretStr] = collections.deque(maxlen=4)  # for scrubbing
         self._login_lock = asyncio.Lock()
         self._located: dict[tuple[float, float, Signal], tuple[str, float]] = {}
         self.logins = 0  # how many times we called /login (observable; WattTime rate-limits it)
-        self.status = SourceStatus()
+        # The data calls' status is the source's: a login alone is no success (its failures are
+        # recorded here by `_failed`).
+        self.status: SourceStatus = self._upstream.status
 
     def __repr__(self) -> str:
         token = "cached" if self._token is not None else "none"
@@ -241,8 +256,9 @@ class WattTimeProvider:
 
     # ----- public endpoints -----
 
-    async def fetch(self, request: SeriesRequest, signal: Signal = Signal.MARGINAL) -> Fetched:
-        """Dispatch a `SeriesRequest` to its endpoint (past-range → `/v3/historical`)."""
+    async def fetch(self, request: SeriesRequest) -> Fetched:
+        """Dispatch a `SeriesRequest` for `request.signal` to its endpoint (past-range → historical)."""
+        signal = request.signal
         if request.kind is SeriesKind.FORECAST:
             return await self.forecast(request.zone, signal)
         if request.kind is SeriesKind.HISTORY:
@@ -358,24 +374,30 @@ class WattTimeProvider:
     async def _call(
         self, endpoint: str, path: str, params: Mapping[str, Any], parse: Callable[[Any], ParsedT]
     ) -> ParsedT:
-        """One logical authenticated GET: deadline, retries, breaker, at most one re-login.
+        """One logical authenticated GET through the shared seam, with at most one re-login.
 
-        Parsing runs inside the attempt, so a 2xx body we cannot read counts as a failure.
+        The login, the data call and a re-login after a refused token share one deadline; the
+        seam gives each its retries, the breaker and the metrics, and `interpret` (this module's
+        status table) reads every answer. Parsing runs inside the attempt, so a 2xx body we
+        cannot read counts as a failure.
         """
-        if not self.breaker.allow():
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, "circuit_open").inc()
-            raise ProviderUnavailable("watttime circuit open", source=UPSTREAM)
         deadline = Deadline(self._settings.request_deadline_s, clock=self._monotonic)
         relogged = False
-
-        async def attempt(d: Deadline) -> ParsedT:
-            nonlocal relogged
+        try:
             while True:
-                token = await self._bearer(d)
-                headers = {"authorization": f"Bearer {token.value.get_secret_value()}"}
+                token = await self._bearer(deadline)
+                headers = {
+                    "accept": "application/json",
+                    "authorization": f"Bearer {token.value.get_secret_value()}",
+                }
                 try:
-                    return await self._send(
-                        endpoint, self._base_url + path, d, parse, params=params, headers=headers
+                    return await self._upstream.get_json(
+                        endpoint,
+                        self._base_url + path,
+                        params=dict(params),
+                        headers=headers,
+                        parse=parse,
+                        deadline=deadline,
                     )
                 except _TokenRejected as exc:
                     if relogged:
@@ -384,26 +406,9 @@ class WattTimeProvider:
                         ) from None
                     relogged = True
                     self._drop(token)
-
-        try:
-            result = await call_with_retries(
-                attempt, policy=self._policy, deadline=deadline, sleep=self._sleep, rng=self._rng
-            )
-        except (ProviderAuthError, ProviderNotEntitled, NoDataForZone) as exc:
-            # A definite answer: the upstream is up, it just says no.
-            self.breaker.record_success()
-            self._failed(exc)
-            raise
         except ProviderError as exc:
-            self.breaker.record_failure()
             self._failed(exc)
             raise
-        except BaseException:
-            self.breaker.release()  # cancelled: no verdict on the upstream
-            raise
-        self.breaker.record_success()
-        self.status.last_success = self._wall_clock()
-        return result
 
     async def _bearer(self, deadline: Deadline) -> _Token:
         """The cached token, or a new one from `/login` (one login however many callers wait)."""
@@ -415,8 +420,13 @@ class WattTimeProvider:
             if token is not None and token.renew_at > self._monotonic():
                 return token
             self.logins += 1
-            value = await self._send(
-                "login", self._auth_url + "/login", deadline, parse_token, auth=self._auth, login=True
+            value = await self._login.get_json(
+                "login",
+                self._auth_url + "/login",
+                headers={"accept": "application/json"},
+                auth=self._auth,
+                parse=parse_token,
+                deadline=deadline,
             )
             lifetime = max(0.0, self._settings.token_ttl_s - self._settings.token_refresh_margin_s)
             token = _Token(value, self._monotonic() + lifetime)
@@ -429,61 +439,6 @@ class WattTimeProvider:
         """Forget a refused token (unless another caller has already replaced it)."""
         if self._token is token:
             self._token = None
-
-    async def _send(
-        self,
-        endpoint: str,
-        url: str,
-        deadline: Deadline,
-        parse: Callable[[Any], ParsedT],
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        auth: httpx.Auth | None = None,
-        login: bool = False,
-    ) -> ParsedT:
-        """One HTTP attempt inside `deadline` → `parse(body)`, or the domain error.
-
-        This (with `_call`'s retry loop) is the whole HTTP seam of the adapter: swapping it for a
-        shared upstream client changes nothing above it.
-        """
-        remaining = deadline.remaining()
-        timeout = httpx.Timeout(
-            min(self._settings.read_timeout_s, remaining),
-            connect=min(self._settings.connect_timeout_s, remaining),
-        )
-        started = self._monotonic()
-        outcome = "error"
-        try:
-            try:
-                async with asyncio.timeout(remaining):
-                    response = await self._http.get(
-                        url,
-                        params=dict(params or {}),
-                        headers={"accept": "application/json", **(headers or {})},
-                        auth=auth or httpx.USE_CLIENT_DEFAULT,
-                        timeout=timeout,
-                    )
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                outcome = "timeout"
-                raise ProviderUnavailable(
-                    f"watttime {endpoint}: timed out", source=UPSTREAM, retryable=True
-                ) from exc
-            except httpx.TransportError as exc:
-                outcome = "connect_error"
-                raise ProviderUnavailable(
-                    f"watttime {endpoint}: {type(exc).__name__}", source=UPSTREAM, retryable=True
-                ) from exc
-            result = parse(interpret(endpoint, response, login=login))
-            outcome = "ok"
-            return result
-        except ProviderError as exc:
-            if outcome == "error":
-                outcome = _outcome_of(exc)
-            raise
-        finally:
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, outcome).inc()
-            UPSTREAM_LATENCY.labels(UPSTREAM, endpoint).observe(self._monotonic() - started)
 
     def _failed(self, exc: ProviderError) -> ProviderError:
         """Record the failure; return `exc` with any secret scrubbed from its message."""
@@ -552,20 +507,6 @@ def interpret(endpoint: str, response: httpx.Response, *, login: bool = False) -
     if status >= 500:
         raise ProviderUnavailable(f"{what}: HTTP {status}", source=UPSTREAM, retryable=True)
     raise ProviderUnavailable(f"{what}: unexpected HTTP {status}", source=UPSTREAM)
-
-
-_OUTCOMES: dict[type[ProviderError], str] = {
-    ProviderNotEntitled: "not_entitled",
-    ProviderAuthError: "auth_error",
-    _TokenRejected: "auth_error",
-    NoDataForZone: "no_data",
-    ProviderRateLimited: "rate_limited",
-    MalformedUpstreamResponse: "malformed",
-}
-
-
-def _outcome_of(exc: ProviderError) -> str:
-    return _OUTCOMES.get(type(exc), "server_error")
 
 
 def _error_text(response: httpx.Response) -> tuple[str, bool]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -33,8 +33,9 @@ import orjson
 
 from carbon_optimizer.domain.serverless import Option
 from carbon_optimizer.errors import MalformedUpstreamResponse, ProviderUnavailable
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.providers.serverless_prices import LiveFetcher, LiveRates, ServerlessPriceChain
+from carbon_optimizer.providers.store import KeyValueStore
+from carbon_optimizer.providers.upstream import RetryPolicy, Upstream
 from carbon_optimizer.settings import Settings
 
 AWS_OFFERS_BASE = "https://pricing.us-east-1.amazonaws.com"
@@ -302,21 +303,42 @@ async def fetch_gcp_cloud_run(
 # ----- shared -----
 
 
+# One price document per call, no retries (the chain's cool-down paces the next try); the AWS
+# offer file runs to megabytes, so the bound is generous.
+_DEADLINE_S = 30.0
+
+
+def _interpret(source: str) -> Callable[[str, httpx.Response], dict[str, Any]]:
+    """Read one answer: 200 with a JSON object, else the domain error."""
+
+    def interpret(endpoint: str, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise ProviderUnavailable(f"{source} price API answered {response.status_code}", source=source)
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedUpstreamResponse(f"{source} price API sent invalid JSON", source=source) from exc
+        if not isinstance(body, dict):
+            raise MalformedUpstreamResponse(f"{source} price API sent an unexpected shape", source=source)
+        return body
+
+    return interpret
+
+
 async def _get_json(
     http: httpx.AsyncClient, url: str, source: str, headers: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    try:
-        response = await http.get(url, headers=dict(headers or {}))
-    except httpx.HTTPError as exc:
-        raise ProviderUnavailable(f"{source} price API unreachable", source=source, retryable=True) from exc
-    if response.status_code != 200:
-        raise ProviderUnavailable(f"{source} price API answered {response.status_code}", source=source)
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedUpstreamResponse(f"{source} price API sent invalid JSON", source=source) from exc
-    if not isinstance(body, dict):
-        raise MalformedUpstreamResponse(f"{source} price API sent an unexpected shape", source=source)
+    """One GET through the shared upstream seam (timeouts and transport errors → ProviderUnavailable)."""
+    upstream = Upstream(
+        source,
+        http,
+        deadline_s=_DEADLINE_S,
+        read_timeout_s=_DEADLINE_S,
+        retry=RetryPolicy(max_retries=0),
+        interpret=_interpret(source),
+        secrets=tuple((headers or {}).values()),
+    )
+    body: dict[str, Any] = await upstream.get_json("serverless-prices", url, headers=dict(headers or {}))
     return body
 
 

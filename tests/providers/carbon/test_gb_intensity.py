@@ -27,6 +27,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
+from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.providers.carbon.common import Signal
 from carbon_optimizer.providers.carbon.gb_intensity import (
     ACTUAL,
@@ -38,8 +39,7 @@ from carbon_optimizer.providers.carbon.gb_intensity import (
     periods_to_points,
     range_chunks,
 )
-from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest, SeriesSource
-from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import GBIntensitySettings, Settings
 from tests.providers.carbon.support import FakeTime, load, upstream_count
 

@@ -30,6 +30,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
+from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest, SeriesSource
 from carbon_optimizer.providers.carbon.common import Signal
 from carbon_optimizer.providers.carbon.watttime import (
     LBS_PER_MWH_TO_G_PER_KWH,
@@ -40,8 +41,7 @@ from carbon_optimizer.providers.carbon.watttime import (
     parse_region,
     parse_token,
 )
-from carbon_optimizer.providers.electricitymaps import SeriesKind, SeriesRequest, SeriesSource
-from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import Settings, WattTimeSettings
 from tests.providers.carbon.support import FakeTime, load, raw, upstream_count
 
@@ -400,11 +400,12 @@ async def test_fetch_dispatches_series_requests(
     router.get("/v3/forecast").respond(json=wt("forecast_CAISO_NORTH_0h.json"))
     historical = router.get("/v3/historical").respond(json=wt("historical_aoer_CAISO.json"))
     provider = make(http, fake_time)
-    latest = await provider.fetch(SeriesRequest(SeriesKind.LATEST, "US-CAL-CISO"))
+    latest = await provider.fetch(SeriesRequest(SeriesKind.LATEST, "US-CAL-CISO", signal=Signal.MARGINAL))
     assert len(latest.series.values) == 1
     start = datetime(2024, 3, 1, tzinfo=UTC)
-    request = SeriesRequest(SeriesKind.PAST_RANGE, "US-CAL-CISO", start, start + timedelta(hours=24))
-    past = await provider.fetch(request, Signal.AVERAGE)
+    end = start + timedelta(hours=24)
+    request = SeriesRequest(SeriesKind.PAST_RANGE, "US-CAL-CISO", start, end, signal=Signal.AVERAGE)
+    past = await provider.fetch(request)
     assert historical.calls.last.request.url.params["region"] == "CAISO"
     assert len(past.series.values) == 24
 

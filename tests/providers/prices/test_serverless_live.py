@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from carbon_optimizer.cache import MemoryStore
 from carbon_optimizer.domain.serverless import Option
 from carbon_optimizer.providers.prices.serverless_live import (
     ServerlessLiveSources,
@@ -24,6 +23,7 @@ from carbon_optimizer.providers.prices.serverless_live import (
     parse_gcp_cloud_run,
 )
 from carbon_optimizer.providers.serverless_prices import LiveRates, ServerlessPriceChain, bundled_prices
+from carbon_optimizer.providers.store import MemoryStore
 from carbon_optimizer.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "serverless"

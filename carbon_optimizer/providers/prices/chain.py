@@ -22,7 +22,6 @@ GCP's live tables only cover the composed families, so bundled rows of other typ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import time
@@ -37,9 +36,10 @@ import orjson
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
 from carbon_optimizer.errors import CarbonOptimizerError, ProviderAuthError, ProviderRateLimited
 from carbon_optimizer.health import ComponentStatus
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, PRICE_DATA_FETCHED, child
 from carbon_optimizer.providers.base import PriceProvider
+from carbon_optimizer.providers.store import KeyValueStore
+from carbon_optimizer.providers.tiered import SingleFlight
 
 from ._common import LivePriceSource, SourceStatus, check_region, log, safe_message, utc_now
 
@@ -135,7 +135,7 @@ def encode_table(table: OfferTable, fetched_at: datetime) -> bytes:
     )
 
 
-def decode_entry(raw: bytes) -> CachedEntry | None:
+def decode_table(raw: bytes) -> CachedEntry | None:
     """Parse a store entry straight into columns; None (a miss) when corrupt or of another format."""
     try:
         doc = orjson.loads(raw)
@@ -266,7 +266,7 @@ class CachedPriceProvider:
             self.statuses.setdefault(provider, SourceStatus(enabled=provider in self._live))
         self._clock = clock
         self._local: dict[str, _Local] = {}
-        self._tasks: dict[str, asyncio.Task[OfferTable | None]] = {}
+        self._flights: SingleFlight[str, OfferTable | None] = SingleFlight()
 
     # ----- reading -----
 
@@ -285,7 +285,7 @@ class CachedPriceProvider:
         if self._store is None:
             return None
         raw = await self._store.get(key)
-        return decode_entry(raw) if raw is not None else None
+        return decode_table(raw) if raw is not None else None
 
     def _saw(self, provider: str, fetched_at: datetime) -> None:
         self.statuses[provider].saw_data(fetched_at)
@@ -399,16 +399,15 @@ class CachedPriceProvider:
         store_key: str,
         key: str,
     ) -> OfferTable | None:
-        task = self._tasks.get(store_key)
+        task = self._flights.running(store_key)
         # Only the request that starts a fetch waits for it; while it runs, others answer at once.
         wait_s = 0.0
         if task is None:
-            task = asyncio.create_task(
-                self._fetch_and_store(source, provider, region, price_type, store_key),
+            task = self._flights.start(
+                store_key,
+                lambda: self._fetch_and_store(source, provider, region, price_type, store_key),
                 name=f"price-refresh {store_key}",
             )
-            self._tasks[store_key] = task
-            task.add_done_callback(self._forget_task)
             wait_s = self.policy.live_wait_s
         try:
             fetched = await asyncio.wait_for(asyncio.shield(task), timeout=wait_s) if wait_s else None
@@ -423,11 +422,6 @@ class CachedPriceProvider:
         table = await self._finish(provider, region, price_type, table)
         # Later reads within the local TTL get the cached labelling, like any other process would.
         return table
-
-    def _forget_task(self, done: asyncio.Task[OfferTable | None]) -> None:
-        for key, task in list(self._tasks.items()):
-            if task is done:
-                del self._tasks[key]
 
     async def _fetch_and_store(
         self, source: LivePriceSource, provider: str, region: str, price_type: PriceType, store_key: str
@@ -499,18 +493,12 @@ class CachedPriceProvider:
                 "spot": self.policy.ttl_s(PriceType.SPOT),
             },
             "sources": {provider: status.as_dict(now) for provider, status in sorted(self.statuses.items())},
-            "refreshing": sorted(self._tasks),
+            "refreshing": sorted(self._flights.keys()),
         }
 
     async def aclose(self) -> None:
         """Cancel background fetches and close the live clients."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._flights.aclose()
         for source in self._live.values():
             await source.aclose()
 
@@ -519,32 +507,6 @@ class _EmptyAnswerError(CarbonOptimizerError):
     def __init__(self, provider: str, region: str) -> None:
         super().__init__(f"{provider} returned no prices for {region}")
         self.message = f"{provider} returned no prices for {region}"
-
-
-class PrefixedStore:
-    """A KeyValueStore view that namespaces keys (`co:v1:` + key), like the carbon cache does."""
-
-    def __init__(self, inner: KeyValueStore, prefix: str) -> None:
-        self.inner = inner
-        self.prefix = prefix.rstrip(":") + ":" if prefix else ""
-        self.name = inner.name
-
-    @property
-    def healthy(self) -> bool:
-        """The wrapped store's health."""
-        return self.inner.healthy
-
-    async def get(self, key: str) -> bytes | None:
-        """Get `prefix + key`."""
-        return await self.inner.get(self.prefix + key)
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Set `prefix + key`."""
-        await self.inner.set(self.prefix + key, value, ttl_s)
-
-    async def delete(self, key: str) -> None:
-        """Delete `prefix + key`."""
-        await self.inner.delete(self.prefix + key)
 
 
 async def store_table(

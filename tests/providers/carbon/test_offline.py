@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from carbon_optimizer.errors import UnknownZone
-from carbon_optimizer.providers.base import CarbonIntensityProvider
-from carbon_optimizer.providers.bundled import data_file, load_hourly_carbon, read_csv
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider, replay_indices
+from carbon_optimizer.providers.carbon.base import BundledSeries
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider, replay_indices
+from carbon_optimizer.providers.catalog import data_file, load_hourly_carbon, read_csv
 
 HOUR = timedelta(hours=1)
 START_2023 = datetime(2023, 1, 1, tzinfo=UTC)
@@ -176,7 +176,7 @@ class TestErrors:
 
 class TestProtocol:
     def test_satisfies_protocol(self, provider: OfflineCarbonProvider) -> None:
-        assert isinstance(provider, CarbonIntensityProvider)
+        assert isinstance(provider, BundledSeries)
         assert provider.name == "bundled"
 
     async def test_async_series(self, provider: OfflineCarbonProvider) -> None:

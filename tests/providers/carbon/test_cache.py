@@ -6,7 +6,7 @@ fakeredis stands in for Redis here only (integration tests use a real redis-serv
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,15 +15,6 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from carbon_optimizer.cache import (
-    CachedSeriesSource,
-    CacheEntry,
-    MemoryStore,
-    RedisStore,
-    decode_entry,
-    encode_entry,
-    mark_stale,
-)
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.errors import (
     NoDataForZone,
@@ -32,19 +23,20 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     ProviderUnavailable,
 )
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, Signal
+from carbon_optimizer.providers.carbon.cache import (
+    CachedSeriesSource,
+    CacheEntry,
+    decode_entry,
+    encode_entry,
+    mark_stale,
+)
+from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
+from tests.support.clock import T0
+from tests.support.clock import ManualClock as Clock
 
-T0 = 1_700_000_000.0
 FORECAST_DE = SeriesRequest(SeriesKind.FORECAST, "DE")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_series(
@@ -70,6 +62,10 @@ class FakeSource:
     errors: list[ProviderError] = field(default_factory=list)
     gate: asyncio.Event | None = None
     value: float = 100.0
+    signals: frozenset[Signal] = frozenset({Signal.AVERAGE})
+
+    def covers(self, zone: str) -> bool:
+        return True
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
         self.calls.append(request)
@@ -114,20 +110,20 @@ def test_entry_round_trip_is_zero_copy_numpy() -> None:
         fetched_at=datetime.fromtimestamp(T0, UTC),
         issued_at=datetime.fromtimestamp(T0 - 60, UTC),
     )
-    data = encode_entry(CacheEntry(fresh_until=T0 + 900, fetched=fetched))
+    data = encode_entry(CacheEntry(fresh_until=T0 + 900, value=fetched))
     assert b"[100" not in data  # values are raw float64s, not a JSON list
     entry = decode_entry(data)
     assert entry is not None
-    assert entry.fetched is not None
-    series = entry.fetched.series
+    assert entry.value is not None
+    series = entry.value.series
     np.testing.assert_array_equal(series.values, fetched.series.values)  # NaN survives
     assert series.values.dtype == np.dtype("<f8")
     assert not series.values.flags.writeable  # a view on the cached bytes, shared safely
     assert series.start == fetched.series.start
     assert series.step == timedelta(hours=1)
     assert series.runs == fetched.series.runs
-    assert entry.fetched.fetched_at == fetched.fetched_at
-    assert entry.fetched.issued_at == fetched.issued_at
+    assert entry.value.fetched_at == fetched.fetched_at
+    assert entry.value.issued_at == fetched.issued_at
     assert entry.fresh_until == T0 + 900
 
 
@@ -523,3 +519,129 @@ async def test_refresh_skips_fresh_entries() -> None:
     assert await cache.refresh(FORECAST_DE) is True
     assert await cache.refresh(FORECAST_DE, min_remaining_s=100) is False
     assert len(source.calls) == 1
+
+
+# ----- issue 11: negative markers beside the good value, no write-back, empty answers -----
+
+
+async def test_a_negative_answer_never_overwrites_the_last_good_value() -> None:
+    clock = Clock()
+    source = FakeSource(clock)
+    store = MemoryStore(clock=lambda: clock.now)
+    cache = CachedSeriesSource(source, store, settings(), clock=clock, monotonic=clock)
+    await cache.fetch(FORECAST_DE)
+    good_key = cache.key_for(FORECAST_DE)
+    good_bytes = await store.get(good_key)
+    clock.now += 1000  # expired
+    source.errors.append(ProviderAuthError("token rejected"))
+    served = await cache.fetch(FORECAST_DE)
+    # Stale live data is preferred to fallback, and the good entry is still there beside the marker.
+    assert served.stale
+    assert "ProviderAuthError" in (served.error or "")
+    assert await store.get(good_key) == good_bytes
+    marker = decode_entry(await store.get(good_key + ":neg") or b"")
+    assert marker is not None
+    assert marker.negative == ("auth", "token rejected")
+
+
+async def test_negative_markers_live_seconds_with_back_off_not_the_cap() -> None:
+    clock = Clock()
+    source = FakeSource(clock)
+    store = MemoryStore(clock=lambda: clock.now)
+    cache = CachedSeriesSource(
+        source, store, settings(negative_ttl_s=600, negative_base_s=5.0), clock=clock, monotonic=clock
+    )
+    lifetimes = []
+    for _ in range(4):
+        source.errors.append(ProviderNotEntitled("plan"))
+        with pytest.raises(ProviderNotEntitled):
+            await cache.fetch(FORECAST_DE)
+        marker = decode_entry(await store.get(cache.key_for(FORECAST_DE) + ":neg") or b"")
+        assert marker is not None
+        lifetimes.append(round(marker.fresh_until - clock.now))
+        clock.now += lifetimes[-1] + 0.5  # past the marker (and the local tier)
+    assert lifetimes == [5, 10, 20, 40]
+    # The upstream recovers: one good answer clears the marker for every worker.
+    assert not (await cache.fetch(FORECAST_DE)).stale
+    assert await store.get(cache.key_for(FORECAST_DE) + ":neg") is None
+
+
+async def test_a_negative_marker_in_the_store_makes_other_workers_serve_stale_not_fallback() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=lambda: clock.now)
+    first_source, second_source = FakeSource(clock), FakeSource(clock)
+    first = CachedSeriesSource(first_source, store, settings(), clock=clock, monotonic=clock)
+    second = CachedSeriesSource(second_source, store, settings(), clock=clock, monotonic=clock)
+    await first.fetch(FORECAST_DE)
+    await second.fetch(FORECAST_DE)  # second has the good value locally too
+    clock.now += 1000
+    first_source.errors.append(NoDataForZone("404"))
+    assert (await first.fetch(FORECAST_DE)).stale
+    calls = len(second_source.calls)
+    answer = await second.fetch(FORECAST_DE)  # obeys the marker: no upstream call, stale data
+    assert answer.stale
+    assert len(second_source.calls) == calls
+
+
+async def test_a_local_copy_is_never_written_back_into_an_emptied_store() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=lambda: clock.now)
+    cache = CachedSeriesSource(FakeSource(clock), store, settings(), clock=clock, monotonic=clock)
+    await cache.fetch(FORECAST_DE)
+    await store.delete(cache.key_for(FORECAST_DE))  # FLUSHALL, an eviction, a restarted Redis
+    assert (await cache.fetch(FORECAST_DE)).series.values[0] == 100.0
+    assert await store.get(cache.key_for(FORECAST_DE)) is None
+
+
+@dataclass
+class NullSource(FakeSource):
+    """Answers with every value null after `good` answers."""
+
+    good: int = 1
+
+    async def fetch(self, request: SeriesRequest) -> Fetched:
+        fetched = await super().fetch(request)
+        if len(self.calls) <= self.good:
+            return fetched
+        values = np.full(len(fetched.series.values), np.nan)
+        return Fetched(series=replace(fetched.series, values=values), fetched_at=fetched.fetched_at)
+
+
+async def test_an_all_null_answer_does_not_replace_good_data() -> None:
+    clock = Clock()
+    source = NullSource(clock)
+    store = MemoryStore(clock=lambda: clock.now)
+    cache = CachedSeriesSource(source, store, settings(), clock=clock, monotonic=clock)
+    await cache.fetch(FORECAST_DE)
+    good_bytes = await store.get(cache.key_for(FORECAST_DE))
+    clock.now += 1000
+    served = await cache.fetch(FORECAST_DE)
+    assert served.stale
+    assert served.series.values[0] == 100.0
+    assert "without values" in (served.error or "")
+    assert await store.get(cache.key_for(FORECAST_DE)) == good_bytes
+
+
+async def test_an_all_null_first_answer_is_kept_for_the_chain_to_fill() -> None:
+    clock = Clock()
+    source = NullSource(clock, good=0)
+    cache = memory_cache(clock, source)
+    answer = await cache.fetch(FORECAST_DE)
+    assert np.isnan(answer.series.values).all()
+    assert not answer.stale
+
+
+async def test_clear_negative_is_the_operators_lever() -> None:
+    clock = Clock()
+    source = FakeSource(clock)
+    store = MemoryStore(clock=lambda: clock.now)
+    cache = CachedSeriesSource(source, store, settings(), clock=clock, monotonic=clock)
+    source.errors.append(ProviderAuthError("bad token"))
+    with pytest.raises(ProviderAuthError):
+        await cache.fetch(FORECAST_DE)
+    with pytest.raises(ProviderAuthError):  # the marker answers without an upstream call
+        await cache.fetch(FORECAST_DE)
+    assert len(source.calls) == 1
+    await cache.clear_negative(FORECAST_DE)
+    assert not (await cache.fetch(FORECAST_DE)).stale
+    assert len(source.calls) == 2

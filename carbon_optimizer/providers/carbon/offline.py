@@ -31,7 +31,7 @@ import numpy as np
 
 from carbon_optimizer.domain.models import CarbonSeries, IntArray, SourceRun, utc
 from carbon_optimizer.errors import UnknownZone
-from carbon_optimizer.providers.bundled import (
+from carbon_optimizer.providers.catalog import (
     HOURLY_YEAR,
     HourlyCarbon,
     RegionCatalog,

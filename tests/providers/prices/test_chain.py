@@ -9,11 +9,11 @@ import pytest
 
 from carbon_optimizer.domain.models import OfferTable, PriceType
 from carbon_optimizer.errors import ProviderAuthError, ProviderUnavailable
-from carbon_optimizer.providers.prices.cached import (
+from carbon_optimizer.providers.prices.chain import (
     CachedPriceProvider,
     CachePolicy,
     cache_key,
-    decode_entry,
+    decode_table,
     encode_table,
 )
 
@@ -280,12 +280,12 @@ async def test_no_store_still_works(clock: Clock) -> None:
     "raw", [b"", b"not json", b'{"v": 99}', b'{"v": 1, "fetched_at": "2026-01-01T00:00:00"}']
 )
 def test_corrupt_entries_are_misses(raw: bytes) -> None:
-    assert decode_entry(raw) is None
+    assert decode_table(raw) is None
 
 
 def test_codec_round_trip() -> None:
     table: OfferTable = live_table("aws", "us-east-1", {"t3.large": 0.0832}, gpus=0, model=None)
-    entry = decode_entry(encode_table(table, NOW))
+    entry = decode_table(encode_table(table, NOW))
     assert entry is not None
     assert entry.fetched_at == NOW
     back = entry.table("us-east-1").offer(0)

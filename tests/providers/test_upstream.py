@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from carbon_optimizer.errors import NoDataForZone, ProviderRateLimited, ProviderUnavailable
-from carbon_optimizer.resilience import (
+from carbon_optimizer.providers.upstream import (
     CircuitBreaker,
     CircuitState,
     Deadline,

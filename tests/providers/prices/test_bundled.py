@@ -10,8 +10,8 @@ import pytest
 
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.providers.base import PriceProvider
-from carbon_optimizer.providers.bundled import data_file, load_region_catalog, read_csv
-from carbon_optimizer.providers.price_catalog import (
+from carbon_optimizer.providers.catalog import data_file, load_region_catalog, read_csv
+from carbon_optimizer.providers.prices.bundled import (
     BundledPriceProvider,
     estimate_lookup,
     list_offers,

@@ -24,10 +24,11 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
-from carbon_optimizer.providers.electricitymaps import Fetched, SeriesKind, SeriesRequest, rows_to_series
-from carbon_optimizer.providers.layered import LayeredCarbonProvider, SeriesResult, ceil_to, floor_to
+from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, SeriesResult, Signal
+from carbon_optimizer.providers.carbon.chain import CarbonChain, ceil_to, floor_to
+from carbon_optimizer.providers.carbon.electricitymaps import rows_to_series
 
-FIXTURES = Path(__file__).parent / "fixtures" / "electricitymaps"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "electricitymaps"
 NOW = datetime(2023, 6, 2, 12, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 REPLAY = "fallback:replay-2023"
@@ -36,7 +37,7 @@ REPLAY = "fallback:replay-2023"
 def fixture_series(name: str, kind: SeriesKind) -> CarbonSeries:
     body = json.loads((FIXTURES / name).read_text())
     rows = body.get("forecast") or body.get("history") or body.get("data") or [body]
-    return rows_to_series("DE", rows, kind.label, "lifecycle")
+    return rows_to_series("DE", rows, kind.label_for("electricitymaps"), "lifecycle")
 
 
 FORECAST = fixture_series("forecast_DE.json", SeriesKind.FORECAST)  # 2023-06-02T12:00 .. 06-03T12:00
@@ -52,6 +53,10 @@ class FakeLive:
     answers: dict[SeriesKind, Any] = field(default_factory=dict)
     calls: list[SeriesRequest] = field(default_factory=list)
     name: str = "electricitymaps"
+    signals: frozenset[Signal] = frozenset({Signal.AVERAGE})
+
+    def covers(self, zone: str) -> bool:
+        return True
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
         self.calls.append(request)
@@ -87,8 +92,8 @@ class FakeOffline:
         return CarbonSeries(zone, begin, self.step, values, (SourceRun(0, count, REPLAY),))
 
 
-def layered(live: FakeLive, offline: FakeOffline | None = None, **kw: Any) -> LayeredCarbonProvider:
-    return LayeredCarbonProvider(
+def layered(live: FakeLive, offline: FakeOffline | None = None, **kw: Any) -> CarbonChain:
+    return CarbonChain(
         live, offline or FakeOffline(), live_deadline_s=kw.pop("deadline", 1.0), clock=lambda: NOW, **kw
     )
 
@@ -112,7 +117,7 @@ def assert_well_formed(result: SeriesResult, start: datetime, end: datetime) -> 
 async def test_future_window_inside_horizon_is_pure_forecast() -> None:
     live, offline = FakeLive({SeriesKind.FORECAST: FORECAST}), FakeOffline()
     start, end = NOW, NOW + timedelta(hours=8)
-    result = await layered(live, offline).series_with_warnings("DE", start, end)
+    result = await layered(live, offline).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert result.series.start == datetime(2023, 6, 2, 12, tzinfo=UTC)
     assert len(result.series.values) == 9
@@ -126,7 +131,7 @@ async def test_future_window_inside_horizon_is_pure_forecast() -> None:
 async def test_beyond_horizon_continues_with_offline_data() -> None:
     live, offline = FakeLive({SeriesKind.FORECAST: FORECAST}), FakeOffline()
     start, end = NOW, NOW + timedelta(hours=48)
-    result = await layered(live, offline).series_with_warnings("DE", start, end)
+    result = await layered(live, offline).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert labels(result) == [(0, 25, "electricitymaps:forecast"), (25, 49, REPLAY)]
     horizon_end = FORECAST.end
@@ -140,7 +145,7 @@ async def test_beyond_horizon_continues_with_offline_data() -> None:
 async def test_past_part_uses_history_then_forecast() -> None:
     live = FakeLive({SeriesKind.FORECAST: FORECAST, SeriesKind.HISTORY: HISTORY})
     start, end = NOW - timedelta(hours=6), NOW + timedelta(hours=3)
-    result = await layered(live).series_with_warnings("DE", start, end)
+    result = await layered(live).series("DE", start, end)
     assert_well_formed(result, start, end)
     # 06:00..11:00 measured, 12:00.. forecast (the current hour belongs to the forecast)
     assert labels(result) == [(0, 6, "electricitymaps:history"), (6, 10, "electricitymaps:forecast")]
@@ -151,7 +156,7 @@ async def test_past_part_uses_history_then_forecast() -> None:
 async def test_null_history_hours_are_filled_from_offline_and_labelled() -> None:
     live = FakeLive({SeriesKind.FORECAST: FORECAST, SeriesKind.HISTORY: HISTORY_NULLS})
     start, end = HISTORY_NULLS.start, NOW
-    result = await layered(live).series_with_warnings("DE", start, end)
+    result = await layered(live).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert (5, 7, REPLAY) in labels(result)
     assert result.series.values[5] == 1000.0 + (HISTORY_NULLS.start + 5 * HOUR).hour
@@ -161,7 +166,7 @@ async def test_null_history_hours_are_filled_from_offline_and_labelled() -> None
 async def test_null_history_hours_outside_the_window_raise_no_warning() -> None:
     live = FakeLive({SeriesKind.FORECAST: FORECAST, SeriesKind.HISTORY: HISTORY_NULLS})
     start, end = NOW - timedelta(hours=6), NOW + timedelta(hours=2)
-    result = await layered(live).series_with_warnings("DE", start, end)
+    result = await layered(live).series("DE", start, end)
     assert labels(result) == [(0, 6, "electricitymaps:history"), (6, 9, "electricitymaps:forecast")]
     assert result.warnings == ()
 
@@ -176,7 +181,7 @@ async def test_old_window_asks_past_range_day_aligned() -> None:
     )
     live = FakeLive({SeriesKind.PAST_RANGE: past})
     start, end = datetime(2023, 5, 29, 5, 20, tzinfo=UTC), datetime(2023, 5, 29, 9, tzinfo=UTC)
-    result = await layered(live).series_with_warnings("DE", start, end)
+    result = await layered(live).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert [c.kind for c in live.calls] == [SeriesKind.PAST_RANGE]
     call = live.calls[0]
@@ -188,7 +193,7 @@ async def test_old_window_asks_past_range_day_aligned() -> None:
 async def test_upstream_failure_ends_in_fallback_with_warning() -> None:
     live = FakeLive({SeriesKind.FORECAST: ProviderUnavailable("HTTP 503")})
     start, end = NOW, NOW + timedelta(hours=5)
-    result = await layered(live).series_with_warnings("ZA", start, end)
+    result = await layered(live).series("ZA", start, end)
     assert_well_formed(result, start, end)
     assert labels(result) == [(0, 6, REPLAY)]
     assert result.warnings == ("electricitymaps unavailable for ZA; used fallback data",)
@@ -197,7 +202,7 @@ async def test_upstream_failure_ends_in_fallback_with_warning() -> None:
 async def test_not_in_plan_forecast_uses_latest_flat_then_offline() -> None:
     live = FakeLive({SeriesKind.FORECAST: ProviderNotEntitled("plan"), SeriesKind.LATEST: LATEST})
     start, end = NOW, NOW + timedelta(hours=30)
-    result = await layered(live, latest_extension=timedelta(hours=24)).series_with_warnings("DE", start, end)
+    result = await layered(live, latest_extension=timedelta(hours=24)).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert labels(result) == [(0, 24, "electricitymaps:latest"), (24, 31, REPLAY)]
     assert set(result.series.values[:24].tolist()) == {LATEST.values[0]}
@@ -209,7 +214,7 @@ async def test_not_in_plan_everywhere_says_so() -> None:
     live = FakeLive(
         {SeriesKind.FORECAST: ProviderNotEntitled("plan"), SeriesKind.LATEST: ProviderNotEntitled("p")}
     )
-    result = await layered(live).series_with_warnings("PT", NOW, NOW + HOUR)
+    result = await layered(live).series("PT", NOW, NOW + HOUR)
     assert labels(result) == [(0, 2, REPLAY)]
     assert result.warnings == (
         "electricitymaps plan does not include forecast data for PT; used fallback data",
@@ -227,7 +232,7 @@ async def test_stale_forecast_is_labelled_and_warned() -> None:
         error="ProviderUnavailable: HTTP 503",
     )
     live = FakeLive({SeriesKind.FORECAST: stale})
-    result = await layered(live).series_with_warnings("DE", NOW, NOW + timedelta(hours=2))
+    result = await layered(live).series("DE", NOW, NOW + timedelta(hours=2))
     assert labels(result) == [(0, 3, "electricitymaps:forecast(stale)")]
     assert result.warnings == ("electricitymaps unavailable for DE; used cached data from 2023-06-02T08:05Z",)
     assert all("HTTP 503" not in w for w in result.warnings)  # internal error text stays internal
@@ -237,7 +242,7 @@ async def test_hanging_upstream_is_cut_at_the_live_deadline() -> None:
     live = FakeLive({SeriesKind.FORECAST: "hang"})
     loop = asyncio.get_running_loop()
     started = loop.time()
-    result = await layered(live, deadline=0.1).series_with_warnings("DE", NOW, NOW + timedelta(hours=3))
+    result = await layered(live, deadline=0.1).series("DE", NOW, NOW + timedelta(hours=3))
     assert loop.time() - started < 0.3
     assert labels(result) == [(0, 4, REPLAY)]
     assert result.warnings == ("electricitymaps unavailable for DE; used fallback data",)
@@ -246,20 +251,20 @@ async def test_hanging_upstream_is_cut_at_the_live_deadline() -> None:
 async def test_zone_nobody_knows_is_unknown() -> None:
     live = FakeLive({SeriesKind.FORECAST: NoDataForZone("No recent data for zone")})
     with pytest.raises(UnknownZone):
-        await layered(live, FakeOffline(error=UnknownZone("XX"))).series_with_warnings("XX", NOW, NOW + HOUR)
+        await layered(live, FakeOffline(error=UnknownZone("XX"))).series("XX", NOW, NOW + HOUR)
 
 
 async def test_offline_unknown_during_outage_is_data_unavailable_not_unknown() -> None:
     live = FakeLive({SeriesKind.FORECAST: ProviderUnavailable("down")})
     with pytest.raises(DataUnavailable):
-        await layered(live, FakeOffline(error=UnknownZone("PT"))).series_with_warnings("PT", NOW, NOW + HOUR)
+        await layered(live, FakeOffline(error=UnknownZone("PT"))).series("PT", NOW, NOW + HOUR)
 
 
 async def test_offline_unknown_but_partial_live_extends_nearest_value() -> None:
     live = FakeLive({SeriesKind.FORECAST: FORECAST})
     offline = FakeOffline(error=UnknownZone("DE"))
     start, end = NOW, NOW + timedelta(hours=30)
-    result = await layered(live, offline).series_with_warnings("DE", start, end)
+    result = await layered(live, offline).series("DE", start, end)
     assert_well_formed(result, start, end)
     assert labels(result) == [
         (0, 25, "electricitymaps:forecast"),
@@ -270,21 +275,22 @@ async def test_offline_unknown_but_partial_live_extends_nearest_value() -> None:
 
 async def test_invalid_zone_key_is_unknown_zone() -> None:
     with pytest.raises(UnknownZone):
-        await layered(FakeLive()).series_with_warnings("../etc", NOW, NOW + HOUR)
+        await layered(FakeLive()).series("../etc", NOW, NOW + HOUR)
 
 
 async def test_finer_offline_step_is_averaged_onto_the_hour() -> None:
     live = FakeLive({SeriesKind.FORECAST: ProviderUnavailable("down")})
     offline = FakeOffline(step=timedelta(minutes=15))
-    result = await layered(live, offline).series_with_warnings("DE", NOW, NOW + timedelta(hours=2))
+    result = await layered(live, offline).series("DE", NOW, NOW + timedelta(hours=2))
     assert result.series.step == HOUR
     assert result.series.values.tolist() == [1012.0, 1013.0, 1014.0]
 
 
 async def test_series_protocol_method_and_data_age() -> None:
     provider = layered(FakeLive({SeriesKind.FORECAST: FORECAST}))
-    series = await provider.series("DE", NOW, NOW + HOUR)
-    assert isinstance(series, CarbonSeries)
+    result = await provider.series("DE", NOW, NOW + HOUR)
+    assert isinstance(result, SeriesResult)
+    assert isinstance(result.series, CarbonSeries)
     assert provider.data_age_s() == {"DE": 25 * 60.0}
 
 
@@ -321,7 +327,7 @@ def test_property_every_point_filled_and_labelled(
         answers[kind] = ProviderUnavailable("down")
     start = NOW + timedelta(minutes=start_offset_min)
     end = start + timedelta(minutes=length_min)
-    result = asyncio.run(layered(FakeLive(answers)).series_with_warnings("DE", start, end))
+    result = asyncio.run(layered(FakeLive(answers)).series("DE", start, end))
     assert_well_formed(result, start, end)
     allowed = {"electricitymaps:forecast", "electricitymaps:history", REPLAY}
     assert {r.label for r in result.series.runs} <= allowed

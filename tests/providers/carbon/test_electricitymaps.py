@@ -31,15 +31,12 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
     UnknownZone,
 )
-from carbon_optimizer.providers.electricitymaps import (
-    ElectricityMapsProvider,
-    SeriesKind,
-    SeriesRequest,
-)
-from carbon_optimizer.resilience import CircuitBreaker, CircuitState
+from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest
+from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
+from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
 from carbon_optimizer.settings import ElectricityMapsSettings
 
-FIXTURES = Path(__file__).parent / "fixtures" / "electricitymaps"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "electricitymaps"
 BASE = "https://api.electricitymaps.com/v3"
 TOKEN = "em-test-token-5f2b9c"
 NOW = datetime(2023, 6, 2, 12, 0, tzinfo=UTC)

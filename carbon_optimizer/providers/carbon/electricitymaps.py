@@ -30,10 +30,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -45,108 +43,32 @@ from carbon_optimizer.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderNotEntitled,
-    ProviderRateLimited,
-    ProviderUnavailable,
-    UnknownZone,
 )
-from carbon_optimizer.metrics import UPSTREAM_LATENCY, UPSTREAM_REQUESTS
-from carbon_optimizer.resilience import (
-    CircuitBreaker,
-    Deadline,
-    RetryPolicy,
-    Sleep,
-    call_with_retries,
-    parse_retry_after,
+from carbon_optimizer.providers.carbon.base import (
+    HOUR,
+    Fetched,
+    SeriesKind,
+    SeriesRequest,
+    Signal,
+    validate_zone,
 )
+from carbon_optimizer.providers.upstream import CircuitBreaker, RetryPolicy, Sleep, SourceStatus, Upstream
 from carbon_optimizer.settings import CacheSettings, ElectricityMapsSettings
 
 log = logging.getLogger(__name__)
 
 UPSTREAM = "electricitymaps"
-HOUR = timedelta(hours=1)
 # `/past-range` accepts at most 10 days at hourly granularity (notes §3.4).
 PAST_RANGE_MAX = timedelta(days=10)
-_ZONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _GRANULARITY = {"hourly": HOUR, "15_minutes": timedelta(minutes=15), "5_minutes": timedelta(minutes=5)}
-_MAX_ERROR_TEXT = 200
 ParsedT = TypeVar("ParsedT")
-
-
-class SeriesKind(StrEnum):
-    """The carbon-intensity endpoints the service uses; also the cache's key kinds."""
-
-    FORECAST = "forecast"
-    HISTORY = "history"
-    LATEST = "latest"
-    PAST_RANGE = "past-range"
-
-    @property
-    def label(self) -> str:
-        """Source label of data from this endpoint (past-range is measured history too)."""
-        kind = "history" if self is SeriesKind.PAST_RANGE else self.value
-        return f"{UPSTREAM}:{kind}"
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesRequest:
-    """One cacheable question to the upstream. `start`/`end` are used by past-range only."""
-
-    kind: SeriesKind
-    zone: str
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A series plus its provenance: when we got it, when upstream issued it, whether it is stale."""
-
-    series: CarbonSeries
-    fetched_at: datetime
-    issued_at: datetime | None = None  # upstream `updatedAt` when given
-    stale: bool = False
-    error: str | None = None  # why a stale value was served
-
-
-@runtime_checkable
-class SeriesSource(Protocol):
-    """Fetches raw per-endpoint series (the adapter, and the cache that wraps it)."""
-
-    name: str
-
-    async def fetch(self, request: SeriesRequest) -> Fetched:
-        """Return the series for `request` or raise a `ProviderError` subclass."""
-        ...
-
-
-def validate_zone(zone: str) -> str:
-    """Return `zone` if it is a plausible zone key (safe in URLs and cache keys), else UnknownZone."""
-    if not _ZONE_RE.match(zone):
-        raise UnknownZone(f"invalid zone key {zone[:64]!r}", loc=("zone",))
-    return zone
-
-
-@dataclass
-class SourceStatus:
-    """Last outcomes of one upstream, for /health (messages never contain secrets)."""
-
-    last_success: datetime | None = None
-    last_failure: datetime | None = None
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        """JSON-able view."""
-        return {
-            "last_success": _iso(self.last_success),
-            "last_failure": _iso(self.last_failure),
-            "last_error": self.last_error,
-        }
 
 
 class ElectricityMapsProvider:
     """Async Electricity Maps client (v3 paths, v4-tolerant parsing); satisfies `SeriesSource`."""
 
     name = UPSTREAM
+    signals = frozenset({Signal.AVERAGE})
 
     def __init__(
         self,
@@ -172,15 +94,34 @@ class ElectricityMapsProvider:
             reset_s=defaults.breaker_reset_s,
             clock=monotonic,
         )
-        self._policy = RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s)
         self._wall_clock = wall_clock
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._rng = rng
-        self.status = SourceStatus()
+        self.upstream = Upstream(
+            UPSTREAM,
+            http,
+            deadline_s=settings.request_deadline_s,
+            read_timeout_s=settings.read_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            retry=RetryPolicy(max_retries=settings.max_retries, backoff_base_s=settings.backoff_base_s),
+            breaker=self.breaker,
+            refine=_refine,
+            secrets=(self._token.get_secret_value(),),
+            wall_clock=wall_clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            rng=rng,
+        )
 
     def __repr__(self) -> str:
         return f"ElectricityMapsProvider(base_url={self._base_url!r}, breaker={self.breaker.state.value})"
+
+    @property
+    def status(self) -> SourceStatus:
+        """Last outcomes of this upstream (for /health)."""
+        return self.upstream.status
+
+    def covers(self, zone: str) -> bool:
+        """Electricity Maps answers (or definitively refuses) any zone key."""
+        return True
 
     # ----- public endpoints -----
 
@@ -290,86 +231,17 @@ class ElectricityMapsProvider:
     async def _get(
         self, endpoint: str, path: str, params: dict[str, Any], parse: Callable[[Any], ParsedT]
     ) -> ParsedT:
-        """One logical GET (retries inside the deadline, breaker around it), parsed by `parse`.
-
-        Parsing runs inside the attempt, so a 2xx body we cannot read counts as an upstream failure.
-        """
+        """One logical GET through the shared upstream seam (deadline, retries, breaker, table)."""
         if path.startswith("/carbon-intensity"):
             params = {**params, "emissionFactorType": self._settings.emission_factor_type}
-        if not self.breaker.allow():
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, "circuit_open").inc()
-            raise ProviderUnavailable("electricitymaps circuit open", source=UPSTREAM)
-        deadline = Deadline(self._settings.request_deadline_s, clock=self._monotonic)
-        try:
-            payload = await call_with_retries(
-                lambda d: self._attempt(endpoint, path, params, d, parse),
-                policy=self._policy,
-                deadline=deadline,
-                sleep=self._sleep,
-                rng=self._rng,
-            )
-        except (ProviderAuthError, ProviderNotEntitled, NoDataForZone) as exc:
-            # A definite answer: the upstream is up, it just says no.
-            self.breaker.record_success()
-            self._note_failure(exc)
-            raise
-        except ProviderError as exc:
-            self.breaker.record_failure()
-            self._note_failure(exc)
-            raise
-        except BaseException:
-            self.breaker.release()  # cancelled: no verdict on the upstream
-            raise
-        self.breaker.record_success()
-        self.status.last_success = self._wall_clock()
-        return payload
-
-    async def _attempt(
-        self,
-        endpoint: str,
-        path: str,
-        params: Mapping[str, Any],
-        deadline: Deadline,
-        parse: Callable[[Any], ParsedT],
-    ) -> ParsedT:
-        remaining = deadline.remaining()
-        timeout = httpx.Timeout(
-            min(self._settings.read_timeout_s, remaining),
-            connect=min(self._settings.connect_timeout_s, remaining),
+        return await self.upstream.get_json(
+            endpoint,
+            self._base_url + path,
+            params=params,
+            headers={"auth-token": self._token.get_secret_value(), "accept": "application/json"},
+            parse=parse,
+            zone=params.get("zone"),
         )
-        started = self._monotonic()
-        outcome = "error"
-        try:
-            try:
-                async with asyncio.timeout(remaining):
-                    response = await self._http.get(
-                        self._base_url + path,
-                        params=params,
-                        headers={"auth-token": self._token.get_secret_value(), "accept": "application/json"},
-                        timeout=timeout,
-                    )
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                outcome = "timeout"
-                raise ProviderUnavailable(
-                    f"electricitymaps {endpoint}: timed out", source=UPSTREAM, retryable=True
-                ) from exc
-            except httpx.TransportError as exc:
-                outcome = "connect_error"
-                raise ProviderUnavailable(
-                    f"electricitymaps {endpoint}: {type(exc).__name__}", source=UPSTREAM, retryable=True
-                ) from exc
-            outcome, payload = _interpret(endpoint, response, params.get("zone"))
-            return parse(payload)
-        except ProviderError as exc:
-            outcome = _outcome_of(exc, outcome)
-            raise
-        finally:
-            UPSTREAM_REQUESTS.labels(UPSTREAM, endpoint, outcome).inc()
-            UPSTREAM_LATENCY.labels(UPSTREAM, endpoint).observe(self._monotonic() - started)
-
-    def _note_failure(self, exc: ProviderError) -> None:
-        self.status.last_failure = self._wall_clock()
-        self.status.last_error = f"{type(exc).__name__}: {exc.message}"
 
     def _fetched(
         self,
@@ -380,71 +252,22 @@ class ElectricityMapsProvider:
         *,
         step: timedelta | None = None,
     ) -> Fetched:
-        series = rows_to_series(zone, rows, kind.label, self._settings.emission_factor_type, step=step)
+        series = rows_to_series(
+            zone, rows, kind.label_for(UPSTREAM), self._settings.emission_factor_type, step=step
+        )
         return Fetched(series=series, fetched_at=self._wall_clock(), issued_at=issued_at)
 
 
 # ----- response interpretation (pure) -----
 
 
-def _interpret(endpoint: str, response: httpx.Response, zone: object) -> tuple[str, Any]:
-    """Map one HTTP response to (outcome label, payload) or raise the domain error."""
-    status = response.status_code
-    what = f"electricitymaps {endpoint}"
-    if 200 <= status < 300:
-        try:
-            return "ok", response.json()
-        except ValueError as exc:
-            raise MalformedUpstreamResponse(f"{what}: body is not JSON", source=UPSTREAM) from exc
-    text = _error_text(response)
-    if status == 401:
-        if re.search(r"unauthori[sz]ed for zone|not available|not in (your )?plan", text, re.IGNORECASE):
-            raise ProviderNotEntitled(f"{what}: plan does not cover this request ({text})", source=UPSTREAM)
-        raise ProviderAuthError(f"{what}: token rejected ({text or 'HTTP 401'})", source=UPSTREAM)
-    if status == 403:
-        raise ProviderAuthError(f"{what}: access denied (HTTP 403)", source=UPSTREAM)
-    if status == 404:
-        raise NoDataForZone(f"{what}: no data for zone {zone!s} ({text or 'HTTP 404'})", source=UPSTREAM)
-    if status == 400:
-        raise NoDataForZone(
-            f"{what}: request rejected for zone {zone!s} ({text or 'HTTP 400'})", source=UPSTREAM
-        )
-    if status == 429:
-        raise ProviderRateLimited(
-            f"{what}: rate limited",
-            source=UPSTREAM,
-            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-        )
-    if status >= 500:
-        raise ProviderUnavailable(f"{what}: HTTP {status}", source=UPSTREAM, retryable=True)
-    raise ProviderUnavailable(f"{what}: unexpected HTTP {status}", source=UPSTREAM)
-
-
-_OUTCOMES: dict[type[ProviderError], str] = {
-    ProviderNotEntitled: "not_entitled",
-    ProviderAuthError: "auth_error",
-    NoDataForZone: "no_data",
-    ProviderRateLimited: "rate_limited",
-    MalformedUpstreamResponse: "malformed",
-}
-
-
-def _outcome_of(exc: ProviderError, default: str) -> str:
-    if default in ("timeout", "connect_error"):
-        return default
-    return _OUTCOMES.get(type(exc), "server_error")
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The upstream's own error words (JSON `error`/`message`, else plain text), shortened."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:_MAX_ERROR_TEXT]
-    if isinstance(body, Mapping):
-        parts = [str(body[k]) for k in ("error", "message") if isinstance(body.get(k), str)]
-        return " — ".join(parts)[:_MAX_ERROR_TEXT]
-    return ""
+def _refine(status: int, text: str, where: str) -> ProviderError | None:
+    """Electricity Maps' 401s: a plan limit (`Request unauthorized for zoneKey=…`) or a bad token."""
+    if status != 401:
+        return None
+    if re.search(r"unauthori[sz]ed for zone|not available|not in (your )?plan", text, re.IGNORECASE):
+        return ProviderNotEntitled(f"{where}: plan does not cover this request ({text})", source=UPSTREAM)
+    return ProviderAuthError(f"{where}: token rejected ({text or 'HTTP 401'})", source=UPSTREAM)
 
 
 def _field(payload: Any, name: str) -> Any:
@@ -533,7 +356,3 @@ def rows_to_series(
         runs=(SourceRun(0, count, label),),
         emission_factor_type=emission_factor_type,
     )
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None

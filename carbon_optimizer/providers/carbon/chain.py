@@ -1,26 +1,31 @@
-"""Series assembly: live Electricity Maps data first, the offline provider for everything else.
+"""The per-zone priority chain of carbon sources, ending in the bundled data.
 
-For a requested [start, end) this builds one hourly-aligned series (step taken from the live data,
-hourly by default) whose every point is labelled with where it came from:
+For a requested [start, end) this builds one hourly-aligned series (step taken from the first
+live data, hourly by default) whose every point is labelled with where it came from:
 
 | label                                   | meaning                                                    |
 |-----------------------------------------|------------------------------------------------------------|
-| `electricitymaps:history`               | measured past (`/history`, or `/past-range` further back) |
-| `electricitymaps:forecast`              | Electricity Maps forecast (from the current hour on)       |
-| `electricitymaps:latest`                | latest reading held flat (only when no forecast is allowed)|
+| `<source>:history`                      | measured past (`/history`, or past-range further back)     |
+| `<source>:forecast`                     | the source's forecast (from the current hour on)           |
+| `<source>:latest`                       | latest reading held flat (only when no forecast is allowed)|
 | `<any of the above>(stale)`             | last good cached value, served because upstream failed     |
-| `fallback:replay-2023`, `fallback:annual-<year>` | the offline provider's bundled data               |
-| `<live label>(extended)`                | nearest live value held flat (offline could not answer)    |
+| `fallback:replay-2023`, `fallback:annual-<year>` | the bundled data                                  |
+| `<live label>(extended)`                | nearest live value held flat (bundled could not answer)    |
 
-Priorities per point: before the current hour history > past-range > forecast > latest; from the
-current hour on forecast > latest > history; then the offline provider for whatever is still
-missing (beyond the forecast horizon, null/missing hours inside history, every failure).
+Sources are asked in the zone's priority order (`routes`: zone → source names, `"*"` for every
+other zone; default: every source in the order given), only those that offer the requested
+`signal` and `covers(zone)`. Each paints the points still empty — per source, before the current
+hour history > past-range > forecast > latest, from the current hour on forecast > latest >
+history — and the next source is asked only while points are missing, so a healthy first source
+costs the others nothing. The bundled data fills whatever is still missing (beyond every horizon,
+null hours, every failure). `carbon_source` of an option therefore names each source it used.
 
-Why this shape: the engine must never see NaN or an exception caused by a data outage. The live
-part runs under one overall deadline (`request_deadline_s`), and only after it has finished — never
-from inside a Redis or network wait — is the offline provider asked, so any upstream or Redis
-failure ends in fallback data and an honest warning, not an error. `UnknownZone` is the one error
-that passes through (and `DataUnavailable` when no source at all has anything).
+Why this shape: the engine must never see NaN or an exception caused by a data outage. Each
+source's live part runs under one deadline (`live_deadline_s`, a little longer than the adapter's
+own so the adapter records its verdict first), and only after it has finished — never from inside
+a Redis or network wait — is the bundled data asked, so any upstream or Redis failure ends in
+fallback data and an honest warning, not an error. `UnknownZone` is the one error that passes
+through (and `DataUnavailable` when no source at all has anything).
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -45,13 +49,15 @@ from carbon_optimizer.errors import (
     UnknownZone,
 )
 from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
-from carbon_optimizer.providers.base import CarbonIntensityProvider
-from carbon_optimizer.providers.electricitymaps import (
+from carbon_optimizer.providers.carbon.base import (
     HOUR,
+    BundledSeries,
+    CarbonSource,
     Fetched,
     SeriesKind,
     SeriesRequest,
-    SeriesSource,
+    SeriesResult,
+    Signal,
     validate_zone,
 )
 
@@ -60,14 +66,6 @@ log = logging.getLogger(__name__)
 EXTENDED_SUFFIX = "(extended)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesResult:
-    """A series plus the warnings its assembly produced (for the response's `warnings`)."""
-
-    series: CarbonSeries
-    warnings: tuple[str, ...] = ()
 
 
 def floor_to(when: datetime, step: timedelta) -> datetime:
@@ -212,35 +210,53 @@ def _sample(
     return out, out_labels
 
 
-class LayeredCarbonProvider:
-    """`CarbonIntensityProvider` over live Electricity Maps kinds (usually cached) and an offline provider."""
+class CarbonChain:
+    """`CarbonIntensityProvider` over live sources in per-zone priority order, then bundled data."""
 
-    name = "layered"
+    name = "chain"
 
     def __init__(
         self,
-        live: SeriesSource,
-        offline: CarbonIntensityProvider,
+        sources: CarbonSource | Sequence[CarbonSource],
+        offline: BundledSeries,
         *,
         live_deadline_s: float,
+        routes: Mapping[str, Sequence[str]] | None = None,
         latest_extension: timedelta = timedelta(hours=24),
         history_span: timedelta = timedelta(hours=24),
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.live = live
+        self.sources: tuple[CarbonSource, ...] = (
+            tuple(sources) if isinstance(sources, Sequence) else (sources,)
+        )
         self.offline = offline
+        by_name = {source.name: source for source in self.sources}
+        self._routes: dict[str, tuple[CarbonSource, ...]] = {
+            zone: tuple(by_name[n] for n in names if n in by_name) for zone, names in (routes or {}).items()
+        }
+        self._default_route = self._routes.pop("*", self.sources)
         self._live_deadline_s = live_deadline_s
         self._latest_extension = latest_extension
         self._history_span = history_span
-        self._clock = clock
+        self._clock: Callable[[], datetime] = clock or _utc_now
         self._issued: dict[str, datetime] = {}  # zone -> issue time of the newest live data served
 
     def __repr__(self) -> str:
-        return f"LayeredCarbonProvider(live={self.live!r}, offline={type(self.offline).__name__})"
+        names = ",".join(s.name for s in self.sources)
+        return f"CarbonChain(sources=[{names}], offline={type(self.offline).__name__})"
 
-    async def series(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
-        """Protocol method: the assembled series without its warnings."""
-        return (await self.series_with_warnings(zone, start, end)).series
+    def route(self, zone: str, signal: Signal = Signal.AVERAGE) -> tuple[CarbonSource, ...]:
+        """The live sources asked for `zone`, in priority order, that offer `signal`."""
+        chain = self._routes.get(zone, self._default_route)
+        return tuple(s for s in chain if signal in s.signals and s.covers(zone))
+
+    def signals(self, zone: str) -> frozenset[Signal]:
+        """Signals answerable for `zone`: the bundled data is average; live sources may add marginal."""
+        found = {Signal.AVERAGE}
+        for source in self._routes.get(zone, self._default_route):
+            if source.covers(zone):
+                found |= source.signals
+        return frozenset(found)
 
     def data_age_s(self) -> dict[str, float]:
         """Age in seconds of the newest live data served per zone (for /health)."""
@@ -249,7 +265,9 @@ class LayeredCarbonProvider:
             zone: round((now - issued).total_seconds(), 1) for zone, issued in sorted(self._issued.items())
         }
 
-    async def series_with_warnings(self, zone: str, start: datetime, end: datetime) -> SeriesResult:
+    async def series(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult:
         """Series covering [start, end) on the hour lattice, every point labelled, plus warnings."""
         validate_zone(zone)
         if end <= start:
@@ -257,21 +275,53 @@ class LayeredCarbonProvider:
         now = self._clock()
         now_floor = floor_to(now, HOUR)
         warnings: list[str] = []
-        fetched, errors = await self._fetch_live(zone, start, end, now_floor)
-
-        step = HOUR
-        for kind in (SeriesKind.FORECAST, SeriesKind.HISTORY):
-            if kind in fetched:
-                step = fetched[kind].series.step
+        canvas: _Canvas | None = None
+        all_fetched: list[Fetched] = []
+        all_errors: list[BaseException] = []
+        for source in self.route(zone, signal):
+            fetched, errors = await self._fetch_live(source, zone, start, end, now_floor, signal)
+            all_fetched.extend(fetched.values())
+            all_errors.extend(errors.values())
+            if canvas is None and fetched:
+                canvas = _new_canvas(fetched, start, end)
+            if canvas is not None:
+                self._paint_source(source.name, zone, canvas, fetched, now_floor, warnings)
+            for kind, exc in errors.items():
+                warnings.append(_describe_failure(source.name, zone, kind, exc))
+            stale = [f.fetched_at for f in fetched.values() if f.stale]
+            if stale:
+                since = f"{min(stale):%Y-%m-%dT%H:%MZ}"
+                warnings.append(f"{source.name} unavailable for {zone}; used cached data from {since}")
+            if canvas is not None and not canvas.missing:
                 break
-        if HOUR % step:
-            step = HOUR  # keep the output on the hour lattice whatever the source says
-        begin = floor_to(start, step)
-        count = _ceil_div(end.astimezone(UTC) - begin, step)
-        canvas = _Canvas(begin, step, count)
+        if canvas is None:
+            canvas = _new_canvas({}, start, end)
+        if canvas.missing:
+            if signal is not Signal.AVERAGE:
+                warnings.append(f"no {signal.value} data for some hours of {zone}; used average bundled data")
+            await self._paint_offline(zone, canvas, bool(all_fetched), all_errors)
+        if canvas.missing:
+            canvas.extend_nearest()
+        if canvas.missing:
+            raise DataUnavailable(f"no carbon intensity data for zone {zone}")
+
+        self._note_age(zone, all_fetched, now)
+        emission_factor_type = next((f.series.emission_factor_type for f in all_fetched), "lifecycle")
+        return SeriesResult(canvas.series(zone, emission_factor_type), tuple(dict.fromkeys(warnings)))
+
+    # ----- live part -----
+
+    def _paint_source(
+        self,
+        name: str,
+        zone: str,
+        canvas: _Canvas,
+        fetched: dict[SeriesKind, Fetched],
+        now_floor: datetime,
+        warnings: list[str],
+    ) -> None:
         past = canvas.slot_mask(before=now_floor)
         future = ~past
-
         for kind in (SeriesKind.HISTORY, SeriesKind.PAST_RANGE, SeriesKind.FORECAST):
             if kind in fetched:
                 canvas.paint(fetched[kind].series, past)
@@ -285,53 +335,41 @@ class LayeredCarbonProvider:
             canvas.paint(history.series, future)
             covered = canvas.slot_mask(since=history.series.start, before=history.series.end)
             if (covered & past & np.isnan(canvas.values)).any():
-                warnings.append(
-                    f"electricitymaps history for {zone} has missing hours; filled from fallback data"
-                )
-
-        if canvas.missing:
-            await self._paint_offline(zone, canvas, fetched, errors)
-        if canvas.missing:
-            canvas.extend_nearest()
-        if canvas.missing:
-            raise DataUnavailable(f"no carbon intensity data for zone {zone}")
-
-        self._note_age(zone, fetched, now)
-        for kind, exc in errors.items():
-            warnings.append(_describe_failure(zone, kind, exc))
-        stale = [f.fetched_at for f in fetched.values() if f.stale]
-        if stale:
-            warnings.append(
-                f"electricitymaps unavailable for {zone}; used cached data from {min(stale):%Y-%m-%dT%H:%MZ}"
-            )
-        emission_factor_type = next((f.series.emission_factor_type for f in fetched.values()), "lifecycle")
-        return SeriesResult(canvas.series(zone, emission_factor_type), tuple(dict.fromkeys(warnings)))
-
-    # ----- live part -----
+                warnings.append(f"{name} history for {zone} has missing hours; filled from fallback data")
 
     def _requests(
-        self, zone: str, start: datetime, end: datetime, now_floor: datetime
+        self, zone: str, start: datetime, end: datetime, now_floor: datetime, signal: Signal
     ) -> list[SeriesRequest]:
         history_start = now_floor - self._history_span
         wanted: list[SeriesRequest] = []
         if end > now_floor:
-            wanted.append(SeriesRequest(SeriesKind.FORECAST, zone))
+            wanted.append(SeriesRequest(SeriesKind.FORECAST, zone, signal=signal))
         if start < now_floor and end > history_start:
-            wanted.append(SeriesRequest(SeriesKind.HISTORY, zone))
+            wanted.append(SeriesRequest(SeriesKind.HISTORY, zone, signal=signal))
         if start < history_start:
             # Day-aligned so neighbouring windows share cache entries; ≤ 10-day chunks in the adapter.
             day = timedelta(days=1)
             wanted.append(
                 SeriesRequest(
-                    SeriesKind.PAST_RANGE, zone, floor_to(start, day), ceil_to(min(end, history_start), day)
+                    SeriesKind.PAST_RANGE,
+                    zone,
+                    floor_to(start, day),
+                    ceil_to(min(end, history_start), day),
+                    signal=signal,
                 )
             )
         return wanted
 
     async def _fetch_live(
-        self, zone: str, start: datetime, end: datetime, now_floor: datetime
+        self,
+        source: CarbonSource,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        now_floor: datetime,
+        signal: Signal,
     ) -> tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException]]:
-        """Fetch the live kinds concurrently under one deadline; return results and failures."""
+        """Fetch one source's kinds concurrently under one deadline; return results and failures."""
         results: dict[SeriesKind, Fetched] = {}
         errors: dict[SeriesKind, BaseException] = {}
         deadline_at = asyncio.get_running_loop().time() + self._live_deadline_s
@@ -339,15 +377,15 @@ class LayeredCarbonProvider:
         async def one(request: SeriesRequest) -> None:
             try:
                 async with asyncio.timeout_at(deadline_at):
-                    results[request.kind] = await self.live.fetch(request)
+                    results[request.kind] = await source.fetch(request)
             except (ProviderError, TimeoutError) as exc:
                 errors[request.kind] = exc
 
-        await asyncio.gather(*(one(r) for r in self._requests(zone, start, end, now_floor)))
+        await asyncio.gather(*(one(r) for r in self._requests(zone, start, end, now_floor, signal)))
         forecast_error = errors.get(SeriesKind.FORECAST)
         if isinstance(forecast_error, ProviderNotEntitled):
             # Plans without forecasts usually still have `latest`: hold it flat for a while.
-            await one(SeriesRequest(SeriesKind.LATEST, zone))
+            await one(SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
             if SeriesKind.LATEST in results:
                 del errors[SeriesKind.FORECAST]
             else:
@@ -368,11 +406,7 @@ class LayeredCarbonProvider:
     # ----- offline part (never inside a live wait) -----
 
     async def _paint_offline(
-        self,
-        zone: str,
-        canvas: _Canvas,
-        fetched: dict[SeriesKind, Fetched],
-        errors: dict[SeriesKind, BaseException],
+        self, zone: str, canvas: _Canvas, have_live: bool, errors: Sequence[BaseException]
     ) -> None:
         gaps = np.flatnonzero(np.isnan(canvas.values))
         first = canvas.start + canvas.step * int(gaps[0])
@@ -380,15 +414,15 @@ class LayeredCarbonProvider:
         try:
             offline = await self.offline.series(zone, first, last)
         except UnknownZone:
-            if fetched:
+            if have_live:
                 log.info("offline provider has no data for %s; extending live data", zone)
                 return
-            if all(isinstance(e, NoDataForZone) for e in errors.values()):
+            if all(isinstance(e, NoDataForZone) for e in errors):
                 raise  # nobody knows this zone
             raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from None
         except ProviderError as exc:
             log.warning("offline provider failed for %s: %s", zone, type(exc).__name__)
-            if not fetched:
+            if not have_live:
                 raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from exc
             return
         live_labels = set(canvas.labels)
@@ -398,20 +432,36 @@ class LayeredCarbonProvider:
         for label in sorted(used - live_labels):
             child(FALLBACKS, "carbon", label).inc()
 
-    def _note_age(self, zone: str, fetched: dict[SeriesKind, Fetched], now: datetime) -> None:
-        newest = [f.issued_at or f.fetched_at for f in fetched.values()]
+    def _note_age(self, zone: str, fetched: Sequence[Fetched], now: datetime) -> None:
+        newest = [f.issued_at or f.fetched_at for f in fetched]
         if newest:
             issued = max(newest)
             self._issued[zone] = issued
             child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
 
 
-def _describe_failure(zone: str, kind: SeriesKind, exc: BaseException) -> str:
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_canvas(fetched: Mapping[SeriesKind, Fetched], start: datetime, end: datetime) -> _Canvas:
+    step = HOUR
+    for kind in (SeriesKind.FORECAST, SeriesKind.HISTORY):
+        if kind in fetched:
+            step = fetched[kind].series.step
+            break
+    if HOUR % step:
+        step = HOUR  # keep the output on the hour lattice whatever the source says
+    begin = floor_to(start, step)
+    return _Canvas(begin, step, _ceil_div(end.astimezone(UTC) - begin, step))
+
+
+def _describe_failure(source: str, zone: str, kind: SeriesKind, exc: BaseException) -> str:
     """The response warning for one failed live kind (never a secret: messages are ours)."""
     if isinstance(exc, ProviderNotEntitled):
-        return f"electricitymaps plan does not include {kind.value} data for {zone}; used fallback data"
+        return f"{source} plan does not include {kind.value} data for {zone}; used fallback data"
     if isinstance(exc, NoDataForZone):
-        return f"electricitymaps has no {kind.value} data for {zone}; used fallback data"
+        return f"{source} has no {kind.value} data for {zone}; used fallback data"
     if isinstance(exc, ProviderAuthError):
-        return "electricitymaps rejected the configured API token; used fallback data"
-    return f"electricitymaps unavailable for {zone}; used fallback data"
+        return f"{source} rejected the configured API token; used fallback data"
+    return f"{source} unavailable for {zone}; used fallback data"

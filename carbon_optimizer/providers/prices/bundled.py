@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, price_label
-from carbon_optimizer.providers.bundled import data_file, load_region_catalog
+from carbon_optimizer.providers.catalog import data_file, load_region_catalog
 
 LAMBDA_ANY_REGION = "*"
 BUNDLED = "bundled"
