@@ -379,8 +379,9 @@ async def test_cross_process_single_flight_via_lock(server: fakeredis.FakeServer
     clock = Clock()
     gate = asyncio.Event()
     source_a, source_b = FakeSource(clock, gate=gate), FakeSource(clock)
-    a = CachedSeriesSource(source_a, redis_store(server), settings(), clock=clock)
-    b = CachedSeriesSource(source_b, redis_store(server), settings(), clock=clock)
+    # A generous lock wait: on a loaded CI machine b may poll for more than a second.
+    a = CachedSeriesSource(source_a, redis_store(server), settings(lock_wait_s=10), clock=clock)
+    b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=10), clock=clock)
     task_a = asyncio.create_task(a.fetch(FORECAST_DE))
     await asyncio.sleep(0.01)  # a holds the lock and waits upstream
     task_b = asyncio.create_task(b.fetch(FORECAST_DE))
