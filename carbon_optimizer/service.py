@@ -26,12 +26,13 @@ from carbon_optimizer.domain.models import (
     InstanceOffer,
     Location,
     Objective,
+    ObjectiveMode,
     OfferTable,
     PriceType,
     Workload,
     format_utc,
 )
-from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings, with_margin
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
@@ -88,6 +89,7 @@ class OptimizeQuery:
     baseline_start: datetime | None = None
     request_id: str = "-"
     signal: Signal = Signal.AVERAGE
+    max_per_location: int | None = 1
 
 
 @dataclass(slots=True)
@@ -295,10 +297,11 @@ class OptimizerService:
             price_source: str | None = "request" if price is not None else None
             if location.is_cloud:
                 if table is None or len(table) == 0:
+                    missing = await self._missing_price(location, workload.price_type)
                     if uses_cost and price is None:
-                        infeasible.append((location, f"no price data for {location.key}"))
+                        infeasible.append((location, missing))
                         continue
-                    ctx.warn(f"no price data for {location.key}; instance type and cost unknown")
+                    ctx.warn(f"{missing}; instance type and cost unknown")
                 else:
                     chosen = self._select(table, workload)
                     if isinstance(chosen, Infeasible):
@@ -321,6 +324,25 @@ class OptimizerService:
             )
         return placed, infeasible
 
+    async def _missing_price(self, location: Location, price_type: PriceType) -> str:
+        """Why a cloud location has no price, as precisely as the data allows.
+
+        A spot request where only on-demand prices exist says so (the bundled tables carry spot
+        prices for GCP only), instead of a bare "no price data".
+        """
+        if price_type is PriceType.SPOT and location.provider is not None and location.region is not None:
+            on_demand = await self.prices.offers(location.provider, location.region, PriceType.ON_DEMAND)
+            if on_demand is not None and len(on_demand) > 0:
+                bundled = on_demand.offer(0).source.startswith("bundled")
+                where = " in the bundled data" if bundled else ""
+                return (
+                    f"no spot price{where} for {location.provider} ({location.key}; on-demand available: "
+                    "price_type on_demand)"
+                )
+        if price_type is PriceType.SPOT:
+            return f"no spot or on-demand price data for {location.key}"
+        return f"no price data for {location.key}"
+
     # ----- optimise -----
 
     async def optimize(self, query: OptimizeQuery) -> Plan:
@@ -337,6 +359,22 @@ class OptimizerService:
         baseline_start = (query.baseline_start or start).astimezone(UTC)  # floored at the edge
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
+        objective = query.objective
+        if (
+            uses_cost
+            and query.objective.mode is not ObjectiveMode.COST
+            and not any(p.price_usd_per_hour is not None for p in placed)
+        ):
+            # No candidate has any price: a mode that mixes cost into carbon (balanced, the default;
+            # budget; monetized) degrades to its carbon part. Pure `cost` mode keeps its 422.
+            objective = Objective(mode=ObjectiveMode.CARBON)
+            ctx.warn(
+                f"no candidate has a price, so objective mode '{query.objective.mode.value}' cannot use "
+                "cost: ranked by carbon only (objective.mode 'carbon'; set price_usd_per_hour to "
+                "rank by cost too)"
+            )
+            uses_cost = False
+            placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         if uses_cost:
             for index, item in enumerate(placed):
                 if item.price_usd_per_hour is None:
@@ -375,8 +413,10 @@ class OptimizerService:
                     ],
                     dtype=np.float64,
                 ),
-                objective=query.objective,
+                objective=objective,
                 max_results=query.max_results,
+                max_per_location=query.max_per_location,
+                collapse_duplicates=True,
             )
         )
         OPTIMIZE_CANDIDATES.observe(scoring.candidates_evaluated)
@@ -387,12 +427,13 @@ class OptimizerService:
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
         )
+        options = tuple(with_margin(o, options[0]) for o in options)
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
             placed,
             workload,
-            query.objective,
+            objective,
             scoring.min_emissions_g,
             scoring.min_cost_usd,
             ctx,
@@ -405,7 +446,8 @@ class OptimizerService:
         return Plan(
             request_id=query.request_id,
             generated_at=self.clock(),
-            objective=query.objective,
+            objective=objective,
+            requested_mode=query.objective.mode,
             window_start=start,
             window_end=deadline,
             options=options,

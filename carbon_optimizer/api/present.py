@@ -20,7 +20,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "request_id": plan.request_id,
         "generated_at": format_utc(plan.generated_at),
-        "objective": objective_json(plan.objective),
+        "objective": {
+            **objective_json(plan.objective),
+            "requested_mode": (plan.requested_mode or plan.objective.mode).value,
+        },
         "window": {"earliest_start": format_utc(plan.window_start), "deadline": format_utc(plan.window_end)},
         "best": options[0],
         "options": options,
@@ -52,6 +55,8 @@ def option_json(option: Option) -> dict[str, Any]:
         "score": None if option.score is None else round(option.score, 6),
         "carbon_source": option.carbon_source,
         "price_source": option.price_source,
+        "delta_to_best_g": None if option.delta_to_best_g is None else round(option.delta_to_best_g, 3),
+        "delta_to_best_pct": None if option.delta_to_best_pct is None else round(option.delta_to_best_pct, 2),
     }
 
 

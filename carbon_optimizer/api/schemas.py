@@ -162,6 +162,16 @@ class OptimizeRequest(_Strict):
         default=60, description="Spacing of candidate starts from earliest_start, minutes."
     )
     max_results: int = Field(default=5, ge=1, le=100, description="How many ranked options to return.")
+    max_per_location: int | None = Field(
+        default=1,
+        ge=1,
+        le=2016,
+        description=(
+            "How many start times of one location the answer may show: 1 (default) = each location's "
+            "best start, ranked across locations; n = its n best starts; null = every (location, start) "
+            "pair. Starts of one location with identical numbers are always shown once (the earliest)."
+        ),
+    )
     baseline: BaselineSpec | None = Field(
         default=None, description="What savings are measured against; default the first location, now."
     )
@@ -222,6 +232,17 @@ class OptionOut(BaseModel):
     score: float | None = Field(description="The objective's value (lower is better); null for the baseline.")
     carbon_source: str = Field(description="Where the intensity came from, e.g. electricitymaps:forecast.")
     price_source: str | None = Field(description="Where the price came from, e.g. live:aws, bundled:<date>.")
+    delta_to_best_g: float | None = Field(
+        default=None,
+        description=(
+            "This option's emissions minus the best option's, gCO2e: 0 for the best, positive = emits "
+            "more (negative when a cost-led mode ranks a dirtier option first); null for the baseline."
+        ),
+    )
+    delta_to_best_pct: float | None = Field(
+        default=None,
+        description="delta_to_best_g as a % of the best option's emissions; null when the best emits 0.",
+    )
 
 
 class SavingsOut(BaseModel):
@@ -261,6 +282,13 @@ class ObjectiveOut(BaseModel):
     """The objective as applied (defaults filled in)."""
 
     mode: str = Field(description="The ranking mode applied.")
+    requested_mode: str | None = Field(
+        default=None,
+        description=(
+            "The mode the request asked for. Differs from `mode` only when a cost-using mode had no "
+            "price for any candidate and carbon mode was applied instead (with a warning)."
+        ),
+    )
     carbon_weight: float | None = Field(default=None, description="balanced: the weight used.")
     max_cost_increase_pct: float | None = Field(
         default=None, description="carbon_within_budget: the cap used."
