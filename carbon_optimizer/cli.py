@@ -389,7 +389,8 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
         "gCO2e",
         "USD",
         "score",
-        "carbon data",
+        "data",
+        "carbon source",
     ]
     rows = [
         [
@@ -402,6 +403,7 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
             _fmt(o["emissions_g"], 1),
             _fmt(o["cost_usd"], 4),
             _fmt(o["score"], 4),
+            _fmt(o.get("carbon_data")),
             o["carbon_source"],
         ]
         for o in result["options"]
@@ -418,6 +420,10 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
         f"energy model: {model['name']}: {model['watts']:.1f} W x PUE {model['pue']} "
         f"({result['candidates_evaluated']} candidates evaluated)\n"
     )
+    quality = result.get("data_quality")
+    if quality:
+        counts = ", ".join(f"{kind} {n}" for kind, n in quality.items() if n)
+        out.write(f"carbon data of the scored locations: {counts}\n")
     for item in result.get("infeasible", []):
         loc = item["location"]
         where = f"{loc.get('provider')}/{loc.get('region')}" if loc.get("provider") else f"zone {loc['zone']}"

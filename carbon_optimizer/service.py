@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from carbon_optimizer.domain import data_quality
+from carbon_optimizer.domain.data_quality import data_quality_warnings
 from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_power
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
@@ -428,6 +430,12 @@ class OptimizerService:
             for rank, c in enumerate(scoring.ranked)
         )
         options = tuple(with_margin(o, options[0]) for o in options)
+        location_kinds = {
+            p.location.key: data_quality.weakest(by_zone[p.location.zone].sources_between(start, deadline))
+            for p in placed
+        }
+        for message in data_quality_warnings(options, grid.count > 1):
+            ctx.warn(message)
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
@@ -457,6 +465,7 @@ class OptimizerService:
             infeasible=tuple(infeasible),
             energy_model=placed[scoring.ranked[0].location_index].power,
             warnings=tuple(ctx.warnings),
+            data_quality=data_quality.summary(location_kinds.values()),
         )
 
     def _option(
@@ -475,7 +484,7 @@ class OptimizerService:
             end=cand.end,
             avg=cand.avg_intensity_g_per_kwh,
             score=cand.score,
-            carbon_source="+".join(series.sources_between(cand.start, cand.end)),
+            carbon_sources=series.sources_between(cand.start, cand.end),
             duration_hours=workload.duration_hours,
         )
 
@@ -536,7 +545,7 @@ class OptimizerService:
             end=end,
             avg=avg,
             score=None,
-            carbon_source="+".join(series.sources_between(start, end)),
+            carbon_sources=series.sources_between(start, end),
             duration_hours=workload.duration_hours,
         )
         score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
@@ -674,7 +683,7 @@ def _option(
     end: datetime,
     avg: float,
     score: float | None,
-    carbon_source: str,
+    carbon_sources: Sequence[str],
     duration_hours: float,
 ) -> Option:
     return Option(
@@ -689,8 +698,9 @@ def _option(
         price_usd_per_hour=item.price_usd_per_hour,
         duration_hours=duration_hours,
         score=score,
-        carbon_source=carbon_source,
+        carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
+        carbon_data=data_quality.weakest(carbon_sources),
     )
 
 

@@ -32,6 +32,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "candidates_evaluated": plan.candidates_evaluated,
         "infeasible": [{"location": location_json(loc), "reason": reason} for loc, reason in plan.infeasible],
         "energy_model": energy_model_json(plan.energy_model),
+        "data_quality": plan.data_quality,
         "warnings": list(plan.warnings),
     }
 
@@ -54,6 +55,7 @@ def option_json(option: Option) -> dict[str, Any]:
         "cost_usd": None if cost is None else round(cost, 6),
         "score": None if option.score is None else round(option.score, 6),
         "carbon_source": option.carbon_source,
+        "carbon_data": option.carbon_data,
         "price_source": option.price_source,
         "delta_to_best_g": None if option.delta_to_best_g is None else round(option.delta_to_best_g, 3),
         "delta_to_best_pct": None if option.delta_to_best_pct is None else round(option.delta_to_best_pct, 2),

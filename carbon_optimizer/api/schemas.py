@@ -231,6 +231,15 @@ class OptionOut(BaseModel):
     cost_usd: float | None = Field(description="price_usd_per_hour × hours, USD.")
     score: float | None = Field(description="The objective's value (lower is better); null for the baseline.")
     carbon_source: str = Field(description="Where the intensity came from, e.g. electricitymaps:forecast.")
+    carbon_data: Literal["forecast", "history", "replay", "flat"] = Field(
+        default="forecast",
+        description=(
+            "Kind of carbon data behind this run's window: forecast (a live source's prediction), "
+            "history (measured), replay (the bundled 2023 curve of the same week), flat (one value held: "
+            "an annual average or the latest reading; every start ties). A window mixing kinds gets the "
+            "weakest, in the order flat < replay < forecast < history."
+        ),
+    )
     price_source: str | None = Field(description="Where the price came from, e.g. live:aws, bundled:<date>.")
     delta_to_best_g: float | None = Field(
         default=None,
@@ -312,6 +321,13 @@ class OptimizeResponse(BaseModel):
         description="Locations that could not host the workload, and why."
     )
     energy_model: EnergyModelOut = Field(description="The energy model behind the best option.")
+    data_quality: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "How many scored locations rest on each kind of carbon data over the whole window, e.g. "
+            '{"forecast": 2, "history": 0, "replay": 1, "flat": 5} (same kinds as options[].carbon_data).'
+        ),
+    )
     warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
 
 

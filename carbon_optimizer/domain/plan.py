@@ -37,6 +37,8 @@ class Option:
     # dirtier option first); the percentage is of the best's emissions, None when it emits nothing.
     delta_to_best_g: float | None = None
     delta_to_best_pct: float | None = None
+    # Weakest kind of carbon data in the run's window (`domain/data_quality.py`).
+    carbon_data: str = "forecast"
 
     @property
     def emissions_g(self) -> float:
@@ -77,6 +79,8 @@ class Plan:
     energy_model: PowerEstimate
     warnings: tuple[str, ...]
     requested_mode: ObjectiveMode | None = None  # the mode asked for, when it differs from `objective`
+    # Scored locations per kind of carbon data over the whole window (`domain/data_quality.py`).
+    data_quality: dict[str, int] | None = None
 
     @property
     def best(self) -> Option:
