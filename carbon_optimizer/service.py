@@ -41,8 +41,9 @@ from carbon_optimizer.domain.scoring import (
     candidate_grid,
     evaluate_window,
     rank_candidates,
+    window_means,
 )
-from carbon_optimizer.domain.series import IntensityGrid, align_series
+from carbon_optimizer.domain.series import IntensityGrid, align_series, seconds
 from carbon_optimizer.errors import (
     InvalidInput,
     NothingFeasible,
@@ -246,6 +247,23 @@ class OptimizerService:
             )
         return start, deadline
 
+    def _check_baseline_start(self, baseline_start: datetime, start: datetime, deadline: datetime) -> None:
+        """422 on `baseline.start` outside [window start − max window, deadline].
+
+        Further out, the carbon data for the baseline would be the bundled replay or annual average
+        standing in for a time it does not describe (a 2020 start would be scored on the 2023 curve),
+        so the savings would claim more than the data supports.
+        """
+        earliest = start - self.max_window
+        if not earliest <= baseline_start <= deadline:
+            days = self.max_window.total_seconds() / 86400
+            raise InvalidInput(
+                f"baseline.start {format_utc(baseline_start)} is outside the data's reach for this "
+                f"request: it must lie between {format_utc(earliest)} (the window's start minus "
+                f"{days:g} days) and the deadline {format_utc(deadline)}",
+                loc=("body", "baseline", "start"),
+            )
+
     # ----- data fetch -----
 
     async def _table(
@@ -359,6 +377,7 @@ class OptimizerService:
         baseline_query = query.baseline_location
         baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
         baseline_start = (query.baseline_start or start).astimezone(UTC)  # floored at the edge
+        self._check_baseline_start(baseline_start, start, deadline)
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         objective = query.objective
@@ -446,7 +465,7 @@ class OptimizerService:
             scoring.min_cost_usd,
             ctx,
             explicit=baseline_location is not None,
-            first_requested=locations[0] if locations else None,
+            first_requested=locations[0] if locations and query.locations is not None else None,
             intensity=intensity,
             by_zone=by_zone,
             signal=query.signal,
@@ -466,6 +485,15 @@ class OptimizerService:
             energy_model=placed[scoring.ranked[0].location_index].power,
             warnings=tuple(ctx.warnings),
             data_quality=data_quality.summary(location_kinds.values()),
+            baseline_kind=(
+                None
+                if baseline is None
+                else "explicit"
+                if baseline_location is not None
+                else "first-listed-now"
+                if query.locations is not None
+                else "median-now"
+            ),
         )
 
     def _option(
@@ -505,10 +533,12 @@ class OptimizerService:
         by_zone: dict[str, CarbonSeries],
         signal: Signal = Signal.AVERAGE,
     ) -> Option | None:
-        if not explicit:
+        if not explicit and first_requested is None:
+            # `providers` lists no location first: the median-emissions candidate starting now.
+            item = self._median_now(placed, start, workload, intensity)
+        elif not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
-            if first_requested is None:
-                return None
+            assert first_requested is not None
             match = next((p for p in placed if p.location.key == first_requested.key), None)
             if match is None:
                 ctx.warn(f"baseline location {first_requested.key} is infeasible; no savings computed")
@@ -550,6 +580,22 @@ class OptimizerService:
         )
         score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
         return replace(option, score=score)
+
+    def _median_now(
+        self, placed: Sequence[_Placed], start: datetime, workload: Workload, intensity: IntensityGrid
+    ) -> _Placed:
+        """The candidate with the median emissions when started now (lower median; ties: request order).
+
+        Why: with `providers` nobody listed a location first, and the catalog's first region (e.g.
+        aws/af-south-1 on a coal grid) makes any saving look huge. The median is what an
+        unoptimised choice of any of these regions achieves typically, is robust to the dirtiest
+        and cleanest outliers, and is computed from the same grid as the ranking.
+        """
+        offset = np.array([seconds(start - intensity.start) / 60.0])
+        means = window_means(intensity, offset, seconds(workload.duration) / 60.0)[:, 0]
+        emissions = np.array([p.energy_kwh for p in placed], dtype=np.float64) * means
+        order = np.argsort(emissions, kind="stable")
+        return placed[int(order[(len(placed) - 1) // 2])]
 
     # ----- other endpoints -----
 

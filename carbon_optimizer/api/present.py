@@ -27,7 +27,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "window": {"earliest_start": format_utc(plan.window_start), "deadline": format_utc(plan.window_end)},
         "best": options[0],
         "options": options,
-        "baseline": None if plan.baseline is None else option_json(plan.baseline),
+        "baseline": None
+        if plan.baseline is None
+        else {**option_json(plan.baseline), "kind": plan.baseline_kind},
         "savings": None if plan.savings is None else savings_json(plan.savings),
         "candidates_evaluated": plan.candidates_evaluated,
         "infeasible": [{"location": location_json(loc), "reason": reason} for loc, reason in plan.infeasible],

@@ -254,6 +254,19 @@ class OptionOut(BaseModel):
     )
 
 
+class BaselineOut(OptionOut):
+    """The option savings are measured against, and how it was chosen."""
+
+    kind: Literal["explicit", "first-listed-now", "median-now"] | None = Field(
+        default=None,
+        description=(
+            "How the baseline was chosen: explicit (the request's `baseline`), first-listed-now (the "
+            "first of `locations` at the effective earliest start), median-now (with `providers`: the "
+            "candidate whose emissions, started at the earliest start, are the median of all candidates)."
+        ),
+    )
+
+
 class SavingsOut(BaseModel):
     """Best vs baseline; positive means the best option is better."""
 
@@ -314,7 +327,7 @@ class OptimizeResponse(BaseModel):
     window: dict[str, str] = Field(description="The window as applied: earliest_start and deadline, UTC.")
     best: OptionOut = Field(description="The rank-1 option.")
     options: list[OptionOut] = Field(description="Ranked options, best first (at most max_results).")
-    baseline: OptionOut | None = Field(description="The option savings are measured against.")
+    baseline: BaselineOut | None = Field(description="The option savings are measured against.")
     savings: SavingsOut | None = Field(description="Best vs baseline.")
     candidates_evaluated: int = Field(description="(location, start) pairs scored.")
     infeasible: list[InfeasibleOut] = Field(

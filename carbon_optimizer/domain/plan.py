@@ -81,6 +81,8 @@ class Plan:
     requested_mode: ObjectiveMode | None = None  # the mode asked for, when it differs from `objective`
     # Scored locations per kind of carbon data over the whole window (`domain/data_quality.py`).
     data_quality: dict[str, int] | None = None
+    # How the baseline was chosen: explicit, first-listed-now or median-now (None without baseline).
+    baseline_kind: str | None = None
 
     @property
     def best(self) -> Option:
