@@ -328,6 +328,13 @@ class OptimizerService:
                         infeasible.append((location, chosen.reason))
                         continue
                     offer = chosen
+                    asked = workload.gpu.count if workload.gpu is not None else 0
+                    if asked and offer.gpu_count > asked:
+                        ctx.warn(
+                            f"{location.key}: {offer.instance_type} has {offer.gpu_count} GPUs for the "
+                            f"{asked} asked for: you pay for {offer.gpu_count} (energy counts the {asked} "
+                            "in use); it is the cheapest type there with enough of the GPUs asked for"
+                        )
                     if price is None:
                         price = offer.price_usd_per_hour
                         price_source = offer.source
