@@ -49,6 +49,45 @@ def _duplicate_mask(means: FloatArray) -> np.ndarray:
     return mask
 
 
+def _few_per_row(scores: FloatArray, means: FloatArray, take: int, collapse: bool) -> IntArray | None:
+    """Each row's `take` best (distinct) starts from a small superset, or None when unsure.
+
+    Fast path for `max_per_location` > 1: every start scoring at most the row's (2·take)-th
+    smallest score is kept (all ties included, so the superset is exact), a row whose means are
+    all equal keeps its first start only, and the superset is sorted instead of the whole grid.
+    When some row has fewer than `take` distinct starts in it, the caller falls back to sorting
+    everything (exact in every case; about 30× slower at 200 × 2016).
+    """
+    rows, starts = scores.shape
+    want = min(starts, 2 * take)
+    if want >= starts:
+        return None
+    thresh = np.partition(scores, want - 1, axis=1)[:, want - 1]
+    mask = scores <= thresh[:, None]
+    if collapse:
+        constant = means.min(axis=1) == means.max(axis=1)
+        mask[constant, 1:] = False
+    r, c = np.nonzero(mask)
+    if collapse:
+        v = means[r, c]
+        order = np.lexsort((c, v, r))
+        r, c, v = r[order], c[order], v[order]
+        first = np.ones(r.size, dtype=bool)
+        first[1:] = (r[1:] != r[:-1]) | (v[1:] != v[:-1])
+        r, c = r[first], c[first]
+    order = np.lexsort((c, scores[r, c], r))
+    r, c = r[order], c[order]
+    counts = np.bincount(r, minlength=rows)
+    complete = counts >= take
+    if collapse:
+        complete |= constant
+    if not bool(complete.all()):
+        return None
+    position = np.arange(r.size) - np.searchsorted(r, r, side="left")
+    keep = position < take
+    return np.asarray(r[keep].astype(np.int64) * starts + c[keep], dtype=np.int64)
+
+
 def select(
     scores: FloatArray,
     means: FloatArray,
@@ -81,11 +120,15 @@ def select(
         cols = np.argmin(scores, axis=1).astype(np.int64)
         flat = np.arange(rows, dtype=np.int64) * starts + cols
     else:
-        masked = np.where(_duplicate_mask(means), np.inf, scores) if collapse else scores
-        take = min(max_per_location, starts)
-        cols = np.argsort(masked, axis=1, kind="stable")[:, :take]
-        flat = (np.arange(rows, dtype=np.int64)[:, None] * starts + cols).reshape(-1)
-        flat = flat[np.isfinite(masked.reshape(-1)[flat])]
+        found = _few_per_row(scores, means, min(max_per_location, starts), collapse)
+        if found is not None:
+            flat = found
+        else:
+            masked = np.where(_duplicate_mask(means), np.inf, scores) if collapse else scores
+            take = min(max_per_location, starts)
+            cols = np.argsort(masked, axis=1, kind="stable")[:, :take]
+            flat = (np.arange(rows, dtype=np.int64)[:, None] * starts + cols).reshape(-1)
+            flat = flat[np.isfinite(masked.reshape(-1)[flat])]
     values = scores.reshape(-1)[flat]
     order = np.lexsort((flat // starts, flat % starts, values))[:k]
     return np.asarray(flat[order], dtype=np.int64)

@@ -44,3 +44,15 @@ def test_without_collapse_duplicates_stay() -> None:
     scores = np.array([[1.0, 1.0, 1.0]])
     assert select(scores, scores, 3, None, _top_k, collapse=False).tolist() == [0, 1, 2]
     assert select(scores, scores, 3, None, _top_k).tolist() == [0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("per", [2, 3])
+def test_fast_per_location_path_matches_brute_force_on_wider_grids(seed: int, per: int) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    rows, starts = int(rng.integers(1, 7)), int(rng.integers(10, 60))
+    means = rng.integers(1, 30, size=(rows, starts)).astype(np.float64)
+    means[0] = 7.0  # a flat row: one distinct start
+    scores = means * rng.integers(1, 3, size=(rows, 1))
+    k = int(rng.integers(1, 12))
+    assert select(scores, means, k, per, _top_k).tolist() == _oracle(scores, means, k, per)
