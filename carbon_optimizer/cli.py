@@ -280,9 +280,18 @@ def build_request(args: argparse.Namespace, now: datetime | None = None) -> dict
         body["time_step_minutes"] = args.step
     if want("top"):
         body["max_results"] = args.top
+    if "per_location" in given:
+        body["max_per_location"] = None if args.per_location == "all" else int(args.per_location)
     if want("baseline") and args.baseline:
         body["baseline"] = _baseline(args.baseline, now)
     return body
+
+
+def _per_location(text: str) -> str:
+    """`--per-location`: a positive count or `all` (argparse type; kept as text, converted later)."""
+    if text == "all" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a count >= 1 or 'all', got {text!r}")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -389,7 +398,8 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
         "gCO2e",
         "USD",
         "score",
-        "carbon data",
+        "data",
+        "carbon source",
     ]
     rows = [
         [
@@ -402,6 +412,7 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
             _fmt(o["emissions_g"], 1),
             _fmt(o["cost_usd"], 4),
             _fmt(o["score"], 4),
+            _fmt(o.get("carbon_data")),
             o["carbon_source"],
         ]
         for o in result["options"]
@@ -418,6 +429,10 @@ def render_table(result: dict[str, Any], out: TextIO) -> None:
         f"energy model: {model['name']}: {model['watts']:.1f} W x PUE {model['pue']} "
         f"({result['candidates_evaluated']} candidates evaluated)\n"
     )
+    quality = result.get("data_quality")
+    if quality:
+        counts = ", ".join(f"{kind} {n}" for kind, n in quality.items() if n)
+        out.write(f"carbon data of the scored locations: {counts}\n")
     for item in result.get("infeasible", []):
         loc = item["location"]
         where = f"{loc.get('provider')}/{loc.get('region')}" if loc.get("provider") else f"zone {loc['zone']}"
@@ -455,6 +470,7 @@ _FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("objective",), "--mode", "mode"),
     (("time_step_minutes",), "--step", "step"),
     (("max_results",), "--top", "top"),
+    (("max_per_location",), "--per-location", "per_location"),
     (("baseline",), "--baseline", "baseline"),
 )
 
@@ -468,6 +484,7 @@ _TERMS = {
     "duration_minutes": "--duration",
     "time_step_minutes": "--step",
     "max_results": "--top",
+    "max_per_location": "--per-location",
     "price_usd_per_hour": "@PRICE, e.g. -l zone:DE@0.35",
 }
 
@@ -1113,6 +1130,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
         help="start-time step, minutes",
     )
     parser.add_argument("--top", action=_Store, type=int, default=5, help="how many options")
+    parser.add_argument(
+        "--per-location",
+        action=_Store,
+        type=_per_location,
+        default="1",
+        metavar="N|all",
+        help="start times shown per location (all: every location x start pair)",
+    )
     parser.add_argument(
         "--baseline",
         action=_Store,

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from carbon_optimizer.domain import data_quality
+from carbon_optimizer.domain.data_quality import data_quality_warnings
 from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_power
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
@@ -26,20 +28,22 @@ from carbon_optimizer.domain.models import (
     InstanceOffer,
     Location,
     Objective,
+    ObjectiveMode,
     OfferTable,
     PriceType,
     Workload,
     format_utc,
 )
-from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings, with_margin
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
     candidate_grid,
     evaluate_window,
     rank_candidates,
+    window_means,
 )
-from carbon_optimizer.domain.series import IntensityGrid, align_series
+from carbon_optimizer.domain.series import IntensityGrid, align_series, seconds
 from carbon_optimizer.errors import (
     InvalidInput,
     NothingFeasible,
@@ -88,6 +92,7 @@ class OptimizeQuery:
     baseline_start: datetime | None = None
     request_id: str = "-"
     signal: Signal = Signal.AVERAGE
+    max_per_location: int | None = 1
 
 
 @dataclass(slots=True)
@@ -242,6 +247,23 @@ class OptimizerService:
             )
         return start, deadline
 
+    def _check_baseline_start(self, baseline_start: datetime, start: datetime, deadline: datetime) -> None:
+        """422 on `baseline.start` outside [window start − max window, deadline].
+
+        Further out, the carbon data for the baseline would be the bundled replay or annual average
+        standing in for a time it does not describe (a 2020 start would be scored on the 2023 curve),
+        so the savings would claim more than the data supports.
+        """
+        earliest = start - self.max_window
+        if not earliest <= baseline_start <= deadline:
+            days = self.max_window.total_seconds() / 86400
+            raise InvalidInput(
+                f"baseline.start {format_utc(baseline_start)} is outside the data's reach for this "
+                f"request: it must lie between {format_utc(earliest)} (the window's start minus "
+                f"{days:g} days) and the deadline {format_utc(deadline)}",
+                loc=("body", "baseline", "start"),
+            )
+
     # ----- data fetch -----
 
     async def _table(
@@ -295,16 +317,24 @@ class OptimizerService:
             price_source: str | None = "request" if price is not None else None
             if location.is_cloud:
                 if table is None or len(table) == 0:
+                    missing = await self._missing_price(location, workload.price_type)
                     if uses_cost and price is None:
-                        infeasible.append((location, f"no price data for {location.key}"))
+                        infeasible.append((location, missing))
                         continue
-                    ctx.warn(f"no price data for {location.key}; instance type and cost unknown")
+                    ctx.warn(f"{missing}; instance type and cost unknown")
                 else:
                     chosen = self._select(table, workload)
                     if isinstance(chosen, Infeasible):
                         infeasible.append((location, chosen.reason))
                         continue
                     offer = chosen
+                    asked = workload.gpu.count if workload.gpu is not None else 0
+                    if asked and offer.gpu_count > asked:
+                        ctx.warn(
+                            f"{location.key}: {offer.instance_type} has {offer.gpu_count} GPUs for the "
+                            f"{asked} asked for: you pay for {offer.gpu_count} (energy counts the {asked} "
+                            "in use); it is the cheapest type there with enough of the GPUs asked for"
+                        )
                     if price is None:
                         price = offer.price_usd_per_hour
                         price_source = offer.source
@@ -321,6 +351,25 @@ class OptimizerService:
             )
         return placed, infeasible
 
+    async def _missing_price(self, location: Location, price_type: PriceType) -> str:
+        """Why a cloud location has no price, as precisely as the data allows.
+
+        A spot request where only on-demand prices exist says so (the bundled tables carry spot
+        prices for GCP only), instead of a bare "no price data".
+        """
+        if price_type is PriceType.SPOT and location.provider is not None and location.region is not None:
+            on_demand = await self.prices.offers(location.provider, location.region, PriceType.ON_DEMAND)
+            if on_demand is not None and len(on_demand) > 0:
+                bundled = on_demand.offer(0).source.startswith("bundled")
+                where = " in the bundled data" if bundled else ""
+                return (
+                    f"no spot price{where} for {location.provider} ({location.key}; on-demand available: "
+                    "price_type on_demand)"
+                )
+        if price_type is PriceType.SPOT:
+            return f"no spot or on-demand price data for {location.key}"
+        return f"no price data for {location.key}"
+
     # ----- optimise -----
 
     async def optimize(self, query: OptimizeQuery) -> Plan:
@@ -335,8 +384,25 @@ class OptimizerService:
         baseline_query = query.baseline_location
         baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
         baseline_start = (query.baseline_start or start).astimezone(UTC)  # floored at the edge
+        self._check_baseline_start(baseline_start, start, deadline)
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
+        objective = query.objective
+        if (
+            uses_cost
+            and query.objective.mode is not ObjectiveMode.COST
+            and not any(p.price_usd_per_hour is not None for p in placed)
+        ):
+            # No candidate has any price: a mode that mixes cost into carbon (balanced, the default;
+            # budget; monetized) degrades to its carbon part. Pure `cost` mode keeps its 422.
+            objective = Objective(mode=ObjectiveMode.CARBON)
+            ctx.warn(
+                f"no candidate has a price, so objective mode '{query.objective.mode.value}' cannot use "
+                "cost: ranked by carbon only (objective.mode 'carbon'; set price_usd_per_hour to "
+                "rank by cost too)"
+            )
+            uses_cost = False
+            placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         if uses_cost:
             for index, item in enumerate(placed):
                 if item.price_usd_per_hour is None:
@@ -375,8 +441,10 @@ class OptimizerService:
                     ],
                     dtype=np.float64,
                 ),
-                objective=query.objective,
+                objective=objective,
                 max_results=query.max_results,
+                max_per_location=query.max_per_location,
+                collapse_duplicates=True,
             )
         )
         OPTIMIZE_CANDIDATES.observe(scoring.candidates_evaluated)
@@ -387,17 +455,24 @@ class OptimizerService:
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
         )
+        options = tuple(with_margin(o, options[0]) for o in options)
+        location_kinds = {
+            p.location.key: data_quality.weakest(by_zone[p.location.zone].sources_between(start, deadline))
+            for p in placed
+        }
+        for message in data_quality_warnings(options, grid.count > 1):
+            ctx.warn(message)
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
             placed,
             workload,
-            query.objective,
+            objective,
             scoring.min_emissions_g,
             scoring.min_cost_usd,
             ctx,
             explicit=baseline_location is not None,
-            first_requested=locations[0] if locations else None,
+            first_requested=locations[0] if locations and query.locations is not None else None,
             intensity=intensity,
             by_zone=by_zone,
             signal=query.signal,
@@ -405,7 +480,8 @@ class OptimizerService:
         return Plan(
             request_id=query.request_id,
             generated_at=self.clock(),
-            objective=query.objective,
+            objective=objective,
+            requested_mode=query.objective.mode,
             window_start=start,
             window_end=deadline,
             options=options,
@@ -415,6 +491,16 @@ class OptimizerService:
             infeasible=tuple(infeasible),
             energy_model=placed[scoring.ranked[0].location_index].power,
             warnings=tuple(ctx.warnings),
+            data_quality=data_quality.summary(location_kinds.values()),
+            baseline_kind=(
+                None
+                if baseline is None
+                else "explicit"
+                if baseline_location is not None
+                else "first-listed-now"
+                if query.locations is not None
+                else "median-now"
+            ),
         )
 
     def _option(
@@ -433,7 +519,7 @@ class OptimizerService:
             end=cand.end,
             avg=cand.avg_intensity_g_per_kwh,
             score=cand.score,
-            carbon_source="+".join(series.sources_between(cand.start, cand.end)),
+            carbon_sources=series.sources_between(cand.start, cand.end),
             duration_hours=workload.duration_hours,
         )
 
@@ -454,10 +540,12 @@ class OptimizerService:
         by_zone: dict[str, CarbonSeries],
         signal: Signal = Signal.AVERAGE,
     ) -> Option | None:
-        if not explicit:
+        if not explicit and first_requested is None:
+            # `providers` lists no location first: the median-emissions candidate starting now.
+            item = self._median_now(placed, start, workload, intensity)
+        elif not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
-            if first_requested is None:
-                return None
+            assert first_requested is not None
             match = next((p for p in placed if p.location.key == first_requested.key), None)
             if match is None:
                 ctx.warn(f"baseline location {first_requested.key} is infeasible; no savings computed")
@@ -494,11 +582,27 @@ class OptimizerService:
             end=end,
             avg=avg,
             score=None,
-            carbon_source="+".join(series.sources_between(start, end)),
+            carbon_sources=series.sources_between(start, end),
             duration_hours=workload.duration_hours,
         )
         score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
         return replace(option, score=score)
+
+    def _median_now(
+        self, placed: Sequence[_Placed], start: datetime, workload: Workload, intensity: IntensityGrid
+    ) -> _Placed:
+        """The candidate with the median emissions when started now (lower median; ties: request order).
+
+        Why: with `providers` nobody listed a location first, and the catalog's first region (e.g.
+        aws/af-south-1 on a coal grid) makes any saving look huge. The median is what an
+        unoptimised choice of any of these regions achieves typically, is robust to the dirtiest
+        and cleanest outliers, and is computed from the same grid as the ranking.
+        """
+        offset = np.array([seconds(start - intensity.start) / 60.0])
+        means = window_means(intensity, offset, seconds(workload.duration) / 60.0)[:, 0]
+        emissions = np.array([p.energy_kwh for p in placed], dtype=np.float64) * means
+        order = np.argsort(emissions, kind="stable")
+        return placed[int(order[(len(placed) - 1) // 2])]
 
     # ----- other endpoints -----
 
@@ -632,7 +736,7 @@ def _option(
     end: datetime,
     avg: float,
     score: float | None,
-    carbon_source: str,
+    carbon_sources: Sequence[str],
     duration_hours: float,
 ) -> Option:
     return Option(
@@ -647,8 +751,9 @@ def _option(
         price_usd_per_hour=item.price_usd_per_hour,
         duration_hours=duration_hours,
         score=score,
-        carbon_source=carbon_source,
+        carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
+        carbon_data=data_quality.weakest(carbon_sources),
     )
 
 

@@ -48,7 +48,8 @@ def test_plan_prints_a_table() -> None:
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["#", "location", "instance"]
     assert "energy model:" in out
-    assert len([line for line in lines if line[:2].strip().isdigit()]) == 5
+    # One row per location by default (each location's best start).
+    assert len([line for line in lines if line[:2].strip().isdigit()]) == 2
 
 
 def test_plan_json_matches_the_api_shape() -> None:
@@ -68,7 +69,8 @@ def test_plan_json_matches_the_api_shape() -> None:
     )
     assert code == 0, err
     data = json.loads(out)
-    assert len(data["options"]) == 3
+    # One location, flat annual data: its best start only (--top caps, max_per_location 1 decides).
+    assert len(data["options"]) == 1
     assert data["best"]["location"]["region"] == "europe-west1"
     assert data["best"]["carbon_source"] == "fallback:annual-2025"
 

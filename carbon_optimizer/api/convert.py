@@ -79,6 +79,7 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         objective=objective,
         time_step=timedelta(minutes=body.time_step_minutes),
         max_results=body.max_results,
+        max_per_location=body.max_per_location,
         baseline_location=(
             location_query(body.baseline.location, ("body", "baseline", "location"))
             if body.baseline

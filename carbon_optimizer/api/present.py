@@ -20,15 +20,21 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     return {
         "request_id": plan.request_id,
         "generated_at": format_utc(plan.generated_at),
-        "objective": objective_json(plan.objective),
+        "objective": {
+            **objective_json(plan.objective),
+            "requested_mode": (plan.requested_mode or plan.objective.mode).value,
+        },
         "window": {"earliest_start": format_utc(plan.window_start), "deadline": format_utc(plan.window_end)},
         "best": options[0],
         "options": options,
-        "baseline": None if plan.baseline is None else option_json(plan.baseline),
+        "baseline": None
+        if plan.baseline is None
+        else {**option_json(plan.baseline), "kind": plan.baseline_kind},
         "savings": None if plan.savings is None else savings_json(plan.savings),
         "candidates_evaluated": plan.candidates_evaluated,
         "infeasible": [{"location": location_json(loc), "reason": reason} for loc, reason in plan.infeasible],
         "energy_model": energy_model_json(plan.energy_model),
+        "data_quality": plan.data_quality,
         "warnings": list(plan.warnings),
     }
 
@@ -51,7 +57,10 @@ def option_json(option: Option) -> dict[str, Any]:
         "cost_usd": None if cost is None else round(cost, 6),
         "score": None if option.score is None else round(option.score, 6),
         "carbon_source": option.carbon_source,
+        "carbon_data": option.carbon_data,
         "price_source": option.price_source,
+        "delta_to_best_g": None if option.delta_to_best_g is None else round(option.delta_to_best_g, 3),
+        "delta_to_best_pct": None if option.delta_to_best_pct is None else round(option.delta_to_best_pct, 2),
     }
 
 

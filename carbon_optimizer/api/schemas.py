@@ -162,6 +162,16 @@ class OptimizeRequest(_Strict):
         default=60, description="Spacing of candidate starts from earliest_start, minutes."
     )
     max_results: int = Field(default=5, ge=1, le=100, description="How many ranked options to return.")
+    max_per_location: int | None = Field(
+        default=1,
+        ge=1,
+        le=2016,
+        description=(
+            "How many start times of one location the answer may show: 1 (default) = each location's "
+            "best start, ranked across locations; n = its n best starts; null = every (location, start) "
+            "pair. Starts of one location with identical numbers are always shown once (the earliest)."
+        ),
+    )
     baseline: BaselineSpec | None = Field(
         default=None, description="What savings are measured against; default the first location, now."
     )
@@ -221,7 +231,40 @@ class OptionOut(BaseModel):
     cost_usd: float | None = Field(description="price_usd_per_hour × hours, USD.")
     score: float | None = Field(description="The objective's value (lower is better); null for the baseline.")
     carbon_source: str = Field(description="Where the intensity came from, e.g. electricitymaps:forecast.")
+    carbon_data: Literal["forecast", "history", "replay", "flat"] = Field(
+        default="forecast",
+        description=(
+            "Kind of carbon data behind this run's window: forecast (a live source's prediction), "
+            "history (measured), replay (the bundled 2023 curve of the same week), flat (one value held: "
+            "an annual average or the latest reading; every start ties). A window mixing kinds gets the "
+            "weakest, in the order flat < replay < forecast < history."
+        ),
+    )
     price_source: str | None = Field(description="Where the price came from, e.g. live:aws, bundled:<date>.")
+    delta_to_best_g: float | None = Field(
+        default=None,
+        description=(
+            "This option's emissions minus the best option's, gCO2e: 0 for the best, positive = emits "
+            "more (negative when a cost-led mode ranks a dirtier option first); null for the baseline."
+        ),
+    )
+    delta_to_best_pct: float | None = Field(
+        default=None,
+        description="delta_to_best_g as a % of the best option's emissions; null when the best emits 0.",
+    )
+
+
+class BaselineOut(OptionOut):
+    """The option savings are measured against, and how it was chosen."""
+
+    kind: Literal["explicit", "first-listed-now", "median-now"] | None = Field(
+        default=None,
+        description=(
+            "How the baseline was chosen: explicit (the request's `baseline`), first-listed-now (the "
+            "first of `locations` at the effective earliest start), median-now (with `providers`: the "
+            "candidate whose emissions, started at the earliest start, are the median of all candidates)."
+        ),
+    )
 
 
 class SavingsOut(BaseModel):
@@ -261,6 +304,13 @@ class ObjectiveOut(BaseModel):
     """The objective as applied (defaults filled in)."""
 
     mode: str = Field(description="The ranking mode applied.")
+    requested_mode: str | None = Field(
+        default=None,
+        description=(
+            "The mode the request asked for. Differs from `mode` only when a cost-using mode had no "
+            "price for any candidate and carbon mode was applied instead (with a warning)."
+        ),
+    )
     carbon_weight: float | None = Field(default=None, description="balanced: the weight used.")
     max_cost_increase_pct: float | None = Field(
         default=None, description="carbon_within_budget: the cap used."
@@ -277,13 +327,20 @@ class OptimizeResponse(BaseModel):
     window: dict[str, str] = Field(description="The window as applied: earliest_start and deadline, UTC.")
     best: OptionOut = Field(description="The rank-1 option.")
     options: list[OptionOut] = Field(description="Ranked options, best first (at most max_results).")
-    baseline: OptionOut | None = Field(description="The option savings are measured against.")
+    baseline: BaselineOut | None = Field(description="The option savings are measured against.")
     savings: SavingsOut | None = Field(description="Best vs baseline.")
     candidates_evaluated: int = Field(description="(location, start) pairs scored.")
     infeasible: list[InfeasibleOut] = Field(
         description="Locations that could not host the workload, and why."
     )
     energy_model: EnergyModelOut = Field(description="The energy model behind the best option.")
+    data_quality: dict[str, int] | None = Field(
+        default=None,
+        description=(
+            "How many scored locations rest on each kind of carbon data over the whole window, e.g. "
+            '{"forecast": 2, "history": 0, "replay": 1, "flat": 5} (same kinds as options[].carbon_data).'
+        ),
+    )
     warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
 
 

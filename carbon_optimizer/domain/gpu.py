@@ -45,6 +45,32 @@ KNOWN_GPU_MODELS: tuple[str, ...] = (
     "V100-32GB",
 )
 
+# What `gpu: {count: n}` without a model means: the NVIDIA data-centre compute GPUs ML jobs are
+# built for (CUDA). Selection prefers these and falls back to any model only where a region has
+# none of them. Left out: AMD (MI300X, Radeon-Pro-V520: ROCm, not CUDA; the Radeon is a graphics
+# card), NVIDIA workstation/graphics cards (Quadro-RTX-6000, RTX-A6000, RTX-PRO-*, M60).
+DEFAULT_GPU_MODELS: tuple[str, ...] = (
+    "A10",
+    "A100-40GB",
+    "A100-80GB",
+    "A10G",
+    "B200",
+    "B300",
+    "GH200",
+    "H100-80GB",
+    "H100-80GB-Mega",
+    "H100-80GB-PCIe",
+    "H100-NVL-94GB",
+    "H200-141GB",
+    "K80",
+    "L4",
+    "L40S",
+    "T4",
+    "T4G",
+    "V100-16GB",
+    "V100-32GB",
+)
+
 # A family name accepts every listed variant. Exact model names always win over families.
 GPU_FAMILIES: dict[str, tuple[str, ...]] = {
     "A100": ("A100-40GB", "A100-80GB"),

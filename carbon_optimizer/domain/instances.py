@@ -11,6 +11,8 @@ Rules (documented in the API description too):
 - Otherwise the cheapest row with vcpus ≥ need, memory ≥ need and, when GPUs are requested,
   gpu_count ≥ need with a model in the accepted set (any model when `models` is None). Rows with
   unknown specs (NaN) are never auto-selected.
+- GPUs requested without a model prefer `gpu.DEFAULT_GPU_MODELS` (NVIDIA data-centre GPUs, what ML
+  jobs mean): other models (AMD, graphics cards) are picked only where a region has none of those.
 - With no GPU requested every row is allowed; the cheapest wins, which in practice is a CPU-only
   type (a GPU type always costs more than a CPU type of the same size). We do not forbid GPU rows,
   so a region whose only fitting type has a GPU still runs the job.
@@ -34,7 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from carbon_optimizer.domain.gpu import DEFAULT_GPU_MODELS
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType, Workload
+
+_DEFAULT_GPUS = np.array(DEFAULT_GPU_MODELS, dtype=np.str_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,10 @@ def select_instance(
         allowed &= _derived(table).arm
     fits = size_ok & gpu_ok
     candidates = np.flatnonzero(fits & allowed)
+    if gpu_count > 0 and gpu_models is None and len(candidates) > 0:
+        preferred = candidates[np.isin(_derived(table).gpu_models[candidates], _DEFAULT_GPUS)]
+        if len(preferred) > 0:
+            candidates = preferred
 
     if len(candidates) == 0:
         size = f"≥ {workload.vcpus} vCPUs and ≥ {_num(workload.memory_gib)} GiB"

@@ -8,11 +8,11 @@ shared by the HTTP API and the CLI).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from carbon_optimizer.domain.energy import PowerEstimate
-from carbon_optimizer.domain.models import Location, Objective
+from carbon_optimizer.domain.models import Location, Objective, ObjectiveMode
 from carbon_optimizer.domain.scoring import objective_score
 
 
@@ -33,6 +33,12 @@ class Option:
     score: float | None
     carbon_source: str
     price_source: str | None
+    # Emissions above the best option's (0 for the best; negative when a cost-led ranking puts a
+    # dirtier option first); the percentage is of the best's emissions, None when it emits nothing.
+    delta_to_best_g: float | None = None
+    delta_to_best_pct: float | None = None
+    # Weakest kind of carbon data in the run's window (`domain/data_quality.py`).
+    carbon_data: str = "forecast"
 
     @property
     def emissions_g(self) -> float:
@@ -72,6 +78,11 @@ class Plan:
     infeasible: tuple[tuple[Location, str], ...]
     energy_model: PowerEstimate
     warnings: tuple[str, ...]
+    requested_mode: ObjectiveMode | None = None  # the mode asked for, when it differs from `objective`
+    # Scored locations per kind of carbon data over the whole window (`domain/data_quality.py`).
+    data_quality: dict[str, int] | None = None
+    # How the baseline was chosen: explicit, first-listed-now or median-now (None without baseline).
+    baseline_kind: str | None = None
 
     @property
     def best(self) -> Option:
@@ -90,6 +101,13 @@ def baseline_score(
     if objective.uses_cost and cost_usd is None:
         return None
     return objective_score(objective, emissions_g, cost_usd, min_emissions_g, min_cost_usd)
+
+
+def with_margin(option: Option, best: Option) -> Option:
+    """`option` with its emissions margin to `best` filled in."""
+    delta = option.emissions_g - best.emissions_g
+    pct = 100.0 * delta / best.emissions_g if best.emissions_g > 0 else None
+    return replace(option, delta_to_best_g=delta, delta_to_best_pct=pct)
 
 
 def savings(best: Option, baseline: Option | None) -> Savings | None:

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from carbon_optimizer.domain import diversity
 from carbon_optimizer.domain.models import FloatArray, IntArray, Objective, ObjectiveMode
 from carbon_optimizer.domain.series import IntensityGrid, PrefixSums, seconds
 
@@ -233,6 +234,10 @@ class ScoringInput:
     cost_usd: FloatArray  # shape (L,), NaN = no price for that location
     objective: Objective
     max_results: int
+    # Each location's best starts to keep (None: every pair); see `domain/diversity.py`.
+    max_per_location: int | None = None
+    # Show starts of one location with identical numbers once (the earliest).
+    collapse_duplicates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +416,10 @@ def rank_candidates(inp: ScoringInput) -> ScoringResult:
         scores = _scores_in_place(
             objective, buffer, cost[:, None], min_emissions, np.nan if min_cost is None else min_cost
         )
-    best = _top_k(scores, min(inp.max_results, scores.size))
+    shown_means = means if rows is None else means[rows]
+    best = diversity.select(
+        scores, shown_means, inp.max_results, inp.max_per_location, _top_k, inp.collapse_duplicates
+    )
 
     ranked: list[RankedCandidate] = []
     for flat in best.tolist():

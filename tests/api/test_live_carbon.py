@@ -124,6 +124,7 @@ async def test_window_beyond_the_forecast_horizon_mixes_sources(client_factory: 
         "workload": {"duration_minutes": 240, "vcpus": 4, "memory_gib": 16},
         "window": {"earliest_start": "2026-06-06T08:00:00Z", "deadline": "2026-06-06T14:00:00Z"},
         "max_results": 10,
+        "max_per_location": None,  # every start of DE, to see each one's sources
     }
     async with mocked_upstream() as (router, http):
         _upstream(router)

@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from carbon_optimizer.domain.gpu import DEFAULT_GPU_MODELS
 from carbon_optimizer.domain.instances import (
     ARM,
     BURSTABLE,
@@ -318,9 +319,13 @@ def test_real_tables_match_brute_force(
             tbl.gpu_count[i] < gpu.count or (gpu.models is not None and tbl.gpu_models[i] not in gpu.models)
         ):
             continue
-        fitting.append((tbl.price_usd_per_hour[i], tbl.vcpus[i], tbl.memory_gib[i], tbl.instance_types[i]))
+        # A GPU without a model prefers NVIDIA data-centre GPUs (rank 0) over any other model (rank 1).
+        other = int(gpu is not None and gpu.models is None and tbl.gpu_models[i] not in DEFAULT_GPU_MODELS)
+        fitting.append(
+            (other, tbl.price_usd_per_hour[i], tbl.vcpus[i], tbl.memory_gib[i], tbl.instance_types[i])
+        )
     result = select_instance(tbl, wl)
     if not fitting:
         assert isinstance(result, Infeasible)
     else:
-        assert chosen(result) == min(fitting)[3]
+        assert chosen(result) == min(fitting)[4]
