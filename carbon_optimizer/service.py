@@ -47,8 +47,13 @@ from carbon_optimizer.errors import (
     UnknownZone,
 )
 from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
-from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.carbon.base import Signal
+from carbon_optimizer.providers.base import (
+    CarbonIntensityProvider,
+    InMemoryCarbonLookup,
+    InMemoryPriceLookup,
+    PriceProvider,
+)
+from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
 
 log = logging.getLogger(__name__)
@@ -137,6 +142,9 @@ class OptimizerService:
         self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
             OrderedDict()
         )
+        # Synchronous in-memory lanes of the providers, when they have them (see providers/base.py).
+        self._carbon_now = carbon.series_cached if isinstance(carbon, InMemoryCarbonLookup) else None
+        self._prices_now = prices.offers_cached if isinstance(prices, InMemoryPriceLookup) else None
 
     def _select(self, table: OfferTable, workload: Workload) -> InstanceOffer | Infeasible:
         key = (
@@ -276,17 +284,58 @@ class OptimizerService:
                 loc=("body", "signal"),
             )
 
+    async def _tables(
+        self, locations: Sequence[Location], price_type: PriceType, ctx: _Context
+    ) -> list[OfferTable | None]:
+        """Each location's offer table: in-memory hits synchronously, one gather for the rest."""
+        tables: list[OfferTable | None] = [None] * len(locations)
+        misses: list[tuple[int, str, str]] = []
+        now = self._prices_now
+        for i, loc in enumerate(locations):
+            if loc.provider is None or loc.region is None:
+                continue
+            hit = None if now is None else now(loc.provider, loc.region, price_type)
+            if hit is None:
+                misses.append((i, loc.provider, loc.region))
+            else:
+                tables[i] = hit[0]
+        if misses:
+            fetched = await asyncio.gather(*(self._table(p, r, price_type, ctx) for _, p, r in misses))
+            for (i, _, _), table in zip(misses, fetched, strict=True):
+                tables[i] = table
+        return tables
+
+    async def _zone_series(
+        self, zones: Sequence[str], start: datetime, end: datetime, ctx: _Context, signal: Signal
+    ) -> list[CarbonSeries]:
+        """Each zone's series: in-memory hits synchronously, one gather for the rest.
+
+        Warnings are added in zone order whichever way each answer came.
+        """
+        results: list[SeriesResult | None] = [None] * len(zones)
+        now = self._carbon_now
+        if now is not None:
+            for i, zone in enumerate(zones):
+                results[i] = now(zone, start, end, signal)
+        misses = [i for i, r in enumerate(results) if r is None]
+        if misses:
+            fetched = await asyncio.gather(
+                *(self.carbon.series(zones[i], start, end, signal) for i in misses)
+            )
+            for i, answer in zip(misses, fetched, strict=True):
+                results[i] = answer
+        out: list[CarbonSeries] = []
+        for result in results:
+            assert result is not None
+            for message in result.warnings:
+                ctx.warn(message)
+            out.append(result.series)
+        return out
+
     async def _place(
         self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
     ) -> tuple[list[_Placed], list[tuple[Location, str]]]:
-        tables = await asyncio.gather(
-            *(
-                self._table(loc.provider, loc.region, workload.price_type, ctx)
-                if loc.provider is not None and loc.region is not None
-                else _none()
-                for loc in locations
-            )
-        )
+        tables = await self._tables(locations, workload.price_type, ctx)
         placed: list[_Placed] = []
         infeasible: list[tuple[Location, str]] = []
         for location, table in zip(locations, tables, strict=True):
@@ -356,9 +405,7 @@ class OptimizerService:
 
         zones = sorted({p.location.zone for p in placed})
         self._check_signal(zones, query.signal)
-        series_list = await asyncio.gather(
-            *(self._series(z, start, deadline, ctx, query.signal) for z in zones)
-        )
+        series_list = await self._zone_series(zones, start, deadline, ctx, query.signal)
         by_zone = dict(zip(zones, series_list, strict=True))
         intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
         scoring = rank_candidates(
@@ -612,10 +659,6 @@ class OptimizerService:
             "energy_model": _energy_model_out(power),
             "warnings": ctx.warnings,
         }
-
-
-async def _none() -> None:
-    return None
 
 
 def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:
