@@ -22,6 +22,7 @@ from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_p
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
     CarbonSeries,
+    FloatArray,
     GpuRequirement,
     InstanceOffer,
     Location,
@@ -59,6 +60,8 @@ from carbon_optimizer.providers.catalog import RegionCatalog
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
 _SELECTION_CACHE_SIZE = 4096
+_GRID_CACHE_SIZE = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -142,6 +145,9 @@ class OptimizerService:
         self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
             OrderedDict()
         )
+        self._grids: OrderedDict[tuple[Any, ...], tuple[tuple[CarbonSeries, ...], IntensityGrid]] = (
+            OrderedDict()
+        )
         # Synchronous in-memory lanes of the providers, when they have them (see providers/base.py).
         self._carbon_now = carbon.series_cached if isinstance(carbon, InMemoryCarbonLookup) else None
         self._prices_now = prices.offers_cached if isinstance(prices, InMemoryPriceLookup) else None
@@ -164,6 +170,30 @@ class OptimizerService:
         if len(self._selections) > _SELECTION_CACHE_SIZE:
             self._selections.popitem(last=False)
         return chosen
+
+    def _grid(self, series: list[CarbonSeries], start: datetime, end: datetime) -> IntensityGrid:
+        """`align_series`, memoised on the very series objects and the grid's hour range.
+
+        Why: fresh requests move their start by seconds, but the grid (start floored to the step,
+        end rounded up) and the memoised series behind it stay the same for an hour, so the
+        aligned (L, N) array and its exact prefix sums are built once and every later window
+        query is index arithmetic on them. Keyed on object identity, checked against the series
+        kept in the entry (which also keeps their ids from being reused).
+        """
+        hour = timedelta(hours=1)
+        key = (tuple(id(s) for s in series), (start - _EPOCH) // hour, -((_EPOCH - end) // hour))
+        hit = self._grids.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], series, strict=True)):
+            grid = hit[1]
+            if grid.start <= start and end <= grid.end:
+                return grid
+        grid = align_series(series, start, end)
+        # Only grids on the hour lattice are shared (a finer series would make `end` matter).
+        if grid.step == hour and grid.end == _EPOCH + key[2] * hour:
+            self._grids[key] = (tuple(series), grid)
+            if len(self._grids) > _GRID_CACHE_SIZE:
+                self._grids.popitem(last=False)
+        return grid
 
     def _power(self, provider: str | None, workload: Workload, offer: InstanceOffer | None) -> PowerEstimate:
         """Energy-model estimate, memoised: it depends only on these few inputs."""
@@ -407,7 +437,7 @@ class OptimizerService:
         self._check_signal(zones, query.signal)
         series_list = await self._zone_series(zones, start, deadline, ctx, query.signal)
         by_zone = dict(zip(zones, series_list, strict=True))
-        intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
+        intensity = self._grid([by_zone[p.location.zone] for p in placed], start, deadline)
         scoring = rank_candidates(
             ScoringInput(
                 grid=intensity,
@@ -448,6 +478,9 @@ class OptimizerService:
             intensity=intensity,
             by_zone=by_zone,
             signal=query.signal,
+            first_start_means=None
+            if scoring.means is None or baseline_start != start
+            else scoring.means[:, 0],
         )
         return Plan(
             request_id=query.request_id,
@@ -500,6 +533,7 @@ class OptimizerService:
         intensity: IntensityGrid,
         by_zone: dict[str, CarbonSeries],
         signal: Signal = Signal.AVERAGE,
+        first_start_means: FloatArray | None = None,
     ) -> Option | None:
         if not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
@@ -530,7 +564,10 @@ class OptimizerService:
             # Usually the baseline is a scored location inside the window: reuse its row.
             row = next(i for i, p in enumerate(placed) if p.location.zone == item.location.zone)
             series = scored
-            avg = evaluate_window(intensity, row, start, workload.duration)
+            if first_start_means is not None:  # the engine already scored this very window
+                avg = float(first_start_means[row])
+            else:
+                avg = evaluate_window(intensity, row, start, workload.duration)
         else:
             series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
