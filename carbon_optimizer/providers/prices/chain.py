@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -242,6 +242,9 @@ class _Local:
     table: OfferTable | None
 
 
+_AGE_RESOLUTION = timedelta(seconds=1)
+
+
 class CachedPriceProvider:
     """`PriceProvider` chaining cache → live → bundled, with provenance on every row."""
 
@@ -267,6 +270,7 @@ class CachedPriceProvider:
         self._clock = clock
         self._local: dict[str, _Local] = {}
         self._flights: SingleFlight[str, OfferTable | None] = SingleFlight()
+        self._age_reported: dict[str, tuple[OfferTable | None, datetime | None, datetime]] = {}
 
     # ----- reading -----
 
@@ -293,6 +297,17 @@ class CachedPriceProvider:
 
     def _report_age(self, provider: str, table: OfferTable | None, fetched_at: datetime | None) -> None:
         now = self._clock()
+        # Every lookup reports, so a 150-region request would set the gauge 150 times: skip while the
+        # same table was reported less than a second ago (the gauge is then at most 1 s behind).
+        last = self._age_reported.get(provider)
+        if (
+            last is not None
+            and last[0] is table
+            and last[1] == fetched_at
+            and now - last[2] < _AGE_RESOLUTION
+        ):
+            return
+        self._age_reported[provider] = (table, fetched_at, now)
         if fetched_at is not None:
             child(DATA_AGE, "price", provider).set(max(0.0, (now - fetched_at).total_seconds()))
         elif table is not None and (newest := _newest_as_of(table)) is not None:
