@@ -46,6 +46,7 @@ request = function()
   local body = [[{body}]]
   body = body:gsub("__DURATION__", tostring(60 + (n % {duration_span})))
   body = body:gsub("__START__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + n))
+  body = body:gsub("__DEADLINE__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + n + {window_s}))
   return wrk.format(nil, nil, nil, body)
 end
 done = function(summary, latency, requests)
@@ -59,14 +60,19 @@ end
 """
 
 
-def write_unique_script(path: Path, template: str, base_epoch: int, duration_span: int = 600) -> Path:
+def write_unique_script(
+    path: Path, template: str, base_epoch: int, duration_span: int = 600, window_s: int = 86400
+) -> Path:
     """Write a wrk script posting a different body each request.
 
     `template` is a JSON body with `__DURATION__` (job minutes) and `__START__` (earliest start:
-    `base_epoch` plus the request's number in seconds, UTC) placeholders.
+    `base_epoch` plus the request's number in seconds, UTC) placeholders, and optionally
+    `__DEADLINE__` (that start plus `window_s`).
     """
     path.write_text(
-        WRK_UNIQUE_LUA.format(body=template, duration_span=duration_span, base_epoch=int(base_epoch))
+        WRK_UNIQUE_LUA.format(
+            body=template, duration_span=duration_span, base_epoch=int(base_epoch), window_s=int(window_s)
+        )
     )
     return path
 

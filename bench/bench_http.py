@@ -9,6 +9,8 @@ Rows:
   with each request), as schedulers send them — data lookups, engine, serialisation every time.
 - `cache-hit`: one identical body, answered by the result cache after the first request. Its own
   row: it says what the cache saves, not what a caller gets.
+- `fresh-large`: fresh bodies of 150 locations × a 7-day window × 15-minute steps (the large
+  end of the contract: ~100,000 candidates per request).
 - `no-cache`: the identical body with `Cache-Control: no-cache` (recomputed, same data each time).
 The floor parses the same bodies with a pydantic model of the same shape and answers a constant.
 """
@@ -68,6 +70,26 @@ UNIQUE_TEMPLATE = {
     **BODY,
     "workload": {"duration_minutes": "__DURATION__", "vcpus": 8, "memory_gib": 32},
     "window": {"earliest_start": "__START__"},
+}
+
+# 150 locations: every AWS, Azure and GCP region of the catalog, then bare zones up to 150.
+_CATALOG = ROOT / "carbon_optimizer" / "data" / "cloud_regions.csv"
+
+
+def _locations_150() -> list[dict[str, str]]:
+    rows = [line.split(",", 2)[:2] for line in _CATALOG.read_text().splitlines()[1:]]
+    cloud = [{"provider": p, "region": r} for p, r in rows if p in ("aws", "azure", "gcp")]
+    zones = [{"zone": z} for z in ("DE", "FR", "NO", "GB", "ES", "SE", "PL", "IT-NO", "NL", "BE", "DK-DK1")]
+    return (cloud + zones)[:150]
+
+
+LARGE_TEMPLATE = {
+    "workload": {"duration_minutes": "__DURATION__", "vcpus": 8, "memory_gib": 32},
+    "locations": _locations_150(),
+    "objective": {"mode": "carbon"},
+    "window": {"earliest_start": "__START__", "deadline": "__DEADLINE__"},
+    "time_step_minutes": 15,
+    "max_results": 5,
 }
 
 
@@ -130,15 +152,18 @@ def main() -> None:
         env["CARBON_OPTIMIZER_REDIS__URL"] = args.redis
     body = json.dumps(BODY)
     template = json.dumps(UNIQUE_TEMPLATE).replace('"__DURATION__"', "__DURATION__")
+    large = json.dumps(LARGE_TEMPLATE).replace('"__DURATION__"', "__DURATION__")
     base_epoch = int(time.time()) + 3600
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     scripts = {
         "fresh": write_unique_script(workdir / "fresh.lua", template, base_epoch),
+        "fresh-large": write_unique_script(workdir / "large.lua", large, base_epoch, window_s=7 * 86400),
         "cache-hit": write_script(workdir / "hit.lua", body),
         "no-cache": write_script(workdir / "nocache.lua", body, {"Cache-Control": "no-cache"}),
     }
     floor_scripts = {
         "fresh": scripts["fresh"],
+        "fresh-large": scripts["fresh-large"],
         "cache-hit": scripts["cache-hit"],
         "no-cache": scripts["cache-hit"],
     }
@@ -166,10 +191,10 @@ def main() -> None:
         )
         print()
         print(
-            f"{'path':>9} {'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | "
+            f"{'path':>11} {'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | "
             f"{'ours p50':>8} | {'ours p99':>8} | {'floor p99':>9} | errors"
         )
-        print("-" * 96)
+        print("-" * 98)
         for path, connections in [(p, c) for p in args.rows for c in args.connections]:
             runs_ours, runs_floor = [], []
             for _ in range(args.repeat):
@@ -178,7 +203,8 @@ def main() -> None:
             errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
             rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
             print(
-                f"{path:>9} {connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | {rps / floor_rps:>6.2f} | "
+                f"{path:>11} {connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | "
+                f"{rps / floor_rps:>6.2f} | "
                 f"{_median(runs_ours, 'p50_ms'):>6.1f}ms | {_median(runs_ours, 'p99_ms'):>6.1f}ms | "
                 f"{_median(runs_floor, 'p99_ms'):>7.1f}ms | {errors}"
             )

@@ -24,6 +24,7 @@ from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_p
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
     CarbonSeries,
+    FloatArray,
     GpuRequirement,
     InstanceOffer,
     Location,
@@ -51,13 +52,20 @@ from carbon_optimizer.errors import (
     UnknownZone,
 )
 from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
-from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.carbon.base import Signal
+from carbon_optimizer.providers.base import (
+    CarbonIntensityProvider,
+    InMemoryCarbonLookup,
+    InMemoryPriceLookup,
+    PriceProvider,
+)
+from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
 _SELECTION_CACHE_SIZE = 4096
+_GRID_CACHE_SIZE = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -142,6 +150,12 @@ class OptimizerService:
         self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
             OrderedDict()
         )
+        self._grids: OrderedDict[tuple[Any, ...], tuple[tuple[CarbonSeries, ...], IntensityGrid]] = (
+            OrderedDict()
+        )
+        # Synchronous in-memory lanes of the providers, when they have them (see providers/base.py).
+        self._carbon_now = carbon.series_cached if isinstance(carbon, InMemoryCarbonLookup) else None
+        self._prices_now = prices.offers_cached if isinstance(prices, InMemoryPriceLookup) else None
 
     def _select(self, table: OfferTable, workload: Workload) -> InstanceOffer | Infeasible:
         key = (
@@ -161,6 +175,30 @@ class OptimizerService:
         if len(self._selections) > _SELECTION_CACHE_SIZE:
             self._selections.popitem(last=False)
         return chosen
+
+    def _grid(self, series: list[CarbonSeries], start: datetime, end: datetime) -> IntensityGrid:
+        """`align_series`, memoised on the very series objects and the grid's hour range.
+
+        Why: fresh requests move their start by seconds, but the grid (start floored to the step,
+        end rounded up) and the memoised series behind it stay the same for an hour, so the
+        aligned (L, N) array and its exact prefix sums are built once and every later window
+        query is index arithmetic on them. Keyed on object identity, checked against the series
+        kept in the entry (which also keeps their ids from being reused).
+        """
+        hour = timedelta(hours=1)
+        key = (tuple(id(s) for s in series), (start - _EPOCH) // hour, -((_EPOCH - end) // hour))
+        hit = self._grids.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], series, strict=True)):
+            grid = hit[1]
+            if grid.start <= start and end <= grid.end:
+                return grid
+        grid = align_series(series, start, end)
+        # Only grids on the hour lattice are shared (a finer series would make `end` matter).
+        if grid.step == hour and grid.end == _EPOCH + key[2] * hour:
+            self._grids[key] = (tuple(series), grid)
+            if len(self._grids) > _GRID_CACHE_SIZE:
+                self._grids.popitem(last=False)
+        return grid
 
     def _power(self, provider: str | None, workload: Workload, offer: InstanceOffer | None) -> PowerEstimate:
         """Energy-model estimate, memoised: it depends only on these few inputs."""
@@ -298,17 +336,58 @@ class OptimizerService:
                 loc=("body", "signal"),
             )
 
+    async def _tables(
+        self, locations: Sequence[Location], price_type: PriceType, ctx: _Context
+    ) -> list[OfferTable | None]:
+        """Each location's offer table: in-memory hits synchronously, one gather for the rest."""
+        tables: list[OfferTable | None] = [None] * len(locations)
+        misses: list[tuple[int, str, str]] = []
+        now = self._prices_now
+        for i, loc in enumerate(locations):
+            if loc.provider is None or loc.region is None:
+                continue
+            hit = None if now is None else now(loc.provider, loc.region, price_type)
+            if hit is None:
+                misses.append((i, loc.provider, loc.region))
+            else:
+                tables[i] = hit[0]
+        if misses:
+            fetched = await asyncio.gather(*(self._table(p, r, price_type, ctx) for _, p, r in misses))
+            for (i, _, _), table in zip(misses, fetched, strict=True):
+                tables[i] = table
+        return tables
+
+    async def _zone_series(
+        self, zones: Sequence[str], start: datetime, end: datetime, ctx: _Context, signal: Signal
+    ) -> list[CarbonSeries]:
+        """Each zone's series: in-memory hits synchronously, one gather for the rest.
+
+        Warnings are added in zone order whichever way each answer came.
+        """
+        results: list[SeriesResult | None] = [None] * len(zones)
+        now = self._carbon_now
+        if now is not None:
+            for i, zone in enumerate(zones):
+                results[i] = now(zone, start, end, signal)
+        misses = [i for i, r in enumerate(results) if r is None]
+        if misses:
+            fetched = await asyncio.gather(
+                *(self.carbon.series(zones[i], start, end, signal) for i in misses)
+            )
+            for i, answer in zip(misses, fetched, strict=True):
+                results[i] = answer
+        out: list[CarbonSeries] = []
+        for result in results:
+            assert result is not None
+            for message in result.warnings:
+                ctx.warn(message)
+            out.append(result.series)
+        return out
+
     async def _place(
         self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
     ) -> tuple[list[_Placed], list[tuple[Location, str]]]:
-        tables = await asyncio.gather(
-            *(
-                self._table(loc.provider, loc.region, workload.price_type, ctx)
-                if loc.provider is not None and loc.region is not None
-                else _none()
-                for loc in locations
-            )
-        )
+        tables = await self._tables(locations, workload.price_type, ctx)
         placed: list[_Placed] = []
         infeasible: list[tuple[Location, str]] = []
         for location, table in zip(locations, tables, strict=True):
@@ -422,11 +501,9 @@ class OptimizerService:
 
         zones = sorted({p.location.zone for p in placed})
         self._check_signal(zones, query.signal)
-        series_list = await asyncio.gather(
-            *(self._series(z, start, deadline, ctx, query.signal) for z in zones)
-        )
+        series_list = await self._zone_series(zones, start, deadline, ctx, query.signal)
         by_zone = dict(zip(zones, series_list, strict=True))
-        intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
+        intensity = self._grid([by_zone[p.location.zone] for p in placed], start, deadline)
         scoring = rank_candidates(
             ScoringInput(
                 grid=intensity,
@@ -476,6 +553,9 @@ class OptimizerService:
             intensity=intensity,
             by_zone=by_zone,
             signal=query.signal,
+            first_start_means=None
+            if scoring.means is None or baseline_start != start
+            else scoring.means[:, 0],
         )
         return Plan(
             request_id=query.request_id,
@@ -539,6 +619,7 @@ class OptimizerService:
         intensity: IntensityGrid,
         by_zone: dict[str, CarbonSeries],
         signal: Signal = Signal.AVERAGE,
+        first_start_means: FloatArray | None = None,
     ) -> Option | None:
         if not explicit and first_requested is None:
             # `providers` lists no location first: the median-emissions candidate starting now.
@@ -571,7 +652,10 @@ class OptimizerService:
             # Usually the baseline is a scored location inside the window: reuse its row.
             row = next(i for i, p in enumerate(placed) if p.location.zone == item.location.zone)
             series = scored
-            avg = evaluate_window(intensity, row, start, workload.duration)
+            if first_start_means is not None:  # the engine already scored this very window
+                avg = float(first_start_means[row])
+            else:
+                avg = evaluate_window(intensity, row, start, workload.duration)
         else:
             series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
@@ -716,10 +800,6 @@ class OptimizerService:
             "energy_model": _energy_model_out(power),
             "warnings": ctx.warnings,
         }
-
-
-async def _none() -> None:
-    return None
 
 
 def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:

@@ -263,6 +263,9 @@ class ScoringResult:
     candidates_eligible: int  # after the budget constraint (== evaluated for other modes)
     min_emissions_g: float
     min_cost_usd: float | None
+    # Every (location, start) window mean, (L, K): the first column is the "as soon as allowed"
+    # window, so a baseline at a listed location needs no second engine call (bit-identical).
+    means: FloatArray | None = None
 
 
 def _check_objective(objective: Objective) -> None:
@@ -446,4 +449,5 @@ def rank_candidates(inp: ScoringInput) -> ScoringResult:
         candidates_eligible=evaluated if rows is None else int(rows.size) * starts,
         min_emissions_g=min_emissions,
         min_cost_usd=min_cost,
+        means=means,
     )

@@ -43,3 +43,30 @@ class PriceProvider(Protocol):
         Raises a `ProviderError` subclass when the source fails (callers fall back to the next).
         """
         ...
+
+
+@runtime_checkable
+class InMemoryCarbonLookup(Protocol):
+    """Optional fast path of a carbon provider: an answer already in memory, without awaiting.
+
+    Why: a request asks for up to 200 zones; most answers sit in the in-process tier, and an
+    asyncio task per zone costs more than the lookup itself. The service tries this first and
+    awaits `series` only for the zones it returns None for.
+    """
+
+    def series_cached(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult | None:
+        """The very answer `series` would give, if it is in memory now; else None."""
+        ...
+
+
+@runtime_checkable
+class InMemoryPriceLookup(Protocol):
+    """Optional fast path of a price provider: an in-process-tier hit, without awaiting."""
+
+    def offers_cached(
+        self, provider: str, region: str, price_type: PriceType
+    ) -> tuple[OfferTable | None] | None:
+        """`(table,)` — what `offers` would return — on an in-memory hit; None on a miss."""
+        ...

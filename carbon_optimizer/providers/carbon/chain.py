@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -64,6 +65,9 @@ from carbon_optimizer.providers.carbon.base import (
 log = logging.getLogger(__name__)
 
 EXTENDED_SUFFIX = "(extended)"
+# Offline-only answers memoised per (zone, first hour, hour count, signal); bounded by entries.
+_OFFLINE_MEMO_SIZE = 4096
+_MemoKey = tuple[str, int, int, Signal]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IntArray = npt.NDArray[np.int64]
 
@@ -240,6 +244,9 @@ class CarbonChain:
         self._history_span = history_span
         self._clock: Callable[[], datetime] = clock or _utc_now
         self._issued: dict[str, datetime] = {}  # zone -> issue time of the newest live data served
+        # Zones no live source answers get a pure function of (zone, hours, signal) from the bundled
+        # data: memoise the painted answer and the fallback labels it counted (see `series_cached`).
+        self._offline_memo: OrderedDict[_MemoKey, tuple[SeriesResult, tuple[str, ...]]] = OrderedDict()
 
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self.sources)
@@ -265,6 +272,32 @@ class CarbonChain:
             zone: round((now - issued).total_seconds(), 1) for zone, issued in sorted(self._issued.items())
         }
 
+    @staticmethod
+    def _memo_key(zone: str, start: datetime, end: datetime, signal: Signal) -> _MemoKey:
+        first = (start - _EPOCH) // HOUR  # exact integer floor
+        return (zone, first, -((_EPOCH - end) // HOUR) - first, signal)
+
+    def series_cached(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult | None:
+        """The answer `series` would give, synchronously, when it is already in memory; else None.
+
+        Why: the hot path asks for 20-150 zones per request; for zones no live source routes (the
+        bundled data alone answers) the painted series is a pure function of the zone, the hours
+        and the signal, so a hit needs no task, no canvas and no await. Zones with a live route
+        always miss here and take `series` (their freshness belongs to the two-tier cache).
+        """
+        if end <= start or self.route(zone, signal):
+            return None
+        key = self._memo_key(zone, start, end, signal)
+        hit = self._offline_memo.get(key)
+        if hit is None:
+            return None
+        result, fallbacks = hit
+        for label in fallbacks:  # the metric counts answers that used fallback data, hits included
+            child(FALLBACKS, "carbon", label).inc()
+        return result
+
     async def series(
         self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
     ) -> SeriesResult:
@@ -272,13 +305,19 @@ class CarbonChain:
         validate_zone(zone)
         if end <= start:
             raise ValueError("series needs start < end")
+        route = self.route(zone, signal)
+        if not route:
+            cached = self.series_cached(zone, start, end, signal)
+            if cached is not None:
+                return cached
         now = self._clock()
         now_floor = floor_to(now, HOUR)
         warnings: list[str] = []
         canvas: _Canvas | None = None
         all_fetched: list[Fetched] = []
         all_errors: list[BaseException] = []
-        for source in self.route(zone, signal):
+        fallbacks: tuple[str, ...] = ()
+        for source in route:
             fetched, errors = await self._fetch_live(source, zone, start, end, now_floor, signal)
             all_fetched.extend(fetched.values())
             all_errors.extend(errors.values())
@@ -299,7 +338,7 @@ class CarbonChain:
         if canvas.missing:
             if signal is not Signal.AVERAGE:
                 warnings.append(f"no {signal.value} data for some hours of {zone}; used average bundled data")
-            await self._paint_offline(zone, canvas, bool(all_fetched), all_errors)
+            fallbacks = await self._paint_offline(zone, canvas, bool(all_fetched), all_errors)
         if canvas.missing:
             canvas.extend_nearest()
         if canvas.missing:
@@ -307,7 +346,15 @@ class CarbonChain:
 
         self._note_age(zone, all_fetched, now)
         emission_factor_type = next((f.series.emission_factor_type for f in all_fetched), "lifecycle")
-        return SeriesResult(canvas.series(zone, emission_factor_type), tuple(dict.fromkeys(warnings)))
+        result = SeriesResult(canvas.series(zone, emission_factor_type), tuple(dict.fromkeys(warnings)))
+        if not route:
+            # Shared between requests from now on: make it read-only so no caller can edit it.
+            np.asarray(result.series.values).flags.writeable = False
+            memo = self._offline_memo
+            memo[self._memo_key(zone, start, end, signal)] = (result, fallbacks)
+            if len(memo) > _OFFLINE_MEMO_SIZE:
+                memo.popitem(last=False)
+        return result
 
     # ----- live part -----
 
@@ -407,7 +454,8 @@ class CarbonChain:
 
     async def _paint_offline(
         self, zone: str, canvas: _Canvas, have_live: bool, errors: Sequence[BaseException]
-    ) -> None:
+    ) -> tuple[str, ...]:
+        """Fill the canvas's gaps from the bundled data; return the fallback labels it counted."""
         gaps = np.flatnonzero(np.isnan(canvas.values))
         first = canvas.start + canvas.step * int(gaps[0])
         last = canvas.start + canvas.step * (int(gaps[-1]) + 1)
@@ -416,7 +464,7 @@ class CarbonChain:
         except UnknownZone:
             if have_live:
                 log.info("offline provider has no data for %s; extending live data", zone)
-                return
+                return ()
             if all(isinstance(e, NoDataForZone) for e in errors):
                 raise  # nobody knows this zone
             raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from None
@@ -424,13 +472,15 @@ class CarbonChain:
             log.warning("offline provider failed for %s: %s", zone, type(exc).__name__)
             if not have_live:
                 raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from exc
-            return
+            return ()
         live_labels = set(canvas.labels)
         before = canvas.label_ids.copy()
         canvas.paint(offline)
         used = {canvas.labels[i] for i in set(canvas.label_ids[before != canvas.label_ids].tolist())}
-        for label in sorted(used - live_labels):
+        counted = tuple(sorted(used - live_labels))
+        for label in counted:
             child(FALLBACKS, "carbon", label).inc()
+        return counted
 
     def _note_age(self, zone: str, fetched: Sequence[Fetched], now: datetime) -> None:
         newest = [f.issued_at or f.fetched_at for f in fetched]

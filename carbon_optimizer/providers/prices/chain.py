@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -242,6 +242,9 @@ class _Local:
     table: OfferTable | None
 
 
+_AGE_RESOLUTION = timedelta(seconds=1)
+
+
 class CachedPriceProvider:
     """`PriceProvider` chaining cache → live → bundled, with provenance on every row."""
 
@@ -267,6 +270,7 @@ class CachedPriceProvider:
         self._clock = clock
         self._local: dict[str, _Local] = {}
         self._flights: SingleFlight[str, OfferTable | None] = SingleFlight()
+        self._age_reported: dict[str, tuple[OfferTable | None, datetime | None, datetime]] = {}
 
     # ----- reading -----
 
@@ -293,6 +297,17 @@ class CachedPriceProvider:
 
     def _report_age(self, provider: str, table: OfferTable | None, fetched_at: datetime | None) -> None:
         now = self._clock()
+        # Every lookup reports, so a 150-region request would set the gauge 150 times: skip while the
+        # same table was reported less than a second ago (the gauge is then at most 1 s behind).
+        last = self._age_reported.get(provider)
+        if (
+            last is not None
+            and last[0] is table
+            and last[1] == fetched_at
+            and now - last[2] < _AGE_RESOLUTION
+        ):
+            return
+        self._age_reported[provider] = (table, fetched_at, now)
         if fetched_at is not None:
             child(DATA_AGE, "price", provider).set(max(0.0, (now - fetched_at).total_seconds()))
         elif table is not None and (newest := _newest_as_of(table)) is not None:
@@ -317,12 +332,49 @@ class CachedPriceProvider:
             table = merge_missing(table, bundled)
         return table
 
+    def _local_hit(
+        self, provider: str, region: str, price_type: PriceType
+    ) -> tuple[OfferTable | None] | None:
+        """`(table,)` from the in-process tier when it may answer (fresh, or nothing live to ask)."""
+        local = self._local.get(f"{cache_key(provider, region, price_type)}@{region}")
+        if local is None or time.monotonic() - local.loaded >= self.policy.local_ttl_s:
+            return None
+        fetched_at = local.fetched_at
+        fresh = fetched_at is not None and (
+            (self._clock() - fetched_at).total_seconds() < self.policy.ttl_s(price_type)
+        )
+        if not fresh:
+            source = self._live_source(provider, price_type)
+            if source is not None and not self.statuses[provider].in_cooldown():
+                return None  # stale and a live source may be asked: not a hit
+        # A local copy of a bundled answer is a cache miss as far as the price cache goes.
+        result = "hit" if fresh else "miss" if fetched_at is None else "stale"
+        child(CACHE_EVENTS, "prices", "local", result).inc()
+        self._report_age(provider, local.table, fetched_at)
+        return (local.table,)
+
+    def offers_cached(
+        self, provider: str, region: str, price_type: PriceType
+    ) -> tuple[OfferTable | None] | None:
+        """What `offers` would return, synchronously, on an in-process-tier hit; None otherwise.
+
+        The hot path's fast lane (no task, no await per location); a miss takes `offers`.
+        """
+        try:
+            check_region(provider, region)
+        except CarbonOptimizerError:
+            return None
+        return self._local_hit(provider, region, price_type)
+
     async def offers(self, provider: str, region: str, price_type: PriceType) -> OfferTable | None:
         """The freshest trustworthy table: fresh cache, else live, else stale cache, else bundled."""
         try:
             check_region(provider, region)
         except CarbonOptimizerError:
             return await self._bundled_table(provider, region, price_type)
+        hit = self._local_hit(provider, region, price_type)
+        if hit is not None:
+            return hit[0]
         key = f"{cache_key(provider, region, price_type)}@{region}"
         store_key = cache_key(provider, region, price_type)
         ttl = self.policy.ttl_s(price_type)
@@ -332,17 +384,6 @@ class CachedPriceProvider:
         def fresh(fetched_at: datetime | None) -> bool:
             return fetched_at is not None and (self._clock() - fetched_at).total_seconds() < ttl
 
-        local = self._local.get(key)
-        if (
-            local is not None
-            and time.monotonic() - local.loaded < self.policy.local_ttl_s
-            and (fresh(local.fetched_at) or not can_go_live)
-        ):
-            # A local copy of a bundled answer is a cache miss as far as the price cache goes.
-            result = "hit" if fresh(local.fetched_at) else "miss" if local.fetched_at is None else "stale"
-            child(CACHE_EVENTS, "prices", "local", result).inc()
-            self._report_age(provider, local.table, local.fetched_at)
-            return local.table
         entry = await self._read_store(store_key)
         if entry is None:
             child(CACHE_EVENTS, "prices", "store", "miss").inc()
