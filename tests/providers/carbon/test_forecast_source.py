@@ -59,13 +59,16 @@ async def test_pack_unpack_round_trip_keeps_p50_band_and_history_kind() -> None:
         emission_factor_type=history.emission_factor_type,
     )
     series, band = unpack(pack(history))
-    assert series.start == end and len(series.values) == 168
+    assert series.start == end
+    assert len(series.values) == 168
     assert series.runs[0].label == "forecast:profile-ar"
-    assert band.history == "replay" and band.model == "profile-ar"
+    assert band.history == "replay"
+    assert band.model == "profile-ar"
     np.testing.assert_array_equal(band.paths[1], series.values)
     # Replayed history: the measured flat relative band, not the forecaster's hourly one.
     np.testing.assert_allclose(band.paths[2] / band.paths[1] - 1.0, OFFLINE_REL_BAND[2])
-    assert band.window(end + 5 * HOUR, 3) is not None and band.window(end + 167 * HOUR, 2) is None
+    assert band.window(end + 5 * HOUR, 3) is not None
+    assert band.window(end + 167 * HOUR, 2) is None
 
 
 async def test_fits_once_per_ttl_and_workers_share_the_fit_through_the_store() -> None:
@@ -79,7 +82,8 @@ async def test_fits_once_per_ttl_and_workers_share_the_fit_through_the_store() -
     np.testing.assert_array_equal(a.series.values, c.series.values)
     assert b.series.runs[0].label == "forecast:profile-ar"
     band = second.band("DE")
-    assert band is not None and np.all(band.paths[0] <= band.paths[1])
+    assert band is not None
+    assert np.all(band.paths[0] <= band.paths[1])
     assert np.all(band.paths[1] <= band.paths[2])
 
 
@@ -111,7 +115,8 @@ async def test_stack_puts_the_forecaster_last_offline_and_can_be_switched_off() 
         try:
             assert [s.name for s in on.provider.route("DE")] == ["forecast"]
             assert on.provider.route("IS") == ()  # annual-only zone: no hourly history
-            assert off.provider.route("DE") == () and off.forecast is None
+            assert off.provider.route("DE") == ()
+            assert off.forecast is None
         finally:
             await on.aclose()
             await off.aclose()
