@@ -50,6 +50,7 @@ from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.base import Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
+from carbon_optimizer.uncertainty_step import UncertaintyStep
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -88,6 +89,7 @@ class OptimizeQuery:
     baseline_start: datetime | None = None
     request_id: str = "-"
     signal: Signal = Signal.AVERAGE
+    risk: str = "p50"  # "p90": the top options ranked by their pessimistic emissions
 
 
 @dataclass(slots=True)
@@ -124,7 +126,9 @@ class OptimizerService:
         max_window: timedelta = timedelta(days=7),
         onprem_pue: float = 1.56,
         clock: Callable[[], datetime] = utc_now,
+        uncertainty: UncertaintyStep | None = None,
     ) -> None:
+        self.uncertainty = uncertainty
         self.catalog = catalog
         self.carbon = carbon
         self.prices = prices
@@ -387,6 +391,9 @@ class OptimizerService:
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
         )
+        uncertainty = None
+        if self.uncertainty is not None:
+            options, uncertainty = self.uncertainty.apply(options, by_zone, self.clock(), query.risk)
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
@@ -415,6 +422,7 @@ class OptimizerService:
             infeasible=tuple(infeasible),
             energy_model=placed[scoring.ranked[0].location_index].power,
             warnings=tuple(ctx.warnings),
+            uncertainty=uncertainty,
         )
 
     def _option(

@@ -72,6 +72,8 @@ class Plan:
     infeasible: tuple[tuple[Location, str], ...]
     energy_model: PowerEstimate
     warnings: tuple[str, ...]
+    # Forecast uncertainty per option (same order) and the tie flag (service's uncertainty step).
+    uncertainty: object = None  # uncertainty_step.PlanUncertainty (typed there: domain stays pure)
 
     @property
     def best(self) -> Option:

@@ -31,7 +31,7 @@ from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
 from carbon_optimizer.providers.carbon.forecast import SOURCE_NAME as FORECAST_SOURCE
-from carbon_optimizer.providers.carbon.forecast import ForecastSource
+from carbon_optimizer.providers.carbon.forecast import ForecastBand, ForecastSource, backtested_mape_pct
 from carbon_optimizer.providers.carbon.gb_intensity import UPSTREAM as GB_UPSTREAM
 from carbon_optimizer.providers.carbon.gb_intensity import GBIntensityProvider
 from carbon_optimizer.providers.carbon.offline import REPLAY_LABEL, OfflineCarbonProvider
@@ -272,3 +272,7 @@ def _forecast_source(
     return ForecastSource(
         read, store, settings.cache, covers=covers, key_prefix=settings.redis.key_prefix, clock=clock
     )
+
+
+# Re-exported for the service's uncertainty step (outside the wing only `stack` is imported).
+__all__ = ["SOURCE_BUILDERS", "CarbonStack", "ForecastBand", "backtested_mape_pct", "build_carbon_stack"]
