@@ -169,6 +169,8 @@ class UncertaintyStep:
         for k, option in enumerate(options):
             labels = by_zone[option.location.zone].sources_between(option.start, option.end)
             reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            if reason is None and result.interval_g[k] is None:
+                reason = "data not on an hourly lattice (or the forecast band is missing): no interval"
             methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
             per.append(
                 OptionUncertainty(

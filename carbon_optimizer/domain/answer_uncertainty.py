@@ -80,9 +80,17 @@ def assess_answer(
     tied: bool | None = None
     if len(top) >= 2:
         t = np.array(top, dtype=np.int64)
-        filled = np.nan_to_num(paths, nan=0.0)
+        # Draw only the zones and hours the top options span: the cost is draws × zones × hours.
+        used, rows = np.unique(zone[t], return_inverse=True)
+        first, last = int(start[t].min()), int((start[t] + hours[t]).max())
+        sub = np.nan_to_num(paths[used][:, :, first:last], nan=0.0)
         result = assess(
-            filled, Options(zone[t], start[t], hours[t], kwh[t]), risk=risk, draws=draws, rho=rho, seed=seed
+            sub,
+            Options(rows.astype(np.int64), start[t] - first, hours[t], kwh[t]),
+            risk=risk,
+            draws=draws,
+            rho=rho,
+            seed=seed,
         )
         for j, k in enumerate(top):
             p_best[k] = float(result.p_best[j])

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import httpx
 import numpy as np
 import pytest
 
 from carbon_optimizer.api.schemas import OptimizeResponse
+from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.domain.answer_uncertainty import assess_answer
+from carbon_optimizer.forecast_data import load_error_model
+from tests.api.conftest import ClientFactory
+from tests.fakes import FIXED_NOW, FakeCarbon, fixed_clock
 
 BODY = {
     "workload": {"duration_minutes": 180, "vcpus": 8, "memory_gib": 32},
@@ -108,3 +114,42 @@ async def test_risk_p90_reranks_and_needs_a_carbon_mode(client: httpx.AsyncClien
     bad = await client.post("/v1/optimize", json={**BODY, "objective": {"mode": "cost", "risk": "p90"}})
     assert bad.status_code == 422
     assert "risk" in bad.text
+
+
+async def test_provider_forecasts_get_the_lead_time_error_model_and_say_so(
+    client_factory: ClientFactory,
+) -> None:
+    carbon = FakeCarbon({"DE": lambda h: 300.0 + 50.0 * (h % 24 < 6), "FR": lambda h: 310.0}, "em:forecast")
+    body = {
+        "workload": {"duration_minutes": 120, "vcpus": 4, "memory_gib": 8, "power_watts": 1000},
+        "locations": [{"zone": "DE"}, {"zone": "FR"}],
+        "window": {"earliest_start": "2026-06-03T10:00:00Z", "deadline": "2026-06-04T10:00:00Z"},
+        "objective": {"mode": "carbon"},
+    }
+    async with client_factory(overrides=AppOverrides(carbon=carbon, clock=fixed_clock())) as client:
+        data = (await client.post("/v1/optimize", json=body)).json()
+    model = load_error_model()
+    for option in data["options"]:
+        u = option["uncertainty"]
+        assert u["interval_method"] == "error-model"
+        assert u["forecast"] is None
+        low, high = u["emissions_interval_g"]
+        # Never narrower than the table's band at the option's lead (rho < 1 only widens the cheap form).
+        ahead = int((datetime.fromisoformat(option["start"]) - FIXED_NOW).total_seconds() // 3600) + 1
+        lo, hi = model.relative_band(np.array([ahead]))
+        assert low <= option["emissions_g"] * (1 + lo[0]) * 1.001
+        assert high >= option["emissions_g"] * (1 + hi[0]) * 0.999
+
+
+async def test_measured_history_has_no_width(client_factory: ClientFactory) -> None:
+    carbon = FakeCarbon({"DE": lambda h: 300.0, "FR": lambda h: 200.0}, "em:history")
+    body = {
+        "workload": {"duration_minutes": 60, "vcpus": 4, "memory_gib": 8, "power_watts": 1000},
+        "locations": [{"zone": "DE"}, {"zone": "FR"}],
+        "objective": {"mode": "carbon"},
+    }
+    async with client_factory(overrides=AppOverrides(carbon=carbon, clock=fixed_clock())) as client:
+        data = (await client.post("/v1/optimize", json=body)).json()
+    best = data["options"][0]
+    assert best["uncertainty"]["interval_method"] == "measured"
+    assert best["uncertainty"]["emissions_interval_g"] == [best["emissions_g"], best["emissions_g"]]
