@@ -41,6 +41,7 @@ from carbon_optimizer.api.security import (
 )
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.forecast_data import load_error_model
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
@@ -53,6 +54,7 @@ from carbon_optimizer.providers.prices.stack import build_price_stack
 from carbon_optimizer.providers.store import CacheStore, FileStore, KeyValueStore, build_store
 from carbon_optimizer.service import OptimizerService, utc_now
 from carbon_optimizer.settings import Settings, load_settings
+from carbon_optimizer.uncertainty_step import UncertaintyStep
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,9 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             max_window=timedelta(days=settings.max_window_days),
             onprem_pue=settings.onprem_pue,
             clock=clock,
+            uncertainty=UncertaintyStep(
+                load_error_model(), carbon_stack.forecast.band if carbon_stack.forecast else None
+            ),
         )
         state = AppState(
             settings=settings,

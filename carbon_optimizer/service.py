@@ -60,6 +60,7 @@ from carbon_optimizer.providers.base import (
 )
 from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
+from carbon_optimizer.uncertainty_step import UncertaintyStep
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -101,6 +102,7 @@ class OptimizeQuery:
     request_id: str = "-"
     signal: Signal = Signal.AVERAGE
     max_per_location: int | None = 1
+    risk: str = "p50"  # "p90": the top options ranked by their pessimistic emissions
 
 
 @dataclass(slots=True)
@@ -137,7 +139,9 @@ class OptimizerService:
         max_window: timedelta = timedelta(days=7),
         onprem_pue: float = 1.56,
         clock: Callable[[], datetime] = utc_now,
+        uncertainty: UncertaintyStep | None = None,
     ) -> None:
+        self.uncertainty = uncertainty
         self.catalog = catalog
         self.carbon = carbon
         self.prices = prices
@@ -532,6 +536,9 @@ class OptimizerService:
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
         )
+        uncertainty = None
+        if self.uncertainty is not None:
+            options, uncertainty = self.uncertainty.apply(options, by_zone, self.clock(), query.risk)
         options = tuple(with_margin(o, options[0]) for o in options)
         location_kinds = {
             p.location.key: data_quality.weakest(by_zone[p.location.zone].sources_between(start, deadline))
@@ -581,6 +588,7 @@ class OptimizerService:
                 if query.locations is not None
                 else "median-now"
             ),
+            uncertainty=uncertainty,
         )
 
     def _option(

@@ -247,6 +247,11 @@ class CarbonChainSettings(BaseModel):
     """
 
     routes: dict[str, list[str]] = Field(default_factory=dict)
+    # Our forecaster (`forecast:profile-ar`, docs/forecasting.md) after the live sources: the hours
+    # their forecasts do not reach. `forecast_offline`: also with no live source, before the bundled
+    # replay (default chosen by bench/bench_offline_forecast.py).
+    forecast: bool = True
+    forecast_offline: bool = True
 
 
 class Settings(BaseSettings):

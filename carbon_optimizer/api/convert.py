@@ -88,4 +88,5 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         baseline_start=whole_second(body.baseline.start) if body.baseline else None,
         request_id=request_id,
         signal=Signal(body.signal),
+        risk=o.risk,
     )

@@ -12,12 +12,16 @@ from typing import Any
 from carbon_optimizer.domain.energy import PowerEstimate
 from carbon_optimizer.domain.models import Location, Objective, ObjectiveMode, format_utc
 from carbon_optimizer.domain.plan import Option, Plan, Savings
+from carbon_optimizer.uncertainty_step import OptionUncertainty, PlanUncertainty
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     """The `/v1/optimize` response body (see `api/schemas.OptimizeResponse`)."""
     options = [option_json(o) for o in plan.options]
-    return {
+    if isinstance(plan.uncertainty, PlanUncertainty):
+        for out, each in zip(options, plan.uncertainty.options, strict=True):
+            out["uncertainty"] = option_uncertainty_json(each)
+    body = {
         "request_id": plan.request_id,
         "generated_at": format_utc(plan.generated_at),
         "objective": {
@@ -36,6 +40,36 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "energy_model": energy_model_json(plan.energy_model),
         "data_quality": plan.data_quality,
         "warnings": list(plan.warnings),
+    }
+    if isinstance(plan.uncertainty, PlanUncertainty):
+        answer = plan.uncertainty
+        body["uncertainty"] = {
+            "tied": answer.tied,
+            "risk": answer.risk,
+            "p_best_cap": answer.p_best_cap,
+            "draws": answer.draws,
+            "hourly_correlation": answer.rho,
+        }
+    return body
+
+
+def option_uncertainty_json(u: OptionUncertainty) -> dict[str, Any]:
+    """An option's uncertainty (grams to 3 decimals, probabilities to 4)."""
+    f = u.forecast
+    return {
+        "emissions_interval_g": None if u.interval_g is None else [round(v, 3) for v in u.interval_g],
+        "interval_method": u.method,
+        "reason": u.reason,
+        "p_best": None if u.p_best is None else round(u.p_best, 4),
+        "beats_leader": None if u.beats_leader is None else round(u.beats_leader, 4),
+        "forecast": None
+        if f is None
+        else {
+            "model": f.model,
+            "history": f.history,
+            "hours_ahead": list(f.hours_ahead),
+            "backtested_mape_pct": f.backtested_mape_pct,
+        },
     }
 
 

@@ -127,11 +127,22 @@ class ObjectiveSpec(_Strict):
     carbon_price_usd_per_tonne: float | None = Field(
         default=None, ge=0, le=1_000_000, description="monetized only (required there): USD per tCO2e."
     )
+    risk: Literal["p50", "p90"] = Field(
+        default="p50",
+        description=(
+            "p50: rank on the median forecast; p90: re-rank the top options (those with p_best) by their "
+            "pessimistic (p90) emissions. p90 needs mode carbon or carbon_within_budget."
+        ),
+    )
 
     @model_validator(mode="after")
     def _monetized_needs_price(self) -> ObjectiveSpec:
         if self.mode == "monetized" and self.carbon_price_usd_per_tonne is None:
             raise ValueError("mode 'monetized' requires carbon_price_usd_per_tonne")
+        if self.risk == "p90" and self.mode not in ("carbon", "carbon_within_budget"):
+            raise ValueError(
+                "risk 'p90' ranks by pessimistic emissions: use mode carbon or carbon_within_budget"
+            )
         return self
 
 
@@ -212,6 +223,70 @@ class LocationOut(BaseModel):
     zone: str = Field(description="Electricity Maps zone whose carbon data the option uses.")
 
 
+class ForecastQualityOut(BaseModel):
+    """How an option's window relies on our own forecaster."""
+
+    model: str = Field(description="Forecast model, e.g. profile-ar (docs/forecasting.md).")
+    history: str = Field(
+        description="What it was fitted on: replay (the bundled 2023 hourly data) or live (measured history)."
+    )
+    hours_ahead: list[int] = Field(
+        description="First and last hour ahead of now that the window takes from it."
+    )
+    backtested_mape_pct: float = Field(
+        description="Backtested p50 mean absolute percentage error at the window's furthest hour ahead, %."
+    )
+
+
+class OptionUncertaintyOut(BaseModel):
+    """Forecast uncertainty of one option."""
+
+    emissions_interval_g: list[float] | None = Field(
+        description=(
+            "[p10, p90] of emissions_g, gCO2e; null when an hour has no calibrated error model (see reason)."
+        )
+    )
+    interval_method: str | None = Field(
+        description=(
+            "Where the band comes from: forecast:<model> (its own quantiles), error-model (lead-time error "
+            "table of our backtest: the provider's forecast carries no interval), measured (history); "
+            "joined by +."
+        )
+    )
+    reason: str | None = Field(description="Why emissions_interval_g is null (e.g. bundled replay data).")
+    p_best: float | None = Field(
+        description=(
+            "Probability this option is truly the lowest-emission one among the options that have it (the "
+            "first p_best_cap with an interval): correlated Monte Carlo; null outside them."
+        )
+    )
+    beats_leader: float | None = Field(
+        description="Share of the draws in which this option emits less than the leader (leader: 0.5)."
+    )
+    forecast: ForecastQualityOut | None = Field(
+        description="Set when the window relies on our own forecaster: model, history and backtested error."
+    )
+
+
+class AnswerUncertaintyOut(BaseModel):
+    """How sure the ranking is."""
+
+    tied: bool | None = Field(
+        description=(
+            "True when another top option beats the leader in at least 25 % of the draws (statistically "
+            "tied); null when fewer than two top options have an interval."
+        )
+    )
+    risk: str = Field(description="The ranking risk applied: p50 or p90.")
+    p_best_cap: int = Field(description="At most this many top options get p_best (Monte Carlo cost).")
+    draws: int = Field(description="Monte Carlo draws (seeded: the same request gives the same answer).")
+    hourly_correlation: float = Field(
+        description=(
+            "Lag-1 correlation of forecast errors between hours of one zone (AR(1)); zones independent."
+        )
+    )
+
+
 class OptionOut(BaseModel):
     """One ranked (location, start) option."""
 
@@ -251,6 +326,10 @@ class OptionOut(BaseModel):
     delta_to_best_pct: float | None = Field(
         default=None,
         description="delta_to_best_g as a % of the best option's emissions; null when the best emits 0.",
+    )
+
+    uncertainty: OptionUncertaintyOut | None = Field(
+        default=None, description="Forecast uncertainty of this option; null for the baseline."
     )
 
 
@@ -342,6 +421,16 @@ class OptimizeResponse(BaseModel):
         ),
     )
     warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
+    uncertainty: AnswerUncertaintyOut | None = Field(
+        default=None, description="How sure the ranking is (tied flag, risk, Monte Carlo settings)."
+    )
+
+
+class ProblemInfeasibleOut(BaseModel):
+    """One candidate of a nothing-feasible 422, named by its key as the request gave it."""
+
+    location: str = Field(description="The location's key: `provider/region` or the bare zone.")
+    reason: str = Field(description="Why it cannot host the workload.")
 
 
 class ProblemOut(BaseModel):
@@ -354,7 +443,7 @@ class ProblemOut(BaseModel):
     errors: list[dict[str, object]] | None = Field(
         default=None, description="422 only: each invalid field (`loc` names it, as pydantic does)"
     )
-    infeasible: list[InfeasibleOut] | None = Field(
+    infeasible: list[ProblemInfeasibleOut] | None = Field(
         default=None, description="422 nothing-feasible only: every candidate location and why it failed"
     )
     instance: str | None = Field(default=None, description="The request id, for support.")

@@ -9,10 +9,14 @@ derived from the per-point source labels the carbon chain already writes (provid
 |------------|---------------------------------------------------------------------------|
 | `history`  | `<source>:history`, `<source>:actual` — measured values                  |
 | `forecast` | `<source>:forecast` and any other live label — the source's prediction    |
-| `replay`   | `fallback:replay-<year>` — the bundled hourly curve of that year, same week |
+| `replay`   | `fallback:replay-<year>` — the bundled hourly curve of that year, same week; |
+|            | `forecast:<model>` — our forecaster, fitted on that bundled history        |
 | `flat`     | `fallback:annual-<year>`, `<source>:latest`, `…(extended)` — one value held |
 
-`(stale)` is stripped first: a stale forecast is still a forecast, only older.
+`(stale)` is stripped first: a stale forecast is still a forecast, only older. Our own forecaster
+(`forecast:profile-ar`, providers/carbon/forecast.py) is fitted on the bundled 2023 history, so
+what it can support about today's grid is what the replay supports: it ranks as `replay`, and its
+options say which model and backtested error they rest on (`uncertainty.forecast`).
 
 A window that mixes kinds is labelled with its **weakest** kind, in the order
 flat < replay < forecast < history, because the ranking can be no better than the worst hour
@@ -41,7 +45,7 @@ def kind_of(label: str) -> str:
     name = label.replace("(stale)", "")
     if name.endswith("(extended)") or name.endswith(":latest") or ":annual-" in name:
         return FLAT
-    if ":replay-" in name:
+    if ":replay-" in name or name.startswith("forecast:"):
         return REPLAY
     if name.endswith(":history") or name.endswith(":actual"):
         return HISTORY
@@ -99,9 +103,14 @@ def data_quality_warnings(options: Sequence[Option], starts_can_move: bool) -> l
                 ),
                 "bundled",
             )
-            out.append(
-                f"best start for {_label(best)} comes from the {year} curve of the same week, not a forecast"
-            )
+            if any(part.startswith("forecast:") for part in best.carbon_source.split("+")):
+                out.append(
+                    f"best start for {_label(best)} comes from our forecast fitted on the bundled 2023 "
+                    "data (see its uncertainty), not from a live forecast"
+                )
+            else:
+                where = f"the {year} curve of the same week"
+                out.append(f"best start for {_label(best)} comes from {where}, not a forecast")
     shown = {_label(o): o.carbon_data for o in options}
     if len(set(shown.values())) > 1:
         groups = "; ".join(

@@ -83,6 +83,8 @@ class Plan:
     data_quality: dict[str, int] | None = None
     # How the baseline was chosen: explicit, first-listed-now or median-now (None without baseline).
     baseline_kind: str | None = None
+    # Forecast uncertainty per option (same order) and the tie flag (service's uncertainty step).
+    uncertainty: object = None  # uncertainty_step.PlanUncertainty (typed there: domain stays pure)
 
     @property
     def best(self) -> Option:

@@ -34,7 +34,8 @@ async def test_bundled_replay_and_flat_are_labelled_summarised_and_warned(client
     assert "start time cannot be optimised for gcp/europe-west1: its data has no time variation" in warnings
     assert "locations on different kinds of carbon data are ranked against each other" in warnings
     if data["best"]["location"]["zone"] == "DE":
-        assert "best start for DE comes from the 2023 curve of the same week, not a forecast" in warnings
+        # offline, DE's curve is our forecaster fitted on the bundled 2023 history (issue 14)
+        assert "best start for DE comes from our forecast fitted on the bundled 2023 data" in warnings
 
 
 async def test_flat_only_location_is_never_silent(client: httpx.AsyncClient) -> None:
@@ -48,8 +49,12 @@ async def test_flat_only_location_is_never_silent(client: httpx.AsyncClient) -> 
 
 async def test_replay_deciding_the_start_is_warned(client: httpx.AsyncClient) -> None:
     data = await _optimize(client, locations=[{"zone": "DE"}])
-    assert data["best"]["carbon_data"] == "replay"
-    assert "best start for DE comes from the 2023 curve of the same week, not a forecast" in data["warnings"]
+    assert data["best"]["carbon_data"] == "replay"  # our forecast, fitted on the bundled 2023 history
+    assert data["best"]["carbon_source"].startswith("forecast:profile-ar")
+    assert any(
+        w.startswith("best start for DE comes from our forecast fitted on the bundled 2023 data")
+        for w in data["warnings"]
+    )
 
 
 async def test_a_single_allowed_start_has_no_start_warning(client: httpx.AsyncClient) -> None:

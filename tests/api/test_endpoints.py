@@ -25,11 +25,13 @@ async def test_regions_catalog(client: httpx.AsyncClient) -> None:
     assert bad.status_code == 422
 
 
-async def test_zone_series_replays_2023_for_hourly_zones(client: httpx.AsyncClient) -> None:
+async def test_zone_series_forecasts_hourly_zones_offline(client: httpx.AsyncClient) -> None:
+    # Offline, hourly zones are forecast from the replayed history (measured better than the bare
+    # replay: docs/forecasting.md "Offline"); the label says so.
     params = {"start": "2026-06-03T10:00:00Z", "end": "2026-06-03T16:00:00Z"}
     data = (await client.get("/v1/zones/DE/carbon-intensity", params=params)).json()
     assert data["zone"] == "DE"
-    assert data["sources"] == ["fallback:replay-2023"]
+    assert data["sources"] == ["forecast:profile-ar"]
     assert [p["datetime"][11:13] for p in data["points"]] == ["10", "11", "12", "13", "14", "15"]
     assert all(p["carbon_intensity_g_per_kwh"] > 0 for p in data["points"])
     annual = (await client.get("/v1/zones/PL/carbon-intensity", params=params)).json()

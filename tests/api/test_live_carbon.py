@@ -111,10 +111,10 @@ async def test_upstream_outage_is_a_labelled_200(client_factory: ClientFactory) 
             series = await client.get("/v1/zones/ZA/carbon-intensity")
     assert response.status_code == 200, response.text
     data = response.json()
-    assert {o["carbon_source"] for o in data["options"]} == {"fallback:replay-2023"}
+    assert {o["carbon_source"] for o in data["options"]} == {"forecast:profile-ar"}
     assert any("electricitymaps unavailable for DE" in w for w in data["warnings"])
     assert series.status_code == 200
-    assert series.json()["sources"] == ["fallback:replay-2023"]
+    assert series.json()["sources"] == ["forecast:profile-ar"]
 
 
 async def test_window_beyond_the_forecast_horizon_mixes_sources(client_factory: ClientFactory) -> None:
@@ -130,8 +130,8 @@ async def test_window_beyond_the_forecast_horizon_mixes_sources(client_factory: 
         _upstream(router)
         async with client_factory(settings(), AppOverrides(clock=fixed_clock(), http=http)) as client:
             data = (await client.post("/v1/optimize", json=request)).json()
-    # The forecast ends at now + 72 h = 2026-06-06T10:00Z (inclusive row): later hours are replayed 2023.
+    # The forecast ends at now + 72 h = 2026-06-06T10:00Z (inclusive row): our forecaster fills the rest.
     sources = {o["start"][11:16]: o["carbon_source"] for o in data["options"]}
-    assert sources["08:00"] == "electricitymaps:forecast+fallback:replay-2023"
-    assert sources["10:00"] in {"electricitymaps:forecast+fallback:replay-2023", "fallback:replay-2023"}
+    assert sources["08:00"] == "electricitymaps:forecast+forecast:profile-ar"
+    assert sources["10:00"] in {"electricitymaps:forecast+forecast:profile-ar", "forecast:profile-ar"}
     assert FIXED_NOW.tzinfo is UTC

@@ -149,3 +149,19 @@ async def test_every_schema_field_is_described(client: httpx.AsyncClient) -> Non
     modes = schema["components"]["schemas"]["ObjectiveSpec"]["properties"]["mode"]["description"]
     for mode in ("carbon", "cost", "balanced", "carbon_within_budget", "monetized"):
         assert mode in modes
+
+
+async def test_nothing_feasible_problem_matches_its_documented_schema(client: httpx.AsyncClient) -> None:
+    # Found by schemathesis: the body named locations by key while the schema promised an object.
+    from carbon_optimizer.api.schemas import ProblemOut
+
+    body = {
+        "workload": {"duration_minutes": 60, "vcpus": 4, "memory_gib": 16, "gpu": {"count": 64}},
+        "locations": [{"provider": "aws", "region": "us-east-1"}],
+        "objective": {"mode": "carbon"},
+    }
+    response = await client.post("/v1/optimize", json=body)
+    assert response.status_code == 422, response.text
+    problem = ProblemOut.model_validate(response.json())
+    assert problem.infeasible is not None
+    assert problem.infeasible[0].location == "aws/us-east-1"

@@ -184,7 +184,7 @@ async def test_cloud_regions_pick_cheapest_fitting_instance_from_bundled_catalog
         assert option["price_usd_per_hour"] == pytest.approx(cheapest)
         assert option["cost_usd"] == pytest.approx(cheapest * 3, rel=1e-6)
         assert option["price_source"].startswith("bundled:")
-        assert option["carbon_source"] in {"fallback:replay-2023", "fallback:annual-2025"}
+        assert option["carbon_source"] in {"forecast:profile-ar", "fallback:annual-2025"}
     assert data["best"]["location"]["zone"] in {"US-MIDA-PJM", "BE"}
     assert not instance_traits("aws", data["options"][0]["instance_type"]) & {ARM, BURSTABLE}
     assert data["window"]["earliest_start"] == "2026-06-03T10:00:00Z"
@@ -239,7 +239,7 @@ async def test_upstream_failure_degrades_to_bundled_data(client_factory: ClientF
         assert router.calls.call_count >= 2
     assert response.status_code == 200
     data = response.json()
-    assert data["best"]["carbon_source"] == "fallback:replay-2023"
+    assert data["best"]["carbon_source"] == "forecast:profile-ar"
     assert any("electricitymaps unavailable" in w and "fallback" in w for w in data["warnings"])
 
 

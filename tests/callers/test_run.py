@@ -436,7 +436,7 @@ def test_server_mode_plans_against_a_running_server(live_server: LiveServer) -> 
     decision = json.loads(done.stdout)
     assert decision["location"] in {"zone:DE", "zone:FR"}
     assert 0 <= decision["wait_seconds"] <= 4 * 3600
-    assert decision["carbon_source"].startswith("fallback:")
+    assert decision["carbon_source"].startswith(("fallback:", "forecast:"))
 
 
 def test_server_mode_without_the_key_is_bad_input_not_fail_open(live_server: LiveServer) -> None:

@@ -428,7 +428,12 @@ class CarbonChain:
             except (ProviderError, TimeoutError) as exc:
                 errors[request.kind] = exc
 
-        await asyncio.gather(*(one(r) for r in self._requests(zone, start, end, now_floor, signal)))
+        # A source may answer only some kinds (our forecaster: forecasts only): ask it nothing else.
+        kinds = getattr(source, "kinds", None)
+        wanted = [
+            r for r in self._requests(zone, start, end, now_floor, signal) if kinds is None or r.kind in kinds
+        ]
+        await asyncio.gather(*(one(r) for r in wanted))
         forecast_error = errors.get(SeriesKind.FORECAST)
         if isinstance(forecast_error, ProviderNotEntitled):
             # Plans without forecasts usually still have `latest`: hold it flat for a while.

@@ -23,13 +23,18 @@ from datetime import datetime
 
 import httpx
 
+from carbon_optimizer.domain.models import CarbonSeries
+from carbon_optimizer.errors import UnknownZone
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
+from carbon_optimizer.providers.carbon.forecast import SOURCE_NAME as FORECAST_SOURCE
+from carbon_optimizer.providers.carbon.forecast import ForecastBand, ForecastSource, backtested_mape_pct
 from carbon_optimizer.providers.carbon.gb_intensity import UPSTREAM as GB_UPSTREAM
 from carbon_optimizer.providers.carbon.gb_intensity import GBIntensityProvider
+from carbon_optimizer.providers.carbon.offline import REPLAY_LABEL, OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.watttime import UPSTREAM as WATTTIME_UPSTREAM
 from carbon_optimizer.providers.carbon.watttime import WattTimeProvider
 from carbon_optimizer.providers.store import CacheStore, MemoryStore
@@ -47,11 +52,14 @@ class CarbonStack:
     live: ElectricityMapsProvider | None = None
     cache: CachedSeriesSource | None = None
     caches: tuple[CachedSeriesSource, ...] = ()
+    forecast: ForecastSource | None = None  # our forecaster, when in the chain (bands per zone)
 
     async def aclose(self) -> None:
         """Stop background refresh tasks (the store belongs to the runtime, which closes it)."""
         for cache in self.caches or ((self.cache,) if self.cache is not None else ()):
             await cache.aclose()
+        if self.forecast is not None:
+            await self.forecast.aclose()
 
     def health(self) -> dict[str, object]:
         """Component status for /health: JSON-able, no I/O, no secrets."""
@@ -186,9 +194,18 @@ async def build_carbon_stack(
     cache_settings = settings.cache
     built = [b for b in (builder(settings, http) for builder in SOURCE_BUILDERS) if b is not None]
     routes = settings.carbon_chain.routes or None
+    # Our forecaster needs hourly history: only over the real bundled data (not a test's flat fake).
+    forecasting = settings.carbon_chain.forecast and isinstance(offline, OfflineCarbonProvider)
     if not built:
-        chain = CarbonChain((), offline, live_deadline_s=em.request_deadline_s, clock=clock)
-        return CarbonStack(provider=chain, store=None, offline=offline)
+        if not (forecasting and settings.carbon_chain.forecast_offline):
+            chain = CarbonChain((), offline, live_deadline_s=em.request_deadline_s, clock=clock)
+            return CarbonStack(provider=chain, store=None, offline=offline)
+        # Offline: history is the bundled replay itself; fits are cached per process.
+        fitted = _forecast_source(
+            settings, offline, store or MemoryStore(max_entries=cache_settings.local_max_entries), clock
+        )
+        chain = CarbonChain((fitted,), offline, live_deadline_s=em.request_deadline_s, clock=clock)
+        return CarbonStack(provider=chain, store=None, offline=offline, forecast=fitted)
     if store is None:
         store = MemoryStore(max_entries=cache_settings.local_max_entries)
     caches = [
@@ -201,11 +218,61 @@ async def build_carbon_stack(
     # when it expires; the chain's bound must fire a little later, or a cancelled fetch would
     # record nothing and the breaker would open late (a race between two equal deadlines).
     live_deadline_s = em.request_deadline_s + _VERDICT_MARGIN_S
-    chain = CarbonChain(caches, offline, live_deadline_s=live_deadline_s, routes=routes, clock=clock)
+    forecast: ForecastSource | None = None
+    sources: list[CarbonSource] = list(caches)
+    if forecasting:
+        # History: the bundled replay (as offline). Live history would need ~9 weeks of past-range
+        # per zone and refit (7 upstream calls, a plan-dependent endpoint): not wired yet.
+        forecast = _forecast_source(settings, offline, store, clock)
+        sources.append(forecast)
+        if routes is not None:  # last in every route: only where the zone's live sources stop
+            routes = {
+                z: [*names, FORECAST_SOURCE] if FORECAST_SOURCE not in names else names
+                for z, names in routes.items()
+            }
+    chain = CarbonChain(sources, offline, live_deadline_s=live_deadline_s, routes=routes, clock=clock)
     live = next((s for s, _ in built if isinstance(s, ElectricityMapsProvider)), None)
     cache = next((c for c in caches if c.source is live), caches[0])
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
     return CarbonStack(
-        provider=chain, store=store, offline=offline, live=live, cache=cache, caches=tuple(caches)
+        provider=chain,
+        store=store,
+        offline=offline,
+        live=live,
+        cache=cache,
+        caches=tuple(caches),
+        forecast=forecast,
     )
+
+
+def _forecast_source(
+    settings: Settings,
+    history: BundledSeries | CarbonChain,
+    store: CacheStore,
+    clock: Callable[[], datetime] | None,
+) -> ForecastSource:
+    """Our forecaster over `history` (a chain or the bundled data), cached in `store`."""
+    offline = history.offline if isinstance(history, CarbonChain) else history
+
+    async def read(zone: str, start: datetime, end: datetime) -> CarbonSeries:
+        if isinstance(history, CarbonChain):
+            return (await history.series(zone, start, end)).series
+        return await history.series(zone, start, end)
+
+    def covers(zone: str) -> bool:
+        # Only zones with hourly history: a flat annual mean forecasts nothing.
+        if not isinstance(offline, OfflineCarbonProvider):
+            return False
+        try:
+            return offline.source_label(zone) == REPLAY_LABEL
+        except UnknownZone:
+            return False
+
+    return ForecastSource(
+        read, store, settings.cache, covers=covers, key_prefix=settings.redis.key_prefix, clock=clock
+    )
+
+
+# Re-exported for the service's uncertainty step (outside the wing only `stack` is imported).
+__all__ = ["SOURCE_BUILDERS", "CarbonStack", "ForecastBand", "backtested_mape_pct", "build_carbon_stack"]

@@ -1,0 +1,220 @@
+"""The service's uncertainty step: from the labelled series of an answer to intervals and p_best.
+
+Why here (not in the engine): which error model applies to an hour depends on where the hour
+came from, which only the series labels say, and our forecaster's band lives with the forecast
+source. Per hour of a zone's series, by its label:
+
+| label                         | p10 / p90 from                                                  |
+|-------------------------------|-----------------------------------------------------------------|
+| `forecast:<model>`            | the forecast's own band (`providers/carbon/forecast.py`)         |
+| `<provider>:forecast`         | the lead-time error model (`data/forecast_error_model.json`):    |
+|                               | our backtest's errors standing in — the provider publishes none  |
+| `<source>:history`            | none needed: measured (p10 = p50 = p90)                          |
+| replay, annual, latest, extended | nothing calibrated: the option's interval is null, with a reason |
+
+Then `domain/answer_uncertainty.assess_answer` turns the paths into intervals for every option
+and p_best / tied / the `risk` order for the first `P_BEST_CAP` options. Runs once per answer on
+data already fetched: a few NumPy calls plus the Monte Carlo on the top options only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer
+from carbon_optimizer.domain.models import CarbonSeries, FloatArray
+from carbon_optimizer.domain.plan import Option
+from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel
+from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
+
+HOUR = timedelta(hours=1)
+STALE = "(stale)"
+ERROR_MODEL = "error-model"
+MEASURED = "measured"
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastQuality:
+    """An option's reliance on our forecaster: which model, on what history, how far ahead."""
+
+    model: str
+    history: str  # "replay" (bundled 2023 history) or "live"
+    hours_ahead: tuple[int, int]  # first and last hour ahead of the window's forecast hours
+    backtested_mape_pct: float  # backtested p50 MAPE at the window's furthest hour ahead
+
+
+@dataclass(frozen=True, slots=True)
+class OptionUncertainty:
+    """What the answer says about one option's uncertainty."""
+
+    interval_g: tuple[float, float] | None
+    method: str | None  # "forecast:profile-ar", "error-model", "measured", joined by "+"
+    reason: str | None  # why the interval is null
+    p_best: float | None
+    beats_leader: float | None
+    forecast: ForecastQuality | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanUncertainty:
+    """Per option (in the answer's order) plus the answer-level flags."""
+
+    options: tuple[OptionUncertainty, ...]
+    tied: bool | None
+    risk: str
+    p_best_cap: int
+    draws: int
+    rho: float
+
+
+def _base(label: str) -> str:
+    return label.removesuffix(STALE)
+
+
+def _reason(label: str) -> str | None:
+    """Why hours with this label get no interval (None: they get one)."""
+    base = _base(label)
+    if base.startswith("forecast:") or base.endswith(":forecast") or base.endswith(":history"):
+        return None
+    if base.endswith("(extended)"):
+        return "some hours hold the nearest value flat (extended): no error model"
+    if base.startswith("fallback:replay"):
+        return "bundled replay of 2023 (a same-season curve of another year): no calibrated error model"
+    if base.startswith("fallback:annual"):
+        return "flat annual average: no hourly error model"
+    if base.endswith(":latest"):
+        return "latest reading held flat: no error model"
+    return f"no error model for {base}"
+
+
+def _method(label: str) -> str:
+    base = _base(label)
+    if base.startswith("forecast:"):
+        return base
+    return ERROR_MODEL if base.endswith(":forecast") else MEASURED
+
+
+class UncertaintyStep:
+    """Builds the per-zone paths of an answer and assesses its options (see the module doc)."""
+
+    def __init__(
+        self,
+        error_model: ErrorModel,
+        bands: Callable[[str], ForecastBand | None] | None = None,
+        *,
+        cap: int = P_BEST_CAP,
+        draws: int = DEFAULT_DRAWS,
+    ) -> None:
+        self.error_model = error_model
+        self._bands = bands
+        self.cap = cap
+        self.draws = draws
+
+    def _paths(
+        self, series: CarbonSeries, grid_start: datetime, hours: int, now_floor: datetime
+    ) -> FloatArray:
+        """(3, hours) p10/p50/p90 of one zone on the grid; NaN where no error model applies."""
+        out = np.full((3, hours), np.nan)
+        if series.step != HOUR:
+            return out
+        offset = series.index_of(grid_start)
+        values = np.asarray(series.values, dtype=np.float64)
+        band = self._bands(series.zone) if self._bands is not None else None
+        for run in series.runs:
+            a, b = max(run.start_index - offset, 0), min(run.end_index - offset, hours)
+            if b <= a or _reason(run.label) is not None:
+                continue
+            v = values[a + offset : b + offset]
+            first = grid_start + HOUR * a
+            method = _method(run.label)
+            if method == MEASURED:
+                out[:, a:b] = v
+            elif method == ERROR_MODEL:
+                ahead = int((first - now_floor) // HOUR) + 1
+                out[:, a:b] = self.error_model.quantile_paths(v, max(ahead, 1))
+            else:
+                window = band.window(first, b - a) if band is not None else None
+                if window is None:
+                    continue  # the band is not this worker's (should not happen): no interval
+                rel = window / np.maximum(window[1], 1e-12)
+                out[:, a:b] = rel * v
+        return out
+
+    def apply(
+        self, options: Sequence[Option], by_zone: Mapping[str, CarbonSeries], now: datetime, risk: str = "p50"
+    ) -> tuple[tuple[Option, ...], PlanUncertainty]:
+        """Options (re-ranked among the top when `risk` is not p50) and their uncertainty."""
+        now_floor = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        grid_start = min(o.start for o in options).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        grid_end = max(o.end for o in options)
+        hours = -(-(grid_end - grid_start) // HOUR)
+        zones = sorted({o.location.zone for o in options})
+        row = {z: i for i, z in enumerate(zones)}
+        paths = np.stack([self._paths(by_zone[z], grid_start, hours, now_floor) for z in zones])
+        zone = np.array([row[o.location.zone] for o in options], dtype=np.int64)
+        start = np.array([(o.start - grid_start) // HOUR for o in options], dtype=np.int64)
+        end = np.array([-(-(o.end - grid_start) // HOUR) for o in options], dtype=np.int64)
+        span = np.maximum(end - start, 1)
+        kwh = np.array([o.energy_kwh for o in options], dtype=np.float64)
+        emissions = np.array([o.emissions_g for o in options], dtype=np.float64)
+        rho = self.error_model.hourly_correlation
+        result = assess_answer(
+            paths, zone, start, span, kwh, emissions, rho=rho, risk=risk, cap=self.cap, draws=self.draws
+        )
+        per: list[OptionUncertainty] = []
+        for k, option in enumerate(options):
+            labels = by_zone[option.location.zone].sources_between(option.start, option.end)
+            reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            if reason is None and result.interval_g[k] is None:
+                reason = "data not on an hourly lattice (or the forecast band is missing): no interval"
+            methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
+            per.append(
+                OptionUncertainty(
+                    interval_g=result.interval_g[k],
+                    method=methods,
+                    reason=reason,
+                    p_best=result.p_best[k],
+                    beats_leader=result.beats_leader[k],
+                    forecast=self._quality(by_zone[option.location.zone], option, now_floor),
+                )
+            )
+        order = result.order
+        ranked = tuple(
+            replace(options[k], rank=i + 1) if options[k].rank is not None else options[k]
+            for i, k in enumerate(order)
+        )
+        plan = PlanUncertainty(
+            options=tuple(per[k] for k in order),
+            tied=result.tied,
+            risk=risk,
+            p_best_cap=self.cap,
+            draws=self.draws,
+            rho=rho,
+        )
+        return ranked, plan
+
+    def _quality(self, series: CarbonSeries, option: Option, now_floor: datetime) -> ForecastQuality | None:
+        """Data quality of the option's reliance on our forecaster (None when it does not)."""
+        first_i, last_i = series.index_of(option.start), -(-(option.end - series.start) // series.step)
+        for run in series.runs:
+            if not _base(run.label).startswith("forecast:"):
+                continue
+            a, b = max(run.start_index, first_i), min(run.end_index, last_i)
+            if b <= a:
+                continue
+            first = series.start + series.step * a
+            last = series.start + series.step * (b - 1)
+            ahead = (int((first - now_floor) // HOUR) + 1, int((last - now_floor) // HOUR) + 1)
+            band = self._bands(series.zone) if self._bands is not None else None
+            history = band.history if band is not None else "replay"
+            return ForecastQuality(
+                model=_base(run.label).removeprefix("forecast:"),
+                history=history,
+                hours_ahead=ahead,
+                backtested_mape_pct=backtested_mape_pct(ahead[1], history),
+            )
+        return None
