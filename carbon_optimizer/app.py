@@ -28,7 +28,7 @@ from carbon_optimizer.api.errors import install_error_handlers, problem_response
 from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
+from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
 from carbon_optimizer.api.security import (
     PROBE_PATHS,
     ApiKeyMiddleware,
@@ -254,6 +254,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(health.router)
     app.include_router(carbon_aware_sdk.router)
     app.include_router(compare.router)
+    app.include_router(admin.router)
     extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
 

@@ -274,6 +274,9 @@ class Settings(BaseSettings):
 
     # Client API keys (comma-separated). Empty → no auth (warned at start-up).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Client ids (the 12-hex-char hashes of API keys in the logs, never keys) allowed to call
+    # /v1/admin/* routes, e.g. clearing a zone's negative cache state.
+    admin_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit: str = "600/minute"
     rate_limit_enabled: bool = True
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -288,7 +291,7 @@ class Settings(BaseSettings):
     # PUE used for grid-zone (on-prem/colo) locations, where no cloud provider figure applies.
     onprem_pue: float = Field(default=1.56, ge=1.0, le=3.0)
 
-    @field_validator("api_keys", "trusted_proxies", "cors_origins", mode="before")
+    @field_validator("api_keys", "trusted_proxies", "cors_origins", "admin_client_ids", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_csv(value)

@@ -258,6 +258,20 @@ class CarbonChain:
                 found |= source.signals
         return frozenset(found)
 
+    async def clear_negative(self, zone: str) -> dict[str, int]:
+        """Clear `zone`'s negative markers in every live source's cache: source name → markers deleted.
+
+        The operators' lever after an upstream blip or a fixed token (see docs/edge.md); sources
+        without a cache (none today) are skipped. -1 means the shared store could not be swept.
+        """
+        validate_zone(zone)
+        cleared: dict[str, int] = {}
+        for source in self.sources:
+            clear = getattr(source, "clear_zone_negatives", None)
+            if clear is not None:
+                cleared[source.name] = await clear(zone)
+        return cleared
+
     def data_age_s(self) -> dict[str, float]:
         """Age in seconds of the newest live data served per zone (for /health)."""
         now = self._clock()
