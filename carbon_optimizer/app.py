@@ -40,6 +40,7 @@ from carbon_optimizer.api.security import (
     extend_openapi,
 )
 from carbon_optimizer.api.state import AppState
+from carbon_optimizer.api.upstream_budget import UpstreamBudgetMiddleware
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.logging_config import AccessLogMiddleware
@@ -292,6 +293,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
         rate.middleware(key_store),
         Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
         Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
+        Middleware(UpstreamBudgetMiddleware, settings=settings),
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)
     rate.document(app)

@@ -249,6 +249,21 @@ class CarbonChainSettings(BaseModel):
     routes: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class UpstreamBudgetSettings(BaseModel):
+    """Bounds on the upstream calls one request and one client may cause (issue 11 item 6).
+
+    A cold request over many zones, or one client sweeping past windows, must not burn the data
+    sources' quota: attempts beyond a bound are answered from stale cache or bundled data with a
+    warning. Per-client counts are shared through Redis when configured, per worker otherwise.
+    Env: `CARBON_OPTIMIZER_UPSTREAM_BUDGET__MAX_CALLS_PER_REQUEST=40`, … (docs/edge.md).
+    """
+
+    enabled: bool = True
+    max_calls_per_request: int = Field(default=40, ge=1, le=10_000)
+    max_retries_per_request: int = Field(default=4, ge=0, le=1000)
+    calls_per_client_per_minute: int = Field(default=120, ge=1, le=1_000_000)
+
+
 class Settings(BaseSettings):
     """All configuration. Binding names: see the README's configuration table."""
 
@@ -268,6 +283,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     carbon_chain: CarbonChainSettings = Field(default_factory=CarbonChainSettings)
+    upstream_budget: UpstreamBudgetSettings = Field(default_factory=UpstreamBudgetSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)

@@ -160,6 +160,21 @@ class MemoryStore:
         """Remove the key."""
         self._data.pop(key, None)
 
+    async def incr(self, key: str, ttl_s: float) -> int | None:
+        """Increment a counter (created with `ttl_s`); the new value."""
+        item = self._data.get(key)
+        now = self._clock()
+        count = 1
+        expires_at = now + ttl_s
+        if item is not None and item[0] > now:
+            expires_at = item[0]
+            count = int(item[1]) + 1
+        self._data[key] = (expires_at, str(count).encode())
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+        return count
+
     async def delete_matching(self, pattern: str) -> int:
         """Delete every key matching the glob `pattern` (same syntax as Redis `SCAN MATCH`)."""
         doomed = [key for key in self._data if fnmatch.fnmatchcase(key, pattern)]
@@ -267,6 +282,19 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         """DEL (best effort)."""
         await self._run(lambda: self._client.delete(key), None)
+
+    async def incr(self, key: str, ttl_s: float) -> int | None:
+        """INCR + PEXPIRE NX in one transaction; None while Redis fails (callers count locally)."""
+
+        async def bump() -> int:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, max(1, int(ttl_s * 1000)), nx=True)
+                count, _ = await pipe.execute()
+            return int(count)
+
+        ok, value = await self._run(bump, None)
+        return value if ok else None
 
     async def delete_matching(self, pattern: str) -> int:
         """SCAN MATCH + UNLINK in batches (never KEYS: it blocks Redis); -1 when Redis failed."""

@@ -50,6 +50,7 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.metrics import CACHE_EVENTS, child
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
 from carbon_optimizer.providers.store import CacheStore, LockingStore, ScanningStore
 
 log = logging.getLogger(__name__)
@@ -386,6 +387,9 @@ class TieredCache(Generic[V]):
             held = acquired is True
         try:
             value = await loader()
+        except UpstreamBudgetExhausted as exc:
+            # The caller's budget, not the upstream, said no: no cool-down for the other callers.
+            return self._stale_or_error(fallback, exc).result()
         except DEFINITE as exc:
             self._cooling.pop(key, None)
             await self._put_negative(key, exc)

@@ -58,7 +58,7 @@ async def test_clearing_a_zone_ends_its_negatives_for_every_worker_and_leaves_ot
         for zone in ("DE", "FR"):
             answer = await first.provider.series(zone, start, end)
             assert answer.series.sources_between(start, end) == ("fallback:replay-2023",)
-        # The stub answers past-range with a 404: a "no data" marker under a range key.
+        # A past window: the 401 leaves a marker under a past-range chunk key too.
         await first.provider.series("DE", past_start, past_end)
         before = await neg_keys(redis_server.url)
         assert any(":forecast:DE:neg" in k for k in before)

@@ -177,6 +177,11 @@ class StubUpstream:
             payload = {"zone": zone, "history": [row(now - HOUR * (23 - i)) for i in range(24)]}
         elif endpoint == "latest":
             payload = row(now)
+        elif endpoint == "past-range":
+            begin = hour_floor(datetime.fromisoformat(query["start"][0].replace("Z", "+00:00")))
+            finish = datetime.fromisoformat(query["end"][0].replace("Z", "+00:00"))
+            hours = int((finish - begin) / HOUR)
+            payload = {"zone": zone, "data": [row(begin + HOUR * i) for i in range(hours)]}
         else:
             return 404, json.dumps({"error": f'No recent data for zone "{zone}"'}).encode()
         return 200, json.dumps(payload).encode()
