@@ -349,6 +349,8 @@ class TieredCache(Generic[V]):
         tier = self.store.name
         if stored is not None and stored.negative is None and stored.is_fresh(now):
             self._local.put(key, stored, now)
+            # Another worker got a good answer: this worker's negative back-off starts over too.
+            self._negative_level.pop(key, None)
             child(CACHE_EVENTS, self.name, tier, "hit").inc()
             return stored.result()
         best = self._best_known(key, stored)
