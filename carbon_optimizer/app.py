@@ -292,8 +292,8 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
         *cors_middleware(settings),
         rate.middleware(key_store),
         Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
+        Middleware(UpstreamBudgetMiddleware, settings=settings),  # needs the client id: inside the key check
         Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
-        Middleware(UpstreamBudgetMiddleware, settings=settings),
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)
     rate.document(app)
