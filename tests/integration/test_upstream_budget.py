@@ -91,12 +91,11 @@ async def test_one_cold_request_costs_at_most_the_request_budget(
         redis.kill()
         if enabled:
             assert any("budget" in w for w in answer.json()["warnings"]), answer.json()["warnings"]
-    # One forecast per zone (the 200); while the upstream errs each zone retries on its own
-    # (the 600; fewer here when the 5 s request deadline ends the last waves on a busy box).
-    if mode == "ok":
-        assert counts[False] == len(ZONES)
-    else:
-        assert len(ZONES) < counts[False] <= 3 * len(ZONES)
+    # Unbounded: one forecast per zone (the 200), each retried on its own while the
+    # upstream errs (the 600). On a quiet box exactly 200 and 400–600 (breaker timing);
+    # on a busy one the 5 s deadline ends some calls before they leave, so only bounds are asserted.
+    ceiling = len(ZONES) * (1 if mode == "ok" else 3)
+    assert 2 * settings.upstream_budget.max_calls_per_request < counts[False] <= ceiling
     assert counts[True] <= settings.upstream_budget.max_calls_per_request
 
 
