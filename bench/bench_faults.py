@@ -17,9 +17,23 @@ Scenarios (`--only a,b` to pick):
 - recycling     max_requests=800±100 per worker: workers recycle all run long (item 10;
                 "during" is the whole run, the fault has no start or end)
 
-    python bench/bench_faults.py [--phase 4] [--only redis_rst,redis_stall]
+Upstream faults (`--upstream`, items 2 and 6's "time back to live data"): ONE gunicorn (2
+workers) with Redis, forecast TTL 1 s so the cache asks the stub all the time, and the stub
+switched through each fault in turn for `--phase` seconds, each followed by a recovery phase:
+- up_401 / up_403 / up_404   a short auth / permission / no-data blip
+- up_5xx                     HTTP 500
+- up_timeout                 the stub never answers (the adapter's 3 s deadline)
+- up_null                    200 with every carbonIntensity null
+For each: requests, non-2xx, 5xx, p99 during the fault, the share of answers on live / stale /
+fallback data during it, and seconds from the fault's end until a whole second of answers all
+used live data again.
 
-Loopback only; about 15 s per scenario. Needs `redis-server`.
+    python bench/bench_faults.py [--phase 4] [--only redis_rst,redis_stall]
+    python bench/bench_faults.py --upstream --only up_401,up_403,up_404
+    python bench/bench_faults.py --upstream --only up_5xx,up_timeout,up_null
+
+Loopback only; about 15 s per scenario; `--upstream` 11 s per fault (3 s fault + 8 s recovery:
+the failure cool-down is 5 s), so run it in two halves of ~45 s. Needs `redis-server`.
 """
 
 from __future__ import annotations
@@ -189,13 +203,138 @@ def run(name: str, phase_s: float, floor_p99_ms: float) -> dict[str, Any]:
     }
 
 
+UPSTREAM_FAULTS = {
+    "up_401": "auth",
+    "up_403": "forbidden",
+    "up_404": "not_found",
+    "up_5xx": "error",
+    "up_timeout": "hang",
+    "up_null": "null",
+}
+
+
+def data_tag(response: httpx.Response) -> str | None:
+    """live / stale / fallback: the worst carbon source any option or the baseline used."""
+    if response.status_code != 200:
+        return None
+    body = response.json()
+    rows = [*body.get("options", []), *([body["baseline"]] if body.get("baseline") else [])]
+    sources = " ".join(str(row.get("carbon_source", "")) for row in rows)
+    if "fallback" in sources or not sources:
+        return "fallback"
+    return "stale" if "(stale)" in sources else "live"
+
+
+def back_to_live_s(result: LoadResult, fault_end: float, until: float) -> float | None:
+    """Seconds after `fault_end` until a whole second of answers all used live data (0.25 s steps)."""
+    offset = 0.0
+    while fault_end + offset + 1.0 <= until:
+        window = result.window(fault_end + offset, fault_end + offset + 1.0)
+        if window.requests and all(o.tag == "live" for o in window.outcomes):
+            return offset
+        offset += 0.25
+    return None
+
+
+def run_upstream(names: list[str], phase_s: float, recovery_s: float) -> list[dict[str, Any]]:
+    """Every upstream fault in turn against one gunicorn (2 workers) + Redis + the stub."""
+    redis = start_redis()
+    upstream = StubUpstream().start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-faults-upstream-"))
+    server = start_gunicorn(
+        tmp,
+        f"redis://127.0.0.1:{redis.port}/0",
+        electricitymaps__api_key="stub-token",
+        electricitymaps__base_url=upstream.base_url,
+        cache__forecast_ttl_s="1",  # the cache asks upstream every second: faults are felt at once
+        cache__local_ttl_s="0",
+        result_cache_ttl_s="0",  # every answer is assembled anew, so it shows the data of its moment
+        rate_limit="1000000/minute",
+    )
+    marks: list[tuple[str, float, float, float]] = []  # name, start, end, recovery end
+    stop = threading.Event()
+    try:
+        headers = {"Authorization": f"Bearer {API_KEYS[0]}"}
+        httpx.post(server.base_url + "/v1/optimize", json=BODY, headers=headers, timeout=30)
+
+        def inject() -> None:
+            time.sleep(phase_s)  # live floor
+            for name in names:
+                upstream.mode = UPSTREAM_FAULTS[name]
+                started = time.monotonic()
+                time.sleep(phase_s)
+                upstream.mode = "ok"
+                ended = time.monotonic()
+                time.sleep(recovery_s)
+                marks.append((name, started, ended, time.monotonic()))
+            stop.set()
+
+        injector = threading.Thread(target=inject)
+        injector.start()
+        result = run_load(
+            server.base_url,
+            lambda c, i: c.post(
+                "/v1/optimize", json=BODY, headers={"Authorization": f"Bearer {API_KEYS[i % 8]}"}
+            ),
+            concurrency=8,
+            duration_s=phase_s + len(names) * (phase_s + recovery_s) + 5,
+            stop=stop,
+            classify=data_tag,
+        )
+        injector.join()
+    finally:
+        stop.set()
+        server.terminate()
+        upstream.stop()
+        redis.kill()
+    rows = []
+    for name, started, ended, recovered in marks:
+        during = result.window(started, ended)
+        tags = [o.tag or "error" for o in during.outcomes]
+        shares = {t: round(tags.count(t) / max(1, len(tags)), 2) for t in ("live", "stale", "fallback")}
+        rows.append(
+            {
+                "scenario": name,
+                "during_fault": during.summary(),
+                "data_during_fault": shares,
+                "back_to_live_s": back_to_live_s(result, ended, recovered),
+            }
+        )
+    return rows
+
+
+def main_upstream(args: argparse.Namespace) -> None:
+    """`--upstream`: the upstream half of the fault matrix (one table)."""
+    names = [n for n in UPSTREAM_FAULTS if not args.only or n in args.only.split(",")]
+    rows = run_upstream(names, args.phase, args.recovery)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print()
+    print(
+        f"{'scenario':<12}{'requests':>9}{'non-2xx':>9}{'5xx':>6}{'p99 ms':>9}"
+        f"{'live':>6}{'stale':>6}{'fallb':>6}{'back to live s':>16}"
+    )
+    for row in rows:
+        d, share, back = row["during_fault"], row["data_during_fault"], row["back_to_live_s"]
+        print(
+            f"{row['scenario']:<12}{d['requests']:>9}{d['non_2xx']:>9}{d['5xx']:>6}{d['p99_ms']:>9}"
+            f"{share['live']:>6}{share['stale']:>6}{share['fallback']:>6}"
+            f"{'-' if back is None else back:>16}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--phase", type=float, default=4.0, help="seconds before, during and after the fault")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--upstream", action="store_true", help="the upstream faults (one server)")
+    parser.add_argument("--recovery", type=float, default=8.0, help="--upstream: seconds after each fault")
     args = parser.parse_args()
+    if args.upstream:
+        main_upstream(args)
+        return
     names = ["baseline", "redis_rst", "redis_stall", "redis_down", "slow_clients", "recycling"]
     if args.only:
         names = [n for n in names if n in args.only.split(",")]

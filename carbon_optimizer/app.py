@@ -28,7 +28,7 @@ from carbon_optimizer.api.errors import install_error_handlers, problem_response
 from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
+from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
 from carbon_optimizer.api.security import (
     PROBE_PATHS,
     ApiKeyMiddleware,
@@ -40,6 +40,7 @@ from carbon_optimizer.api.security import (
     extend_openapi,
 )
 from carbon_optimizer.api.state import AppState
+from carbon_optimizer.api.upstream_budget import UpstreamBudgetMiddleware
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.forecast_data import load_error_model
 from carbon_optimizer.health import ComponentStatus
@@ -259,6 +260,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(health.router)
     app.include_router(carbon_aware_sdk.router)
     app.include_router(compare.router)
+    app.include_router(admin.router)
     extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
 
@@ -295,6 +297,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
         *cors_middleware(settings),
         rate.middleware(key_store),
         Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
+        Middleware(UpstreamBudgetMiddleware, settings=settings),  # needs the client id: inside the key check
         Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)

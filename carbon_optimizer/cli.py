@@ -1189,10 +1189,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--version", action="version", version=f"carbon-optimizer {__version__}")
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
-    from carbon_optimizer.commands import compare_deployment, run  # here: run.py imports this module
+    from carbon_optimizer.commands import cache, compare_deployment, run  # here: run.py imports this module
 
     run.register(sub)
     compare_deployment.register(sub)
+    cache.register(sub)
     return parser
 
 

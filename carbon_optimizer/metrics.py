@@ -16,6 +16,18 @@ UPSTREAM_REQUESTS = Counter(
     "Requests to external data sources, by upstream, endpoint and outcome",
     ["upstream", "endpoint", "outcome"],
 )
+# Client ids are 12-hex-char hashes of API keys (never keys), `anonymous` without auth and
+# `internal` outside a request: bounded by the number of configured keys.
+UPSTREAM_CALLS_BY_CLIENT = Counter(
+    "carbon_optimizer_upstream_calls_by_client_total",
+    "Upstream HTTP attempts (first tries and retries) by the client whose request caused them",
+    ["client", "upstream"],
+)
+UPSTREAM_BUDGET_REFUSALS = Counter(
+    "carbon_optimizer_upstream_budget_refusals_total",
+    "Upstream calls refused by a request or per-client budget, by client and upstream",
+    ["client", "upstream"],
+)
 UPSTREAM_LATENCY = Histogram(
     "carbon_optimizer_upstream_request_seconds",
     "Latency of requests to external data sources",

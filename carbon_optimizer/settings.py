@@ -254,6 +254,21 @@ class CarbonChainSettings(BaseModel):
     forecast_offline: bool = True
 
 
+class UpstreamBudgetSettings(BaseModel):
+    """Bounds on the upstream calls one request and one client may cause (issue 11 item 6).
+
+    A cold request over many zones, or one client sweeping past windows, must not burn the data
+    sources' quota: attempts beyond a bound are answered from stale cache or bundled data with a
+    warning. Per-client counts are shared through Redis when configured, per worker otherwise.
+    Env: `CARBON_OPTIMIZER_UPSTREAM_BUDGET__MAX_CALLS_PER_REQUEST=40`, … (docs/edge.md).
+    """
+
+    enabled: bool = True
+    max_calls_per_request: int = Field(default=40, ge=1, le=10_000)
+    max_retries_per_request: int = Field(default=4, ge=0, le=1000)
+    calls_per_client_per_minute: int = Field(default=120, ge=1, le=1_000_000)
+
+
 class Settings(BaseSettings):
     """All configuration. Binding names: see the README's configuration table."""
 
@@ -273,12 +288,16 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     carbon_chain: CarbonChainSettings = Field(default_factory=CarbonChainSettings)
+    upstream_budget: UpstreamBudgetSettings = Field(default_factory=UpstreamBudgetSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
 
     # Client API keys (comma-separated). Empty → no auth (warned at start-up).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Client ids (the 12-hex-char hashes of API keys in the logs, never keys) allowed to call
+    # /v1/admin/* routes, e.g. clearing a zone's negative cache state.
+    admin_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit: str = "600/minute"
     rate_limit_enabled: bool = True
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -293,7 +312,7 @@ class Settings(BaseSettings):
     # PUE used for grid-zone (on-prem/colo) locations, where no cloud provider figure applies.
     onprem_pue: float = Field(default=1.56, ge=1.0, le=3.0)
 
-    @field_validator("api_keys", "trusted_proxies", "cors_origins", mode="before")
+    @field_validator("api_keys", "trusted_proxies", "cors_origins", "admin_client_ids", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_csv(value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -103,6 +105,15 @@ class LockingStore(Protocol):
         ...
 
 
+@runtime_checkable
+class ScanningStore(Protocol):
+    """A store that can delete every key matching a glob (the operators' clear-negative lever)."""
+
+    async def delete_matching(self, pattern: str) -> int:
+        """Delete keys matching the glob `pattern`; the number deleted (-1: store unavailable)."""
+        ...
+
+
 class MemoryStore:
     """In-process `KeyValueStore` (the embedded default): an LRU dict with per-key expiry."""
 
@@ -148,6 +159,28 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         """Remove the key."""
         self._data.pop(key, None)
+
+    async def incr(self, key: str, ttl_s: float) -> int | None:
+        """Increment a counter (created with `ttl_s`); the new value."""
+        item = self._data.get(key)
+        now = self._clock()
+        count = 1
+        expires_at = now + ttl_s
+        if item is not None and item[0] > now:
+            expires_at = item[0]
+            count = int(item[1]) + 1
+        self._data[key] = (expires_at, str(count).encode())
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+        return count
+
+    async def delete_matching(self, pattern: str) -> int:
+        """Delete every key matching the glob `pattern` (same syntax as Redis `SCAN MATCH`)."""
+        doomed = [key for key in self._data if fnmatch.fnmatchcase(key, pattern)]
+        for key in doomed:
+            del self._data[key]
+        return len(doomed)
 
     async def ping(self) -> bool:
         """Always reachable."""
@@ -249,6 +282,35 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         """DEL (best effort)."""
         await self._run(lambda: self._client.delete(key), None)
+
+    async def incr(self, key: str, ttl_s: float) -> int | None:
+        """INCR + PEXPIRE NX in one transaction; None while Redis fails (callers count locally)."""
+
+        async def bump() -> int:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, max(1, int(ttl_s * 1000)), nx=True)
+                count, _ = await pipe.execute()
+            return int(count)
+
+        ok, value = await self._run(bump, None)
+        return value if ok else None
+
+    async def delete_matching(self, pattern: str) -> int:
+        """SCAN MATCH + UNLINK in batches (never KEYS: it blocks Redis); -1 when Redis failed."""
+        deleted, cursor = 0, 0
+        while True:  # one bounded round trip per SCAN page, so a big keyspace never hits the op timeout
+            ok, page = await self._run(partial(self._client.scan, cursor, match=pattern, count=500), None)
+            if not ok or page is None:
+                return -1
+            cursor, keys = int(page[0]), list(page[1])
+            if keys:
+                ok, removed = await self._run(partial(self._client.unlink, *keys), 0)
+                if not ok:
+                    return -1
+                deleted += int(removed)
+            if cursor == 0:
+                return deleted
 
     async def acquire_lock(self, key: str, token: str, ttl_s: float) -> bool | None:
         """SET key token NX PX ttl."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import math
 import secrets
@@ -49,7 +50,8 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.metrics import CACHE_EVENTS, child
-from carbon_optimizer.providers.store import CacheStore, LockingStore
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
+from carbon_optimizer.providers.store import CacheStore, LockingStore, ScanningStore
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +277,30 @@ class TieredCache(Generic[V]):
         self._cooling.pop(key, None)
         await self.store.delete(key + NEGATIVE_SUFFIX)
 
+    async def clear_negatives(self, patterns: list[str]) -> int:
+        """Forget every negative marker matching a glob of `patterns`, here and in the shared store.
+
+        The operators' lever for a zone (`POST /v1/admin/zones/{zone}/clear-negative`, `carbon-optimizer
+        cache clear-negative`): the store's markers go for every worker and replica at once; other
+        workers' local copies of a marker live at most `negative_base_s` (see `_from_local`).
+        Returns the number of markers deleted from the store (-1: the store could not be swept).
+        """
+        for key in list(self._local.keys()):
+            if key.endswith(NEGATIVE_SUFFIX) and any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                self._local.pop(key)
+                base = key.removesuffix(NEGATIVE_SUFFIX)
+                self._negative_level.pop(base, None)
+                self._cooling.pop(base, None)
+        if not isinstance(self.store, ScanningStore):
+            return 0
+        total = 0
+        for pattern in patterns:
+            deleted = await self.store.delete_matching(pattern)
+            if deleted < 0:
+                return -1
+            total += deleted
+        return total
+
     def _from_local(self, key: str, now: float) -> _Answer[V] | None:
         item = self._local.get(key)
         if item is not None:
@@ -285,7 +311,9 @@ class TieredCache(Generic[V]):
         neg = self._local.get(key + NEGATIVE_SUFFIX)
         if neg is not None:
             stored_at, marker = neg
-            if marker.is_fresh(now) and now - stored_at < self._local_ttl_s:
+            # A marker is trusted locally for one base negative life at most, so an operator's
+            # clear in the shared store reaches every worker within seconds.
+            if marker.is_fresh(now) and now - stored_at < min(self._local_ttl_s, self.policy.negative_base_s):
                 child(CACHE_EVENTS, self.name, "local", "negative").inc()
                 return self._stale_or_error(item[1] if item else None, marker.error())
         return None
@@ -321,6 +349,8 @@ class TieredCache(Generic[V]):
         tier = self.store.name
         if stored is not None and stored.negative is None and stored.is_fresh(now):
             self._local.put(key, stored, now)
+            # Another worker got a good answer: this worker's negative back-off starts over too.
+            self._negative_level.pop(key, None)
             child(CACHE_EVENTS, self.name, tier, "hit").inc()
             return stored.result()
         best = self._best_known(key, stored)
@@ -359,6 +389,9 @@ class TieredCache(Generic[V]):
             held = acquired is True
         try:
             value = await loader()
+        except UpstreamBudgetExhausted as exc:
+            # The caller's budget, not the upstream, said no: no cool-down for the other callers.
+            return self._stale_or_error(fallback, exc).result()
         except DEFINITE as exc:
             self._cooling.pop(key, None)
             await self._put_negative(key, exc)

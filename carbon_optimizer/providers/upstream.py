@@ -55,6 +55,8 @@ from carbon_optimizer.errors import (
     ProviderUnavailable,
 )
 from carbon_optimizer.metrics import CIRCUIT_STATE, UPSTREAM_LATENCY, UPSTREAM_REQUESTS
+from carbon_optimizer.providers import budget
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
 
 log = logging.getLogger(__name__)
 
@@ -479,14 +481,40 @@ class Upstream:
         if deadline is None:
             deadline = Deadline(self.deadline_s, clock=self._monotonic)
         parser: Callable[[Any], Any] = parse if parse is not None else _identity
+        attempts = 0
+        last: ProviderError | None = None
+
+        async def attempt(d: Deadline) -> Any:
+            # Every HTTP attempt is charged to the request's budget (see budget.py) before it leaves.
+            nonlocal attempts, last
+            try:
+                await budget.charge(self.name, retry=attempts > 0)
+            except UpstreamBudgetExhausted:
+                if last is None:
+                    raise
+                # A retry refused: the upstream's own failure is the answer, and it is final.
+                raise ProviderUnavailable(
+                    f"{last.message} (not retried: {budget.RETRY_REFUSED})", source=self.name
+                ) from last
+            attempts += 1
+            try:
+                return await self._attempt(endpoint, url, params, headers, d, parser, zone, auth)
+            except ProviderError as exc:
+                last = exc
+                raise
+
         try:
             result: T = await call_with_retries(
-                lambda d: self._attempt(endpoint, url, params, headers, d, parser, zone, auth),
+                attempt,
                 policy=self.retry,
                 deadline=deadline,
                 sleep=self._sleep,
                 rng=self._rng,
             )
+        except UpstreamBudgetExhausted:
+            if breaker is not None:
+                breaker.release()  # refused before (or between) attempts: no verdict on the upstream
+            raise
         except DEFINITE_ERRORS as exc:
             if breaker is not None:
                 breaker.record_success()

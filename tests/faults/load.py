@@ -24,6 +24,7 @@ class Outcome:
     latency_s: float
     status: int | None  # None: transport error
     error: str | None = None
+    tag: str | None = None  # what `classify` said about the response (e.g. "live", "fallback")
 
 
 @dataclass
@@ -77,8 +78,12 @@ def run_load(
     duration_s: float = 5.0,
     stop: threading.Event | None = None,
     timeout_s: float = 10.0,
+    classify: Callable[[httpx.Response], str | None] | None = None,
 ) -> LoadResult:
-    """Closed-loop load from `concurrency` threads; `request(client, i)` sends one request."""
+    """Closed-loop load from `concurrency` threads; `request(client, i)` sends one request.
+
+    `classify(response)` tags each outcome (e.g. whether the answer used live data).
+    """
     result = LoadResult()
     lock = threading.Lock()
     stop = stop or threading.Event()
@@ -91,7 +96,8 @@ def run_load(
                 started = time.monotonic()
                 try:
                     response = request(client, index * 1_000_000 + i)
-                    outcome = Outcome(started, time.monotonic() - started, response.status_code)
+                    tag = classify(response) if classify is not None else None
+                    outcome = Outcome(started, time.monotonic() - started, response.status_code, tag=tag)
                 except httpx.HTTPError as exc:
                     outcome = Outcome(started, time.monotonic() - started, None, type(exc).__name__)
                 with lock:

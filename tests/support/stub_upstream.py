@@ -55,7 +55,9 @@ class StubUpstream:
 
     def __init__(self, *, delay_s: float = 0.0, mode: str = "ok") -> None:
         self.delay_s = delay_s
-        self.mode = mode  # "ok" | "error" (HTTP 500) | "auth" (HTTP 401) | "hang" (never answers)
+        # "ok" | "error" (HTTP 500) | "auth" (HTTP 401) | "forbidden" (HTTP 403) | "not_found"
+        # (HTTP 404) | "null" (200 with every carbonIntensity null) | "hang" (never answers)
+        self.mode = mode
         self.calls: Counter[tuple[str, str]] = Counter()
         self.tokens: set[str] = set()
         self.port = 0
@@ -157,12 +159,16 @@ class StubUpstream:
             return 500, b'{"status": "error", "message": "Unknown error occured."}'
         if self.mode == "auth":
             return 401, b'{"status": "error", "message": "Invalid auth-token"}'
+        if self.mode == "forbidden":
+            return 403, b"<html>Forbidden</html>"
+        if self.mode == "not_found":
+            return 404, json.dumps({"error": f'No recent data for zone "{zone}"'}).encode()
         now = hour_floor(datetime.now(UTC))
 
         def row(when: datetime) -> dict[str, object]:
             return {
                 "zone": zone,
-                "carbonIntensity": stub_intensity(zone, when),
+                "carbonIntensity": None if self.mode == "null" else stub_intensity(zone, when),
                 "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
             }
 
@@ -177,6 +183,11 @@ class StubUpstream:
             payload = {"zone": zone, "history": [row(now - HOUR * (23 - i)) for i in range(24)]}
         elif endpoint == "latest":
             payload = row(now)
+        elif endpoint == "past-range":
+            begin = hour_floor(datetime.fromisoformat(query["start"][0].replace("Z", "+00:00")))
+            finish = datetime.fromisoformat(query["end"][0].replace("Z", "+00:00"))
+            hours = int((finish - begin) / HOUR)
+            payload = {"zone": zone, "data": [row(begin + HOUR * i) for i in range(hours)]}
         else:
             return 404, json.dumps({"error": f'No recent data for zone "{zone}"'}).encode()
         return 200, json.dumps(payload).encode()

@@ -34,7 +34,7 @@ from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.providers.carbon.base import CarbonSource, Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.store import CacheStore
-from carbon_optimizer.providers.tiered import Entry, TieredCache, TierPolicy
+from carbon_optimizer.providers.tiered import NEGATIVE_SUFFIX, Entry, TieredCache, TierPolicy
 from carbon_optimizer.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,11 @@ def mark_stale(fetched: Fetched, error: str) -> Fetched:
         for run in fetched.series.runs
     )
     return replace(fetched, series=replace(fetched.series, runs=runs), stale=True, error=error)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` with glob metacharacters escaped (zone keys never have them; belt and braces)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
 
 
 class CarbonCodec:
@@ -242,6 +247,19 @@ class CachedSeriesSource:
     async def clear_negative(self, request: SeriesRequest) -> None:
         """Forget the negative marker of `request` (e.g. after the operator fixed the token)."""
         await self.tiers.clear_negative(self.key_for(request))
+
+    async def clear_zone_negatives(self, zone: str) -> int:
+        """Forget every negative marker of `zone` (all kinds, ranges, signals) for every worker.
+
+        Returns the number of markers deleted from the shared store (-1: it could not be swept).
+        """
+        base = f"{self._key_prefix}:carbon:v{CACHE_SCHEMA_VERSION}:{self._variant}"
+        # `<base>:<kind>:<zone>:neg` and `<base>:<kind>:<zone>:<range or signal>…:neg`
+        patterns = [
+            f"{base}:*:{_glob_escape(zone)}{NEGATIVE_SUFFIX}",
+            f"{base}:*:{_glob_escape(zone)}:*{NEGATIVE_SUFFIX}",
+        ]
+        return await self.tiers.clear_negatives(patterns)
 
     def health(self) -> dict[str, object]:
         """Cache backend and tier status (JSON-able, no secrets)."""

@@ -50,6 +50,7 @@ from carbon_optimizer.errors import (
     UnknownZone,
 )
 from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
 from carbon_optimizer.providers.carbon.base import (
     HOUR,
     BundledSeries,
@@ -265,6 +266,20 @@ class CarbonChain:
                 found |= source.signals
         return frozenset(found)
 
+    async def clear_negative(self, zone: str) -> dict[str, int]:
+        """Clear `zone`'s negative markers in every live source's cache: source name → markers deleted.
+
+        The operators' lever after an upstream blip or a fixed token (see docs/edge.md); sources
+        without a cache (none today) are skipped. -1 means the shared store could not be swept.
+        """
+        validate_zone(zone)
+        cleared: dict[str, int] = {}
+        for source in self.sources:
+            clear = getattr(source, "clear_zone_negatives", None)
+            if clear is not None:
+                cleared[source.name] = await clear(zone)
+        return cleared
+
     def data_age_s(self) -> dict[str, float]:
         """Age in seconds of the newest live data served per zone (for /health)."""
         now = self._clock()
@@ -394,16 +409,9 @@ class CarbonChain:
         if start < now_floor and end > history_start:
             wanted.append(SeriesRequest(SeriesKind.HISTORY, zone, signal=signal))
         if start < history_start:
-            # Day-aligned so neighbouring windows share cache entries; ≤ 10-day chunks in the adapter.
-            day = timedelta(days=1)
-            wanted.append(
-                SeriesRequest(
-                    SeriesKind.PAST_RANGE,
-                    zone,
-                    floor_to(start, day),
-                    ceil_to(min(end, history_start), day),
-                    signal=signal,
-                )
+            wanted.extend(
+                SeriesRequest(SeriesKind.PAST_RANGE, zone, a, b, signal=signal)
+                for a, b in past_chunks(start, min(end, history_start), history_start)
             )
         return wanted
 
@@ -421,12 +429,19 @@ class CarbonChain:
         errors: dict[SeriesKind, BaseException] = {}
         deadline_at = asyncio.get_running_loop().time() + self._live_deadline_s
 
+        chunks: list[Fetched] = []
+
         async def one(request: SeriesRequest) -> None:
             try:
                 async with asyncio.timeout_at(deadline_at):
-                    results[request.kind] = await source.fetch(request)
+                    fetched = await source.fetch(request)
             except (ProviderError, TimeoutError) as exc:
-                errors[request.kind] = exc
+                errors.setdefault(request.kind, exc)
+                return
+            if request.kind is SeriesKind.PAST_RANGE:
+                chunks.append(fetched)
+            else:
+                results[request.kind] = fetched
 
         # A source may answer only some kinds (our forecaster: forecasts only): ask it nothing else.
         kinds = getattr(source, "kinds", None)
@@ -434,6 +449,8 @@ class CarbonChain:
             r for r in self._requests(zone, start, end, now_floor, signal) if kinds is None or r.kind in kinds
         ]
         await asyncio.gather(*(one(r) for r in wanted))
+        if chunks:
+            results[SeriesKind.PAST_RANGE] = _merge_chunks(zone, chunks)
         forecast_error = errors.get(SeriesKind.FORECAST)
         if isinstance(forecast_error, ProviderNotEntitled):
             # Plans without forecasts usually still have `latest`: hold it flat for a while.
@@ -495,6 +512,49 @@ class CarbonChain:
             child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
 
 
+PAST_CHUNK = timedelta(days=7)
+_DAY = timedelta(days=1)
+
+
+def past_chunks(start: datetime, end: datetime, history_start: datetime) -> list[tuple[datetime, datetime]]:
+    """The aligned past-range chunks covering [start, end): every request shares the same keys.
+
+    Chunks are weeks on the UTC epoch lattice (`/past-range` takes ≤ 10 days a call), so any
+    `baseline.start` or zone-series window inside a week reuses that week's cache entry; only the
+    chunk that reaches the recent past is cut, at the day after `history_start`, so its key is
+    stable for a day. N distinct windows therefore cost at most the number of chunks they touch.
+    """
+    cap = ceil_to(history_start, _DAY)
+    chunks: list[tuple[datetime, datetime]] = []
+    cursor = floor_to(start, PAST_CHUNK)
+    while cursor < end and cursor < cap:
+        chunks.append((cursor, min(cursor + PAST_CHUNK, cap)))
+        cursor += PAST_CHUNK
+    return chunks
+
+
+def _merge_chunks(zone: str, chunks: Sequence[Fetched]) -> Fetched:
+    """One past-range `Fetched` from its chunks (labels kept; stale if any chunk was stale)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    ordered = sorted(chunks, key=lambda f: f.series.start)
+    step = min(f.series.step for f in ordered)
+    begin = ordered[0].series.start
+    finish = max(f.series.end for f in ordered)
+    canvas = _Canvas(begin, step, _ceil_div(finish - begin, step))
+    for fetched in ordered:
+        canvas.paint(fetched.series)
+    issued = [f.issued_at for f in ordered if f.issued_at is not None]
+    stale = [f for f in ordered if f.stale]
+    return Fetched(
+        series=canvas.series(zone, ordered[0].series.emission_factor_type),
+        fetched_at=min(f.fetched_at for f in ordered),
+        issued_at=max(issued) if issued else None,
+        stale=bool(stale),
+        error=stale[0].error if stale else None,
+    )
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -513,6 +573,8 @@ def _new_canvas(fetched: Mapping[SeriesKind, Fetched], start: datetime, end: dat
 
 def _describe_failure(source: str, zone: str, kind: SeriesKind, exc: BaseException) -> str:
     """The response warning for one failed live kind (never a secret: messages are ours)."""
+    if isinstance(exc, UpstreamBudgetExhausted):
+        return f"{exc.message}; used cached or fallback data for {zone}"
     if isinstance(exc, ProviderNotEntitled):
         return f"{source} plan does not include {kind.value} data for {zone}; used fallback data"
     if isinstance(exc, NoDataForZone):

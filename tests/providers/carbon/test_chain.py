@@ -171,7 +171,7 @@ async def test_null_history_hours_outside_the_window_raise_no_warning() -> None:
     assert result.warnings == ()
 
 
-async def test_old_window_asks_past_range_day_aligned() -> None:
+async def test_old_window_asks_past_range_week_aligned() -> None:
     past = CarbonSeries(
         "DE",
         datetime(2023, 5, 28, tzinfo=UTC),
@@ -185,7 +185,8 @@ async def test_old_window_asks_past_range_day_aligned() -> None:
     assert_well_formed(result, start, end)
     assert [c.kind for c in live.calls] == [SeriesKind.PAST_RANGE]
     call = live.calls[0]
-    assert (call.start, call.end) == (datetime(2023, 5, 29, tzinfo=UTC), datetime(2023, 5, 30, tzinfo=UTC))
+    # The epoch-aligned week around the window (1970-01-01 was a Thursday): shared by every window in it.
+    assert (call.start, call.end) == (datetime(2023, 5, 25, tzinfo=UTC), datetime(2023, 6, 1, tzinfo=UTC))
     assert labels(result) == [(0, 4, "electricitymaps:history")]
     assert result.series.values.tolist() == [321.0] * 4
 
