@@ -26,11 +26,13 @@ from carbon_optimizer.api.middleware import RequestEdgeMiddleware
 from carbon_optimizer.api.ratelimit import install_rate_limit
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import catalog, health, optimize
+from carbon_optimizer.api.routes import ledger as ledger_routes
 from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.cache import RedisStore
 from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.bundled import load_region_catalog
@@ -177,11 +179,35 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
     return report
 
 
+@asynccontextmanager
+async def _ledger(settings: Settings, state: AppState) -> AsyncIterator[Ledger | None]:
+    """The savings ledger (issue 15): database, write queue and reconciler; None when disabled.
+
+    Reconciles with the same carbon provider the service ranks with (live history through the
+    cache when configured, the bundled data offline), through the `CarbonIntensityProvider` protocol.
+    """
+    if not settings.database.enabled:
+        yield None
+        return
+    async with open_ledger(
+        settings.database,
+        settings.ledger,
+        carbon=state.service.carbon,
+        fallback=state.service.fallback_carbon,
+        resolver=catalog_resolver(state.catalog),
+        clock=state.service.clock,
+        signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
+    ) as ledger:
+        state.health_reporters["ledger"] = ledger.health
+        yield ledger
+
+
 def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime(settings, overrides) as state:
+        async with runtime(settings, overrides) as state, _ledger(settings, state) as ledger:
             app.state.co = state
+            app.state.ledger = ledger
             yield
 
     return lifespan
@@ -208,6 +234,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    ledger_routes.install(app)
     extend_openapi(app, use_problem_media_type)
     # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
     # Resulting order, outermost first: access log → request edge → metrics → security headers →

@@ -114,6 +114,11 @@ class OptimizeRequest(_Strict):
     time_step_minutes: Literal[5, 15, 30, 60] = 60
     max_results: int = Field(default=5, ge=1, le=100)
     baseline: BaselineSpec | None = None
+    record: bool | None = Field(
+        default=None,
+        description="Record the best option in the savings ledger (default: the client's configured "
+        "default, usually off). Send an Idempotency-Key header so a retry never records twice.",
+    )
 
     @model_validator(mode="after")
     def _locations_or_providers(self) -> OptimizeRequest:
@@ -217,6 +222,12 @@ class OptimizeResponse(BaseModel):
     infeasible: list[InfeasibleOut]
     energy_model: EnergyModelOut
     warnings: list[str]
+    # Present only when the placement was to be recorded (see docs/ledger.md).
+    placement_id: str | None = None
+    recorded: bool | None = Field(default=None, description="Committed to the ledger database.")
+    queued: bool | None = Field(
+        default=None, description="Held in memory and retried because the database did not commit in time."
+    )
 
 
 class ProblemOut(BaseModel):
