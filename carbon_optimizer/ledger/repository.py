@@ -39,7 +39,8 @@ def _row_to_db(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _row_from_db(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: from_db(v) if k in _DATETIME_COLUMNS else v for k, v in row.items()}
+    # str(k): column keys are `quoted_name` (a str subclass orjson refuses as a dict key).
+    return {str(k): from_db(v) if k in _DATETIME_COLUMNS else v for k, v in row.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,7 @@ class LedgerRepository:
         query = aggregate_query(self.dialect, group_by, to_db(start), to_db(end), client_id)
         async with self.engine.connect() as conn:
             result = await conn.execute(query)
-            return [dict(r) for r in result.mappings()]
+            return [{str(k): v for k, v in r.items()} for r in result.mappings()]
 
     async def count(self) -> int:
         """Number of placements stored (health and tests)."""

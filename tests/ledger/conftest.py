@@ -8,6 +8,7 @@ PostgreSQL variants are skipped with that reason; SQLite always runs.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,10 +35,16 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+def pg_admin(sql: str) -> None:
+    """Run one admin statement; works from sync code and from inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(_pg_admin(sql))).result()
+
+
 def pg_unreachable_reason() -> str | None:
     """Why PostgreSQL tests cannot run here, or None when they can."""
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        pg_admin("SELECT 1")
     except Exception as exc:
         return f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} ({type(exc).__name__}: {exc})"
     return None
@@ -61,7 +68,7 @@ class PgDatabases:
 
     def create(self) -> str:
         name = f"co_ledger_test_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        pg_admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
         return self.url(name)
 
@@ -71,7 +78,7 @@ class PgDatabases:
 
     def drop_all(self) -> None:
         for name in self.created:
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +103,7 @@ def database_settings(
     if request.param == "sqlite":
         return DatabaseSettings(data_dir=str(tmp_path), retry_interval_s=0.05)
     _require_pg()
-    return DatabaseSettings(url=pg_databases.create(), retry_interval_s=0.05)  # type: ignore[arg-type]
+    return DatabaseSettings(url=pg_databases.create(), retry_interval_s=0.05)
 
 
 @pytest.fixture

@@ -57,10 +57,10 @@ async def test_concurrent_upgrades_are_serialised(database_settings: DatabaseSet
 
 
 def test_plain_urls_get_async_drivers() -> None:
-    pg = DatabaseSettings(url="postgresql://u:secret@db/x")  # type: ignore[arg-type]
+    pg = DatabaseSettings(url="postgresql://u:secret@db/x")
     assert db.database_url(pg).startswith("postgresql+asyncpg://")
     assert "secret" not in db.redacted(db.database_url(pg))
-    lite = DatabaseSettings(url="sqlite:////tmp/x.db")  # type: ignore[arg-type]
+    lite = DatabaseSettings(url="sqlite:////tmp/x.db")
     assert db.database_url(lite) == "sqlite+aiosqlite:////tmp/x.db"
     assert DatabaseSettings(data_dir="/srv/co").url is None
     assert (

@@ -39,11 +39,14 @@ async def test_record_is_idempotent_and_detects_reused_keys(engine: AsyncEngine)
             request_id="rid-2",
             idempotency_key="k-1",
         )
-        assert again.placement_id == first and again.written is not None and again.written.replayed
+        assert again.placement_id == first
+        assert again.written is not None
+        assert again.written.replayed
         assert await repo.count() == 1
         # The same key from another client is another placement (keys are per client).
         other = await record(ledger, "bob", chosen, base, key="k-1")
-        assert other != first and await repo.count() == 2
+        assert other != first
+        assert await repo.count() == 2
         with pytest.raises(IdempotencyConflict):
             await ledger.record_caller(
                 body={"chosen": option("FR", T0)}, client_id="alice", request_id="r", idempotency_key="k-1"
@@ -60,7 +63,8 @@ async def test_concurrent_recordings_are_group_committed(engine: AsyncEngine) ->
         ids = await asyncio.gather(
             *(record(ledger, f"c{i % 3}", option("DE", T0 + i * H), None) for i in range(40))
         )
-        assert len(set(ids)) == 40 and await repo.count() == 40
+        assert len(set(ids)) == 40
+        assert await repo.count() == 40
     finally:
         await recorder.aclose()
 
@@ -84,14 +88,16 @@ async def test_reconcile_realised_savings_and_forecast_error(engine: AsyncEngine
         reconciler.clock = lambda: later
         assert await reconciler.run_once() == 2
         row = await repo.get(pid)
-        assert row is not None and row["status"] == RECONCILED
+        assert row is not None
+        assert row["status"] == RECONCILED
         assert row["realised_intensity_g_per_kwh"] == pytest.approx(120.0)
         assert row["realised_emissions_g"] == pytest.approx(240.0)
         assert row["realised_baseline_emissions_g"] == pytest.approx(1200.0)
         assert row["realised_source"] == "fake:test"
         assert row["reconciled_at"] == later
         solo = await repo.get(no_base)
-        assert solo is not None and solo["realised_emissions_g"] == pytest.approx(50.0)
+        assert solo is not None
+        assert solo["realised_emissions_g"] == pytest.approx(50.0)
         assert solo["realised_baseline_emissions_g"] is None
         assert await reconciler.run_once() == 0  # nothing left: resumable, never twice
 
@@ -110,7 +116,9 @@ async def test_reconcile_realised_savings_and_forecast_error(engine: AsyncEngine
         assert de["forecast_error"]["emissions_g"] == pytest.approx(40.0)  # 240 realised vs 200 forecast
         assert de["forecast_error"]["pct"] == pytest.approx(20.0)
         total = report["total"]
-        assert total["placements"] == 2 and total["reconciled"] == 2 and total["with_baseline"] == 1
+        assert total["placements"] == 2
+        assert total["reconciled"] == 2
+        assert total["with_baseline"] == 1
         # The FR placement has no baseline: it counts, but adds nothing to savings either way.
         assert total["realised"]["savings_g"] == pytest.approx(960.0)
         assert total["forecast_error"]["emissions_g"] == pytest.approx(40.0 + 10.0)
@@ -144,7 +152,8 @@ async def test_outcome_changes_what_is_reconciled(engine: AsyncEngine) -> None:
         assert await reconciler.run_once() == 1
         row = await repo.get(pid)
         assert row is not None
-        assert row["actual_zone"] == "FR" and row["realised_energy_kwh"] == pytest.approx(1.5)
+        assert row["actual_zone"] == "FR"
+        assert row["realised_energy_kwh"] == pytest.approx(1.5)
         assert row["realised_emissions_g"] == pytest.approx(75.0)
         # The counterfactual gets the same energy correction (1.5 of 2.0 estimated kWh).
         assert row["realised_baseline_emissions_g"] == pytest.approx(1.5 * 600.0)
@@ -185,14 +194,18 @@ async def test_provider_failure_retries_then_falls_back_on_the_last_attempt(engi
         )
         assert await reconciler.run_once() == 0
         row = await repo.get(pid)
-        assert row is not None and row["status"] == RECORDED and row["attempts"] == 1
-        assert row["due_at"] > clock[0] and "ProviderUnavailable" in row["reconcile_error"]
+        assert row is not None
+        assert row["status"] == RECORDED
+        assert row["attempts"] == 1
+        assert row["due_at"] > clock[0]
+        assert "ProviderUnavailable" in row["reconcile_error"]
         clock[0] = clock[0] + timedelta(days=2)
         assert await reconciler.run_once() == 0  # second attempt: live only, still failing
         clock[0] = clock[0] + timedelta(days=2)
         assert await reconciler.run_once() == 1  # last attempt: the bundled data, labelled
         row = await repo.get(pid)
-        assert row is not None and row["status"] == RECONCILED
+        assert row is not None
+        assert row["status"] == RECONCILED
         assert row["realised_source"] == "fallback:replay-2023"
         report = await ledger.report(
             Viewer("alice", False), group_by="day", start=T0, end=T0 + 24 * H, client=None
@@ -220,7 +233,8 @@ async def test_unknown_zone_is_unreconcilable(engine: AsyncEngine) -> None:
         )
         await reconciler.run_once()
         row = await repo.get(pid)
-        assert row is not None and row["status"] == FAILED
+        assert row is not None
+        assert row["status"] == FAILED
     finally:
         await recorder.aclose()
 
@@ -278,7 +292,8 @@ async def test_reports_group_by_and_client_isolation(engine: AsyncEngine) -> Non
         assert clients["total"]["cost"]["delta_usd"] == pytest.approx(2.0)  # paid 0.5 more each time
         # A client sees only its own; asking for another client is refused; an admin may narrow.
         own = await ledger.report(Viewer("bob", False), group_by="client", start=T0, end=end, client=None)
-        assert [g["key"] for g in own["groups"]] == ["bob"] and own["scope"] == "client bob"
+        assert [g["key"] for g in own["groups"]] == ["bob"]
+        assert own["scope"] == "client bob"
         with pytest.raises(InvalidInput):
             await ledger.report(Viewer("bob", False), group_by="client", start=T0, end=end, client="alice")
         narrowed = await ledger.report(admin, group_by="client", start=T0, end=end, client="alice")
@@ -290,8 +305,10 @@ async def test_reports_group_by_and_client_isolation(engine: AsyncEngine) -> Non
         assert june["total"]["placements"] == 3
         csv_text = to_csv(clients)
         lines = csv_text.splitlines()
-        assert lines[0].startswith("group,placements,") and lines[1].startswith("alice,2,")
+        assert lines[0].startswith("group,placements,")
+        assert lines[1].startswith("alice,2,")
         assert lines[-1].startswith("TOTAL,4,")
-        assert "alice" in to_table(clients) and "TOTAL" in to_table(clients)
+        assert "alice" in to_table(clients)
+        assert "TOTAL" in to_table(clients)
     finally:
         await recorder.aclose()
