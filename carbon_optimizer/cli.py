@@ -19,6 +19,9 @@ from typing import Any, TextIO
 import httpx
 from pydantic import ValidationError
 
+from carbon_optimizer.commands import db as ledger_db
+from carbon_optimizer.commands import report as ledger_report
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
@@ -532,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the API's JSON answer")
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
+    ledger_db.register(sub)
+    ledger_report.register(sub)
     return parser
 
 

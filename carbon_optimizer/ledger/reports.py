@@ -120,6 +120,8 @@ def shape(sums: Mapping[str, Any]) -> dict[str, Any]:
         "reconciled_with_bundled_data": int(sums.get("reconciled_with_bundled_data") or 0),
         "energy_kwh": round(_f(sums.get("energy_kwh")), 6),
         "forecast": {
+            # Chosen vs baseline over placements that have a baseline (comparable); all_g: every one.
+            "emissions_all_g": round(_f(sums.get("forecast_emissions_all_g")), 3),
             "emissions_g": round(forecast_chosen, 3),
             "baseline_emissions_g": round(forecast_base, 3),
             "savings_g": round(forecast_base - forecast_chosen, 3),
@@ -127,6 +129,7 @@ def shape(sums: Mapping[str, Any]) -> dict[str, Any]:
         },
         "realised": {
             "energy_kwh": round(_f(sums.get("realised_energy_kwh")), 6),
+            "emissions_all_g": round(realised_all, 3),
             "emissions_g": round(realised_chosen, 3),
             "baseline_emissions_g": round(realised_base, 3),
             "savings_g": round(realised_base - realised_chosen, 3),

@@ -25,20 +25,20 @@ PG_PORT = int(os.environ.get("CO_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("CO_TEST_PG_USER", "postgres")
 
 
-async def _pg_admin(sql: str) -> None:
+async def _pg_admin(sql: str, database: str = "postgres") -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=3)
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=database, timeout=3)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
 
 
-def pg_admin(sql: str) -> None:
+def pg_admin(sql: str, database: str = "postgres") -> None:
     """Run one admin statement; works from sync code and from inside a running event loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(lambda: asyncio.run(_pg_admin(sql))).result()
+        pool.submit(lambda: asyncio.run(_pg_admin(sql, database))).result()
 
 
 def pg_unreachable_reason() -> str | None:
@@ -61,16 +61,28 @@ def _require_pg() -> None:
 
 
 class PgDatabases:
-    """Creates uniquely named databases and drops every one of them at session end."""
+    """Creates uniquely named databases and drops every one of them at session end.
+
+    Creating and dropping a database costs seconds on a busy machine, so tests share one per
+    session and get it empty: `empty()` drops and recreates its `public` schema (milliseconds).
+    """
 
     def __init__(self) -> None:
         self.created: list[str] = []
+        self._shared: str | None = None
 
     def create(self) -> str:
         name = f"co_ledger_test_{uuid.uuid4().hex[:12]}"
         pg_admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
         return self.url(name)
+
+    def empty(self) -> str:
+        """The session's shared database with nothing in it."""
+        if self._shared is None:
+            self._shared = self.create().rsplit("/", 1)[1]
+        pg_admin("DROP SCHEMA public CASCADE; CREATE SCHEMA public", database=self._shared)
+        return self.url(self._shared)
 
     @staticmethod
     def url(name: str) -> str:
@@ -88,13 +100,6 @@ def pg_databases() -> Iterator[PgDatabases]:
     dbs.drop_all()
 
 
-@pytest.fixture
-def fresh_pg_url(pg_databases: PgDatabases) -> str:
-    """An empty PostgreSQL database of its own (skips when PostgreSQL is unreachable)."""
-    _require_pg()
-    return pg_databases.create()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_settings(
     request: pytest.FixtureRequest, tmp_path: Path, pg_databases: PgDatabases
@@ -103,7 +108,7 @@ def database_settings(
     if request.param == "sqlite":
         return DatabaseSettings(data_dir=str(tmp_path), retry_interval_s=0.05)
     _require_pg()
-    return DatabaseSettings(url=pg_databases.create(), retry_interval_s=0.05)
+    return DatabaseSettings(url=pg_databases.empty(), retry_interval_s=0.05)
 
 
 @pytest.fixture

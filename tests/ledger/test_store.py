@@ -106,6 +106,7 @@ async def test_reconcile_realised_savings_and_forecast_error(engine: AsyncEngine
         )
         de = next(g for g in report["groups"] if g["key"] == "zone/DE")
         assert de["forecast"] == {
+            "emissions_all_g": 200.0,
             "emissions_g": 200.0,
             "baseline_emissions_g": 1000.0,
             "savings_g": 800.0,
