@@ -8,6 +8,7 @@ Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, Postg
    `"record": true` (every request commits one placement), alternating, medians of the rounds.
    Twice: with `Cache-Control: no-cache` (the engine runs every time) and with the result cache
    (the cheapest optimize path, so the largest relative overhead). Target: ≤ 10 % fewer req/s.
+   Then again with `DATABASE__WRITE_TIMEOUT_S=0` (answer without waiting for the commit).
 2. Reports: a fresh PostgreSQL database seeded with 1 M placements in SQL (100 clients, 40
    locations, 12 months), then GET-report queries through the repository: all clients by month,
    by location, one client by day. Medians of 5. Target: < 1 s each. The database is dropped.
@@ -48,7 +49,7 @@ OPTIMIZE = {
 }
 
 
-def http_overhead(seconds: int, rounds: int) -> dict[str, Any]:
+def http_overhead(seconds: int, rounds: int, write_timeout_s: float | None = None) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="co-bench-ledger-")
     port = free_port()
     env = {
@@ -57,6 +58,8 @@ def http_overhead(seconds: int, rounds: int) -> dict[str, Any]:
         "CARBON_OPTIMIZER_RATE_LIMIT_ENABLED": "false",
         "CARBON_OPTIMIZER_LEDGER__RECONCILE_ENABLED": "false",
     }
+    if write_timeout_s is not None:
+        env["CARBON_OPTIMIZER_DATABASE__WRITE_TIMEOUT_S"] = str(write_timeout_s)
     proc, _ = start("carbon_optimizer.app:create_app", port, env)
     url = f"http://127.0.0.1:{port}/v1/optimize"
     results: dict[str, Any] = {}
@@ -202,7 +205,11 @@ def main() -> None:
     result: dict[str, Any] = {}
     if not args.skip_http:
         result["recording_overhead_c16"] = http_overhead(args.seconds, args.rounds)
-        print(json.dumps(result["recording_overhead_c16"], indent=2), flush=True)
+        print(
+            "wait for commit (default):", json.dumps(result["recording_overhead_c16"], indent=2), flush=True
+        )
+        result["recording_overhead_c16_nowait"] = http_overhead(args.seconds, args.rounds, 0.0)
+        print("write_timeout_s=0:", json.dumps(result["recording_overhead_c16_nowait"], indent=2), flush=True)
     if not args.skip_reports:
         result["reports_postgresql"] = asyncio.run(reports(args.rows, args.pg_host, args.pg_port))
         print(json.dumps(result["reports_postgresql"], indent=2), flush=True)

@@ -228,7 +228,7 @@ class Ledger:
             "recorded": ack.recorded,
             "queued": ack.queued,
         }
-        if ack.queued:
+        if ack.timed_out:
             out["warning"] = (
                 "placement accepted but not yet committed (ledger database slow or unavailable); "
                 "queued in memory and retried"

@@ -68,12 +68,15 @@ class LedgerRepository:
         """
         if not rows:
             return {}
-        ids = [str(r["id"]) for r in rows]
+        # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
+        ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
         async with self.engine.begin() as conn:
-            found = await conn.execute(
-                select(placements.c.id, placements.c.fingerprint).where(placements.c.id.in_(ids))
-            )
-            existing = {row.id: Existing(row.id, row.fingerprint) for row in found}
+            existing: dict[str, Existing] = {}
+            if ids:
+                found = await conn.execute(
+                    select(placements.c.id, placements.c.fingerprint).where(placements.c.id.in_(ids))
+                )
+                existing = {row.id: Existing(row.id, row.fingerprint) for row in found}
             fresh = [_row_to_db(r) for r in rows if r["id"] not in existing]
             if fresh:
                 await conn.execute(self._insert_ignoring_duplicates(), fresh)

@@ -110,3 +110,17 @@ async def test_shutdown_flushes_what_it_can() -> None:
     await recorder.aclose()
     assert sorted(repo.rows) == ["s0", "s1", "s2", "s3"]
     assert recorder.depth == 0
+
+
+async def test_write_timeout_zero_answers_queued_without_waiting() -> None:
+    repo = FlakyRepository(down=False, delay_s=0.2)
+    recorder = _recorder(repo, write_timeout_s=0.0)
+    try:
+        began = time.monotonic()
+        ack = await recorder.submit({"id": "fast"}, origin="optimize")
+        assert time.monotonic() - began < 0.05
+        assert ack.queued
+        assert not ack.timed_out  # not a degradation: configured not to wait
+        await _eventually(lambda: "fast" in repo.rows)
+    finally:
+        await recorder.aclose()
