@@ -127,9 +127,13 @@ class DatabaseSettings(BaseModel):
     migrate_on_start: bool = True
     pool_size: int = Field(default=5, ge=1, le=100)
     connect_timeout_s: float = Field(default=2.0, gt=0)
-    # How long /v1/optimize waits for its placement to be committed before answering "queued";
-    # 0 = never wait (always "queued", committed in the background: lowest overhead).
-    write_timeout_s: float = Field(default=0.25, ge=0)
+    # How long /v1/optimize waits for its placement to be committed before answering
+    # `queued: true` instead of `recorded: true`. 0 (default) = never wait: the answer says
+    # queued and the row is committed in the background a few ms later. Waiting confirms the
+    # commit but, under load, costs optimize throughput (docs/ledger.md, bench/bench_ledger.py).
+    write_timeout_s: float = Field(default=0.0, ge=0, le=10)
+    # POST /v1/placements exists only to record: it waits this long for the commit (else 202).
+    caller_write_timeout_s: float = Field(default=1.0, gt=0, le=30)
     # Placements held in memory while the database is down or slow (oldest kept, newest refused).
     queue_max: int = Field(default=10_000, ge=1, le=1_000_000)
     retry_interval_s: float = Field(default=2.0, gt=0)

@@ -141,8 +141,10 @@ class Ledger:
         clock: Callable[[], datetime],
         signal: str,
         reconciler: Reconciler | None = None,
+        caller_write_timeout_s: float = 1.0,
     ) -> None:
         self.repository = repository
+        self.caller_write_timeout_s = caller_write_timeout_s
         self.recorder = recorder
         self.settings = settings
         self.resolver = resolver
@@ -272,7 +274,7 @@ class Ledger:
             baseline_name=(baseline.get("name") or "caller-supplied baseline") if baseline else None,
             quality={"warnings": [], "note": "figures supplied by the caller"},
         )
-        ack = await self.recorder.submit(row, origin="caller")
+        ack = await self.recorder.submit(row, origin="caller", timeout_s=self.caller_write_timeout_s)
         self._raise_on_conflict(ack)
         return ack
 
@@ -493,6 +495,7 @@ async def open_ledger(
         clock=clock,
         signal=signal,
         reconciler=reconciler,
+        caller_write_timeout_s=database.caller_write_timeout_s,
     )
     tasks: list[asyncio.Task[None]] = []
 

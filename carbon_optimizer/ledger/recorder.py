@@ -109,8 +109,10 @@ class Recorder:
         """Rows waiting for the database."""
         return len(self._pending)
 
-    async def submit(self, row: Mapping[str, Any], *, origin: str, wait: bool = True) -> Ack:
-        """Queue `row` and wait up to `write_timeout_s` for its commit.
+    async def submit(
+        self, row: Mapping[str, Any], *, origin: str, wait: bool = True, timeout_s: float | None = None
+    ) -> Ack:
+        """Queue `row` and wait up to `timeout_s` (default `write_timeout_s`) for its commit.
 
         A row whose id is already queued (a retry with the same Idempotency-Key arriving while the
         database is down) joins the queued one instead of being queued twice.
@@ -130,11 +132,12 @@ class Recorder:
             self._by_id[placement_id] = item
             metrics.QUEUE_DEPTH.inc()
             self._wake.set()
-        if not wait or self.write_timeout_s <= 0:
+        timeout = self.write_timeout_s if timeout_s is None else timeout_s
+        if not wait or timeout <= 0:
             return Ack(placement_id, None)
         try:
             # asyncio.timeout + shield: no extra task per request (wait_for would create one).
-            async with asyncio.timeout(self.write_timeout_s):
+            async with asyncio.timeout(timeout):
                 written = await asyncio.shield(future)
         except TimeoutError:
             metrics.QUEUED.inc()

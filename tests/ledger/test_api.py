@@ -68,7 +68,7 @@ def _metric(name: str, **labels: str) -> float:
 
 
 async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None:
-    settings = _settings(DatabaseSettings(data_dir=str(tmp_path)))
+    settings = _settings(DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=5))
     before = _metric("carbon_optimizer_ledger_placements_recorded_total", origin="optimize")
     async with _client(settings) as (client, ledger):
         plain = await client.post("/v1/optimize", json=_body(record=False), headers=_auth(ALICE))
@@ -215,6 +215,7 @@ async def test_database_down_optimize_still_answers_and_nothing_is_lost(pg_datab
         url=pg_databases.url(name),
         retry_interval_s=0.05,
         write_timeout_s=0.1,
+        caller_write_timeout_s=0.1,
         connect_timeout_s=0.5,
     )
     async with _client(_settings(database)) as (client, ledger):
@@ -261,7 +262,9 @@ async def test_database_down_optimize_still_answers_and_nothing_is_lost(pg_datab
 
 
 async def test_client_default_and_disabled_ledger(tmp_path: Path) -> None:
-    settings = _settings(DatabaseSettings(data_dir=str(tmp_path)), record_clients=[client_id_for(BOB)])
+    settings = _settings(
+        DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=5), record_clients=[client_id_for(BOB)]
+    )
     async with _client(settings) as (client, ledger):
         body = _body()
         del body["record"]
@@ -282,3 +285,17 @@ async def test_client_default_and_disabled_ledger(tmp_path: Path) -> None:
         assert "savings ledger disabled; not recorded" in answer["warnings"]
         gone = await client.get("/v1/reports/savings", headers=_auth(ALICE))
         assert gone.status_code == 503
+
+
+async def test_default_answers_queued_without_waiting_and_commits_soon(tmp_path: Path) -> None:
+    async with _client(_settings(DatabaseSettings(data_dir=str(tmp_path)))) as (client, ledger):
+        data = (await client.post("/v1/optimize", json=_body(), headers=_auth(ALICE))).json()
+        assert data["queued"] is True
+        assert data["recorded"] is False
+        assert not any("queued in memory" in w for w in data["warnings"])  # not a degradation
+        for _ in range(200):
+            got = await client.get(f"/v1/placements/{data['placement_id']}", headers=_auth(ALICE))
+            if got.status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert got.status_code == 200
