@@ -230,7 +230,7 @@ class Ledger:
             "recorded": ack.recorded,
             "queued": ack.queued,
         }
-        if ack.timed_out:
+        if ack.timed_out or (ack.queued and not self.recorder.healthy):
             out["warning"] = (
                 "placement accepted but not yet committed (ledger database slow or unavailable); "
                 "queued in memory and retried"

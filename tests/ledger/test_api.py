@@ -214,7 +214,6 @@ async def test_database_down_optimize_still_answers_and_nothing_is_lost(pg_datab
     database = DatabaseSettings(
         url=pg_databases.url(name),
         retry_interval_s=0.05,
-        write_timeout_s=0.1,
         caller_write_timeout_s=0.1,
         connect_timeout_s=0.5,
     )
