@@ -48,7 +48,7 @@ def make_ledger(
     *,
     now: datetime = T0,
     settings: LedgerSettings | None = None,
-    write_timeout_s: float = 2.0,
+    write_timeout_s: float = 20.0,  # generous: the CI machine may be busy
 ) -> tuple[Ledger, Recorder]:
     recorder = Recorder(repository, queue_max=100, write_timeout_s=write_timeout_s, retry_interval_s=0.05)
     recorder.start()
@@ -59,6 +59,7 @@ def make_ledger(
         resolver=catalog_resolver(load_region_catalog()),
         clock=lambda: now,
         signal="location-based average, lifecycle",
+        caller_write_timeout_s=write_timeout_s,
     )
     return ledger, recorder
 

@@ -68,7 +68,9 @@ def _metric(name: str, **labels: str) -> float:
 
 
 async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None:
-    settings = _settings(DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=5))
+    settings = _settings(
+        DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=10, caller_write_timeout_s=20)
+    )
     before = _metric("carbon_optimizer_ledger_placements_recorded_total", origin="optimize")
     async with _client(settings) as (client, ledger):
         plain = await client.post("/v1/optimize", json=_body(record=False), headers=_auth(ALICE))
@@ -147,7 +149,9 @@ async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None
 
 
 async def test_caller_placement_outcome_and_reconciliation(tmp_path: Path) -> None:
-    settings = _settings(DatabaseSettings(data_dir=str(tmp_path)), reconcile_interval_s=0.05)
+    settings = _settings(
+        DatabaseSettings(data_dir=str(tmp_path), caller_write_timeout_s=20), reconcile_interval_s=0.05
+    )
     later = NOW + timedelta(days=1)
     async with _client(settings, now=later) as (client, ledger):
         chosen = {
@@ -262,7 +266,8 @@ async def test_database_down_optimize_still_answers_and_nothing_is_lost(pg_datab
 
 async def test_client_default_and_disabled_ledger(tmp_path: Path) -> None:
     settings = _settings(
-        DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=5), record_clients=[client_id_for(BOB)]
+        DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=10, caller_write_timeout_s=20),
+        record_clients=[client_id_for(BOB)],
     )
     async with _client(settings) as (client, ledger):
         body = _body()
