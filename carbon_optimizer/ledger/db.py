@@ -14,16 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -31,6 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from carbon_optimizer.settings import DatabaseSettings
 
 SCRIPT_LOCATION: Final = "carbon_optimizer.ledger:migrations"
+# The newest migration shipped (a test checks it against the scripts). Knowing it without loading
+# Alembic keeps the at-head check on every worker start to one SELECT.
+HEAD: Final = "0002_report_statistics"
 # Any fixed 64-bit number: every replica takes the same advisory lock while migrating.
 _PG_MIGRATION_LOCK: Final = 0x6C656467657231  # "ledger1"
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
@@ -95,8 +93,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> Any:
     """Alembic configuration pointing at the packaged migrations (no alembic.ini needed)."""
+    from alembic.config import Config  # local: Alembic is only needed to change the schema
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     if connection is not None:
@@ -104,12 +104,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-@functools.cache
 def head_revision() -> str:
-    """The newest migration shipped with this version (read once: parsing the scripts costs ms)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration shipped with this version."""
+    return HEAD
+
+
+def scripted_head() -> str | None:
+    """The head according to the migration scripts themselves (loads Alembic; for tests and checks)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 @contextlib.contextmanager
@@ -129,6 +133,8 @@ def _file_lock(engine: AsyncEngine) -> Iterator[None]:
 
 
 async def _run(engine: AsyncEngine, action: str, revision: str) -> None:
+    from alembic import command
+
     def migrate(connection: Connection) -> None:
         config = alembic_config(connection)
         if action == "upgrade":
@@ -160,20 +166,17 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
 
 async def _at_head(engine: AsyncEngine) -> bool:
-    def read(connection: Connection) -> bool:
-        if not inspect(connection).has_table("alembic_version"):
-            return False
-        return MigrationContext.configure(connection).get_current_revision() == head_revision()
-
-    async with engine.connect() as conn:
-        return await conn.run_sync(read)
+    return await current_revision(engine) == HEAD
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at (None before the first upgrade)."""
 
     def read(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        return str(rows[0]) if len(rows) == 1 else None
 
     async with engine.connect() as conn:
         return await conn.run_sync(read)

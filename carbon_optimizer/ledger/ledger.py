@@ -515,10 +515,8 @@ async def open_ledger(
         if reconciler is not None:
             tasks.append(asyncio.create_task(reconciler.run_forever(), name="ledger-reconciler"))
 
+    # Not awaited: readiness never waits for the database; recordings queue until it is migrated.
     starter = asyncio.create_task(start(), name="ledger-start")
-    # A healthy database is migrated before the first request; a dead one costs this long at most.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(starter), database.connect_timeout_s)
     log.info("ledger database %s", db.redacted(db.database_url(database)))
     try:
         yield ledger

@@ -41,7 +41,7 @@ placements = Table(
     Column("workload", JSON, nullable=False),
     Column("signal", String(64), nullable=False),  # e.g. "location-based average, lifecycle"
     # The chosen option (forecast at decision time).
-    Column("location", String(160), nullable=False),  # "aws/eu-west-1" or "zone:DE"
+    Column("location", String(160), nullable=False),  # "aws/eu-west-1" or "zone/DE"
     Column("zone", String(64), nullable=False),
     Column("provider", String(16), nullable=True),
     Column("region", String(64), nullable=True),

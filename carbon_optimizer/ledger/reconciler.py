@@ -78,9 +78,9 @@ class Reconciler:
             if not batch:
                 self.last_run = now
                 return done
-            updates = [(row["id"], await self._reconcile(row, now)) for row in batch]
+            updates = [(row["id"], row["outcome_at"], await self._reconcile(row, now)) for row in batch]
             await self.repository.save_reconciliation(updates)
-            done += sum(1 for _, values in updates if values.get("status") == RECONCILED)
+            done += sum(1 for _, _, values in updates if values.get("status") == RECONCILED)
             if len(batch) < self.settings.reconcile_batch:
                 self.last_run = now
                 return done

@@ -117,16 +117,27 @@ class LedgerRepository:
             )
             return [_row_from_db(dict(r)) for r in result.mappings()]
 
-    async def save_reconciliation(self, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Write the reconciler's results for one batch (one transaction)."""
+    async def save_reconciliation(
+        self, updates: Sequence[tuple[str, datetime | None, Mapping[str, Any]]]
+    ) -> None:
+        """Write the reconciler's results for one batch (one transaction).
+
+        Each update is (id, the `outcome_at` the reconciler read, values). A row whose outcome
+        changed meanwhile is left alone: its result was computed from stale inputs, and the row
+        is due again with the new ones.
+        """
         if not updates:
             return
         async with self.engine.begin() as conn:
-            for placement_id, values in updates:
-                # Only if still waiting: an outcome reported meanwhile re-queues it with new inputs.
+            for placement_id, seen_outcome, values in updates:
+                same_outcome = (
+                    placements.c.outcome_at.is_(None)
+                    if seen_outcome is None
+                    else placements.c.outcome_at == to_db(seen_outcome)
+                )
                 await conn.execute(
                     update(placements)
-                    .where(placements.c.id == placement_id, placements.c.status == RECORDED)
+                    .where(placements.c.id == placement_id, placements.c.status == RECORDED, same_outcome)
                     .values(**_row_to_db(values))
                 )
 

@@ -56,6 +56,10 @@ async def test_concurrent_upgrades_are_serialised(database_settings: DatabaseSet
             await engine.dispose()
 
 
+def test_head_constant_matches_the_scripts() -> None:
+    assert db.scripted_head() == db.head_revision()
+
+
 def test_plain_urls_get_async_drivers() -> None:
     pg = DatabaseSettings(url="postgresql://u:secret@db/x")
     assert db.database_url(pg).startswith("postgresql+asyncpg://")

@@ -313,3 +313,32 @@ async def test_reports_group_by_and_client_isolation(engine: AsyncEngine) -> Non
         assert "TOTAL" in to_table(clients)
     finally:
         await recorder.aclose()
+
+
+async def test_result_from_stale_inputs_is_not_saved(engine: AsyncEngine) -> None:
+    """An outcome reported while a batch was being reconciled wins over that batch's result."""
+    repo = LedgerRepository(engine)
+    now = T0 + 10 * H
+    ledger, recorder = make_ledger(repo, now=now)
+    try:
+        pid = await record(ledger, "alice", option("DE", T0, kwh=2.0), None)
+        reconciler = Reconciler(
+            repo, _carbon(), settings=LedgerSettings(reconcile_delay_s=0), clock=lambda: now
+        )
+        (row,) = await repo.due(now, 10)
+        stale = await reconciler._reconcile(row, now)
+        await ledger.outcome(
+            Viewer("alice", False),
+            pid,
+            {"actual_start": T0, "actual_end": T0 + H, "measured_energy_kwh": 0.5},
+        )
+        await repo.save_reconciliation([(pid, row["outcome_at"], stale)])
+        fresh = await repo.get(pid)
+        assert fresh is not None
+        assert fresh["status"] == RECORDED  # not overwritten with the result for 2.0 kWh
+        assert await reconciler.run_once() == 1
+        done = await repo.get(pid)
+        assert done is not None
+        assert done["realised_emissions_g"] == pytest.approx(0.5 * 120.0)
+    finally:
+        await recorder.aclose()
