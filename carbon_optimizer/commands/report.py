@@ -50,7 +50,7 @@ def _bound(text: str | None, default: datetime) -> datetime:
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        end = _bound(args.end, datetime.now(UTC))
+        end = _bound(args.end, datetime.now(UTC).replace(microsecond=0))
         start = _bound(args.start, end - timedelta(days=30))
     except ValueError:
         err.write("error: --from/--to must be YYYY-MM-DD or RFC 3339 times\n")

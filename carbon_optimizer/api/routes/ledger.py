@@ -279,7 +279,7 @@ async def savings_report(
     """JSON by default; CSV with `Accept: text/csv`. Range [from, to) on the planned start."""
     assert group_by in GROUP_BY
     ledger = _ledger(request)
-    now = ledger.clock()
+    now = ledger.clock().replace(microsecond=0)
     end = _parse_bound(to, "to", now)
     start = _parse_bound(from_, "from", end - timedelta(days=_DEFAULT_REPORT_DAYS))
     report = await ledger.report(
