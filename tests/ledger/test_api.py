@@ -308,3 +308,25 @@ async def test_default_answers_queued_without_waiting_and_commits_soon(tmp_path:
                 break
             await asyncio.sleep(0.01)
         assert got.status_code == 200
+
+
+class _BrokenLedger:
+    """A ledger whose recording blows up in an unforeseen way."""
+
+    def wants_record(self, requested: bool | None, client_id: str | None) -> bool:
+        return True
+
+    async def record_optimize(self, **_: Any) -> dict[str, Any]:
+        raise RuntimeError("unforeseen")
+
+
+async def test_a_failing_ledger_never_fails_the_optimize_answer(tmp_path: Path) -> None:
+    app = create_app(_settings(DatabaseSettings(enabled=False)), AppOverrides(clock=fixed_clock(NOW)))
+    async with LifespanManager(app) as manager:
+        app.state.ledger = _BrokenLedger()  # the seam the routes read per request
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = await client.post("/v1/optimize", json=_body(), headers=_auth(ALICE))
+    assert answer.status_code == 200
+    assert "placement not recorded (ledger error)" in answer.json()["warnings"]
+    assert answer.json()["best"]["location"]["zone"] in ("DE", "FR")

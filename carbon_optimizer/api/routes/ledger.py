@@ -11,6 +11,7 @@ a reused Idempotency-Key → 409, bad input → 422, database unavailable for a 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,7 @@ from carbon_optimizer.ledger.recorder import QueueFull
 from carbon_optimizer.ledger.reports import GROUP_BY, to_csv
 from carbon_optimizer.logging_config import client_id_from_scope
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["ledger"])
 _TYPE_BASE = "https://carbon-optimizer.dev/problems/"
 _MAX_KEY_CHARS = 255
@@ -169,13 +171,20 @@ async def attach_placement(
         return result
     if not ledger.wants_record(body.record, client_id):
         return result
-    fields = await ledger.record_optimize(
-        request=body.model_dump(mode="json", exclude_none=True),
-        result=result,
-        client_id=client_id,
-        request_id=request_id,
-        idempotency_key=_idempotency_key(request.headers.get("idempotency-key")),
-    )
+    key = _idempotency_key(request.headers.get("idempotency-key"))
+    try:
+        fields = await ledger.record_optimize(
+            request=body.model_dump(mode="json", exclude_none=True),
+            result=result,
+            client_id=client_id,
+            request_id=request_id,
+            idempotency_key=key,
+        )
+    except IdempotencyConflict:
+        raise
+    except Exception:  # the plan is good whatever happens to its recording
+        log.exception("recording the placement failed")
+        return {**result, "warnings": [*result["warnings"], "placement not recorded (ledger error)"]}
     warning = fields.pop("warning", None)
     out = {**result, **fields}
     if warning is not None:
