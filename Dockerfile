@@ -51,7 +51,9 @@ WORKDIR /app
 COPY gunicorn.conf.py ./
 USER 10001:10001
 EXPOSE 8000
+# The probe asks the port the server listens on (CARBON_OPTIMIZER_SERVER__PORT, empty = unset =
+# 8000, as in Settings), so overriding the port at `docker run -e` keeps the container healthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('CARBON_OPTIMIZER_SERVER__PORT') or '8000'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
 CMD ["gunicorn", "--config", "/app/gunicorn.conf.py"]

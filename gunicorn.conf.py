@@ -1,15 +1,21 @@
 """gunicorn configuration for production: `gunicorn -c gunicorn.conf.py`.
 
 Why these choices:
-- Uvicorn workers (`uvicorn_worker.UvicornWorker`, the maintained package; `uvicorn.workers` is
-  deprecated) running the app factory per worker (`create_app()` call syntax): every worker builds
-  its own clients in the lifespan after the fork, nothing is shared across processes but Redis.
+- Uvicorn workers (`carbon_optimizer.worker.EdgeUvicornWorker`: the maintained
+  `uvicorn_worker.UvicornWorker` plus header deadline, URL/header bounds, a per-worker connection
+  bound, problem+json rejects and draining, see that module) running the app factory per worker
+  (`create_app()` call syntax): every worker builds its own clients in the lifespan after the
+  fork, nothing is shared across processes but Redis.
+- `CARBON_OPTIMIZER_EDGE__METRICS_PORT` set: gunicorn also binds that port and `/metrics` is
+  served only there (the Service's `metrics` port, never routed by the Ingress).
 - All knobs come from the same Settings as the app (`CARBON_OPTIMIZER_SERVER__*`, e.g.
   `CARBON_OPTIMIZER_SERVER__WORKERS=4`); gunicorn's own `GUNICORN_CMD_ARGS` still overrides them.
 - Prometheus multiprocess mode: each worker writes its metrics to files in
   `PROMETHEUS_MULTIPROC_DIR` and `/metrics` aggregates them. The directory is wiped when the
-  master starts (stale files from a previous run would be summed in) and a dead worker's live
-  gauges are dropped in `child_exit`. Point it at a tmpfs/emptyDir: the root FS may be read-only.
+  master starts (stale files from a previous run would be summed in), and in `child_exit` a dead
+  worker's files are folded into one archive per type and deleted
+  (`metrics_files.retire_worker_metrics`), so recycling does not fill the directory. Point it at a
+  tmpfs/emptyDir: the root FS may be read-only.
 - The access log is the app's (`AccessLogMiddleware`: JSON with request id and client id), so
   gunicorn's access log stays off; gunicorn's and the workers' own logs are JSON too.
 - `forwarded_allow_ips` is empty: the app alone decides whom to believe for `X-Forwarded-For`
@@ -18,20 +24,26 @@ Why these choices:
   gunicorn kills what is left after `graceful_timeout`. Keep Kubernetes'
   `terminationGracePeriodSeconds` above preStop sleep + `graceful_timeout`.
 - `max_requests` + jitter recycles workers now and then (bounded memory growth) without all of
-  them restarting at once.
+  them restarting at once; a recycling worker drains its keep-alive connections for
+  `CARBON_OPTIMIZER_EDGE__DRAIN_GRACE_S` instead of resetting requests already on the wire.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import ConfigurationError, load_settings
 
-_settings = Settings()
+try:
+    _settings = load_settings()
+except ConfigurationError as _exc:
+    # gunicorn prints a traceback for an exception in its config file; SystemExit is one line.
+    sys.exit(f"carbon-optimizer: {_exc}")
 _server = _settings.server
 
 # Multiprocess metrics must be configured before any worker imports prometheus_client.
@@ -39,8 +51,11 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tempfile.gettempdir()) / "carbon-optimizer-metrics")
 
 wsgi_app = "carbon_optimizer.app:create_app()"
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "carbon_optimizer.worker.EdgeUvicornWorker"
 bind = [os.environ.get("GUNICORN_BIND", f"{_server.host}:{_server.port}")]
+if _settings.edge.metrics_port is not None:
+    bind.append(f"{os.environ.get('GUNICORN_METRICS_HOST', _server.host)}:{_settings.edge.metrics_port}")
+worker_connections = _settings.edge.max_connections  # informative: EdgeUvicornWorker enforces it
 workers = _server.workers
 threads = _server.threads  # only used by threaded worker classes; Uvicorn workers are async
 timeout = _server.timeout_s
@@ -93,14 +108,15 @@ def post_fork(server: Any, worker: Any) -> None:
     """Route the worker's logs (root, uvicorn, ours) through the JSON formatter with secret masking."""
     from carbon_optimizer.logging_config import configure_logging
 
-    configure_logging(Settings())
+    configure_logging(_settings)
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Drop a dead worker's live gauges from the aggregated metrics."""
-    from prometheus_client import multiprocess
+    """Fold a dead worker's metric files into the archive and delete them (bounded directory)."""
+    from carbon_optimizer.metrics_files import retire_worker_metrics
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    removed = retire_worker_metrics(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    server.log.info("retired %d metric file(s) of worker %s", removed, worker.pid)
 
 
 def worker_abort(worker: Any) -> None:

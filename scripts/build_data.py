@@ -1,11 +1,14 @@
-"""Regenerate everything under carbon_optimizer/data/ from the shared reference data.
+"""Regenerate everything under carbon_optimizer/data/ from the reference data set.
 
 Why a script: the bundled files are derived (gzipped copies, compact NumPy forms, a small Lambda
-region table), and a reviewer must be able to rebuild them byte for byte from `../shared/data`
-and see exactly what was changed. Outputs are deterministic (gzip mtime 0, fixed zip timestamps),
-so re-running it on unchanged inputs leaves `git status` clean.
+region table), and a reviewer must be able to rebuild them byte for byte from the reference data
+set (a directory with `cloud_regions.csv`, `annual_intensity.csv`, `timeseries/` and `pricing/`,
+each with its README; see docs/data-sources.md §3) and see exactly what was changed. Outputs
+are deterministic (gzip mtime 0, fixed zip timestamps), so re-running it on unchanged inputs
+leaves `git status` clean.
 
-Usage: `python scripts/build_data.py [--source ../shared/data] [--out carbon_optimizer/data]`
+Usage: `python scripts/build_data.py --source DIR [--out carbon_optimizer/data]` (or set
+`REFERENCE_DATA_DIR` instead of `--source`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import csv
 import gzip
 import io
+import os
 import shutil
 import sys
 import zipfile
@@ -25,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data"
+DEFAULT_SOURCE = os.environ.get("REFERENCE_DATA_DIR")
 DEFAULT_OUT = REPO / "carbon_optimizer" / "data"
 
 HOURS_2023 = 8760
@@ -242,7 +246,13 @@ def build_prices(source: Path, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Build all bundled data files; print a summary with sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=Path(DEFAULT_SOURCE) if DEFAULT_SOURCE else None,
+        required=DEFAULT_SOURCE is None,
+        help="the reference data directory (default: $REFERENCE_DATA_DIR)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     source: Path = args.source

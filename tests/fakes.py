@@ -9,6 +9,7 @@ import numpy as np
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.errors import ProviderUnavailable
+from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 
 FIXED_NOW = datetime(2026, 6, 3, 10, 0, tzinfo=UTC)  # a Wednesday
 
@@ -31,19 +32,26 @@ class FakeCarbon:
         self.label = label
         self.calls: list[tuple[str, datetime, datetime]] = []
 
-    async def series(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
+    def signals(self, zone: str) -> frozenset[Signal]:
+        return frozenset({Signal.AVERAGE})
+
+    async def series(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult:
         self.calls.append((zone, start, end))
         first = start.replace(minute=0, second=0, microsecond=0)
         hours = int(-(-(end - first).total_seconds() // 3600))
         base = int(first.timestamp() // 3600)
         profile = self.profiles.get(zone, _flat)
         values = np.array([profile(base + i) for i in range(hours)], dtype=np.float64)
-        return CarbonSeries(
-            zone=zone,
-            start=first,
-            step=timedelta(hours=1),
-            values=values,
-            runs=(SourceRun(0, hours, self.label),),
+        return SeriesResult(
+            CarbonSeries(
+                zone=zone,
+                start=first,
+                step=timedelta(hours=1),
+                values=values,
+                runs=(SourceRun(0, hours, self.label),),
+            )
         )
 
 
@@ -55,7 +63,12 @@ class FailingCarbon:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def series(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
+    def signals(self, zone: str) -> frozenset[Signal]:
+        return frozenset({Signal.AVERAGE})
+
+    async def series(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult:
         self.calls += 1
         raise ProviderUnavailable("upstream timed out", source="electricitymaps")
 

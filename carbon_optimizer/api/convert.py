@@ -1,14 +1,26 @@
-"""Request schemas → domain query objects (the only place that knows both)."""
+"""Request schemas → domain query objects (the only place that knows both).
+
+Request times are floored to the whole second here, once, for the window and the baseline alike:
+responses speak in whole seconds, and a baseline and its candidates must start on the same
+instant or a request would report savings against itself (and sub-second offsets would make equal
+windows differ in the last bits, deciding ties by noise instead of by the earlier start).
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from carbon_optimizer.api.schemas import LocationSpec, OptimizeRequest
 from carbon_optimizer.domain.gpu import expand_gpu_models
 from carbon_optimizer.domain.models import GpuRequirement, Objective, ObjectiveMode, PriceType, Workload
 from carbon_optimizer.errors import InvalidInput
+from carbon_optimizer.providers.carbon.base import Signal
 from carbon_optimizer.service import LocationQuery, OptimizeQuery
+
+
+def whole_second(when: datetime | None) -> datetime | None:
+    """`when` floored to the second (offset kept: the service converts to UTC)."""
+    return None if when is None else when.replace(microsecond=0)
 
 
 def location_query(spec: LocationSpec, loc: tuple[str | int, ...]) -> LocationQuery:
@@ -62,8 +74,8 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         workload=workload,
         locations=locations,
         providers=list(body.providers) if body.providers is not None else None,
-        earliest_start=window.earliest_start if window else None,
-        deadline=window.deadline if window else None,
+        earliest_start=whole_second(window.earliest_start) if window else None,
+        deadline=whole_second(window.deadline) if window else None,
         objective=objective,
         time_step=timedelta(minutes=body.time_step_minutes),
         max_results=body.max_results,
@@ -72,6 +84,7 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
             if body.baseline
             else None
         ),
-        baseline_start=body.baseline.start if body.baseline else None,
+        baseline_start=whole_second(body.baseline.start) if body.baseline else None,
         request_id=request_id,
+        signal=Signal(body.signal),
     )

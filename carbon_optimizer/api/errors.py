@@ -161,6 +161,12 @@ async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     return problem_response(500, "The server could not complete this request")
 
 
+def _is_json_probe(response: dict[str, Any]) -> bool:
+    """A probe's 503 (`/readyz`) is its own small JSON body, not a problem."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return str(schema.get("$ref", "")).endswith("/ReadinessOut")
+
+
 def use_problem_media_type(schema: dict[str, Any]) -> None:
     """Document every 4xx/5xx response as `application/problem+json` with the ProblemOut schema.
 
@@ -173,7 +179,7 @@ def use_problem_media_type(schema: dict[str, Any]) -> None:
             if not isinstance(operation, dict):
                 continue
             for status, response in operation.get("responses", {}).items():
-                if status[:1] in ("4", "5") and isinstance(response, dict):
+                if status[:1] in ("4", "5") and isinstance(response, dict) and not _is_json_probe(response):
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.pop("HTTPValidationError", None)

@@ -1,7 +1,7 @@
 """Per-client rate limiting with slowapi, shared through Redis, degrading to memory when Redis dies.
 
 Why it looks like this:
-- The `Limiter` is built by `install_rate_limit` (called from the app factory), never at import:
+- The `Limiter` is built by `RateLimiting.from_settings` (called from the app factory), never at import:
   each gunicorn worker builds its own after the fork, and tests build apps with their own limits.
 - Counters live in Redis (`storage_uri` = `CARBON_OPTIMIZER_REDIS__URL`) so every worker and every
   replica shares one count per client. Without a Redis URL the count is per process (logged).
@@ -9,16 +9,18 @@ Why it looks like this:
   per client across all routes, fixed window (one Redis round trip per request). The client is the
   API key's non-secret client id when a *valid* key is presented (an invalid key must not buy a
   fresh bucket), else the client IP. `X-Forwarded-For` is honoured only when the direct peer is in
-  `CARBON_OPTIMIZER_TRUSTED_PROXIES` (IPs or CIDRs), walking the chain from the right.
+  `CARBON_OPTIMIZER_TRUSTED_PROXIES` (IPs or CIDRs), walking the chain from the right over at
+  most `CARBON_OPTIMIZER_EDGE__TRUSTED_PROXY_HOPS` entries (see `client_ip`).
 - A refused request is a 429 problem+json with `Retry-After` (seconds) and `X-RateLimit-*`.
 - slowapi's `Limiter` holds the configuration (limit string, strategy, key prefix, enable switch,
   `storage_uri`), but the per-request hit goes through the same `limits` library's asyncio storage
   (`AsyncCounter`): slowapi's own check calls the synchronous storage on the event loop, and that
   blocking Redis round trip cost ~47 % of throughput under gunicorn (bench/bench_deploy.py).
-- Redis down: count in per-process memory and re-probe Redis with back-off (1 s … 32 s), as
-  slowapi's `in_memory_fallback_enabled` does; each Redis call is bounded by the Redis socket
-  timeout, so a hung Redis costs at most one short timeout. Probes (`/healthz`, `/readyz`,
-  `/metrics`) are never limited.
+- Redis down: count in per-process memory with the limit divided by workers x replicas (or fail
+  closed, `CARBON_OPTIMIZER_EDGE__RATE_LIMIT_REDIS_DOWN`), and re-probe Redis with back-off
+  (1 s … 32 s), as slowapi's `in_memory_fallback_enabled` does; each Redis round trip is bounded
+  by `CARBON_OPTIMIZER_EDGE__RATE_LIMIT_REDIS_TIMEOUT_S`, so a hung Redis costs at most one short
+  deadline and never queues requests. Probes (`/healthz`, `/readyz`, `/metrics`) are never limited.
 - Pure-ASGI middleware instead of slowapi's `BaseHTTPMiddleware` variant (hot path; see
   docs/architecture.md); it calls the limiter's request check the way slowapi's own ASGI
   middleware does.
@@ -33,7 +35,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,7 +56,6 @@ from carbon_optimizer.api.security import (
     PROBE_PATHS,
     ApiKeyStore,
     extend_openapi,
-    insert_middleware,
     operations,
     problem_response_doc,
     send_problem,
@@ -97,8 +98,17 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-def client_ip(scope: Scope, trusted: TrustedProxies) -> str:
-    """The caller's IP: the direct peer, or the right-most untrusted `X-Forwarded-For` hop."""
+def client_ip(scope: Scope, trusted: TrustedProxies, max_hops: int = 1) -> str:
+    """The caller's IP: the direct peer, or the address a trusted proxy vouched for in `X-Forwarded-For`.
+
+    Each hop of the header was written by the party to its right (the last one by the direct
+    peer). A hop is believed only if a trusted party wrote it, so the walk goes right to left, at
+    most `max_hops` entries (the number of proxy layers in front of us), and stops at the first
+    untrusted address. Anything it cannot use never becomes a bucket of its own: a value that is
+    not an IP ends the walk at the last address a trusted party vouched for, and so does running
+    out of hops (a client inside the trusted range cannot pick a fresh bucket by forging entries
+    left of the ones our proxies wrote).
+    """
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     if not trusted or not trusted.contains(peer):
@@ -108,19 +118,22 @@ def client_ip(scope: Scope, trusted: TrustedProxies) -> str:
         if name == b"x-forwarded-for":
             hops.extend(h.strip() for h in value.decode("latin-1").split(","))
     hops = [h for h in hops if h]
-    # Right to left: each trusted proxy appended the address it saw; the first one we don't
-    # trust is the client (anything left of it may be forged by that client).
-    for hop in reversed(hops):
-        if not trusted.contains(hop):
-            return _normalise_ip(hop)
-    return _normalise_ip(hops[0]) if hops else peer
+    current = peer
+    for hop in reversed(hops[-max_hops:]):
+        address = _parse_ip(hop)
+        if address is None:
+            return current
+        current = address
+        if not trusted.contains(address):
+            return address
+    return current
 
 
-def _normalise_ip(text: str) -> str:
+def _parse_ip(text: str) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        return text[:64]  # not an IP (e.g. "unknown"): keep it bounded, it is only a bucket name
+        return None
 
 
 def _rate_key(request: Request) -> str:
@@ -142,8 +155,9 @@ def build_limiter(settings: Settings) -> Limiter:
     """
     storage_uri = "memory://"
     storage_options: dict[str, Any] = {}
-    if settings.redis.url is not None:
-        storage_uri = settings.redis.url.get_secret_value()
+    url = settings.edge.rate_limit_redis_url or settings.redis.url
+    if url is not None:
+        storage_uri = url.get_secret_value()
         storage_options = {
             "socket_connect_timeout": settings.redis.connect_timeout_s,
             "socket_timeout": settings.redis.socket_timeout_s,
@@ -187,6 +201,21 @@ _MAX_RESERVATION = 256
 _MAX_GRANTS = 10_000
 
 
+class LimiterUnavailable(Exception):
+    """Redis is unreachable and the limiter is configured to fail closed."""
+
+
+class _UseLocal(Exception):
+    """Count this request locally: the shared count could not be reached within the deadline."""
+
+
+def _scaled(item: RateLimitItem, share: int) -> RateLimitItem:
+    """The same limit divided among `share` counters (at least 1 request per window)."""
+    if share <= 1:
+        return item
+    return type(item)(max(1, item.amount // share), item.multiples, item.namespace)
+
+
 class AsyncCounter:
     """Counts requests per client: shared in Redis (reserving tokens in batches), memory as fallback.
 
@@ -198,24 +227,35 @@ class AsyncCounter:
       tokens a worker reserved but did not use are not spent by others in that window (a client
       spread over many workers may be refused slightly before the exact limit, never after it).
     - Windows are fixed and aligned to the epoch (`Retry-After` = seconds to the window's end).
-    - Redis unreachable → count in this process's memory and re-probe Redis with back-off (1 s
-      doubling to 32 s), like slowapi's `in_memory_fallback`.
+    - Every Redis round trip, and any wait behind another request's reservation, ends after
+      `edge.rate_limit_redis_timeout_s`: a stalled Redis costs one request at most that long and
+      never queues a client's requests one behind the other (the waiters count locally).
+    - Redis unreachable → by default count in this process's memory with the limit divided by
+      `server.workers x edge.replicas`, so the fleet as a whole still admits about the limit;
+      `edge.rate_limit_redis_down=fail_closed` refuses instead (`LimiterUnavailable`). Redis is
+      re-probed with back-off (1 s doubling to 32 s), like slowapi's `in_memory_fallback`.
     """
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.items = parse_many(settings.rate_limit)
         self.prefix = f"{settings.redis.key_prefix}:rl"
         self.memory = AsyncFixedWindow(AsyncMemoryStorage())
-        self.timeout_s = settings.redis.socket_timeout_s
+        self.timeout_s = settings.edge.rate_limit_redis_timeout_s
+        self.fail_closed = settings.edge.rate_limit_redis_down == "fail_closed"
         self._redis_storage: AsyncRedisStorage | None = None
-        if settings.redis.url is not None:
+        share = 1
+        url = settings.edge.rate_limit_redis_url or settings.redis.url
+        if url is not None:
+            share = settings.server.workers * settings.edge.replicas
             self._redis_storage = AsyncRedisStorage(
-                settings.redis.url.get_secret_value(),
+                url.get_secret_value(),
                 implementation="redispy",
                 key_prefix=self.prefix,
                 socket_timeout=settings.redis.socket_timeout_s,
                 socket_connect_timeout=settings.redis.connect_timeout_s,
             )
+        # Without any Redis URL the count is per process by design (embedded mode, logged).
+        self.local_items = [_scaled(item, share) for item in self.items]
         self._grants: OrderedDict[str, _Grant] = OrderedDict()
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._clock = clock
@@ -241,25 +281,39 @@ class AsyncCounter:
         self._retry_at = self._clock() + self._backoff_s
 
     async def hit(self, key: str) -> tuple[RateLimitItem, int] | None:
-        """Count one request for `key`; None if allowed, else (exceeded limit, Retry-After seconds)."""
-        for item in self.items:
+        """Count one request for `key`; None if allowed, else (exceeded limit, Retry-After seconds).
+
+        Raises `LimiterUnavailable` only when configured to fail closed and Redis is unreachable.
+        """
+        for item, local_item in zip(self.items, self.local_items, strict=True):
             if self._use_redis():
                 try:
                     retry_after = await self._hit_redis(item, key)
-                except Exception:  # any storage failure: count in memory, never fail the request
+                except _UseLocal:  # another request's reservation is slow or failed: don't queue
+                    retry_after = await self._local(local_item, key)
+                except Exception:  # any storage failure (uvloop raises RuntimeError): never a 5xx
                     self._mark_dead()
-                    retry_after = await self._hit_memory(item, key)
+                    retry_after = await self._local(local_item, key)
                 else:
                     if self.dead:
                         self.dead, self._backoff_s = False, 1.0
+            elif self._redis_storage is not None:
+                retry_after = await self._local(local_item, key)
             else:
                 retry_after = await self._hit_memory(item, key)
             if retry_after is not None:
                 return item, retry_after
         return None
 
+    async def _local(self, item: RateLimitItem, key: str) -> int | None:
+        if self.fail_closed:
+            raise LimiterUnavailable
+        return await self._hit_memory(item, key)
+
     async def _hit_redis(self, item: RateLimitItem, key: str) -> int | None:
         assert self._redis_storage is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         period = item.get_expiry()
         grant_key = item.key_for(key)
         while True:
@@ -278,18 +332,24 @@ class AsyncCounter:
             if pending is None:
                 break
             # Another request of this worker is reserving for the same client: share its result
-            # rather than sending a burst of INCRBYs (and stranding their tokens).
-            await asyncio.shield(pending)
+            # rather than sending a burst of INCRBYs (and stranding their tokens), but only until
+            # our own deadline; if it fails or is slow, count locally (it marks Redis dead itself).
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _UseLocal
+            done, _ = await asyncio.wait({pending}, timeout=remaining)
+            if not done or self.dead:
+                raise _UseLocal
         seen = grant.seen if grant is not None and grant.window == window else 0
         batch = reservation_size(item.amount, seen)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[grant_key] = done
+        done_future: asyncio.Future[None] = loop.create_future()
+        self._pending[grant_key] = done_future
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 count = await self._redis_storage.incr(f"{grant_key}/{window}", period, amount=batch)
         finally:
             del self._pending[grant_key]
-            done.set_result(None)
+            done_future.set_result(None)
         granted = min(batch, item.amount - (count - batch))
         self._grants[grant_key] = _Grant(window=window, left=max(0, granted - 1), seen=count)
         self._grants.move_to_end(grant_key)
@@ -310,22 +370,28 @@ class AsyncCounter:
 
 
 class RateLimitMiddleware:
-    """Pure-ASGI slowapi check: 429 problem+json with `Retry-After` when a client is over its limit."""
+    """Pure-ASGI check: 429 problem+json with `Retry-After` when a client is over its limit.
+
+    It also closes the counter's Redis pool when the ASGI lifespan shuts down (the lifespan
+    messages pass through every middleware), so it needs no hook in the app's own lifespan.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        limiter: Limiter,
         counter: AsyncCounter,
+        enabled: bool,
         trusted_proxies: TrustedProxies,
+        trusted_hops: int = 1,
         key_store: ApiKeyStore | None = None,
         exempt_paths: Iterable[str] = PROBE_PATHS,
     ) -> None:
         self.app = app
-        self.limiter = limiter
         self.counter = counter
+        self.enabled = enabled
         self.trusted = trusted_proxies
+        self.trusted_hops = trusted_hops
         self.key_store = key_store
         self.exempt_paths = frozenset(exempt_paths)
         self._fallback_reported = False
@@ -335,13 +401,16 @@ class RateLimitMiddleware:
             client_id, _ = self.key_store.resolve(scope)
             if client_id is not None:
                 return "key:" + client_id
-        return "ip:" + client_ip(scope, self.trusted)
+        return "ip:" + client_ip(scope, self.trusted, self.trusted_hops)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_send(send))
+            return
         if (
             scope["type"] != "http"
-            or not self.limiter.enabled
+            or not self.enabled
             or scope["path"] in self.exempt_paths
             or scope["method"] == "OPTIONS"  # CORS preflights are answered outside; never count them
         ):
@@ -353,7 +422,18 @@ class RateLimitMiddleware:
             scope["state"] = state
         key = self._key(scope)
         state[_RATE_KEY] = key
-        exceeded = await self.counter.hit(key)
+        try:
+            exceeded = await self.counter.hit(key)
+        except LimiterUnavailable:
+            self._report_fallback()
+            await send_problem(
+                send,
+                503,
+                "Service Unavailable",
+                "The rate limiter's shared store is unreachable and this service fails closed.",
+                [(b"retry-after", b"5")],
+            )
+            return
         self._report_fallback()
         if exceeded is not None:
             RATE_LIMITED.inc()
@@ -361,6 +441,14 @@ class RateLimitMiddleware:
             await self._too_many(item, retry_after, send)
             return
         await self.app(scope, receive, send)
+
+    def _closing_send(self, send: Send) -> Send:
+        async def closing_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.counter.aclose()
+            await send(message)
+
+        return closing_send
 
     def _report_fallback(self) -> None:
         dead = self.counter.dead
@@ -398,52 +486,41 @@ def _document_429(schema: dict[str, Any], limit: str) -> None:
         operation.setdefault("responses", {})["429"] = response
 
 
-def _close_on_shutdown(app: FastAPI, counter: AsyncCounter) -> None:
-    """Wrap the app's lifespan so the counter's Redis pool closes when the app stops."""
-    inner = app.router.lifespan_context
+@dataclass(frozen=True)
+class RateLimiting:
+    """The limiter's parts, built once per app by the factory; `middleware()` is its list entry."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            try:
-                yield state
-            finally:
-                await counter.aclose()
+    settings: Settings
+    limiter: Limiter
+    counter: AsyncCounter
 
-    app.router.lifespan_context = lifespan
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiting:
+        """Build the limiter (fails fast at start-up on a malformed limit string)."""
+        parse_many(settings.rate_limit)
+        return cls(settings=settings, limiter=build_limiter(settings), counter=AsyncCounter(settings))
 
-
-def install_rate_limit(app: FastAPI, settings: Settings) -> Limiter:
-    """Build the limiter and install its middleware just outside API-key auth (if installed)."""
-    from carbon_optimizer.api.security import ApiKeyMiddleware
-
-    parse_many(settings.rate_limit)  # fail fast at start-up on a malformed limit string
-    limiter = build_limiter(settings)
-    counter = AsyncCounter(settings)
-    app.state.limiter = limiter
-    app.state.rate_counter = counter
-    _close_on_shutdown(app, counter)
-    store = getattr(app.state, "api_key_store", None)
-    if store is None:
-        store = ApiKeyStore.from_settings(settings)
-        app.state.api_key_store = store
-    insert_middleware(
-        app,
-        Middleware(
+    def middleware(self, key_store: ApiKeyStore) -> Middleware:
+        """The `RateLimitMiddleware` entry for the app's middleware list (it goes outside auth)."""
+        return Middleware(
             RateLimitMiddleware,
-            limiter=limiter,
-            counter=counter,
-            trusted_proxies=TrustedProxies(settings.trusted_proxies),
-            key_store=store,
-        ),
-        outside_of=ApiKeyMiddleware,
-    )
-    if settings.rate_limit_enabled:
+            counter=self.counter,
+            enabled=self.settings.rate_limit_enabled,
+            trusted_proxies=TrustedProxies(self.settings.trusted_proxies),
+            trusted_hops=self.settings.edge.trusted_proxy_hops,
+            key_store=key_store,
+        )
+
+    def document(self, app: FastAPI) -> None:
+        """Describe 429 in the OpenAPI document and log how requests are counted."""
+        settings = self.settings
+        if not settings.rate_limit_enabled:
+            logger.warning("Rate limiting is disabled (CARBON_OPTIMIZER_RATE_LIMIT_ENABLED=false)")
+            return
         extend_openapi(app, lambda schema: _document_429(schema, settings.rate_limit))
-    if not settings.rate_limit_enabled:
-        logger.warning("Rate limiting is disabled (CARBON_OPTIMIZER_RATE_LIMIT_ENABLED=false)")
-    elif settings.redis.url is None:
-        logger.warning("No Redis URL: rate limits (%s) are counted per worker process", settings.rate_limit)
-    else:
-        logger.info("Rate limit %s per client, counted in Redis", settings.rate_limit)
-    return limiter
+        if settings.redis.url is None:
+            logger.warning(
+                "No Redis URL: rate limits (%s) are counted per worker process", settings.rate_limit
+            )
+        else:
+            logger.info("Rate limit %s per client, counted in Redis", settings.rate_limit)

@@ -6,50 +6,87 @@ within the same minute and within `ttl_s` (default 15 s, shorter than the carbon
 tier) gets the stored answer with a fresh `request_id` and `generated_at`. The data can therefore
 be at most `ttl_s` older than a recomputation would see. `Cache-Control: no-cache` on the request
 bypasses it; responses say `X-Result-Cache: hit|miss|bypass`.
+
+Bounded twice: by entries and by bytes (`edge.result_cache_max_bytes`). Entries are keyed by a
+16-byte BLAKE2b digest of the body, not the body itself (large bodies used to cost +70–90 MB per
+worker), and each answer is charged its serialised size; an answer larger than the whole budget
+is simply not cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
+_ENTRY_OVERHEAD = 200  # dict slot, tuple, key bytes object, float: roughly, per entry
+
 
 class ResultCache:
-    """LRU of response bodies keyed by (request bytes, minute), each valid for `ttl_s`."""
+    """LRU of answers keyed by (digest of the request bytes, minute), each valid for `ttl_s`."""
 
     def __init__(
-        self, *, max_entries: int = 256, ttl_s: float = 15.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_entries: int = 256,
+        ttl_s: float = 15.0,
+        max_bytes: int = 16 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[tuple[bytes, int], tuple[float, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[tuple[bytes, int], tuple[float, dict[str, Any], int]] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def _key(body: bytes, minute: int) -> tuple[bytes, int]:
+        return hashlib.blake2b(body, digest_size=16).digest(), minute
 
     def get(self, body: bytes, minute: int) -> dict[str, Any] | None:
         """The stored answer for this body in this minute, if still fresh."""
         if self.max_entries == 0:
             return None
-        key = (body, minute)
+        key = self._key(body, minute)
         hit = self._entries.get(key)
         if hit is None:
             return None
-        stored_at, result = hit
+        stored_at, result, _size = hit
         if self._clock() - stored_at > self.ttl_s:
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return result
 
     def put(self, body: bytes, minute: int, result: dict[str, Any]) -> None:
         """Store an answer (the caller must not mutate it afterwards)."""
-        if self.max_entries == 0:
+        if self.max_entries == 0 or self.max_bytes == 0:
             return
-        self._entries[(body, minute)] = (self._clock(), result)
-        self._entries.move_to_end((body, minute))
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        size = len(orjson.dumps(result)) + _ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        key = self._key(body, minute)
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (self._clock(), result, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: tuple[bytes, int]) -> None:
+        _, _, size = self._entries.pop(key)
+        self._bytes -= size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged to the stored answers (what the byte bound limits)."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)

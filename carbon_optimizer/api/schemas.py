@@ -1,6 +1,7 @@
 """Request and response bodies (pydantic v2), exactly as the API contract names them.
 
-Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset (`AwareDatetime`).
+Requests forbid unknown fields so typos fail loudly; datetimes must carry an offset and lie in the
+accepted range (`ApiDatetime`, api/timebounds.py).
 Response models exist for the OpenAPI document and for tests that validate real responses against
 it; routes serialise plain dicts with orjson on the hot path (measured: response-model validation
 of a 5-option answer costs more than the scoring itself).
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from carbon_optimizer.api.timebounds import ApiDatetime
 
 ProviderName = Literal["aws", "azure", "gcp", "lambda"]
 ModeName = Literal["carbon", "cost", "balanced", "carbon_within_budget", "monetized"]
@@ -23,24 +26,36 @@ class _Strict(BaseModel):
 class GpuSpec(_Strict):
     """GPUs the job needs; `model` is a normalised name or family (`A100` accepts both A100 sizes)."""
 
-    count: int = Field(default=1, ge=1, le=64)
-    model: str | None = Field(default=None, min_length=1, max_length=64, examples=["A100-80GB"])
+    count: int = Field(default=1, ge=1, le=64, description="GPUs per instance.")
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        examples=["A100-80GB"],
+        description="GPU model or family (case and punctuation ignored); omitted: any model.",
+    )
 
 
 class WorkloadSpec(_Strict):
     """The job: how long it runs and how big it is."""
 
-    duration_minutes: int = Field(ge=1, le=10080, examples=[180])
-    vcpus: int = Field(ge=1, le=4096, examples=[8])
-    memory_gib: float = Field(gt=0, le=65536, examples=[32])
-    gpu: GpuSpec | None = None
+    duration_minutes: int = Field(
+        ge=1, le=10080, examples=[180], description="Run time in minutes (≤ 7 days)."
+    )
+    vcpus: int = Field(
+        ge=1, le=4096, examples=[8], description="vCPUs the job needs (the smallest fit is picked)."
+    )
+    memory_gib: float = Field(gt=0, le=65536, examples=[32], description="Memory the job needs, GiB.")
+    gpu: GpuSpec | None = Field(default=None, description="GPUs the job needs; omitted: none.")
     instance_types: dict[ProviderName, Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None, description="Pin the instance type per provider instead of letting the engine pick."
     )
     power_watts: float | None = Field(
         default=None, gt=0, le=1_000_000, description="Average IT power draw; overrides the energy model."
     )
-    price_type: Literal["on_demand", "spot"] = "on_demand"
+    price_type: Literal["on_demand", "spot"] = Field(
+        default="on_demand", description="Which list price to use: on-demand or spot (interruptible)."
+    )
     cpu_architecture: Literal["x86_64", "arm64", "any"] = Field(
         default="x86_64", description="CPU architecture the job's image runs on (auto-selection only)."
     )
@@ -52,9 +67,16 @@ class WorkloadSpec(_Strict):
 class LocationSpec(_Strict):
     """A cloud region (`provider` + `region`) or a grid zone (`zone`), never both."""
 
-    provider: ProviderName | None = None
-    region: str | None = Field(default=None, min_length=1, max_length=64)
-    zone: str | None = Field(default=None, min_length=1, max_length=64)
+    provider: ProviderName | None = Field(default=None, description="Cloud provider (with `region`).")
+    region: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Provider's region name, e.g. us-east-1."
+    )
+    zone: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Electricity Maps grid zone, e.g. DE or US-CAL-CISO (instead of provider + region).",
+    )
     price_usd_per_hour: float | None = Field(
         default=None,
         ge=0,
@@ -75,17 +97,36 @@ class LocationSpec(_Strict):
 class WindowSpec(_Strict):
     """When the job may run: start no earlier than `earliest_start`, end no later than `deadline`."""
 
-    earliest_start: AwareDatetime | None = None
-    deadline: AwareDatetime | None = None
+    earliest_start: ApiDatetime | None = Field(
+        default=None, description="Earliest start, with offset; default and anything in the past: now."
+    )
+    deadline: ApiDatetime | None = Field(
+        default=None,
+        description="Latest allowed END of the run; default earliest_start + 24 h; window ≤ 7 days.",
+    )
 
 
 class ObjectiveSpec(_Strict):
     """Ranking mode and its parameters."""
 
-    mode: ModeName = "balanced"
-    carbon_weight: float = Field(default=0.5, ge=0, le=1)
-    max_cost_increase_pct: float = Field(default=10.0, ge=0, le=10_000)
-    carbon_price_usd_per_tonne: float | None = Field(default=None, ge=0, le=1_000_000)
+    mode: ModeName = Field(
+        default="balanced",
+        description=(
+            "carbon: least emissions; cost: least cost; balanced: carbon_weight × emissions/min_emissions + "
+            "(1 − carbon_weight) × cost/min_cost; carbon_within_budget: least emissions among options "
+            "costing ≤ (1 + max_cost_increase_pct/100) × min_cost; monetized: least cost + emissions priced "
+            "at carbon_price_usd_per_tonne. Ties: earlier start, then request order."
+        ),
+    )
+    carbon_weight: float = Field(
+        default=0.5, ge=0, le=1, description="balanced only: weight of carbon, 0..1."
+    )
+    max_cost_increase_pct: float = Field(
+        default=10.0, ge=0, le=10_000, description="carbon_within_budget only: allowed cost increase, %."
+    )
+    carbon_price_usd_per_tonne: float | None = Field(
+        default=None, ge=0, le=1_000_000, description="monetized only (required there): USD per tCO2e."
+    )
 
     @model_validator(mode="after")
     def _monetized_needs_price(self) -> ObjectiveSpec:
@@ -97,23 +138,40 @@ class ObjectiveSpec(_Strict):
 class BaselineSpec(_Strict):
     """What the savings are measured against (default: first location at earliest_start)."""
 
-    location: LocationSpec
-    start: AwareDatetime | None = None
+    location: LocationSpec = Field(description="Where the job would run without optimisation.")
+    start: ApiDatetime | None = Field(
+        default=None, description="When it would start; default earliest_start."
+    )
 
 
 class OptimizeRequest(_Strict):
     """POST /v1/optimize body."""
 
-    workload: WorkloadSpec
-    locations: list[LocationSpec] | None = Field(default=None, min_length=1, max_length=200)
+    workload: WorkloadSpec = Field(description="The job to place.")
+    locations: list[LocationSpec] | None = Field(
+        default=None, min_length=1, max_length=200, description="Candidate locations (or give `providers`)."
+    )
     providers: list[ProviderName] | None = Field(
         default=None, min_length=1, max_length=4, description="Every catalogued region of these providers."
     )
-    window: WindowSpec | None = None
-    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
-    time_step_minutes: Literal[5, 15, 30, 60] = 60
-    max_results: int = Field(default=5, ge=1, le=100)
-    baseline: BaselineSpec | None = None
+    window: WindowSpec | None = Field(
+        default=None, description="When the job may run; default the next 24 h."
+    )
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, description="How options are ranked.")
+    time_step_minutes: Literal[5, 15, 30, 60] = Field(
+        default=60, description="Spacing of candidate starts from earliest_start, minutes."
+    )
+    max_results: int = Field(default=5, ge=1, le=100, description="How many ranked options to return.")
+    baseline: BaselineSpec | None = Field(
+        default=None, description="What savings are measured against; default the first location, now."
+    )
+    signal: Literal["average", "marginal"] = Field(
+        default="average",
+        description=(
+            "Carbon signal: the grid's average intensity (every zone), or the marginal emissions "
+            "rate (only zones with a source that publishes it; otherwise 422 naming the zones)."
+        ),
+    )
     record: bool | None = Field(
         default=None,
         description="Record the best option in the savings ledger (default: the client's configured "
@@ -130,12 +188,12 @@ class OptimizeRequest(_Strict):
 class EstimateRequest(_Strict):
     """POST /v1/estimate body: the list cost (and footprint) of one instance type for some hours."""
 
-    provider: ProviderName
-    region: str = Field(min_length=1, max_length=64)
-    instance_type: str = Field(min_length=1, max_length=128)
-    hours: float = Field(gt=0, le=8760)
-    price_type: Literal["on_demand", "spot"] = "on_demand"
-    start: AwareDatetime | None = Field(default=None, description="When the run starts (default now).")
+    provider: ProviderName = Field(description="Cloud provider.")
+    region: str = Field(min_length=1, max_length=64, description="Provider's region name.")
+    instance_type: str = Field(min_length=1, max_length=128, description="e.g. m5.large, n2-standard-8.")
+    hours: float = Field(gt=0, le=8760, description="Run time in hours (≤ one year).")
+    price_type: Literal["on_demand", "spot"] = Field(default="on_demand", description="Which list price.")
+    start: ApiDatetime | None = Field(default=None, description="When the run starts (default now).")
 
 
 # ----- responses (documentation + test validation) -----
@@ -144,86 +202,98 @@ class EstimateRequest(_Strict):
 class LocationOut(BaseModel):
     """Where an option runs; `zone` is the Electricity Maps zone used for its carbon data."""
 
-    provider: str | None = None
-    region: str | None = None
-    zone: str
+    provider: str | None = Field(default=None, description="Cloud provider, for a cloud region.")
+    region: str | None = Field(default=None, description="Provider's region name, for a cloud region.")
+    zone: str = Field(description="Electricity Maps zone whose carbon data the option uses.")
 
 
 class OptionOut(BaseModel):
     """One ranked (location, start) option."""
 
-    rank: int | None
-    location: LocationOut
-    instance_type: str | None
-    start: str
-    end: str
-    avg_carbon_intensity_g_per_kwh: float
-    energy_kwh: float
-    emissions_g: float
-    power_watts: float
-    pue: float
-    price_usd_per_hour: float | None
-    cost_usd: float | None
-    score: float | None
-    carbon_source: str
-    price_source: str | None
+    rank: int | None = Field(description="1 = best; null for the baseline.")
+    location: LocationOut = Field(description="Where it runs.")
+    instance_type: str | None = Field(description="Picked (or pinned) instance type; null for a grid zone.")
+    start: str = Field(description="Start, UTC ISO 8601.")
+    end: str = Field(description="End = start + duration, UTC ISO 8601.")
+    avg_carbon_intensity_g_per_kwh: float = Field(
+        description="Time-weighted mean grid intensity over [start, end), gCO2e/kWh."
+    )
+    energy_kwh: float = Field(description="power_watts × pue × hours / 1000, kWh.")
+    emissions_g: float = Field(description="energy_kwh × avg_carbon_intensity_g_per_kwh, gCO2e.")
+    power_watts: float = Field(description="Average IT power draw from the energy model (or given), W.")
+    pue: float = Field(description="Data-centre power usage effectiveness applied.")
+    price_usd_per_hour: float | None = Field(description="List price used, USD/h; null without a price.")
+    cost_usd: float | None = Field(description="price_usd_per_hour × hours, USD.")
+    score: float | None = Field(description="The objective's value (lower is better); null for the baseline.")
+    carbon_source: str = Field(description="Where the intensity came from, e.g. electricitymaps:forecast.")
+    price_source: str | None = Field(description="Where the price came from, e.g. live:aws, bundled:<date>.")
 
 
 class SavingsOut(BaseModel):
     """Best vs baseline; positive means the best option is better."""
 
-    emissions_g: float
-    emissions_pct: float | None
-    cost_usd: float | None
+    emissions_g: float = Field(description="Baseline emissions − best emissions, gCO2e (positive = saved).")
+    emissions_pct: float | None = Field(description="The same as a % of the baseline's emissions.")
+    cost_usd: float | None = Field(description="Baseline cost − best cost, USD (positive = cheaper).")
+    cost_pct: float | None = Field(
+        default=None,
+        description="The same as a % of the baseline's cost (positive = cheaper); null without a cost.",
+    )
 
 
 class InfeasibleOut(BaseModel):
     """A location that could not host the workload, and why."""
 
-    location: LocationOut
-    reason: str
+    location: LocationOut = Field(description="The candidate location.")
+    reason: str = Field(description="Why it cannot host the workload (no fitting instance, no data, …).")
 
 
 class EnergyModelOut(BaseModel):
     """The energy model and the numbers it produced for the best option."""
 
-    name: str
-    source: str
-    watts: float
-    pue: float
-    utilization_pct: float
-    cpu_watts: float
-    memory_watts: float
-    gpu_watts: float
-    gpu_model: str | None
+    name: str = Field(description="Which model produced the draw (e.g. CCF coefficients, or given).")
+    source: str = Field(description="Citation of the coefficients.")
+    watts: float = Field(description="Total average IT draw, W.")
+    pue: float = Field(description="Power usage effectiveness applied on top.")
+    utilization_pct: float = Field(description="CPU utilisation the coefficients assume, %.")
+    cpu_watts: float = Field(description="CPU share of the draw, W.")
+    memory_watts: float = Field(description="Memory share of the draw, W.")
+    gpu_watts: float = Field(description="GPU share of the draw, W.")
+    gpu_model: str | None = Field(description="GPU model whose TDP was used, if any.")
 
 
 class ObjectiveOut(BaseModel):
     """The objective as applied (defaults filled in)."""
 
-    mode: str
-    carbon_weight: float | None = None
-    max_cost_increase_pct: float | None = None
-    carbon_price_usd_per_tonne: float | None = None
+    mode: str = Field(description="The ranking mode applied.")
+    carbon_weight: float | None = Field(default=None, description="balanced: the weight used.")
+    max_cost_increase_pct: float | None = Field(
+        default=None, description="carbon_within_budget: the cap used."
+    )
+    carbon_price_usd_per_tonne: float | None = Field(default=None, description="monetized: the price used.")
 
 
 class OptimizeResponse(BaseModel):
     """POST /v1/optimize answer."""
 
-    request_id: str
-    generated_at: str
-    objective: ObjectiveOut
-    window: dict[str, str]
-    best: OptionOut
-    options: list[OptionOut]
-    baseline: OptionOut | None
-    savings: SavingsOut | None
-    candidates_evaluated: int
-    infeasible: list[InfeasibleOut]
-    energy_model: EnergyModelOut
-    warnings: list[str]
+    request_id: str = Field(description="Echo of X-Request-ID, or a generated id; quote it in reports.")
+    generated_at: str = Field(description="When the answer was computed, UTC ISO 8601.")
+    objective: ObjectiveOut = Field(description="The objective as applied.")
+    window: dict[str, str] = Field(description="The window as applied: earliest_start and deadline, UTC.")
+    best: OptionOut = Field(description="The rank-1 option.")
+    options: list[OptionOut] = Field(description="Ranked options, best first (at most max_results).")
+    baseline: OptionOut | None = Field(description="The option savings are measured against.")
+    savings: SavingsOut | None = Field(description="Best vs baseline.")
+    candidates_evaluated: int = Field(description="(location, start) pairs scored.")
+    infeasible: list[InfeasibleOut] = Field(
+        description="Locations that could not host the workload, and why."
+    )
+    energy_model: EnergyModelOut = Field(description="The energy model behind the best option.")
+    warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
     # Present only when the placement was to be recorded (see docs/ledger.md).
-    placement_id: str | None = None
+    placement_id: str | None = Field(
+        default=None, description="Savings-ledger id of the recorded best option (only when recording)."
+    )
     recorded: bool | None = Field(default=None, description="Committed to the ledger database.")
     queued: bool | None = Field(
         default=None, description="Held in memory and retried because the database did not commit in time."
@@ -233,9 +303,14 @@ class OptimizeResponse(BaseModel):
 class ProblemOut(BaseModel):
     """RFC 9457 problem details, as every error is returned."""
 
-    type: str
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[dict[str, object]] | None = None
-    instance: str | None = None
+    type: str = Field(description="A URI naming the problem kind (about:blank for plain HTTP errors).")
+    title: str = Field(description="Short, stable summary of the kind.")
+    status: int = Field(description="The HTTP status, repeated.")
+    detail: str | None = Field(default=None, description="What went wrong in this request, for people.")
+    errors: list[dict[str, object]] | None = Field(
+        default=None, description="422 only: each invalid field (`loc` names it, as pydantic does)"
+    )
+    infeasible: list[InfeasibleOut] | None = Field(
+        default=None, description="422 nothing-feasible only: every candidate location and why it failed"
+    )
+    instance: str | None = Field(default=None, description="The request id, for support.")

@@ -27,10 +27,13 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from prometheus_client import Counter
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from carbon_optimizer.api.docs import docs_paths
 from carbon_optimizer.logging_config import CLIENT_ID_STATE_KEY
 from carbon_optimizer.settings import Settings
 
@@ -182,17 +185,21 @@ class ApiKeyMiddleware:
         else:
             challenge = b'Bearer realm="carbon-optimizer"'
             detail = "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
-        await send_problem(send, 401, "Unauthorized", detail, [(b"www-authenticate", challenge)])
+        headers = [(b"www-authenticate", challenge)]
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            # The body was never read (and never will be): close instead of keeping a slow,
+            # unauthenticated client's half-sent body on the connection.
+            headers.append((b"connection", b"close"))
+        await send_problem(send, 401, "Unauthorized", detail, headers)
 
 
-# Headers for JSON API responses. The docs pages need scripts and styles from a CDN, so they get a
-# CSP that allows exactly that instead of `default-src 'none'`.
+# Headers for JSON API responses. The docs pages load their scripts and styles from this origin
+# (api/docs.py) plus one inline bootstrap script, so they get a CSP that allows exactly that instead
+# of `default-src 'none'` — and no third-party host.
 _API_CSP: Final = b"default-src 'none'; frame-ancestors 'none'"
 _DOCS_CSP: Final = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"img-src 'self' data: https://fastapi.tiangolo.com; "
-    b"frame-ancestors 'none'"
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; frame-ancestors 'none'"
 )
 
 
@@ -306,14 +313,13 @@ def _document_auth(schema: dict[str, Any], exempt_paths: Iterable[str]) -> None:
 
 
 def _docs_paths(app: FastAPI) -> list[str]:
-    return [
-        p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
-    ]
+    return list(docs_paths()) if app.openapi_url else []
 
 
 def _disable_docs(app: FastAPI) -> None:
     """Remove /docs, /redoc and /openapi.json routes that FastAPI added at construction."""
-    paths = set(_docs_paths(app))
+    builtin = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    paths = set(docs_paths()) | {p for p in builtin if p}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
     app.openapi_url = None
     app.docs_url = None
@@ -321,57 +327,27 @@ def _disable_docs(app: FastAPI) -> None:
     app.swagger_ui_oauth2_redirect_url = None
 
 
-def insert_middleware(
-    app: FastAPI,
-    middleware: Middleware,
-    *,
-    inside_of: type | None = None,
-    outside_of: type | None = None,
-) -> None:
-    """Add middleware directly inside/outside an installed one, else as the new outermost.
+def configure_docs(app: FastAPI, settings: Settings) -> frozenset[str]:
+    """Drop the docs routes when disabled; return the docs paths still served (exempt from auth).
 
-    `app.add_middleware` makes the newest middleware the outermost. The auth check must sit inside
-    the rate limiter (so floods of bad keys are throttled) whichever installer the factory calls
-    first; this keeps that order without the factory having to know it.
+    In production the docs are closed unless `CARBON_OPTIMIZER_DOCS_ENABLED=true` says otherwise
+    explicitly: a forgotten setting must not publish the API's schema.
     """
-    stack = app.user_middleware  # index 0 = outermost
-    anchor = inside_of or outside_of
-    if anchor is not None:
-        for index, existing in enumerate(stack):
-            if existing.cls is anchor:  # type: ignore[comparison-overlap]
-                if app.middleware_stack is not None:
-                    raise RuntimeError("Cannot add middleware after an application has started")
-                stack.insert(index + 1 if inside_of is not None else index, middleware)
-                return
-    app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
-
-
-def install_security(app: FastAPI, settings: Settings) -> ApiKeyStore:
-    """Install API-key auth, CORS and security headers; drop the docs routes when disabled.
-
-    Order, outermost first: security headers → CORS → [rate limit] → auth → app. CORS must wrap
-    auth so preflights (which carry no credentials) are answered, and 401/429 responses still get
-    CORS and security headers.
-    """
-    from carbon_optimizer.api.ratelimit import RateLimitMiddleware  # local: avoids an import cycle
-
-    store: ApiKeyStore | None = getattr(app.state, "api_key_store", None)
-    if store is None:
-        store = ApiKeyStore.from_settings(settings)
-        app.state.api_key_store = store
-    if not settings.docs_enabled:
-        _disable_docs(app)
-    docs_paths = _docs_paths(app)
-
-    exempt = set(PROBE_PATHS) | set(docs_paths)
-    insert_middleware(
-        app,
-        Middleware(ApiKeyMiddleware, store=store, exempt_paths=exempt),
-        inside_of=RateLimitMiddleware,
+    production_default = (
+        settings.environment == "production" and "docs_enabled" not in settings.model_fields_set
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
+    if not settings.docs_enabled or production_default:
+        _disable_docs(app)
+    return frozenset(_docs_paths(app))
+
+
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """The CORS layer for the configured allow-list, or nothing when the list is empty."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
@@ -379,15 +355,35 @@ def install_security(app: FastAPI, settings: Settings) -> ApiKeyStore:
             allow_credentials=False,  # keys travel in headers, never cookies
             max_age=600,
         )
-    app.add_middleware(
-        SecurityHeadersMiddleware,
-        hsts=settings.environment == "production",
-        docs_paths=docs_paths,
-    )
+    ]
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight is a 400 problem+json, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """Starlette's preflight answer, re-shaped as problem+json when it refuses."""
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        detail = bytes(response.body).decode("utf-8", "replace")
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")
+        }
+        headers["cache-control"] = "no-store"
+        return Response(
+            problem_body(400, "Bad Request", f"CORS preflight refused: {detail}"),
+            status_code=400,
+            headers=headers,
+            media_type="application/problem+json",
+        )
+
+
+def document_security(app: FastAPI, store: ApiKeyStore, exempt_paths: Iterable[str]) -> None:
+    """Describe auth in the OpenAPI document and log what the key configuration means."""
+    exempt = frozenset(exempt_paths)
     if store.enabled:
         extend_openapi(app, lambda schema: _document_auth(schema, exempt))
-    if not store.enabled:
-        logger.warning("No API keys configured (CARBON_OPTIMIZER_API_KEYS): the API is open to anyone")
-    else:
         logger.info("API-key auth enabled for %d key(s)", len(store))
-    return store
+    else:
+        logger.warning("No API keys configured (CARBON_OPTIMIZER_API_KEYS): the API is open to anyone")

@@ -19,7 +19,7 @@ Choices, documented because they change results:
   instance in one region does not make that region look dirtier. (The instance only supplies the
   GPU model when the workload accepts several.)
 - Memory: CCF adds memory energy only above the memory already inside its SPECpower server figures;
-  we apply 0.392 W per GiB to all of the workload's memory (as research-notes/pricing.md §7.3
+  we apply 0.392 W per GiB to all of the workload's memory (as docs/data-sources.md §2.6
   does) — simpler and a mild overestimate. CCF states the coefficient per GB; we apply it per GiB.
 - GPUs use the same utilisation (50 %) as CPUs, as CCF does. GPU models CCF does not list get
   max = the vendor's published maximum board power / TDP and idle = max × 46/407 (CCF's A100

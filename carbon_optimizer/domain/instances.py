@@ -1,7 +1,7 @@
 """Choose the instance type a workload runs on in one region: pinned, else the cheapest that fits.
 
 Why: the contract sizes jobs by need (vCPUs, GiB, GPUs of accepted models), not by instance
-type, so that regions and providers compare like for like (research-notes/pricing.md §7.1: "the
+type, so that regions and providers compare like for like (docs/data-sources.md §2.5: "the
 smallest shape that contains the request"). This runs once per location per request over tables of
 up to ~1,700 rows, so it is array maths on the `OfferTable` columns: a boolean mask, then a min.
 

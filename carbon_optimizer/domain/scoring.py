@@ -8,8 +8,13 @@ top k are found without sorting the L·K scores (a cheap upper bound, then argpa
 lexsort on the few candidates under it). Python objects are built for the k winners only.
 
 Ties break exactly as the contract says — lower score, then earlier start, then earlier location in
-the request — and because identical windows have bit-identical means (see `series`), a tie in the
-data is a tie in the score rather than a coin toss decided by rounding.
+the request. Scores are compared on a decimal scale: intensities are rounded to 10**-6 g/kWh
+(`series.INTENSITY_DECIMALS`, coarser only if a grid would overflow exact int64 sums) and integrated
+exactly, so windows whose means are equal in decimal at that scale have bit-identical means, equal
+energy and price then give bit-identical scores, and the tie rule — not truncation noise of about
+1e-7 g/kWh — decides their order. Means that differ at that scale are real differences and rank
+as such. Start times are whole seconds (the API floors them once, at the edge), which keeps the
+integrals exact.
 
 Balanced mode divides by the request's minimum emissions and minimum cost. A minimum of zero (a
 zero-carbon zone, a free on-prem location) would divide by zero, so both minima are floored at
@@ -199,7 +204,7 @@ def _window_means_seconds(
             _integrals_into(
                 means[..., pick], cum, a_index[pick], a_offset[pick], b_index[pick], b_offset[pick], step_s
             )
-    # One rounding: the numerator is exact and the scale a power of two.
+    # One rounding: the numerator is exact and scale·duration an exact integer (whole seconds).
     means /= prefix.scale * duration_s
     return means
 

@@ -9,10 +9,13 @@ Why quantised prefix sums: window means come from a cumulative integral F (one s
 instead of a sum over its points). In plain floating point F(b) - F(a) carries rounding noise that
 depends on *where* the window sits, so two windows with identical contents (a flat forecast
 extension, two zones with the same data) would differ in the last bits and the contract's tie-break
-("earlier start, then request order") would be decided by noise. Quantising intensities to a dyadic
-grid (2**-20 g/kWh, far below any source's precision), summing them as int64 and integrating in
-whole seconds keeps every intermediate an exact integer below 2**53, so F is exact and each window
-mean is one correctly rounded division: identical windows give bit-identical means.
+("earlier start, then request order") would be decided by noise. Rounding intensities to a
+*decimal* quantum (10**-6 g/kWh, `INTENSITY_DECIMALS`, finer than any source publishes), summing
+them as int64 and integrating in whole seconds keeps every intermediate an exact integer below
+2**53, so F is exact and each window mean is one correctly rounded division: identical windows give
+bit-identical means, and so do windows whose means are equal in decimal (100.1 and 100.3 against
+100.2 twice). A binary quantum would not do the second: truncating 100.1, 100.2 and 100.3 to
+multiples of 2**-20 leaves the two sums one quantum apart, and ties went to that noise.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from carbon_optimizer.domain.models import CarbonSeries, FloatArray, IntArray
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MINUTE = timedelta(minutes=1)
 _ONE_MICROSECOND = timedelta(microseconds=1)
-# Finest intensity quantum 2**-20 g/kWh (~1e-6); coarsened only if the data would overflow 2**53.
-_MAX_QUANTUM_BITS = 20
+# Intensity quantum 10**-INTENSITY_DECIMALS g/kWh; coarsened only if the data would overflow 2**53.
+INTENSITY_DECIMALS = 6
 # Headroom below 2**53 for the sums of two prefix values and two partial-step terms.
 _EXACT_BITS = 50
 
@@ -44,7 +47,7 @@ def seconds(delta: timedelta) -> float:
 class PrefixSums:
     """Exact cumulative sums of a grid in quantised integer units (see the module docstring).
 
-    With q[l, j] = trunc(values[l, j] · scale) (scale = 2**bits, bits <= 20), `cumulative[l, j]` =
+    With q[l, j] = rint(values[l, j] · scale) (scale = 10**d, d <= INTENSITY_DECIMALS), `cumulative[l, j]` =
     Σ_{i<j} q[l, i], shape (L, N + 1), int64: integer adds are also several times faster than a
     float64 cumsum, which is latency-bound. q itself is cumulative[:, j+1] - cumulative[:, j].
     The integral over [a, b) in g/kWh·s is ((cumulative[b'] - cumulative[a']) · step_seconds
@@ -105,17 +108,22 @@ class IntensityGrid:
             raise ValueError(f"intensity grid has non-finite values in rows {bad.tolist()}")
         # Bound on |cumulative| · step and on any partial-step term, in raw units (g/kWh·s).
         bound = largest * step_s * points
-        bits = _MAX_QUANTUM_BITS
+        decimals = INTENSITY_DECIMALS
         if bound > 0:
-            bits = min(_MAX_QUANTUM_BITS, _EXACT_BITS - math.ceil(math.log2(bound)))
-        scale = math.ldexp(1.0, bits)
-        # Quantise by multiplying straight into the int64 array that is kept (the cast truncates:
-        # error < one quantum) and sum in place: no (L, N) temporaries, whose page faults would
-        # cost more than the arithmetic at this size.
+            # A subnormal bound makes the headroom infinite: the full decimal scale then fits.
+            headroom = math.ldexp(1.0, _EXACT_BITS) / bound
+            if math.isfinite(headroom):
+                decimals = min(INTENSITY_DECIMALS, math.floor(math.log10(headroom)))
+        scale = 10.0**decimals
+        # Quantise: round to the nearest quantum (error <= half a quantum; exact for data with at
+        # most `decimals` decimals), cast into the int64 array that is kept and sum in place. One
+        # float temporary: rint cannot write through the integer cast.
         cumulative = np.empty((rows, points + 1), dtype=np.int64)
         cumulative[:, 0] = 0
         quantised = cumulative[:, 1:]
-        np.multiply(values, scale, out=quantised, casting="unsafe")
+        scaled = np.multiply(values, scale)
+        np.rint(scaled, out=scaled)
+        quantised[...] = scaled
         np.cumsum(quantised, axis=1, out=quantised)
         prefix = PrefixSums(scale=scale, step_seconds=step_s, points=points, cumulative=cumulative)
         # Benign race: two threads would compute the same arrays.

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from carbon_optimizer.errors import InvalidInput
+from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.ledger import db
 from carbon_optimizer.ledger.models import RECORDED
 from carbon_optimizer.ledger.reconciler import Reconciler
@@ -187,10 +188,19 @@ class Ledger:
         for database trouble: the answer then says `recorded: false` with `queued` and a warning.
         Raises `IdempotencyConflict` when the key was used for a different request.
         """
+        if request.get("signal", "average") != "average":
+            # The ledger accounts in average intensity; marginal grams are another quantity and
+            # summing both in one report would claim more than the data supports.
+            return {
+                "placement_id": None,
+                "recorded": False,
+                "queued": False,
+                "warning": "placement not recorded: the savings ledger accounts in average intensity only",
+            }
         cid = client_id or ANONYMOUS
         best = result["best"]
         baseline = result.get("baseline")
-        body = {k: v for k, v in request.items() if k != "record"}
+        body = {k: v for k, v in request.items() if k not in ("record", "signal")}
         explicit = request.get("baseline") is not None
         row = self._row(
             client_id=cid,
@@ -433,7 +443,7 @@ class Ledger:
     def health(self) -> dict[str, Any]:
         """For /health: database reachability as last seen by the writer, queue depth, reconciler."""
         out: dict[str, Any] = {
-            "status": "ok" if self.recorder.healthy else "degraded",
+            "status": ComponentStatus.OK if self.recorder.healthy else ComponentStatus.DEGRADED,
             "queued": self.recorder.depth,
         }
         if self.recorder.last_error:
@@ -467,6 +477,7 @@ async def open_ledger(
     clock: Callable[[], datetime],
     signal: str,
     reconcile: bool = True,
+    wait_for_live: bool = False,
 ) -> AsyncIterator[Ledger]:
     """Engine, repository, writer and reconciler tasks; stopped and disposed on exit.
 
@@ -483,7 +494,9 @@ async def open_ledger(
         retry_interval_s=database.retry_interval_s,
     )
     reconciler = (
-        Reconciler(repository, carbon, settings=settings, clock=clock, fallback=fallback)
+        Reconciler(
+            repository, carbon, settings=settings, clock=clock, fallback=fallback, wait_for_live=wait_for_live
+        )
         if reconcile and settings.reconcile_enabled
         else None
     )

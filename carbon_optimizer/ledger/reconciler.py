@@ -1,7 +1,8 @@
 """Background reconciliation: realised intensity for placements whose window has passed.
 
-For each due placement it asks the carbon provider (the `CarbonIntensityProvider` protocol: live
-history through the cache when Electricity Maps is configured, the bundled data offline) for the
+For each due placement it asks the carbon provider (the `CarbonIntensityProvider` protocol the
+service ranks with: the carbon chain, live history through the cache when a source is configured,
+the bundled data offline) for the
 intensity over what actually ran (the reported outcome, else the plan) and over the baseline
 window, and stores realised emissions of both, hence realised savings and the forecast error.
 
@@ -37,6 +38,11 @@ from carbon_optimizer.settings import LedgerSettings
 log = logging.getLogger(__name__)
 LEASE_NAME: Final = "reconciler"
 _MAX_RETRY_DELAY: Final = timedelta(days=1)
+BUNDLED_PREFIX: Final = "fallback:"  # source labels of the bundled data (providers/carbon/offline.py)
+
+
+class LiveHistoryMissing(CarbonOptimizerError):
+    """The chain answered the window from bundled data only; retried while attempts remain."""
 
 
 def holder_id() -> str:
@@ -56,10 +62,14 @@ class Reconciler:
         clock: Callable[[], datetime],
         fallback: CarbonIntensityProvider | None = None,
         holder: str | None = None,
+        wait_for_live: bool = False,
     ) -> None:
         self.repository = repository
         self.carbon = carbon
         self.fallback = fallback
+        # A live source is configured: a window painted (partly) from the bundled data is retried
+        # until the last attempt instead of being settled on it (the chain fills gaps silently).
+        self.wait_for_live = wait_for_live
         self.settings = settings
         self.clock = clock
         self.holder = holder or holder_id()
@@ -170,11 +180,14 @@ class Reconciler:
     ) -> tuple[float, str]:
         """Time-weighted mean intensity over [start, end) and the sources it came from."""
         try:
-            series = await self.carbon.series(zone, start, end)
+            series = (await self.carbon.series(zone, start, end)).series
         except ProviderError:
             if self.fallback is None or not allow_fallback:
                 raise
-            series = await self.fallback.series(zone, start, end)
+            series = (await self.fallback.series(zone, start, end)).series
+        sources = series.sources_between(start, end)
+        if self.wait_for_live and not allow_fallback and any(s.startswith(BUNDLED_PREFIX) for s in sources):
+            raise LiveHistoryMissing(f"no live history yet for {zone} (only {'+'.join(sources)})")
         grid = align_series([series], start, end)
         mean = evaluate_window(grid, 0, start, end - start)
-        return float(mean), "+".join(series.sources_between(start, end))
+        return float(mean), "+".join(sources)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from carbon_optimizer.domain.models import CarbonSeries, OfferTable, PriceType
+from carbon_optimizer.domain.models import OfferTable, PriceType
+from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 
 
 @runtime_checkable
@@ -14,13 +15,19 @@ class CarbonIntensityProvider(Protocol):
 
     name: str
 
-    async def series(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
-        """Return a series covering at least [start, end) for `zone`.
+    async def series(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult:
+        """Return a series covering at least [start, end) for `zone`, plus its warnings.
 
-        Raises `UnknownZone` for a zone it can never answer, a `ProviderError` subclass when a
-        source fails (callers may fall back), and never returns a partial range silently: a
-        layered provider fills gaps from its fallback and labels them in `CarbonSeries.runs`.
+        Raises `UnknownZone` for a zone it can never answer and `DataUnavailable` when not even
+        the bundled data can; never returns a partial range silently: the chain fills gaps from
+        the bundled data and labels every point in `CarbonSeries.runs`.
         """
+        ...
+
+    def signals(self, zone: str) -> frozenset[Signal]:
+        """The signals answerable for `zone` (always `average`; `marginal` where a source has it)."""
         ...
 
 

@@ -7,7 +7,7 @@ so the subset below stays faithful; elsewhere this renderer is what gets validat
 
 Supported — exactly the features k8s/ uses, anything else is an error, never silently ignored:
 `resources` (files and directories with a kustomization.yaml), `namespace`, `labels` (pairs,
-`includeSelectors: false`: metadata labels only), `images` (newName/newTag), `replicas`,
+`includeSelectors: false`: metadata labels only), `images` (newName/newTag/digest), `replicas`,
 `patches` (inline JSON 6902 with a kind/name target) and `configMapGenerator` (files, with
 `disableNameSuffixHash: true` and labels).
 
@@ -109,12 +109,16 @@ def _apply_images(resources: list[Resource], images: list[dict[str, str]]) -> No
         if not pod:
             continue
         for container in pod.get("initContainers", []) + pod.get("containers", []):
-            name, _, tag = container["image"].partition(":")
+            reference, _, digest = container["image"].partition("@")
+            name, _, tag = reference.partition(":")
             for image in images:
                 if image["name"] == name:
                     new_name = image.get("newName", name)
                     new_tag = image.get("newTag", tag)
-                    container["image"] = f"{new_name}:{new_tag}" if new_tag else new_name
+                    new_digest = image.get("digest", digest)
+                    # Like kustomize 5: `name:tag@digest` (the digest is what the runtime pulls).
+                    reference = f"{new_name}:{new_tag}" if new_tag else new_name
+                    container["image"] = f"{reference}@{new_digest}" if new_digest else reference
 
 
 def _generate_configmaps(base: Path, generators: list[dict[str, Any]]) -> list[Resource]:

@@ -6,8 +6,10 @@ import httpx
 import pytest
 
 from carbon_optimizer.app import AppOverrides
+from carbon_optimizer.settings import ElectricityMapsSettings, Settings
 from tests.api.conftest import ClientFactory
-from tests.fakes import FailingCarbon, fixed_clock
+from tests.fakes import fixed_clock
+from tests.support.http import mocked_upstream
 
 
 async def test_regions_catalog(client: httpx.AsyncClient) -> None:
@@ -114,13 +116,25 @@ async def test_docs_can_be_switched_off(client_factory: ClientFactory) -> None:
 
 
 async def test_estimate_survives_carbon_outage(client_factory: ClientFactory) -> None:
-    async with client_factory(overrides=AppOverrides(carbon=FailingCarbon(), clock=fixed_clock())) as client:
-        response = await client.post(
-            "/v1/estimate",
-            json={"provider": "gcp", "region": "europe-west1", "instance_type": "n2-standard-8", "hours": 2},
+    async with mocked_upstream() as (router, http):
+        router.route(host="api.electricitymaps.com").mock(side_effect=httpx.ConnectError("refused"))
+        settings = Settings(
+            _env_file=None,
+            electricitymaps=ElectricityMapsSettings(api_key="k-test", request_deadline_s=1.0, max_retries=0),
         )
+        async with client_factory(settings, AppOverrides(clock=fixed_clock(), http=http)) as client:
+            response = await client.post(
+                "/v1/estimate",
+                json={
+                    "provider": "gcp",
+                    "region": "europe-west1",
+                    "instance_type": "n2-standard-8",
+                    "hours": 2,
+                },
+            )
     assert response.status_code == 200
-    assert response.json()["warnings"]
+    assert response.json()["carbon_source"].startswith("fallback:")
+    assert any("electricitymaps unavailable" in w for w in response.json()["warnings"])
 
 
 async def test_prices_truncated_flag_at_the_limit_boundary(client: httpx.AsyncClient) -> None:

@@ -13,6 +13,7 @@ from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.settings import ElectricityMapsSettings, Settings
 from tests.api.conftest import ClientFactory
 from tests.fakes import FIXED_NOW, fixed_clock
+from tests.support.http import mocked_upstream
 
 BASE = "https://api.electricitymaps.com/v3"
 TOKEN = "em-test-token-do-not-log"
@@ -79,9 +80,9 @@ def _upstream(router: respx.Router) -> None:
 async def test_live_forecast_drives_the_ranking(
     client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    async with mocked_upstream() as (router, http):
         _upstream(router)
-        async with client_factory(settings(), AppOverrides(clock=fixed_clock())) as client:
+        async with client_factory(settings(), AppOverrides(clock=fixed_clock(), http=http)) as client:
             response = await client.post("/v1/optimize", json=REQUEST)
             health = (await client.get("/health")).json()
         forecast_calls = [c for c in router.calls if c.request.url.path.endswith("/forecast")]
@@ -101,11 +102,11 @@ async def test_live_forecast_drives_the_ranking(
 
 
 async def test_upstream_outage_is_a_labelled_200(client_factory: ClientFactory) -> None:
-    with respx.mock(assert_all_called=False) as router:
+    async with mocked_upstream() as (router, http):
         router.route(host="api.electricitymaps.com").mock(
             return_value=httpx.Response(500, json={"status": "error", "message": "Unknown error occured"})
         )
-        async with client_factory(settings(), AppOverrides(clock=fixed_clock())) as client:
+        async with client_factory(settings(), AppOverrides(clock=fixed_clock(), http=http)) as client:
             response = await client.post("/v1/optimize", json=REQUEST)
             series = await client.get("/v1/zones/ZA/carbon-intensity")
     assert response.status_code == 200, response.text
@@ -124,9 +125,9 @@ async def test_window_beyond_the_forecast_horizon_mixes_sources(client_factory: 
         "window": {"earliest_start": "2026-06-06T08:00:00Z", "deadline": "2026-06-06T14:00:00Z"},
         "max_results": 10,
     }
-    with respx.mock(assert_all_called=False) as router:
+    async with mocked_upstream() as (router, http):
         _upstream(router)
-        async with client_factory(settings(), AppOverrides(clock=fixed_clock())) as client:
+        async with client_factory(settings(), AppOverrides(clock=fixed_clock(), http=http)) as client:
             data = (await client.post("/v1/optimize", json=request)).json()
     # The forecast ends at now + 72 h = 2026-06-06T10:00Z (inclusive row): later hours are replayed 2023.
     sources = {o["start"][11:16]: o["carbon_source"] for o in data["options"]}

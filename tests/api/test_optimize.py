@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from carbon_optimizer.api.schemas import OptimizeResponse
 from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.domain.instances import ARM, BURSTABLE, instance_traits
 from carbon_optimizer.domain.models import PriceType
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
+from carbon_optimizer.settings import ElectricityMapsSettings, Settings
 from tests.api.conftest import ClientFactory
-from tests.fakes import FIXED_NOW, FailingCarbon, FakeCarbon, fixed_clock, hour_of
+from tests.fakes import FIXED_NOW, FakeCarbon, fixed_clock, hour_of
+from tests.support.http import mocked_upstream
 
 LOW_HOURS = {hour_of(datetime(2026, 6, 3, 14, tzinfo=UTC)), hour_of(datetime(2026, 6, 3, 15, tzinfo=UTC))}
 
@@ -226,14 +229,21 @@ async def test_nothing_feasible_is_a_422_with_reasons(client: Any) -> None:
 
 
 async def test_upstream_failure_degrades_to_bundled_data(client_factory: ClientFactory) -> None:
-    failing = FailingCarbon()
-    async with client_factory(overrides=AppOverrides(carbon=failing, clock=fixed_clock())) as client:
-        response = await client.post("/v1/optimize", json=body())
+    # The real chain with a failing upstream (mocked at the network boundary): the chain itself
+    # ends in the bundled data, the service has no fallback of its own.
+    async with mocked_upstream() as (router, http):
+        router.route(host="api.electricitymaps.com").mock(return_value=httpx.Response(503))
+        settings = Settings(
+            _env_file=None,
+            electricitymaps=ElectricityMapsSettings(api_key="k-test", request_deadline_s=1.0, max_retries=0),
+        )
+        async with client_factory(settings, AppOverrides(clock=fixed_clock(), http=http)) as client:
+            response = await client.post("/v1/optimize", json=body())
+        assert router.calls.call_count >= 2
     assert response.status_code == 200
     data = response.json()
-    assert failing.calls >= 2
     assert data["best"]["carbon_source"] == "fallback:replay-2023"
-    assert any("fallback" in w for w in data["warnings"])
+    assert any("electricitymaps unavailable" in w and "fallback" in w for w in data["warnings"])
 
 
 async def test_providers_shortcut_expands_to_catalogued_regions(client: Any) -> None:

@@ -27,11 +27,11 @@ from carbon_optimizer.api.ratelimit import (
     AsyncCounter,
     TrustedProxies,
     client_ip,
-    install_rate_limit,
     reservation_size,
 )
-from carbon_optimizer.api.security import client_id_for, install_security
+from carbon_optimizer.api.security import client_id_for
 from carbon_optimizer.settings import Settings
+from tests.api._edge import tiny_edge
 
 KEY_A = "rl-key-alpha-0123456789abcdef"
 KEY_B = "rl-key-bravo-0123456789abcdef"
@@ -58,9 +58,7 @@ def tiny_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    install_security(app, settings)
-    install_rate_limit(app, settings)
-    return app
+    return tiny_edge(app, settings)
 
 
 @asynccontextmanager
@@ -128,28 +126,53 @@ async def test_keys_get_separate_buckets_and_invalid_keys_share_the_ip_bucket() 
 
 
 def test_malformed_limit_fails_at_install() -> None:
-    with pytest.raises(ValueError, match="couldn't parse"):
+    # Refused by Settings validation now (one clear line at start-up); limits' own parser is the backstop.
+    with pytest.raises(ValueError, match=r"couldn't parse|limits syntax"):
         tiny_app(make_settings(rate_limit="lots"))
 
 
 @pytest.mark.parametrize(
-    ("peer", "xff", "trusted", "expected"),
+    ("peer", "xff", "trusted", "hops", "expected"),
     [
-        ("198.51.100.1", "203.0.113.9", [], "198.51.100.1"),  # nobody trusted: XFF ignored
-        ("198.51.100.1", "203.0.113.9", ["10.0.0.0/8"], "198.51.100.1"),  # untrusted peer: ignored
-        ("10.1.2.3", "203.0.113.9", ["10.0.0.0/8"], "203.0.113.9"),
-        ("10.1.2.3", "6.6.6.6, 203.0.113.9, 10.9.9.9", ["10.0.0.0/8"], "203.0.113.9"),  # forged left part
-        ("10.1.2.3", "10.8.8.8, 10.9.9.9", ["10.0.0.0/8"], "10.8.8.8"),  # all trusted: left-most
-        ("10.1.2.3", None, ["10.0.0.0/8"], "10.1.2.3"),
-        ("::1", "2001:db8::5", ["::1"], "2001:db8::5"),
+        ("198.51.100.1", "203.0.113.9", [], 1, "198.51.100.1"),  # nobody trusted: XFF ignored
+        ("198.51.100.1", "203.0.113.9", ["10.0.0.0/8"], 1, "198.51.100.1"),  # untrusted peer: ignored
+        ("10.1.2.3", "203.0.113.9", ["10.0.0.0/8"], 1, "203.0.113.9"),
+        ("10.1.2.3", "6.6.6.6, 203.0.113.9, 10.9.9.9", ["10.0.0.0/8"], 2, "203.0.113.9"),  # forged left
+        # One proxy layer: only the last hop was written by it, whatever the client put left of it.
+        ("10.1.2.3", "6.6.6.6, 203.0.113.9, 10.9.9.9", ["10.0.0.0/8"], 1, "10.9.9.9"),
+        # A caller inside the trusted range forging entries: it keeps the address our proxy saw.
+        ("10.1.2.3", "10.8.8.8, 10.9.9.9", ["10.0.0.0/8"], 1, "10.9.9.9"),
+        ("10.1.2.3", "10.7.7.7, 10.8.8.8, 10.9.9.9", ["10.0.0.0/8"], 2, "10.8.8.8"),
+        # Not an IP: never a bucket name; the walk ends at the last address a trusted party wrote.
+        ("10.1.2.3", "garbage-1", ["10.0.0.0/8"], 1, "10.1.2.3"),
+        ("10.1.2.3", "unknown, 10.9.9.9", ["10.0.0.0/8"], 3, "10.9.9.9"),
+        ("10.1.2.3", None, ["10.0.0.0/8"], 1, "10.1.2.3"),
+        ("::1", "2001:db8::5", ["::1"], 1, "2001:db8::5"),
     ],
 )
 def test_client_ip_honours_xff_only_from_trusted_proxies(
-    peer: str, xff: str | None, trusted: list[str], expected: str
+    peer: str, xff: str | None, trusted: list[str], hops: int, expected: str
 ) -> None:
     headers = [(b"x-forwarded-for", xff.encode())] if xff is not None else []
     scope = {"type": "http", "client": (peer, 1234), "headers": headers}
-    assert client_ip(scope, TrustedProxies(trusted)) == expected
+    assert client_ip(scope, TrustedProxies(trusted), hops) == expected
+
+
+async def test_forged_xff_values_never_buy_fresh_buckets() -> None:
+    # The issue-11 reproduction: rotating non-IP values, or values inside the trusted range, from
+    # one caller behind the trusted proxy used to get a bucket each.
+    app = tiny_app(make_settings(trusted_proxies="10.0.0.0/8"))
+    async with client_for(app, client=("10.0.0.2", 4000)) as client:
+        non_ip = [f"not-an-ip-{i}" for i in range(4)]
+        in_range = [f"10.66.0.{i}, 10.0.0.9" for i in range(4)]
+        got_non_ip = [
+            (await client.get("/v1/ping", headers={"X-Forwarded-For": f})).status_code for f in non_ip
+        ]
+        got_in_range = [
+            (await client.get("/v1/ping", headers={"X-Forwarded-For": f})).status_code for f in in_range
+        ]
+    assert got_non_ip == [200, 200, 200, 429]  # all counted against the proxy that sent them
+    assert got_in_range == [200, 200, 200, 429]  # all counted against the hop the proxy wrote
 
 
 async def test_xff_clients_get_separate_buckets_behind_a_trusted_proxy() -> None:
@@ -242,17 +265,38 @@ async def test_two_apps_share_one_count_through_redis(redis_server: RedisServer)
 
 
 @pytest.mark.integration
-async def test_redis_unreachable_from_start_falls_back_to_memory() -> None:
-    settings = make_settings(redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
+async def test_redis_unreachable_from_start_falls_back_to_a_scaled_local_share() -> None:
+    # 12/minute across 2 workers x 3 replicas: each worker admits 12 // 6 = 2 while Redis is away,
+    # so the fleet as a whole stays near the limit instead of 6x over it.
+    settings = make_settings(
+        redis={"url": f"redis://127.0.0.1:{free_port()}/0"},
+        rate_limit="12/minute",
+        server={"workers": 2},
+        edge={"replicas": 3},
+    )
     app = tiny_app(settings)
     async with client_for(app) as client:
         started = time.monotonic()
         got = await statuses(client, 4)
         elapsed = time.monotonic() - started
-    assert got == [200, 200, 200, 429]  # no 5xx, and the limit still holds per process
+    assert got == [200, 200, 429, 429]  # no 5xx, and the scaled share holds
     assert app.state.rate_counter.dead is True
     assert sample("carbon_optimizer_rate_limit_fallback") == 1.0
     assert elapsed < 2.0
+
+
+@pytest.mark.integration
+async def test_redis_unreachable_fails_closed_when_configured() -> None:
+    settings = make_settings(
+        redis={"url": f"redis://127.0.0.1:{free_port()}/0"}, edge={"rate_limit_redis_down": "fail_closed"}
+    )
+    async with client_for(tiny_app(settings)) as client:
+        limited = await client.get("/v1/ping")
+        probe = await client.get("/healthz")
+    assert limited.status_code == 503
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.headers["retry-after"] == "5"
+    assert probe.status_code == 200  # probes are never limited, so never refused either
 
 
 @pytest.mark.integration

@@ -18,15 +18,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from starlette.middleware import Middleware
 
-from carbon_optimizer.api.ratelimit import RateLimitMiddleware, install_rate_limit
+from carbon_optimizer.api.middleware import BodyReadMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.ratelimit import RateLimitMiddleware
 from carbon_optimizer.api.security import (
     ApiKeyMiddleware,
     ApiKeyStore,
     SecurityHeadersMiddleware,
     client_id_for,
-    install_security,
 )
+from carbon_optimizer.app import create_app
 from carbon_optimizer.logging_config import (
     ACCESS_LOGGER_NAME,
     AccessLogMiddleware,
@@ -34,6 +36,7 @@ from carbon_optimizer.logging_config import (
     settings_secrets,
 )
 from carbon_optimizer.settings import Settings
+from tests.api._edge import tiny_edge
 
 KEY_A = "test-key-alpha-0123456789abcdef"
 KEY_B = "test-key-bravo-0123456789abcdef"
@@ -45,7 +48,7 @@ def make_settings(**overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
-def tiny_app(settings: Settings, *, security_first: bool = True) -> FastAPI:
+def tiny_app(settings: Settings) -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/ping")
@@ -64,14 +67,7 @@ def tiny_app(settings: Settings, *, security_first: bool = True) -> FastAPI:
     async def metrics() -> dict[str, str]:
         return {"metrics": "here"}
 
-    if security_first:
-        install_security(app, settings)
-        install_rate_limit(app, settings)
-    else:
-        install_rate_limit(app, settings)
-        install_security(app, settings)
-    app.add_middleware(AccessLogMiddleware)
-    return app
+    return tiny_edge(app, settings, outer=[Middleware(AccessLogMiddleware)])
 
 
 @asynccontextmanager
@@ -185,13 +181,16 @@ async def test_security_headers_on_success_and_on_401(keyed_settings: Settings) 
         assert "strict-transport-security" not in response.headers  # development
 
 
-async def test_hsts_in_production_and_docs_csp_allows_swagger_assets() -> None:
-    settings = make_settings(environment="production")
+async def test_hsts_in_production_and_docs_csp_allows_only_this_origin() -> None:
+    # Production closes the docs unless they are enabled explicitly (docs/edge.md).
+    settings = make_settings(environment="production", docs_enabled=True)
     async with client_for(tiny_app(settings)) as client:
         api = await client.get("/v1/ping")
         docs = await client.get("/docs")
     assert api.headers["strict-transport-security"].startswith("max-age=")
-    assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    docs_csp = docs.headers["content-security-policy"]
+    assert "script-src 'self'" in docs_csp
+    assert "cdn.jsdelivr.net" not in docs_csp  # assets come from the package (api/docs.py)
 
 
 async def test_docs_switch_removes_docs_and_schema() -> None:
@@ -235,15 +234,14 @@ async def test_no_cors_headers_without_allowlist(keyed_settings: Settings) -> No
     assert "access-control-allow-origin" not in response.headers
 
 
-@pytest.mark.parametrize("security_first", [True, False])
-def test_auth_sits_inside_rate_limit_whatever_the_install_order(
-    keyed_settings: Settings, security_first: bool
-) -> None:
-    app = tiny_app(keyed_settings, security_first=security_first)
+def test_create_app_lists_the_edge_in_one_order(keyed_settings: Settings) -> None:
+    app = create_app(keyed_settings)
     order: list[object] = [m.cls for m in app.user_middleware]  # outermost first
-    assert order.index(RateLimitMiddleware) + 1 == order.index(ApiKeyMiddleware)
-    assert order.index(SecurityHeadersMiddleware) < order.index(RateLimitMiddleware)
     assert order[0] is AccessLogMiddleware
+    assert order.index(RequestEdgeMiddleware) < order.index(SecurityHeadersMiddleware)
+    assert order.index(SecurityHeadersMiddleware) < order.index(RateLimitMiddleware)
+    assert order.index(RateLimitMiddleware) + 1 == order.index(ApiKeyMiddleware)
+    assert order[-1] is BodyReadMiddleware  # the body is read only after the key was checked
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_prod_deployment_is_hardened_probed_and_spread(rendered: dict[str, list[
         "kubernetes.io/hostname",
     }
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/example/carbon-optimizer:0.1.0"
+    assert container["image"].startswith("ghcr.io/example/carbon-optimizer:0.1.0@sha256:")
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -163,13 +163,21 @@ def test_network_policy_egress_is_redis_dns_and_public_https(
     https = next(rule for rule in policy["spec"]["egress"] if rule["ports"][0]["port"] == 443)
     assert "169.254.0.0/16" in https["to"][0]["ipBlock"]["except"]
     ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {8000}
+    assert ingress_ports == {8000, 9090}
+    # only Prometheus reaches the metrics port, and it reaches nothing else
+    for rule in policy["spec"]["ingress"]:
+        names = {
+            f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+            for f in rule["from"]
+        }
+        rule_ports = {p["port"] for p in rule["ports"]}
+        assert (rule_ports == {9090}) == ("prometheus" in names), rule
 
 
 def test_gunicorn_conf_uses_factory_worker_and_multiprocess_hooks() -> None:
     text = (ROOT / "gunicorn.conf.py").read_text()
     assert 'wsgi_app = "carbon_optimizer.app:create_app()"' in text
-    assert 'worker_class = "uvicorn_worker.UvicornWorker"' in text
-    assert "mark_process_dead(worker.pid)" in text
+    assert 'worker_class = "carbon_optimizer.worker.EdgeUvicornWorker"' in text
+    assert "retire_worker_metrics(worker.pid" in text
     assert "def on_starting(" in text
     assert "max_requests_jitter" in text

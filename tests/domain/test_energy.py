@@ -46,7 +46,7 @@ def gpu_offer(model: str | None, count: int = 1) -> InstanceOffer:
 
 
 def test_pricing_note_azure_example() -> None:
-    # research-notes/pricing.md §7.3 A: (8 × 2.27 + 32 × 0.392) W × 1.125 = 34.5 W → 0.138 kWh in 4 h
+    # docs/data-sources.md §2.6 worked example: (8 × 2.27 + 32 × 0.392) W × 1.125 = 34.5 W → 0.138 kWh in 4 h
     power = estimate_power("azure", wl(), None, onprem_pue=1.56)
     assert power.cpu_watts == pytest.approx(8 * 2.27)
     assert power.memory_watts == pytest.approx(32 * 0.392)

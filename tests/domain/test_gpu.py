@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from carbon_optimizer.domain.gpu import GPU_FAMILIES, KNOWN_GPU_MODELS, expand_gpu_models, normalize_gpu_model
-from carbon_optimizer.providers.bundled import read_csv
+from carbon_optimizer.providers.catalog import read_csv
 
 
 def test_known_models_match_bundled_price_tables() -> None:

@@ -15,7 +15,7 @@ from carbon_optimizer.domain.instances import (
     select_instance,
 )
 from carbon_optimizer.domain.models import GpuRequirement, InstanceOffer, OfferTable, PriceType, Workload
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 
 OD = PriceType.ON_DEMAND
 

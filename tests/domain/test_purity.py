@@ -143,3 +143,138 @@ def test_checker_catches_violations(source: str, expected: str) -> None:
 )
 def test_checker_allows_pure_imports(source: str) -> None:
     assert violations(source, "carbon_optimizer.domain.example") == []
+
+
+# ----- the architecture of the whole package (same ast walk, nothing imported or executed) -----
+
+PACKAGE_DIR = DOMAIN_DIR.parent
+# The only modules that may import a Redis client or the rate-limit library.
+# (settings parses rate-limit strings with limits' own parser at start-up; it opens no client.)
+REDIS_MODULES = frozenset(
+    {"carbon_optimizer.providers.store", "carbon_optimizer.api.ratelimit", "carbon_optimizer.settings"}
+)
+# The only modules that may catch httpx errors: the upstream seam, and the callers of this service
+# (the CLI's `--server` mode, the typed client, `compare-deployment --server`).
+HTTPX_CATCHERS = frozenset(
+    {
+        "carbon_optimizer.providers.upstream",
+        "carbon_optimizer.cli",
+        "carbon_optimizer.client",
+        "carbon_optimizer.commands.compare_deployment",
+    }
+)
+# What of a half (providers/carbon, providers/prices) the rest of the package may import.
+HALVES = ("carbon_optimizer.providers.carbon", "carbon_optimizer.providers.prices")
+HALF_SURFACE = frozenset({"", "base", "stack", "offline", "bundled"})
+
+
+def package_modules() -> list[Path]:
+    return sorted(PACKAGE_DIR.rglob("*.py"))
+
+
+def package_module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _parsed(path: Path) -> tuple[str, ast.AST, list[str]]:
+    name = package_module_name(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return name, tree, imported_modules(tree, name, path.name == "__init__.py")
+
+
+def redis_importers() -> set[str]:
+    found = set()
+    for path in package_modules():
+        name, _, imports = _parsed(path)
+        if any(i.split(".")[0] in ("redis", "limits") for i in imports):
+            found.add(name)
+    return found
+
+
+def _mentions_httpx(node: ast.expr | None) -> bool:
+    return node is not None and any(isinstance(n, ast.Name) and n.id == "httpx" for n in ast.walk(node))
+
+
+def httpx_catchers(tree: ast.AST) -> list[int]:
+    """Lines of `except` clauses naming an httpx exception."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ExceptHandler) and _mentions_httpx(node.type)
+    ]
+
+
+def half_internals_imported_from_outside() -> list[str]:
+    found = []
+    for path in package_modules():
+        name, _, imports = _parsed(path)
+        if name.startswith("carbon_optimizer.providers"):
+            continue
+        for imported in imports:
+            for half in HALVES:
+                if imported == half or imported.startswith(half + "."):
+                    rest = imported[len(half) :].lstrip(".")
+                    if rest.split(".")[0] not in HALF_SURFACE:
+                        found.append(f"{name} imports {imported}")
+    return found
+
+
+def test_only_the_store_and_the_rate_limiter_import_redis_or_limits() -> None:
+    assert redis_importers() <= REDIS_MODULES
+    assert "carbon_optimizer.providers.store" in redis_importers()
+
+
+def test_only_the_upstream_seam_and_the_cli_catch_httpx_errors() -> None:
+    catchers = {name for name, tree, _ in (_parsed(p) for p in package_modules()) if httpx_catchers(tree)}
+    assert catchers <= HTTPX_CATCHERS
+    assert "carbon_optimizer.providers.upstream" in catchers
+
+
+def test_nothing_outside_providers_imports_a_halfs_internals() -> None:
+    assert half_internals_imported_from_outside() == []
+
+
+def test_the_package_has_no_import_cycle_through_the_data_wing() -> None:
+    graph: dict[str, set[str]] = {}
+    names = {package_module_name(p) for p in package_modules()}
+    for path in package_modules():
+        name, _, imports = _parsed(path)
+        edges = set()
+        for imported in imports:
+            while imported and imported not in names:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                edges.add(imported)
+        graph[name] = edges
+    wing = {n for n in graph if n.startswith("carbon_optimizer.providers")}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    # A package importing its own submodules (an `__init__` re-export) is not a cycle.
+    cyclic = sorted(n for n in wing if any(reaches(m, n) for m in graph[n] if not m.startswith(n + ".")))
+    assert cyclic == []
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ("try:\n    pass\nexcept httpx.HTTPError:\n    pass", [3]),
+        ("try:\n    pass\nexcept (ValueError, httpx.TimeoutException):\n    pass", [3]),
+        ("try:\n    pass\nexcept ValueError:\n    pass", []),
+    ],
+)
+def test_the_httpx_checker_sees_except_clauses(source: str, caught: list[int]) -> None:
+    assert httpx_catchers(ast.parse(source)) == caught

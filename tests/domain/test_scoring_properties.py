@@ -2,7 +2,7 @@
 
 The references integrate the piecewise-constant series interval by interval (math.fsum) and score
 every candidate with the contract's formulas written out literally. Window means must match the raw
-data within the engine's documented quantisation (intensities truncated to 2**-20 g/kWh); ranking
+data within the engine's documented quantisation (intensities rounded to 10**-6 g/kWh); ranking
 properties use a reference fed the same quantised intensities, so that a near-zero minimum in
 balanced mode cannot turn a 1e-6 g/kWh quantisation difference into a different ranking.
 """
@@ -32,7 +32,7 @@ from carbon_optimizer.domain.scoring import (
 from carbon_optimizer.domain.series import IntensityGrid
 
 T0 = datetime(2026, 11, 24, 6, tzinfo=UTC)
-QUANTUM_TOLERANCE = 2e-6  # g/kWh: quantisation error (< 2**-20) plus float noise
+QUANTUM_TOLERANCE = 2e-6  # g/kWh: quantisation error (<= 0.5e-6) plus float noise
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None)
 
 
@@ -48,8 +48,8 @@ def reference_mean(row: list[float], step_s: int, start_s: float, duration_s: fl
 
 
 def quantise(value: float) -> float:
-    """The engine's documented input quantisation: truncation to a multiple of 2**-20 g/kWh."""
-    return math.trunc(value * 2**20) / 2**20
+    """The engine's documented input quantisation: rounding to a multiple of 10**-6 g/kWh."""
+    return float(np.rint(value * 1e6)) / 1e6
 
 
 def reference_score(

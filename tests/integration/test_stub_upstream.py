@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
-from carbon_optimizer.carbon_stack import CarbonStack, build_carbon_stack
-from carbon_optimizer.providers.layered import LayeredCarbonProvider
+from carbon_optimizer.providers.carbon.chain import CarbonChain
+from carbon_optimizer.providers.carbon.stack import CarbonStack
 from carbon_optimizer.settings import Settings
-from tests.integration.conftest import FlatOffline, RedisServer, StubUpstream, live_settings
+from tests.support.redis import RedisServer
+from tests.support.stacks import carbon_stack
+from tests.support.stub_upstream import FlatOffline, StubUpstream, live_settings
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +27,8 @@ ZONES = ["DE", "FR", "ES", "GB", "NO"]
 
 @asynccontextmanager
 async def running_stack(settings: Settings, offline: FlatOffline | None = None) -> AsyncIterator[CarbonStack]:
-    async with httpx.AsyncClient() as http:
-        stack = await build_carbon_stack(settings, http=http, offline=offline or FlatOffline())
-        try:
-            yield stack
-        finally:
-            await stack.aclose()
+    async with carbon_stack(settings, offline or FlatOffline()) as stack:
+        yield stack
 
 
 def window(hours: int = 24) -> tuple[datetime, datetime]:
@@ -48,9 +45,9 @@ async def test_fifty_concurrent_cold_requests_make_one_forecast_call_per_zone(
     async with running_stack(live_settings(stub_upstream.base_url, redis_url)) as stack:
         start, end = window()
         provider = stack.provider
-        assert isinstance(provider, LayeredCarbonProvider)
+        assert isinstance(provider, CarbonChain)
         results = await asyncio.gather(
-            *(provider.series_with_warnings(ZONES[i % len(ZONES)], start, end) for i in range(50))
+            *(provider.series(ZONES[i % len(ZONES)], start, end) for i in range(50))
         )
         assert {stack.store.name if stack.store else None} == {backend}
     assert {zone: stub_upstream.count("forecast", zone) for zone in ZONES} == dict.fromkeys(ZONES, 1)
@@ -70,7 +67,7 @@ async def test_upstream_down_costs_one_deadline_then_nothing(stub_upstream: Stub
         open_: list[float] = []
         for i, zone in enumerate(["DE", "FR", "ES", "GB", "NO", "PL", "IT", "AT"]):
             started = time.perf_counter()
-            series = await stack.provider.series(zone, start, end)
+            series = (await stack.provider.series(zone, start, end)).series
             elapsed = time.perf_counter() - started
             assert series.sources_between(start, end) == ("fallback:replay-2023",)
             (closed if i < 2 else open_).append(elapsed)
@@ -85,13 +82,13 @@ async def test_stale_forecast_served_when_upstream_fails_after_expiry(stub_upstr
     settings = live_settings(stub_upstream.base_url, None, forecast_ttl_s=1)
     async with running_stack(settings) as stack:
         provider = stack.provider
-        assert isinstance(provider, LayeredCarbonProvider)
+        assert isinstance(provider, CarbonChain)
         start, end = window(6)
-        first = await provider.series_with_warnings("DE", start, end)
+        first = await provider.series("DE", start, end)
         assert first.series.sources_between(start, end) == ("electricitymaps:forecast",)
         stub_upstream.mode = "error"
         await asyncio.sleep(1.1)
-        later = await provider.series_with_warnings("DE", start, end)
+        later = await provider.series("DE", start, end)
     assert later.series.sources_between(start, end) == ("electricitymaps:forecast(stale)",)
     assert later.series.values.tolist() == first.series.values.tolist()
     assert len(later.warnings) == 1
@@ -121,8 +118,9 @@ async def test_no_key_means_offline_only_and_no_calls(stub_upstream: StubUpstrea
     offline = FlatOffline()
     async with running_stack(settings, offline) as stack:
         start, end = window()
-        series = await stack.provider.series("DE", start, end)
-        assert stack.provider is offline
+        series = (await stack.provider.series("DE", start, end)).series
+        assert stack.provider.offline is offline
+        assert stack.provider.sources == ()
         assert stack.store is None
         assert await stack.ready()
         health = stack.health()
@@ -144,10 +142,10 @@ async def test_health_shape_and_no_secrets_anywhere(
     async with running_stack(settings) as stack:
         start, end = window()
         provider = stack.provider
-        assert isinstance(provider, LayeredCarbonProvider)
-        result = await provider.series_with_warnings("DE", start, end)
+        assert isinstance(provider, CarbonChain)
+        result = await provider.series("DE", start, end)
         stub_upstream.mode = "error"
-        other = await provider.series_with_warnings("FR", start, end)
+        other = await provider.series("FR", start, end)
         assert not await stack.ready()  # Redis unreachable
         health: dict[str, Any] = stack.health()
         texts += [repr(stack), str(health), *result.warnings, *other.warnings, caplog.text]

@@ -8,7 +8,7 @@ from typing import Any
 from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver
 from carbon_optimizer.ledger.recorder import Recorder
 from carbon_optimizer.ledger.repository import LedgerRepository
-from carbon_optimizer.providers.bundled import load_region_catalog
+from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.settings import LedgerSettings
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 
 from carbon_optimizer.api.security import client_id_for
+from carbon_optimizer.api.state import AppState
 from carbon_optimizer.app import AppOverrides, create_app
 from carbon_optimizer.ledger.ledger import Ledger
+from carbon_optimizer.providers.carbon.base import Signal
 from carbon_optimizer.settings import DatabaseSettings, LedgerSettings, Settings
 from tests.fakes import FIXED_NOW, FakeCarbon, fixed_clock
 from tests.ledger.conftest import PgDatabases, _require_pg
@@ -44,7 +46,14 @@ async def _client(settings: Settings, now: Any = NOW) -> AsyncIterator[tuple[htt
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, app.state.ledger
+            # None when the ledger is disabled (one test checks exactly that).
+            yield client, cast(Ledger, _app_state(manager).ledger)
+
+
+def _app_state(manager: LifespanManager) -> AppState:
+    """The AppState the lifespan yielded (the manager holds the lifespan's state mapping)."""
+    state: AppState = manager._state["co"]
+    return state
 
 
 def _auth(key: str, **extra: str) -> dict[str, str]:
@@ -319,14 +328,47 @@ class _BrokenLedger:
     async def record_optimize(self, **_: Any) -> dict[str, Any]:
         raise RuntimeError("unforeseen")
 
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "queued": 0}
+
 
 async def test_a_failing_ledger_never_fails_the_optimize_answer(tmp_path: Path) -> None:
-    app = create_app(_settings(DatabaseSettings(enabled=False)), AppOverrides(clock=fixed_clock(NOW)))
+    broken = cast(Ledger, _BrokenLedger())
+    app = create_app(
+        _settings(DatabaseSettings(enabled=False)), AppOverrides(clock=fixed_clock(NOW), ledger=broken)
+    )
     async with LifespanManager(app) as manager:
-        app.state.ledger = _BrokenLedger()  # the seam the routes read per request
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             answer = await client.post("/v1/optimize", json=_body(), headers=_auth(ALICE))
     assert answer.status_code == 200
     assert "placement not recorded (ledger error)" in answer.json()["warnings"]
     assert answer.json()["best"]["location"]["zone"] in ("DE", "FR")
+
+
+class _MarginalCarbon(FakeCarbon):
+    """Answers the marginal signal too (as WattTime would)."""
+
+    def signals(self, zone: str) -> frozenset[Signal]:
+        return frozenset({Signal.AVERAGE, Signal.MARGINAL})
+
+
+async def test_a_marginal_plan_is_answered_but_not_recorded(tmp_path: Path) -> None:
+    settings = _settings(DatabaseSettings(data_dir=str(tmp_path), write_timeout_s=10))
+    carbon = _MarginalCarbon({"DE": lambda h: 700.0, "FR": lambda h: 300.0})
+    before = _metric("carbon_optimizer_ledger_placements_recorded_total", origin="optimize")
+    app = create_app(settings, AppOverrides(carbon=carbon, clock=fixed_clock(NOW)))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answer = await client.post("/v1/optimize", json=_body(signal="marginal"), headers=_auth(ALICE))
+        ledger = _app_state(manager).ledger
+        assert ledger is not None
+        assert ledger.recorder.depth == 0  # nothing waits in the queue
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["best"]["location"]["zone"] == "FR"
+    assert data["placement_id"] is None
+    assert data["recorded"] is False
+    assert "placement not recorded: the savings ledger accounts in average intensity only" in data["warnings"]
+    assert _metric("carbon_optimizer_ledger_placements_recorded_total", origin="optimize") == before

@@ -15,6 +15,7 @@ from carbon_optimizer.ledger.models import FAILED, RECONCILED, RECORDED
 from carbon_optimizer.ledger.reconciler import Reconciler
 from carbon_optimizer.ledger.reports import to_csv, to_table
 from carbon_optimizer.ledger.repository import LedgerRepository
+from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 from carbon_optimizer.settings import LedgerSettings
 from tests.fakes import FailingCarbon, FakeCarbon
 from tests.ledger.helpers import T0, make_ledger, option, record
@@ -216,11 +217,61 @@ async def test_provider_failure_retries_then_falls_back_on_the_last_attempt(engi
         await recorder.aclose()
 
 
+async def test_with_a_live_source_bundled_only_history_waits_until_the_last_attempt(
+    engine: AsyncEngine,
+) -> None:
+    # The carbon chain never raises for an outage: it paints the window from the bundled data.
+    # With a live source configured, that must delay the placement, not settle it on climatology.
+    repo = LedgerRepository(engine)
+    ledger, recorder = make_ledger(repo)
+    try:
+        pid = await record(ledger, "alice", option("DE", T0), None)
+        chain = FakeCarbon({"DE": lambda h: 300.0}, "fallback:replay-2023")
+        settings = LedgerSettings(reconcile_delay_s=0, reconcile_max_attempts=2, reconcile_interval_s=1)
+        clock = [T0 + 3 * H]
+        reconciler = Reconciler(repo, chain, settings=settings, clock=lambda: clock[0], wait_for_live=True)
+        assert await reconciler.run_once() == 0
+        row = await repo.get(pid)
+        assert row is not None
+        assert row["status"] == RECORDED
+        assert "LiveHistoryMissing" in row["reconcile_error"]
+        clock[0] = clock[0] + timedelta(days=2)
+        assert await reconciler.run_once() == 1  # last attempt: settled on the bundled data, labelled
+        row = await repo.get(pid)
+        assert row is not None
+        assert row["status"] == RECONCILED
+        assert row["realised_source"] == "fallback:replay-2023"
+        assert row["realised_intensity_g_per_kwh"] == 300.0
+    finally:
+        await recorder.aclose()
+
+
+async def test_offline_bundled_history_settles_at_once(engine: AsyncEngine) -> None:
+    repo = LedgerRepository(engine)
+    ledger, recorder = make_ledger(repo)
+    try:
+        pid = await record(ledger, "alice", option("DE", T0), None)
+        chain = FakeCarbon({"DE": lambda h: 300.0}, "fallback:replay-2023")
+        settings = LedgerSettings(reconcile_delay_s=0, reconcile_max_attempts=5)
+        reconciler = Reconciler(repo, chain, settings=settings, clock=lambda: T0 + 3 * H)
+        assert await reconciler.run_once() == 1
+        row = await repo.get(pid)
+        assert row is not None
+        assert row["attempts"] == 1
+    finally:
+        await recorder.aclose()
+
+
 async def test_unknown_zone_is_unreconcilable(engine: AsyncEngine) -> None:
     class NoZone:
         name = "nozone"
 
-        async def series(self, zone: str, start: datetime, end: datetime) -> Any:
+        def signals(self, zone: str) -> frozenset[Signal]:
+            return frozenset({Signal.AVERAGE})
+
+        async def series(
+            self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+        ) -> SeriesResult:
             from carbon_optimizer.errors import UnknownZone
 
             raise UnknownZone(f"unknown zone '{zone}'")

@@ -3,7 +3,8 @@
 POST /v1/placements, POST /v1/placements/{id}/outcome, GET /v1/placements/{id},
 GET /v1/reports/savings.
 
-The ledger lives on `app.state.ledger` (None when disabled); everything about storage, queues and
+The ledger lives on the worker's `AppState.ledger` (built in `app.runtime()`; None when disabled);
+everything about storage, queues and
 accounting is in `carbon_optimizer.ledger`. Errors leave as problem+json like every other route:
 unknown or foreign placement id → 404 (the same answer, so ids of other clients cannot be probed),
 a reused Idempotency-Key → 409, bad input → 422, database unavailable for a read → 503.
@@ -17,11 +18,14 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, FastAPI, Header, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from carbon_optimizer.api.errors import problem_response
 from carbon_optimizer.api.schemas import OptimizeRequest, ProblemOut, ProviderName
+from carbon_optimizer.api.state import get_state
+from carbon_optimizer.api.state import request_id as current_request_id
+from carbon_optimizer.api.timebounds import ApiDatetime
 from carbon_optimizer.errors import InvalidInput
 from carbon_optimizer.ledger.ledger import (
     IdempotencyConflict,
@@ -48,9 +52,16 @@ class PlacementLocationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    provider: ProviderName | None = None
-    region: str | None = Field(default=None, min_length=1, max_length=64)
-    zone: str | None = Field(default=None, min_length=1, max_length=64)
+    provider: ProviderName | None = Field(default=None, description="Cloud provider (with `region`).")
+    region: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Provider region, e.g. eu-west-1."
+    )
+    zone: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Grid zone key, e.g. DE (alone, or as returned).",
+    )
 
 
 class PlacedOptionIn(BaseModel):
@@ -58,16 +69,22 @@ class PlacedOptionIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    location: PlacementLocationIn
-    start: AwareDatetime
-    end: AwareDatetime
-    energy_kwh: float = Field(ge=0, le=1e9)
-    avg_carbon_intensity_g_per_kwh: float = Field(ge=0, le=5000)
-    emissions_g: float | None = Field(default=None, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0)
-    instance_type: str | None = Field(default=None, max_length=128)
-    carbon_source: str | None = Field(default=None, max_length=255)
-    price_source: str | None = Field(default=None, max_length=255)
+    location: PlacementLocationIn = Field(description="Where it runs.")
+    start: ApiDatetime = Field(description="Planned start, RFC 3339 with offset.")
+    end: ApiDatetime = Field(description="Planned end, RFC 3339 with offset (after start, at most 31 days).")
+    energy_kwh: float = Field(ge=0, le=1e9, description="Forecast energy of the run, kWh.")
+    avg_carbon_intensity_g_per_kwh: float = Field(
+        ge=0, le=5000, description="Forecast mean carbon intensity over the window, gCO2e/kWh."
+    )
+    emissions_g: float | None = Field(
+        default=None, ge=0, description="Forecast emissions, g (default energy x intensity)."
+    )
+    cost_usd: float | None = Field(default=None, ge=0, description="Forecast cost, USD.")
+    instance_type: str | None = Field(default=None, max_length=128, description="Instance type, if any.")
+    carbon_source: str | None = Field(
+        default=None, max_length=255, description="Where the forecast intensity came from."
+    )
+    price_source: str | None = Field(default=None, max_length=255, description="Where the price came from.")
 
     @model_validator(mode="after")
     def _ordered(self) -> PlacedOptionIn:
@@ -81,7 +98,12 @@ class PlacedOptionIn(BaseModel):
 class BaselineOptionIn(PlacedOptionIn):
     """The counterfactual the savings are measured against, with a name saying what it is."""
 
-    name: str | None = Field(default=None, max_length=255, examples=["on-prem DE, submitted immediately"])
+    name: str | None = Field(
+        default=None,
+        max_length=255,
+        examples=["on-prem DE, submitted immediately"],
+        description="What the baseline is, in words.",
+    )
 
 
 class PlacementIn(BaseModel):
@@ -89,10 +111,14 @@ class PlacementIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chosen: PlacedOptionIn
-    baseline: BaselineOptionIn | None = None
-    workload: dict[str, Any] | None = None
-    request_id: str | None = Field(default=None, max_length=128, description="The optimize call it came from")
+    chosen: PlacedOptionIn = Field(description="The option the caller chose.")
+    baseline: BaselineOptionIn | None = Field(
+        default=None, description="What the savings are measured against (none: no savings figures)."
+    )
+    workload: dict[str, Any] | None = Field(default=None, description="The workload, stored as given.")
+    request_id: str | None = Field(
+        default=None, max_length=128, description="The optimize call it came from."
+    )
 
 
 class OutcomeIn(BaseModel):
@@ -100,19 +126,21 @@ class OutcomeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    actual_start: AwareDatetime
-    actual_end: AwareDatetime
-    location: PlacementLocationIn | None = Field(default=None, description="Where it ran, if not as planned")
-    measured_energy_kwh: float | None = Field(default=None, ge=0, le=1e9)
+    actual_start: ApiDatetime = Field(description="When the run really started, RFC 3339 with offset.")
+    actual_end: ApiDatetime = Field(description="When the run really ended (in the past), RFC 3339.")
+    location: PlacementLocationIn | None = Field(default=None, description="Where it ran, if not as planned.")
+    measured_energy_kwh: float | None = Field(
+        default=None, ge=0, le=1e9, description="Metered energy, kWh (default: the model, scaled to the run)."
+    )
 
 
 class PlacementAckOut(BaseModel):
     """Answer of POST /v1/placements (201 recorded, 200 idempotent replay, 202 queued)."""
 
-    placement_id: str
-    recorded: bool
-    queued: bool
-    replayed: bool
+    placement_id: str = Field(description="Id to report the outcome against.")
+    recorded: bool = Field(description="Committed to the ledger database.")
+    queued: bool = Field(description="Held in memory and retried (the database did not commit in time).")
+    replayed: bool = Field(description="An earlier call with this Idempotency-Key already recorded it.")
 
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -127,7 +155,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 def _ledger(request: Request) -> Ledger:
-    ledger: Ledger | None = getattr(request.app.state, "ledger", None)
+    ledger = get_state(request).ledger
     if ledger is None:
         raise LedgerUnavailable("disabled")
     return ledger
@@ -163,7 +191,7 @@ async def attach_placement(
     The optimize route calls this after the plan is computed. It never fails the request for
     database trouble: the placement fields and a warning say what happened.
     """
-    ledger: Ledger | None = getattr(request.app.state, "ledger", None)
+    ledger = get_state(request).ledger
     client_id = client_id_from_scope(request.scope)
     if ledger is None:
         if body.record:
@@ -230,7 +258,7 @@ async def record_placement(
     ack = await ledger.record_caller(
         body=body.model_dump(mode="json", exclude_none=True),
         client_id=client_id_from_scope(request.scope),
-        request_id=str(request.scope.get("state", {}).get("request_id", "-")),
+        request_id=current_request_id(request),
         idempotency_key=_idempotency_key(idempotency_key),
     )
     replayed = ack.written is not None and ack.written.replayed

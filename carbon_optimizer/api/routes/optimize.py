@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from carbon_optimizer.api.convert import to_query
+from carbon_optimizer.api.examples import OPTIMIZE_EXAMPLES
+from carbon_optimizer.api.present import plan_json
 from carbon_optimizer.api.routes.ledger import attach_placement
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
@@ -23,7 +27,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-async def _optimize(body: OptimizeRequest, request: Request) -> Response:
+async def _optimize(
+    body: Annotated[OptimizeRequest, Body(openapi_examples=OPTIMIZE_EXAMPLES)], request: Request
+) -> Response:
     state = get_state(request)
     rid = request_id(request)
     raw = await request.body()  # already buffered: Starlette keeps it after validation
@@ -34,7 +40,7 @@ async def _optimize(body: OptimizeRequest, request: Request) -> Response:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
         headers = _HIT
     else:
-        result = await state.service.optimize(to_query(body, rid))
+        result = plan_json(await state.service.optimize(to_query(body, rid)))
         state.result_cache.put(raw, minute, result)
         headers = _BYPASS if bypass else _MISS
     result = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)

@@ -1,7 +1,7 @@
 """AWS prices through boto3 (optional extra `aws`): Price List `GetProducts` and spot price history.
 
 Why boto3 in a worker thread: the Price List Query API needs SigV4-signed requests and its paging,
-retries and credential chain are boto3's job (research-notes/pricing.md §1, §5); boto3 is
+retries and credential chain are boto3's job (docs/data-sources.md §2.1); boto3 is
 synchronous, so every call runs under `asyncio.to_thread` and never blocks the event loop. boto3
 is imported lazily: without it, or without credentials, the AWS source is skipped (not an error)
 and AWS prices come from the cache or the bundled table.

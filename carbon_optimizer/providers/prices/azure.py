@@ -1,6 +1,6 @@
 """Azure Retail Prices API client (no auth): Linux pay-as-you-go and spot VM prices per region.
 
-Why these rules (research-notes/pricing.md §2): the API returns every meter of a SKU — Windows,
+Why these rules (docs/data-sources.md §2.2): the API returns every meter of a SKU — Windows,
 Low Priority, Spot and Linux items, sometimes several Linux items with different
 `effectiveStartDate` — so the Linux on-demand price is what is left after dropping Windows and
 Low Priority items, an item whose `skuName`/`meterName` ends " Spot" is the spot price, and among

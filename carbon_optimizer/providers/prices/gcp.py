@@ -1,6 +1,6 @@
 """GCP Cloud Billing Catalog client (API key): machine-type prices *composed* from resource SKUs.
 
-Why composition (research-notes/pricing.md §3): the catalog has no per-machine-type price, only
+Why composition (docs/data-sources.md §2.3): the catalog has no per-machine-type price, only
 per-vCPU-hour, per-GiB-hour, per-GPU-hour and local-SSD GiB-month SKUs per machine family and
 region. An instance-hour is therefore
 

@@ -1,6 +1,6 @@
 """Lambda Cloud `GET /api/v1/instance-types` client (Bearer API key): on-demand GPU instance prices.
 
-Why it looks like this (research-notes/pricing.md §4): the price is `price_cents_per_hour`, an
+Why it looks like this (docs/data-sources.md §2.4): the price is `price_cents_per_hour`, an
 integer in cents for the whole instance, the same in every region, so one call prices every
 region and the table is cached once under region "*". `regions_with_capacity_available` is what
 can be launched *right now*: an empty list means sold out, not "not offered", so it never removes

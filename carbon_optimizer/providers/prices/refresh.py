@@ -20,14 +20,14 @@ import httpx
 
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.errors import InvalidInput
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.metrics import PRICE_DATA_FETCHED
 from carbon_optimizer.providers.base import PriceProvider
+from carbon_optimizer.providers.store import KeyValueStore
 from carbon_optimizer.settings import Settings
 
 from ._common import LivePriceSource, log, safe_message, utc_now
 from ._specs import SpecIndex
-from .cached import LIVE_PROVIDERS, store_table
+from .chain import LIVE_PROVIDERS, store_table
 from .stack import build_live_sources, policy_from_settings, store_for
 
 Progress = Callable[[str, int, int], None]  # (provider, done, total)
@@ -109,7 +109,7 @@ class RefreshReport:
 def _default_bundled() -> PriceProvider | None:
     """The bundled catalog, for joining sizes into live rows (None if it cannot be loaded)."""
     try:
-        module = importlib.import_module("carbon_optimizer.providers.price_catalog")
+        module = importlib.import_module("carbon_optimizer.providers.prices.bundled")
         provider: PriceProvider = module.BundledPriceProvider()
     except (ImportError, AttributeError, OSError) as exc:
         log.warning(

@@ -17,16 +17,15 @@ from datetime import datetime
 import httpx
 
 from carbon_optimizer.domain.models import InstanceOffer, PriceType
-from carbon_optimizer.kv import KeyValueStore
 from carbon_optimizer.providers.base import PriceProvider
+from carbon_optimizer.providers.store import FileStore, KeyValueStore, PrefixedStore
 from carbon_optimizer.settings import PricingSettings, Settings
 
 from ._common import HttpPolicy, LivePriceSource, SourceStatus, log, utc_now
 from ._specs import SpecIndex
 from .aws import AwsPriceList, boto3_unavailable_reason, default_client_factory
 from .azure import AzureRetailPrices
-from .cached import LIVE_PROVIDERS, CachedPriceProvider, CachePolicy, PrefixedStore
-from .file_store import FileStore
+from .chain import LIVE_PROVIDERS, CachedPriceProvider, CachePolicy
 from .gcp import GcpCatalogPrices
 from .lambda_cloud import LambdaCloudPrices
 

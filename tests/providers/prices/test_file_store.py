@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carbon_optimizer.kv import KeyValueStore
-from carbon_optimizer.providers.prices.file_store import FileStore, default_cache_dir
+from carbon_optimizer.providers.store import FileStore, KeyValueStore, default_cache_dir
 
 
 def _files(directory: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """GCP Cloud Billing Catalog client: SKU paging and price composition per machine family.
 
 `fixtures/gcp_skus_us_central1.json` holds one SKU per (family, resource, price type) in the
-documented shape. N2 core/RAM are the values from research-notes/pricing.md; the others were
+documented shape. N2 core/RAM are the values from docs/data-sources.md §2.3; the others were
 derived from the bundled GCP table (Cyclenerd, 2026-07-30) so that composition can be checked
 shape by shape against `fixtures/gcp_bundled_extract.csv` (see fixtures/README.md).
 """

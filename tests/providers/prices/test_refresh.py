@@ -11,7 +11,7 @@ import respx
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.errors import InvalidInput, ProviderUnavailable
 from carbon_optimizer.providers.prices import refresh_prices
-from carbon_optimizer.providers.prices.cached import cache_key, decode_entry, encode_table
+from carbon_optimizer.providers.prices.chain import cache_key, decode_table, encode_table
 from carbon_optimizer.settings import Settings
 
 from .conftest import NOW, SECRET, Clock, FakeBundled, FakeLive, MemoryKV, live_table, load, offer
@@ -112,7 +112,7 @@ async def test_sources_from_settings_skip_what_has_no_credentials(
     }
     assert report.failed_count == 0
     assert report.ok_count == 3
-    entry = decode_entry(kv.data[stored(cache_key("gcp", "us-central1", PriceType.ON_DEMAND))])
+    entry = decode_table(kv.data[stored(cache_key("gcp", "us-central1", PriceType.ON_DEMAND))])
     assert entry is not None
     assert entry.fetched_at == NOW
     n2 = entry.table("us-central1").offer(entry.table("us-central1").find("n2-standard-8") or 0)

@@ -13,9 +13,9 @@ import pytest
 
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.providers.base import PriceProvider
-from carbon_optimizer.providers.price_catalog import BundledPriceProvider
-from carbon_optimizer.providers.prices import FileStore, build_price_stack, refresh_prices
-from carbon_optimizer.providers.prices.cached import PrefixedStore
+from carbon_optimizer.providers.prices import build_price_stack, refresh_prices
+from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
+from carbon_optimizer.providers.store import FileStore, PrefixedStore
 from carbon_optimizer.settings import Settings
 
 from .conftest import SECRET, Clock, FakeLive, live_table

@@ -1,0 +1,287 @@
+"""Forecast uncertainty carried into the ranking: intervals, p_best, ties, pessimistic ranking.
+
+Pure NumPy, deterministic (seeded). The model, and why (details in docs/forecasting.md):
+
+**Marginals.** Each zone's forecast is given as p10/p50/p90 paths per hour. An hour's value is
+`p50 + σ⁻·z` for z < 0 and `p50 + σ⁺·z` for z ≥ 0 with z standard normal, σ⁻ = (p50 − p10)/1.2816
+and σ⁺ = (p90 − p50)/1.2816 (a split normal): it reproduces the three quantiles exactly and keeps
+the skew. Values are clipped at 0.
+
+**Correlation.** Forecast errors of one zone are strongly correlated from hour to hour (a windy
+afternoon stays windy): z follows a stationary AR(1) over the hours of a zone with the lag-1
+correlation `rho` measured in the backtest (0.962 for our forecaster: `ErrorModel.hourly_correlation`
+in the shipped table, median over zones). Two start times of the
+same zone a few hours apart therefore share most of their error, which is exactly why "is 14:00
+really better than 15:00?" can be answered with confidence even when each hour's error is large.
+Zones are independent except for an optional shared factor (`cross_zone`, default 0: neighbouring
+grids share weather, but the backtest has no cross-zone forecasts to estimate it from).
+
+**Options.** An option is (zone, first hour, duration in hours, energy scale); its emissions in a
+draw are the scale × the mean of the drawn hourly values over its window. From N draws:
+`p_best` (share of draws in which the option is the minimum, ties split evenly, so it sums to 1
+and identical options get identical values), intervals (p10–p90 of the draws), the `tied` flag
+(an option is tied with the leader when it beats the leader in at least `TIE_THRESHOLD` of the
+draws) and a pessimistic score for `risk: "p90"`.
+
+**Provider forecasts without an interval** get quantile paths from `ErrorModel` (relative error
+quantiles by lead time estimated in the backtest, shipped as `data/forecast_error_model.json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from carbon_optimizer.domain.models import FloatArray, IntArray
+
+Z90 = 1.2815515655446004  # standard-normal 90th percentile
+DEFAULT_DRAWS = 1000  # p_best standard error ≤ 1.6 points
+DEFAULT_RHO = 0.96  # the backtest's median lag-1 error correlation (0.962); prefer the table's value
+TIE_THRESHOLD = 0.25  # an option beating the leader in ≥ 25 % of draws is "statistically tied"
+RISKS = ("p50", "p90", "mean")
+
+
+@dataclass(frozen=True, slots=True)
+class LeadError:
+    """Relative error quantiles (truth / forecast − 1) for hours ahead first_hour…last_hour."""
+
+    first_hour: int
+    last_hour: int
+    q10: float
+    q50: float
+    q90: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorModel:
+    """Lead-time error model for point forecasts that carry no interval."""
+
+    leads: tuple[LeadError, ...]
+    hourly_correlation: float
+    provenance: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready mapping (the shipped file's format)."""
+        return {
+            "provenance": self.provenance,
+            "hourly_correlation": self.hourly_correlation,
+            "leads": [
+                {
+                    "first_hour": e.first_hour,
+                    "last_hour": e.last_hour,
+                    "q10": e.q10,
+                    "q50": e.q50,
+                    "q90": e.q90,
+                }
+                for e in self.leads
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ErrorModel:
+        """Parse `to_json` output; raises ValueError on a malformed table."""
+        try:
+            leads = tuple(
+                LeadError(
+                    first_hour=int(e["first_hour"]),
+                    last_hour=int(e["last_hour"]),
+                    q10=float(e["q10"]),
+                    q50=float(e["q50"]),
+                    q90=float(e["q90"]),
+                )
+                for e in data["leads"]
+            )
+            model = cls(
+                leads=leads,
+                hourly_correlation=float(data["hourly_correlation"]),
+                provenance=str(data["provenance"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed error model: {exc}") from exc
+        if not leads or any(e.q10 > e.q50 or e.q50 > e.q90 for e in leads):
+            raise ValueError("error model quantiles must be ordered q10 <= q50 <= q90")
+        return model
+
+    def relative_band(self, hours_ahead: IntArray) -> tuple[FloatArray, FloatArray]:
+        """(lower, upper) relative offsets around the median for each 1-based hour ahead.
+
+        Hours past the last bucket use the last bucket (errors only grow with the lead, so this
+        understates them there: callers should not extrapolate far).
+        """
+        last = np.array([e.last_hour for e in self.leads])
+        idx = np.minimum(np.searchsorted(last, np.maximum(hours_ahead, 1)), len(self.leads) - 1)
+        lo = np.array([e.q10 - e.q50 for e in self.leads])[idx]
+        hi = np.array([e.q90 - e.q50 for e in self.leads])[idx]
+        return lo, hi
+
+    def quantile_paths(self, point: FloatArray, first_hour_ahead: int = 1) -> FloatArray:
+        """p10/p50/p90 paths (3, H) around a point forecast whose first value is `first_hour_ahead`.
+
+        The provider's value stays the median: its bias is not ours to correct.
+        """
+        p = np.asarray(point, dtype=np.float64)
+        lo, hi = self.relative_band(first_hour_ahead + np.arange(p.shape[0]))
+        out: FloatArray = np.stack([np.maximum(p * (1 + lo), 0.0), p, p * (1 + hi)])
+        return out
+
+
+def ar1_normals(
+    rng: np.random.Generator, draws: int, zones: int, hours: int, rho: float, cross_zone: float = 0.0
+) -> FloatArray:
+    """Standard-normal draws shaped (hours, draws, zones): AR(1) over hours, optional shared factor.
+
+    Stationary from the first hour (z₀ ~ N(0, 1)), so every hour has unit variance and
+    corr(z_t, z_{t+k}) = rho**k. With cross_zone = c the innovations are √c·shared + √(1−c)·own,
+    so two zones' hours at the same time correlate by c. Hours lead the shape so the recursion
+    works on contiguous slices (in place, no temporaries).
+    """
+    if not 0.0 <= rho <= 1.0 or not 0.0 <= cross_zone <= 1.0:
+        raise ValueError("rho and cross_zone must be in [0, 1]")
+    z = rng.standard_normal((hours, draws, zones))
+    if cross_zone > 0.0:
+        z *= np.sqrt(1.0 - cross_zone)
+        z += np.sqrt(cross_zone) * rng.standard_normal((hours, draws, 1))
+    innovation = np.sqrt(max(0.0, 1.0 - rho * rho))
+    for t in range(1, hours):
+        z[t] *= innovation
+        z[t] += rho * z[t - 1]
+    return z
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Candidate runs on a common hourly grid: zone row, first hour index, hours, energy scale."""
+
+    zone: IntArray  # (K,) row into the zones axis of the paths
+    start: IntArray  # (K,) first hour index into the paths' hour axis
+    hours: IntArray  # (K,) duration in whole hours (≥ 1)
+    scale: FloatArray  # (K,) multiplier (e.g. kWh) turning mean intensity into emissions
+
+
+def _check(paths: FloatArray, options: Options) -> None:
+    if paths.ndim != 3 or paths.shape[1] != 3:
+        raise ValueError("paths must be (zones, 3, hours): p10, p50, p90")
+    if np.any(np.diff(paths, axis=1) < 0):
+        raise ValueError("paths must satisfy p10 <= p50 <= p90")
+    if (
+        np.any(options.hours < 1)
+        or np.any(options.start < 0)
+        or np.any(options.start + options.hours > paths.shape[2])
+    ):
+        raise ValueError("every option's window must lie inside the paths")
+
+
+def sample_emissions(
+    paths: FloatArray,
+    options: Options,
+    draws: int = DEFAULT_DRAWS,
+    rho: float = DEFAULT_RHO,
+    seed: int = 0,
+    cross_zone: float = 0.0,
+) -> FloatArray:
+    """Monte Carlo emissions (draws, K) of every option under the correlated error model.
+
+    Cost is draws × zones × hours normals (see docs/forecasting.md for timings): pass only the
+    zones and hours the options span.
+    """
+    _check(paths, options)
+    rng = np.random.default_rng(seed)
+    z = ar1_normals(rng, draws, paths.shape[0], paths.shape[2], rho, cross_zone)  # (H, N, Z)
+    p10, p50, p90 = (paths[:, i, :].T[:, None, :] for i in range(3))  # each (H, 1, Z)
+    lower, upper = (p50 - p10) / Z90, (p90 - p50) / Z90
+    z *= np.where(z < 0.0, lower, upper)
+    z += p50
+    np.maximum(z, 0.0, out=z)
+    csum = np.empty((paths.shape[2] + 1, draws, paths.shape[0]))
+    csum[0] = 0.0
+    np.cumsum(z, axis=0, out=csum[1:])
+    total = csum[options.start + options.hours, :, options.zone] - csum[options.start, :, options.zone]
+    out: FloatArray = (total / options.hours[:, None] * options.scale[:, None]).T
+    return np.ascontiguousarray(out)
+
+
+def p_best(samples: FloatArray) -> FloatArray:
+    """Probability each option (column) is the lowest, ties within a draw split evenly; sums to 1."""
+    lowest = samples.min(axis=1, keepdims=True)
+    is_min = samples <= lowest
+    out: FloatArray = (is_min / is_min.sum(axis=1, keepdims=True)).mean(axis=0)
+    return out
+
+
+def tied_with_leader(samples: FloatArray, leader: int, threshold: float = TIE_THRESHOLD) -> FloatArray:
+    """Per option: share of draws where it beats the leader (equal counts half). Leader: 0.5."""
+    col = samples[:, leader : leader + 1]
+    out: FloatArray = (samples < col).mean(axis=0) + 0.5 * (samples == col).mean(axis=0)
+    return out
+
+
+def risk_scores(samples: FloatArray, risk: str = "p50") -> FloatArray:
+    """Score per option for ranking: the p50, p90 (pessimistic case) or mean of its draws."""
+    if risk == "mean":
+        out: FloatArray = samples.mean(axis=0)
+        return out
+    if risk in ("p50", "p90"):
+        quantile = 0.5 if risk == "p50" else 0.9
+        q: FloatArray = np.quantile(samples, quantile, axis=0)
+        return q
+    raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Uncertainty:
+    """Everything the answer carries per option, plus the result-level tie flag."""
+
+    p10: FloatArray  # (K,) emissions p10
+    p50: FloatArray
+    p90: FloatArray
+    p_best: FloatArray  # (K,)
+    beats_leader: FloatArray  # (K,) share of draws the option beats the leader
+    order: IntArray  # options ranked by the chosen risk score, best first
+    leader: int
+    tied: bool  # another option beats the leader in ≥ TIE_THRESHOLD of draws
+
+
+def assess(
+    paths: FloatArray,
+    options: Options,
+    risk: str = "p50",
+    draws: int = DEFAULT_DRAWS,
+    rho: float = DEFAULT_RHO,
+    seed: int = 0,
+    cross_zone: float = 0.0,
+    threshold: float = TIE_THRESHOLD,
+) -> Uncertainty:
+    """Intervals, p_best, ranking by `risk` and the tie flag for a set of options (one MC run)."""
+    samples = sample_emissions(paths, options, draws, rho, seed, cross_zone)
+    scores = risk_scores(samples, risk)
+    order = np.argsort(scores, kind="stable").astype(np.int64)
+    leader = int(order[0])
+    beats = tied_with_leader(samples, leader, threshold)
+    others = np.delete(beats, leader)
+    p10, p50, p90 = np.quantile(samples, [0.1, 0.5, 0.9], axis=0)
+    return Uncertainty(
+        p10=p10,
+        p50=p50,
+        p90=p90,
+        p_best=p_best(samples),
+        beats_leader=beats,
+        order=order,
+        leader=leader,
+        tied=bool(others.size and others.max() >= threshold),
+    )
+
+
+def comonotone_interval(paths: FloatArray, options: Options) -> FloatArray:
+    """(K, 3) emissions p10/p50/p90 assuming perfectly correlated hours (no sampling).
+
+    Averaging the p10 (p90) path over the window is the window's p10 (p90) when all hours err
+    together; with rho < 1 the true band is narrower, so this is the cautious cheap form.
+    """
+    _check(paths, options)
+    csum = np.concatenate([np.zeros((paths.shape[0], 3, 1)), np.cumsum(paths, axis=2)], axis=2)
+    total = csum[options.zone, :, options.start + options.hours] - csum[options.zone, :, options.start]
+    out: FloatArray = total / options.hours[:, None] * options.scale[:, None]
+    return out

@@ -1,0 +1,467 @@
+"""The per-zone priority chain of carbon sources, ending in the bundled data.
+
+For a requested [start, end) this builds one hourly-aligned series (step taken from the first
+live data, hourly by default) whose every point is labelled with where it came from:
+
+| label                                   | meaning                                                    |
+|-----------------------------------------|------------------------------------------------------------|
+| `<source>:history`                      | measured past (`/history`, or past-range further back)     |
+| `<source>:forecast`                     | the source's forecast (from the current hour on)           |
+| `<source>:latest`                       | latest reading held flat (only when no forecast is allowed)|
+| `<any of the above>(stale)`             | last good cached value, served because upstream failed     |
+| `fallback:replay-2023`, `fallback:annual-<year>` | the bundled data                                  |
+| `<live label>(extended)`                | nearest live value held flat (bundled could not answer)    |
+
+Sources are asked in the zone's priority order (`routes`: zone → source names, `"*"` for every
+other zone; default: every source in the order given), only those that offer the requested
+`signal` and `covers(zone)`. Each paints the points still empty — per source, before the current
+hour history > past-range > forecast > latest, from the current hour on forecast > latest >
+history — and the next source is asked only while points are missing, so a healthy first source
+costs the others nothing. The bundled data fills whatever is still missing (beyond every horizon,
+null hours, every failure). `carbon_source` of an option therefore names each source it used.
+
+Why this shape: the engine must never see NaN or an exception caused by a data outage. Each
+source's live part runs under one deadline (`live_deadline_s`, a little longer than the adapter's
+own so the adapter records its verdict first), and only after it has finished — never from inside
+a Redis or network wait — is the bundled data asked, so any upstream or Redis failure ends in
+fallback data and an honest warning, not an error. `UnknownZone` is the one error that passes
+through (and `DataUnavailable` when no source at all has anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from carbon_optimizer.domain.models import CarbonSeries, FloatArray, SourceRun
+from carbon_optimizer.errors import (
+    DataUnavailable,
+    NoDataForZone,
+    ProviderAuthError,
+    ProviderError,
+    ProviderNotEntitled,
+    UnknownZone,
+)
+from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
+from carbon_optimizer.providers.carbon.base import (
+    HOUR,
+    BundledSeries,
+    CarbonSource,
+    Fetched,
+    SeriesKind,
+    SeriesRequest,
+    SeriesResult,
+    Signal,
+    validate_zone,
+)
+
+log = logging.getLogger(__name__)
+
+EXTENDED_SUFFIX = "(extended)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+IntArray = npt.NDArray[np.int64]
+
+
+def floor_to(when: datetime, step: timedelta) -> datetime:
+    """Round down onto the UTC lattice of `step` (hours for hourly data)."""
+    when = when.astimezone(UTC)
+    return when - (when - _EPOCH) % step
+
+
+def ceil_to(when: datetime, step: timedelta) -> datetime:
+    """Round up onto the UTC lattice of `step`."""
+    floored = floor_to(when, step)
+    return floored if floored == when.astimezone(UTC) else floored + step
+
+
+class _Canvas:
+    """The output lattice being painted, source by source, where it is still empty."""
+
+    def __init__(self, start: datetime, step: timedelta, count: int) -> None:
+        self.start, self.step, self.count = start, step, count
+        self.values: FloatArray = np.full(count, np.nan, dtype=np.float64)
+        self.label_ids: IntArray = np.full(count, -1, dtype=np.int64)
+        self.labels: list[str] = []
+
+    def slot_mask(
+        self, before: datetime | None = None, since: datetime | None = None
+    ) -> npt.NDArray[np.bool_]:
+        """Slots starting before `before` / at or after `since`."""
+        first = 0 if since is None else max(0, min(self.count, _ceil_div(since - self.start, self.step)))
+        last = (
+            self.count
+            if before is None
+            else max(0, min(self.count, _ceil_div(before - self.start, self.step)))
+        )
+        mask = np.zeros(self.count, dtype=np.bool_)
+        mask[first:last] = True
+        return mask
+
+    def paint(self, series: CarbonSeries, mask: npt.NDArray[np.bool_] | None = None) -> None:
+        """Fill empty (NaN) slots from `series` (piecewise constant)."""
+        values, label_ids = _sample(series, self.start, self.step, self.count, self.labels)
+        fill = np.isnan(self.values) & ~np.isnan(values)
+        if mask is not None:
+            fill &= mask
+        self.values[fill] = values[fill]
+        self.label_ids[fill] = label_ids[fill]
+
+    def paint_flat(self, value: float, label: str, mask: npt.NDArray[np.bool_]) -> None:
+        """Fill empty slots under `mask` with one value."""
+        fill = np.isnan(self.values) & mask
+        self.values[fill] = value
+        self.label_ids[fill] = _label_id(self.labels, label)
+
+    @property
+    def missing(self) -> int:
+        """Number of slots still empty."""
+        return int(np.isnan(self.values).sum())
+
+    def extend_nearest(self) -> None:
+        """Fill remaining gaps from the nearest painted slot (forward, then backward), labelled."""
+        filled = np.flatnonzero(~np.isnan(self.values))
+        if filled.size == 0:
+            return
+        positions = np.arange(self.count)
+        # index of the nearest filled slot at or before each position (else the first filled one)
+        before = np.maximum.accumulate(np.where(~np.isnan(self.values), positions, -1))
+        source = np.where(before >= 0, before, filled[0])
+        gaps = np.isnan(self.values)
+        extended = {
+            lid: _label_id(self.labels, self.labels[lid] + EXTENDED_SUFFIX)
+            for lid in set(self.label_ids[source[gaps]].tolist())
+        }
+        self.values[gaps] = self.values[source[gaps]]
+        self.label_ids[gaps] = [extended[lid] for lid in self.label_ids[source[gaps]].tolist()]
+
+    def series(self, zone: str, emission_factor_type: str) -> CarbonSeries:
+        """The finished series; runs compress consecutive equal labels."""
+        runs: list[SourceRun] = []
+        ids = self.label_ids
+        edges = np.flatnonzero(np.diff(ids)) + 1
+        bounds = [0, *edges.tolist(), self.count]
+        for a, b in itertools.pairwise(bounds):
+            if b > a:
+                runs.append(SourceRun(a, b, self.labels[int(ids[a])]))
+        return CarbonSeries(
+            zone=zone,
+            start=self.start,
+            step=self.step,
+            values=self.values,
+            runs=tuple(runs),
+            emission_factor_type=emission_factor_type,
+        )
+
+
+def _ceil_div(a: timedelta, b: timedelta) -> int:
+    return -((-a) // b)
+
+
+def _label_id(labels: list[str], label: str) -> int:
+    if label not in labels:
+        labels.append(label)
+    return labels.index(label)
+
+
+def _point_labels(series: CarbonSeries, labels: list[str]) -> IntArray:
+    ids = np.full(len(series.values), -1, dtype=np.int64)
+    for run in series.runs:
+        ids[run.start_index : run.end_index] = _label_id(labels, run.label)
+    return ids
+
+
+def _sample(
+    series: CarbonSeries, start: datetime, step: timedelta, count: int, labels: list[str]
+) -> tuple[FloatArray, IntArray]:
+    """Values and label ids of `series` on the output lattice (NaN outside the series).
+
+    Coarser or equal source steps are looked up; a finer source is averaged over each output
+    slot (any NaN sub-point makes the slot NaN so that it gets filled from the next source).
+    """
+    src_values = np.asarray(series.values, dtype=np.float64)
+    src_labels = _point_labels(series, labels)
+    n = len(src_values)
+    out = np.full(count, np.nan, dtype=np.float64)
+    out_labels = np.full(count, -1, dtype=np.int64)
+    if n == 0 or count == 0:
+        return out, out_labels
+    offset_s = (start - series.start).total_seconds()
+    step_s, src_step_s = step.total_seconds(), series.step.total_seconds()
+    slot_starts = offset_s + step_s * np.arange(count)
+    if src_step_s >= step_s:
+        idx = np.floor(slot_starts / src_step_s).astype(np.int64)
+        ok = (idx >= 0) & (idx < n)
+        out[ok] = src_values[idx[ok]]
+        out_labels[ok] = src_labels[idx[ok]]
+        return out, out_labels
+    per_slot = max(1, round(step_s / src_step_s))
+    first = np.floor(slot_starts / src_step_s).astype(np.int64)
+    sub = first[:, None] + np.arange(per_slot)[None, :]
+    ok = (sub >= 0).all(axis=1) & (sub < n).all(axis=1)
+    if ok.any():
+        out[ok] = src_values[sub[ok]].mean(axis=1)
+        out_labels[ok] = src_labels[first[ok]]
+    return out, out_labels
+
+
+class CarbonChain:
+    """`CarbonIntensityProvider` over live sources in per-zone priority order, then bundled data."""
+
+    name = "chain"
+
+    def __init__(
+        self,
+        sources: CarbonSource | Sequence[CarbonSource],
+        offline: BundledSeries,
+        *,
+        live_deadline_s: float,
+        routes: Mapping[str, Sequence[str]] | None = None,
+        latest_extension: timedelta = timedelta(hours=24),
+        history_span: timedelta = timedelta(hours=24),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.sources: tuple[CarbonSource, ...] = (
+            tuple(sources) if isinstance(sources, Sequence) else (sources,)
+        )
+        self.offline = offline
+        by_name = {source.name: source for source in self.sources}
+        self._routes: dict[str, tuple[CarbonSource, ...]] = {
+            zone: tuple(by_name[n] for n in names if n in by_name) for zone, names in (routes or {}).items()
+        }
+        self._default_route = self._routes.pop("*", self.sources)
+        self._live_deadline_s = live_deadline_s
+        self._latest_extension = latest_extension
+        self._history_span = history_span
+        self._clock: Callable[[], datetime] = clock or _utc_now
+        self._issued: dict[str, datetime] = {}  # zone -> issue time of the newest live data served
+
+    def __repr__(self) -> str:
+        names = ",".join(s.name for s in self.sources)
+        return f"CarbonChain(sources=[{names}], offline={type(self.offline).__name__})"
+
+    def route(self, zone: str, signal: Signal = Signal.AVERAGE) -> tuple[CarbonSource, ...]:
+        """The live sources asked for `zone`, in priority order, that offer `signal`."""
+        chain = self._routes.get(zone, self._default_route)
+        return tuple(s for s in chain if signal in s.signals and s.covers(zone))
+
+    def signals(self, zone: str) -> frozenset[Signal]:
+        """Signals answerable for `zone`: the bundled data is average; live sources may add marginal."""
+        found = {Signal.AVERAGE}
+        for source in self._routes.get(zone, self._default_route):
+            if source.covers(zone):
+                found |= source.signals
+        return frozenset(found)
+
+    def data_age_s(self) -> dict[str, float]:
+        """Age in seconds of the newest live data served per zone (for /health)."""
+        now = self._clock()
+        return {
+            zone: round((now - issued).total_seconds(), 1) for zone, issued in sorted(self._issued.items())
+        }
+
+    async def series(
+        self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> SeriesResult:
+        """Series covering [start, end) on the hour lattice, every point labelled, plus warnings."""
+        validate_zone(zone)
+        if end <= start:
+            raise ValueError("series needs start < end")
+        now = self._clock()
+        now_floor = floor_to(now, HOUR)
+        warnings: list[str] = []
+        canvas: _Canvas | None = None
+        all_fetched: list[Fetched] = []
+        all_errors: list[BaseException] = []
+        for source in self.route(zone, signal):
+            fetched, errors = await self._fetch_live(source, zone, start, end, now_floor, signal)
+            all_fetched.extend(fetched.values())
+            all_errors.extend(errors.values())
+            if canvas is None and fetched:
+                canvas = _new_canvas(fetched, start, end)
+            if canvas is not None:
+                self._paint_source(source.name, zone, canvas, fetched, now_floor, warnings)
+            for kind, exc in errors.items():
+                warnings.append(_describe_failure(source.name, zone, kind, exc))
+            stale = [f.fetched_at for f in fetched.values() if f.stale]
+            if stale:
+                since = f"{min(stale):%Y-%m-%dT%H:%MZ}"
+                warnings.append(f"{source.name} unavailable for {zone}; used cached data from {since}")
+            if canvas is not None and not canvas.missing:
+                break
+        if canvas is None:
+            canvas = _new_canvas({}, start, end)
+        if canvas.missing:
+            if signal is not Signal.AVERAGE:
+                warnings.append(f"no {signal.value} data for some hours of {zone}; used average bundled data")
+            await self._paint_offline(zone, canvas, bool(all_fetched), all_errors)
+        if canvas.missing:
+            canvas.extend_nearest()
+        if canvas.missing:
+            raise DataUnavailable(f"no carbon intensity data for zone {zone}")
+
+        self._note_age(zone, all_fetched, now)
+        emission_factor_type = next((f.series.emission_factor_type for f in all_fetched), "lifecycle")
+        return SeriesResult(canvas.series(zone, emission_factor_type), tuple(dict.fromkeys(warnings)))
+
+    # ----- live part -----
+
+    def _paint_source(
+        self,
+        name: str,
+        zone: str,
+        canvas: _Canvas,
+        fetched: dict[SeriesKind, Fetched],
+        now_floor: datetime,
+        warnings: list[str],
+    ) -> None:
+        past = canvas.slot_mask(before=now_floor)
+        future = ~past
+        for kind in (SeriesKind.HISTORY, SeriesKind.PAST_RANGE, SeriesKind.FORECAST):
+            if kind in fetched:
+                canvas.paint(fetched[kind].series, past)
+        if SeriesKind.FORECAST in fetched:
+            canvas.paint(fetched[SeriesKind.FORECAST].series, future)
+        latest = fetched.get(SeriesKind.LATEST)
+        if latest is not None:
+            self._paint_latest(canvas, latest)
+        history = fetched.get(SeriesKind.HISTORY)
+        if history is not None:
+            canvas.paint(history.series, future)
+            covered = canvas.slot_mask(since=history.series.start, before=history.series.end)
+            if (covered & past & np.isnan(canvas.values)).any():
+                warnings.append(f"{name} history for {zone} has missing hours; filled from fallback data")
+
+    def _requests(
+        self, zone: str, start: datetime, end: datetime, now_floor: datetime, signal: Signal
+    ) -> list[SeriesRequest]:
+        history_start = now_floor - self._history_span
+        wanted: list[SeriesRequest] = []
+        if end > now_floor:
+            wanted.append(SeriesRequest(SeriesKind.FORECAST, zone, signal=signal))
+        if start < now_floor and end > history_start:
+            wanted.append(SeriesRequest(SeriesKind.HISTORY, zone, signal=signal))
+        if start < history_start:
+            # Day-aligned so neighbouring windows share cache entries; ≤ 10-day chunks in the adapter.
+            day = timedelta(days=1)
+            wanted.append(
+                SeriesRequest(
+                    SeriesKind.PAST_RANGE,
+                    zone,
+                    floor_to(start, day),
+                    ceil_to(min(end, history_start), day),
+                    signal=signal,
+                )
+            )
+        return wanted
+
+    async def _fetch_live(
+        self,
+        source: CarbonSource,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        now_floor: datetime,
+        signal: Signal,
+    ) -> tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException]]:
+        """Fetch one source's kinds concurrently under one deadline; return results and failures."""
+        results: dict[SeriesKind, Fetched] = {}
+        errors: dict[SeriesKind, BaseException] = {}
+        deadline_at = asyncio.get_running_loop().time() + self._live_deadline_s
+
+        async def one(request: SeriesRequest) -> None:
+            try:
+                async with asyncio.timeout_at(deadline_at):
+                    results[request.kind] = await source.fetch(request)
+            except (ProviderError, TimeoutError) as exc:
+                errors[request.kind] = exc
+
+        await asyncio.gather(*(one(r) for r in self._requests(zone, start, end, now_floor, signal)))
+        forecast_error = errors.get(SeriesKind.FORECAST)
+        if isinstance(forecast_error, ProviderNotEntitled):
+            # Plans without forecasts usually still have `latest`: hold it flat for a while.
+            await one(SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
+            if SeriesKind.LATEST in results:
+                del errors[SeriesKind.FORECAST]
+            else:
+                del errors[SeriesKind.LATEST]
+        return results, errors
+
+    def _paint_latest(self, canvas: _Canvas, latest: Fetched) -> None:
+        series = latest.series
+        values = np.asarray(series.values)
+        if not len(values) or np.isnan(values[-1]):
+            return
+        reading_at = series.start + series.step * (len(values) - 1)
+        mask = canvas.slot_mask(
+            since=floor_to(reading_at, canvas.step), before=reading_at + self._latest_extension
+        )
+        canvas.paint_flat(float(values[-1]), series.runs[-1].label, mask)
+
+    # ----- offline part (never inside a live wait) -----
+
+    async def _paint_offline(
+        self, zone: str, canvas: _Canvas, have_live: bool, errors: Sequence[BaseException]
+    ) -> None:
+        gaps = np.flatnonzero(np.isnan(canvas.values))
+        first = canvas.start + canvas.step * int(gaps[0])
+        last = canvas.start + canvas.step * (int(gaps[-1]) + 1)
+        try:
+            offline = await self.offline.series(zone, first, last)
+        except UnknownZone:
+            if have_live:
+                log.info("offline provider has no data for %s; extending live data", zone)
+                return
+            if all(isinstance(e, NoDataForZone) for e in errors):
+                raise  # nobody knows this zone
+            raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from None
+        except ProviderError as exc:
+            log.warning("offline provider failed for %s: %s", zone, type(exc).__name__)
+            if not have_live:
+                raise DataUnavailable(f"no carbon intensity source could answer for {zone}") from exc
+            return
+        live_labels = set(canvas.labels)
+        before = canvas.label_ids.copy()
+        canvas.paint(offline)
+        used = {canvas.labels[i] for i in set(canvas.label_ids[before != canvas.label_ids].tolist())}
+        for label in sorted(used - live_labels):
+            child(FALLBACKS, "carbon", label).inc()
+
+    def _note_age(self, zone: str, fetched: Sequence[Fetched], now: datetime) -> None:
+        newest = [f.issued_at or f.fetched_at for f in fetched]
+        if newest:
+            issued = max(newest)
+            self._issued[zone] = issued
+            child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_canvas(fetched: Mapping[SeriesKind, Fetched], start: datetime, end: datetime) -> _Canvas:
+    step = HOUR
+    for kind in (SeriesKind.FORECAST, SeriesKind.HISTORY):
+        if kind in fetched:
+            step = fetched[kind].series.step
+            break
+    if HOUR % step:
+        step = HOUR  # keep the output on the hour lattice whatever the source says
+    begin = floor_to(start, step)
+    return _Canvas(begin, step, _ceil_div(end.astimezone(UTC) - begin, step))
+
+
+def _describe_failure(source: str, zone: str, kind: SeriesKind, exc: BaseException) -> str:
+    """The response warning for one failed live kind (never a secret: messages are ours)."""
+    if isinstance(exc, ProviderNotEntitled):
+        return f"{source} plan does not include {kind.value} data for {zone}; used fallback data"
+    if isinstance(exc, NoDataForZone):
+        return f"{source} has no {kind.value} data for {zone}; used fallback data"
+    if isinstance(exc, ProviderAuthError):
+        return f"{source} rejected the configured API token; used fallback data"
+    return f"{source} unavailable for {zone}; used fallback data"

@@ -1,0 +1,203 @@
+"""Uncertainty math: p_best, ties, intervals, pessimistic ranking, the lead-time error model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carbon_optimizer.domain import uncertainty as unc
+from carbon_optimizer.forecast_data import load_error_model
+
+HOURS = 24
+
+
+def paths_from(p50: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(zones, 3, hours) paths with a symmetric band of ±spread around p50."""
+    return np.stack([p50 - spread, p50, p50 + spread], axis=1)
+
+
+def options(zone: list[int], start: list[int], hours: list[int]) -> unc.Options:
+    return unc.Options(
+        zone=np.array(zone, dtype=np.int64),
+        start=np.array(start, dtype=np.int64),
+        hours=np.array(hours, dtype=np.int64),
+        scale=np.ones(len(zone)),
+    )
+
+
+zone_paths = st.integers(1, 3).flatmap(
+    lambda z: st.tuples(
+        st.just(z),
+        st.lists(st.floats(100, 600), min_size=z * HOURS, max_size=z * HOURS),
+        st.lists(st.floats(0, 80), min_size=z * HOURS, max_size=z * HOURS),
+    )
+)
+option_sets = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, HOURS - 6), st.integers(1, 6)), min_size=1, max_size=6
+)
+
+
+def build(
+    data: tuple[int, list[float], list[float]], opts: list[tuple[int, int, int]]
+) -> tuple[np.ndarray, unc.Options]:
+    z, mids, spreads = data
+    paths = paths_from(np.array(mids).reshape(z, HOURS), np.array(spreads).reshape(z, HOURS))
+    return paths, options([o[0] % z for o in opts], [o[1] for o in opts], [o[2] for o in opts])
+
+
+@settings(max_examples=40, deadline=None)
+@given(zone_paths, option_sets, st.floats(0, 1))
+def test_p_best_is_a_distribution(
+    data: tuple[int, list[float], list[float]], opts: list[tuple[int, int, int]], rho: float
+) -> None:
+    paths, o = build(data, opts)
+    p = unc.p_best(unc.sample_emissions(paths, o, draws=300, rho=rho, seed=1))
+    assert p.shape == (len(opts),)
+    assert np.all(p >= 0)
+    assert np.all(p <= 1)
+    assert p.sum() == pytest.approx(1.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(zone_paths, option_sets)
+def test_identical_options_share_p_best(
+    data: tuple[int, list[float], list[float]], opts: list[tuple[int, int, int]]
+) -> None:
+    paths, o = build(data, [*opts, opts[0]])
+    p = unc.p_best(unc.sample_emissions(paths, o, draws=300, seed=2))
+    assert p[0] == pytest.approx(p[-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(zone_paths, option_sets)
+def test_zero_error_makes_p_best_the_indicator_of_the_best(
+    data: tuple[int, list[float], list[float]], opts: list[tuple[int, int, int]]
+) -> None:
+    z, mids, _ = data
+    paths, o = build((z, mids, [0.0] * len(mids)), opts)
+    truth = unc.comonotone_interval(paths, o)[:, 1]
+    p = unc.p_best(unc.sample_emissions(paths, o, draws=50, seed=3))
+    best = truth <= truth.min() * (1 + 1e-12)
+    np.testing.assert_allclose(p, best / best.sum(), atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 50), st.floats(1, 80), st.floats(0, 1))
+def test_lowering_an_option_never_lowers_its_p_best(shift: float, spread: float, rho: float) -> None:
+    # Two zones, one option each; zone 0's whole forecast is lowered by `shift`. Common random
+    # numbers (same seed) make the comparison exact, not statistical.
+    p50 = np.full((2, HOURS), 300.0)
+    paths = paths_from(p50, np.full((2, HOURS), spread))
+    lowered = paths.copy()
+    lowered[0] -= shift
+    o = options([0, 1], [3, 3], [4, 4])
+    before = unc.p_best(unc.sample_emissions(paths, o, draws=500, rho=rho, seed=4))[0]
+    after = unc.p_best(unc.sample_emissions(lowered, o, draws=500, rho=rho, seed=4))[0]
+    assert after >= before - 1e-12
+
+
+def test_same_zone_hours_with_perfectly_correlated_errors_are_ranked_with_certainty() -> None:
+    # Equal bands, the median lower at 03:00 than at 15:00 by far less than the band: with errors
+    # shared across the zone's hours (rho = 1) the ranking is certain; independent hours are not.
+    p50 = np.full((1, HOURS), 300.0)
+    p50[0, 3] = 290.0
+    paths = paths_from(p50, np.full((1, HOURS), 60.0))
+    o = options([0, 0], [3, 15], [1, 1])
+    certain = unc.p_best(unc.sample_emissions(paths, o, draws=2000, rho=1.0, seed=5))
+    np.testing.assert_allclose(certain, [1.0, 0.0])
+    loose = unc.p_best(unc.sample_emissions(paths, o, draws=2000, rho=0.0, seed=5))
+    assert 0.5 < loose[0] < 0.7
+
+
+def test_assess_flags_a_tie_only_when_the_top_options_are_indistinguishable() -> None:
+    p50 = np.full((2, HOURS), 300.0)
+    p50[1] = 305.0  # zone 1 is 5 g worse on a ±60 band: a tie
+    paths = paths_from(p50, np.full((2, HOURS), 60.0))
+    o = options([0, 1], [0, 0], [3, 3])
+    close = unc.assess(paths, o, draws=2000, seed=6)
+    assert close.leader == 0
+    assert close.tied
+    assert 0.5 < close.p_best[0] < 0.75
+    far = paths.copy()
+    far[1] += 300.0
+    apart = unc.assess(far, o, draws=2000, seed=6)
+    assert not apart.tied
+    assert apart.p_best[0] == pytest.approx(1.0)
+
+
+def test_risk_p90_prefers_the_narrow_option_over_a_slightly_lower_wide_one() -> None:
+    p50 = np.array([[290.0] * HOURS, [300.0] * HOURS])
+    spread = np.array([[120.0] * HOURS, [10.0] * HOURS])
+    paths = paths_from(p50, spread)
+    o = options([0, 1], [0, 0], [2, 2])
+    assert unc.assess(paths, o, risk="p50", seed=7).leader == 0
+    pessimistic = unc.assess(paths, o, risk="p90", seed=7)
+    assert pessimistic.leader == 1
+    assert pessimistic.p90[1] < pessimistic.p90[0]
+    with pytest.raises(ValueError, match="risk"):
+        unc.assess(paths, o, risk="p99")
+
+
+def test_sampled_interval_matches_one_hour_quantiles_and_sits_inside_the_comonotone_band() -> None:
+    p50 = np.full((1, HOURS), 300.0)
+    paths = np.stack([p50 - 30.0, p50, p50 + 90.0], axis=1)  # skewed band
+    o = options([0, 0], [5, 5], [1, 6])
+    out = unc.assess(paths, o, draws=20000, rho=0.9, seed=8)
+    assert out.p10[0] == pytest.approx(270.0, abs=3)
+    assert out.p50[0] == pytest.approx(300.0, abs=3)
+    assert out.p90[0] == pytest.approx(390.0, abs=4)
+    como = unc.comonotone_interval(paths, o)
+    assert como[1, 0] - 1 <= out.p10[1] <= out.p90[1] <= como[1, 2] + 1
+
+
+def test_ar1_normals_have_unit_variance_and_the_requested_correlations() -> None:
+    z = unc.ar1_normals(np.random.default_rng(9), 20000, 2, 5, rho=0.8, cross_zone=0.3)
+    assert z.shape == (5, 20000, 2)
+    assert z[4].std() == pytest.approx(1.0, abs=0.03)
+    assert np.corrcoef(z[0, :, 0], z[2, :, 0])[0, 1] == pytest.approx(0.64, abs=0.03)
+    assert np.corrcoef(z[3, :, 0], z[3, :, 1])[0, 1] == pytest.approx(0.3, abs=0.03)
+    with pytest.raises(ValueError, match="rho"):
+        unc.ar1_normals(np.random.default_rng(0), 1, 1, 1, rho=1.5)
+
+
+def test_sampling_is_deterministic_for_a_seed() -> None:
+    paths = paths_from(np.full((1, HOURS), 300.0), np.full((1, HOURS), 40.0))
+    o = options([0, 0], [0, 9], [3, 3])
+    a = unc.sample_emissions(paths, o, draws=100, seed=10)
+    np.testing.assert_array_equal(a, unc.sample_emissions(paths, o, draws=100, seed=10))
+    assert not np.array_equal(a, unc.sample_emissions(paths, o, draws=100, seed=11))
+
+
+def test_options_outside_the_paths_or_disordered_bands_are_refused() -> None:
+    paths = paths_from(np.full((1, HOURS), 300.0), np.full((1, HOURS), 40.0))
+    with pytest.raises(ValueError, match="inside"):
+        unc.sample_emissions(paths, options([0], [HOURS - 2], [3]))
+    with pytest.raises(ValueError, match="p10 <= p50"):
+        unc.sample_emissions(paths[:, ::-1, :], options([0], [0], [1]))
+
+
+def test_shipped_error_model_is_ordered_widening_and_round_trips() -> None:
+    model = load_error_model()
+    widths = [e.q90 - e.q10 for e in model.leads]
+    assert widths == sorted(widths)
+    assert model.leads[0].first_hour == 1
+    assert model.leads[-1].last_hour == 168
+    assert 0.5 < model.hourly_correlation <= 1.0
+    assert "backtest" in model.provenance
+    assert unc.ErrorModel.from_json(model.to_json()) == model
+    point = np.full(200, 400.0)
+    band = model.quantile_paths(point)
+    assert np.all(np.diff(band, axis=0) >= 0)
+    np.testing.assert_array_equal(band[1], point)
+    assert band[2, 0] - band[0, 0] < band[2, 100] - band[0, 100]
+
+
+def test_malformed_error_model_is_refused() -> None:
+    good = load_error_model().to_json()
+    with pytest.raises(ValueError, match="malformed"):
+        unc.ErrorModel.from_json({"leads": good["leads"]})
+    bad = {**good, "leads": [{**good["leads"][0], "q10": 1.0}]}
+    with pytest.raises(ValueError, match="ordered"):
+        unc.ErrorModel.from_json(bad)

@@ -1,0 +1,1 @@
+"""Fault suite of issue 11: each test reproduces one edge/deployment fault and pins its fix."""
