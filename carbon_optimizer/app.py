@@ -87,12 +87,15 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 @asynccontextmanager
-async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> AsyncIterator[AppState]:
+async def runtime(
+    settings: Settings, overrides: AppOverrides | None = None, *, ledger: bool = False
+) -> AsyncIterator[AppState]:
     """Build every per-process component (clients, caches, data stacks, service); close in reverse.
 
     The only place that builds the HTTP client, the store and the two stacks. Used by the app
     lifespan (once per worker) and by the CLI (`plan`, `estimate`, `prices refresh`), so all of
-    them run the very same stack.
+    them run the very same stack. `ledger=True` (the server) also opens the savings ledger when
+    `database.enabled`; the CLI's one-shot commands never touch the ledger database.
     """
     overrides = overrides or AppOverrides()
     async with AsyncExitStack() as stack:
@@ -146,13 +149,13 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
         )
         # The savings ledger (issue 15): engine, repository, write queue and reconciler, entered
         # last so it closes first (its queue flushes while the carbon stack still answers).
-        ledger = overrides.ledger
-        if ledger is None and settings.database.enabled:
-            ledger = await stack.enter_async_context(
+        savings_ledger = overrides.ledger
+        if savings_ledger is None and ledger and settings.database.enabled:
+            savings_ledger = await stack.enter_async_context(
                 _open_ledger(settings, service, wait_for_live=bool(carbon_stack.caches))
             )
-        if ledger is not None:
-            health_reporters["ledger"] = ledger.health
+        if savings_ledger is not None:
+            health_reporters["ledger"] = savings_ledger.health
         state = AppState(
             settings=settings,
             http=http,
@@ -170,7 +173,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             ),
             # Serverless prices share the one HTTP client and the one store.
             serverless_prices=build_serverless_chain(settings, http=http, store=shared_store),
-            ledger=ledger,
+            ledger=savings_ledger,
         )
         health_reporters.setdefault(
             "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
@@ -257,7 +260,7 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         # Starlette copies the yielded mapping into every request's `request.state`.
-        async with runtime(settings, overrides) as state:
+        async with runtime(settings, overrides, ledger=True) as state:
             yield {"co": state}
 
     return lifespan

@@ -14,6 +14,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 
+from carbon_optimizer.api.schemas_ledger import PlacementOut, SavingsReportOut
 from carbon_optimizer.api.security import client_id_for
 from carbon_optimizer.api.state import AppState
 from carbon_optimizer.app import AppOverrides, create_app
@@ -106,6 +107,7 @@ async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None
         stored = await client.get(f"/v1/placements/{pid}", headers=_auth(ALICE))
         assert stored.status_code == 200
         row = stored.json()
+        PlacementOut.model_validate(row)  # the documented 200 body is what the route serves
         assert row["location"] == answer["best"]["location"]["zone"].join(["zone/", ""])
         assert row["emissions_g"] == answer["best"]["emissions_g"]
         assert row["baseline_emissions_g"] == answer["baseline"]["emissions_g"]
@@ -132,6 +134,7 @@ async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None
 
         query = {"from": "2026-06-01", "to": "2026-07-01", "group_by": "client"}
         mine = (await client.get("/v1/reports/savings", params=query, headers=_auth(ALICE))).json()
+        SavingsReportOut.model_validate(mine)
         assert [g["key"] for g in mine["groups"]] == [client_id_for(ALICE)]
         assert mine["total"]["placements"] == 1
         assert mine["total"]["forecast"]["savings_g"] == answer["savings"]["emissions_g"]
@@ -208,6 +211,8 @@ async def test_caller_placement_outcome_and_reconciliation(tmp_path: Path) -> No
                 break
             await asyncio.sleep(0.05)
         assert row["status"] == "reconciled"
+        PlacementOut.model_validate(row)
+        PlacementOut.model_validate(done.json())
         assert row["realised_emissions_g"] == 50.0
         assert row["realised_baseline_emissions_g"] == 400.0  # same 1.0/2.0 energy correction, 2 h at 400
         health = (await client.get("/health", headers=_auth(ALICE))).json()["components"]["ledger"]

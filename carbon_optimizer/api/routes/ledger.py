@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from carbon_optimizer.api.errors import problem_response
 from carbon_optimizer.api.schemas import OptimizeRequest, ProblemOut, ProviderName
+from carbon_optimizer.api.schemas_ledger import PlacementOut, SavingsReportOut
 from carbon_optimizer.api.state import get_state
 from carbon_optimizer.api.state import request_id as current_request_id
 from carbon_optimizer.api.timebounds import ApiDatetime
@@ -274,6 +275,7 @@ async def record_placement(
 
 @router.get(
     "/v1/placements/{placement_id}",
+    response_model=PlacementOut,
     responses=_ERRORS,
     summary="One recorded placement with its forecast, outcome and realised figures",
     operation_id="get_placement",
@@ -287,6 +289,7 @@ async def get_placement(placement_id: str, request: Request) -> Response:
 
 @router.post(
     "/v1/placements/{placement_id}/outcome",
+    response_model=PlacementOut,
     responses=_ERRORS,
     summary="Report what actually ran (start, end, location, measured energy)",
     operation_id="placement_outcome",
@@ -302,6 +305,7 @@ async def placement_outcome(placement_id: str, body: OutcomeIn, request: Request
 
 @router.get(
     "/v1/reports/savings",
+    response_model=SavingsReportOut,
     responses={200: {"content": {"text/csv": {}}}, **_ERRORS},
     summary="Savings over time: forecast vs realised, grouped by client, location, day, week or month",
     operation_id="savings_report",
