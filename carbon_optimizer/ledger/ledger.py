@@ -512,6 +512,8 @@ async def open_ledger(
     )
     tasks: list[asyncio.Task[None]] = []
 
+    stopping = asyncio.Event()
+
     async def start() -> None:
         delay = database.retry_interval_s
         while database.migrate_on_start:
@@ -522,7 +524,10 @@ async def open_ledger(
                 recorder.healthy = False
                 recorder.last_error = type(exc).__name__
                 log.warning("ledger database not ready (%s); retrying in %.0f s", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                if stopping.is_set():
+                    return
                 delay = min(delay * 2, 60.0)
         recorder.start()
         if reconciler is not None:
@@ -534,9 +539,15 @@ async def open_ledger(
     try:
         yield ledger
     finally:
-        starter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starter
+        # Let an in-flight migration or at-head check finish instead of cancelling it: a
+        # cancelled aiosqlite call would post its result to a loop that has closed meanwhile.
+        stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(starter), timeout=10)
+        except TimeoutError:
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
