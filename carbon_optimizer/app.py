@@ -29,6 +29,7 @@ from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddl
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
+from carbon_optimizer.api.routes import ledger as ledger_routes
 from carbon_optimizer.api.security import (
     PROBE_PATHS,
     ApiKeyMiddleware,
@@ -44,6 +45,7 @@ from carbon_optimizer.api.upstream_budget import UpstreamBudgetMiddleware
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.forecast_data import load_error_model
 from carbon_optimizer.health import ComponentStatus
+from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
@@ -75,6 +77,7 @@ class AppOverrides:
     clock: Callable[[], datetime] | None = None
     http: httpx.AsyncClient | None = None
     store: CacheStore | None = None
+    ledger: Ledger | None = None  # replaces the savings ledger (not opened, not closed)
 
 
 def _http_client(settings: Settings) -> httpx.AsyncClient:
@@ -87,12 +90,15 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 @asynccontextmanager
-async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> AsyncIterator[AppState]:
+async def runtime(
+    settings: Settings, overrides: AppOverrides | None = None, *, ledger: bool = False
+) -> AsyncIterator[AppState]:
     """Build every per-process component (clients, caches, data stacks, service); close in reverse.
 
     The only place that builds the HTTP client, the store and the two stacks. Used by the app
     lifespan (once per worker) and by the CLI (`plan`, `estimate`, `prices refresh`), so all of
-    them run the very same stack.
+    them run the very same stack. `ledger=True` (the server) also opens the savings ledger when
+    `database.enabled`; the CLI's one-shot commands never touch the ledger database.
     """
     overrides = overrides or AppOverrides()
     async with AsyncExitStack() as stack:
@@ -147,6 +153,15 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
                 load_error_model(), carbon_stack.forecast.band if carbon_stack.forecast else None
             ),
         )
+        # The savings ledger (issue 15): engine, repository, write queue and reconciler, entered
+        # last so it closes first (its queue flushes while the carbon stack still answers).
+        savings_ledger = overrides.ledger
+        if savings_ledger is None and ledger and settings.database.enabled:
+            savings_ledger = await stack.enter_async_context(
+                _open_ledger(settings, service, wait_for_live=bool(carbon_stack.caches))
+            )
+        if savings_ledger is not None:
+            health_reporters["ledger"] = savings_ledger.health
         state = AppState(
             settings=settings,
             http=http,
@@ -164,6 +179,7 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             ),
             # Serverless prices share the one HTTP client and the one store.
             serverless_prices=build_serverless_chain(settings, http=http, store=shared_store),
+            ledger=savings_ledger,
         )
         health_reporters.setdefault(
             "carbon", lambda: {"status": ComponentStatus.EMBEDDED, "source": "bundled"}
@@ -178,6 +194,29 @@ async def runtime(settings: Settings, overrides: AppOverrides | None = None) -> 
             yield state
         finally:
             state.readiness.ready = False
+
+
+def _open_ledger(
+    settings: Settings, service: OptimizerService, *, wait_for_live: bool
+) -> AbstractAsyncContextManager[Ledger]:
+    """The savings ledger over the carbon provider the service ranks with.
+
+    The reconciler reads realised intensity through the same `CarbonIntensityProvider` (the
+    carbon chain: live history through the cache when a source is configured, the bundled data
+    otherwise). With a live source configured, a window the chain could only paint from bundled
+    data is retried until the last attempt (`wait_for_live`), so an outage delays a placement
+    instead of settling it on climatology.
+    """
+    return open_ledger(
+        settings.database,
+        settings.ledger,
+        carbon=service.carbon,
+        fallback=None,
+        resolver=catalog_resolver(service.catalog),
+        clock=service.clock,
+        signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
+        wait_for_live=wait_for_live,
+    )
 
 
 def _cache_health(
@@ -227,7 +266,7 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         # Starlette copies the yielded mapping into every request's `request.state`.
-        async with runtime(settings, overrides) as state:
+        async with runtime(settings, overrides, ledger=True) as state:
             yield {"co": state}
 
     return lifespan
@@ -258,6 +297,7 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    ledger_routes.install(app)
     app.include_router(carbon_aware_sdk.router)
     app.include_router(compare.router)
     app.include_router(admin.router)

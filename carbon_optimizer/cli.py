@@ -1189,11 +1189,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--version", action="version", version=f"carbon-optimizer {__version__}")
     plan.set_defaults(func=cmd_plan)
     add_price_commands(sub)
-    from carbon_optimizer.commands import cache, compare_deployment, run  # here: run.py imports this module
+    # Imported here: run.py imports this module.
+    from carbon_optimizer.commands import cache, compare_deployment, db, report, run
 
     run.register(sub)
     compare_deployment.register(sub)
     cache.register(sub)
+    db.register(sub)  # savings ledger (issue 15)
+    report.register(sub)
     return parser
 
 

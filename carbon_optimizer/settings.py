@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -231,6 +231,56 @@ class EdgeSettings(BaseModel):
     result_cache_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
 
 
+class DatabaseSettings(BaseModel):
+    """The savings ledger's database. No URL → SQLite in `data_dir` (the embedded default).
+
+    PostgreSQL (driver extra `postgres`) when several replicas share one ledger:
+    `CARBON_OPTIMIZER_DATABASE__URL=postgresql+asyncpg://user@host/db`.
+    """
+
+    enabled: bool = True
+    url: SecretStr | None = None  # may embed a password: never logged
+    # Where the embedded SQLite file lives; default: $XDG_DATA_HOME/carbon-optimizer (~/.local/share/…).
+    data_dir: str | None = None
+    # Apply pending migrations when a worker starts (serialised by a lock); turn off when a deploy
+    # step runs `carbon-optimizer db upgrade` instead.
+    migrate_on_start: bool = True
+    pool_size: int = Field(default=5, ge=1, le=100)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    # How long /v1/optimize waits for its placement to be committed before answering
+    # `queued: true` instead of `recorded: true`. 0 (default) = never wait: the answer says
+    # queued and the row is committed in the background a few ms later. Waiting confirms the
+    # commit but, under load, costs optimize throughput (docs/ledger.md, bench/bench_ledger.py).
+    write_timeout_s: float = Field(default=0.0, ge=0, le=10)
+    # POST /v1/placements exists only to record: it waits this long for the commit (else 202).
+    caller_write_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    # Placements held in memory while the database is down or slow (oldest kept, newest refused).
+    queue_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    retry_interval_s: float = Field(default=2.0, gt=0)
+
+
+class LedgerSettings(BaseModel):
+    """Savings ledger policy: who records by default, who sees everything, how reconciliation runs."""
+
+    # Client ids (see `client_id` in the logs) whose optimize calls are recorded unless they send
+    # `"record": false`; "*" = every client (comma-separated in env).
+    record_clients: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Client ids of API keys that may read every client's placements and reports.
+    admin_client_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    reconcile_enabled: bool = True
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    # Wait this long after a window ends before reconciling (lets measured history settle).
+    reconcile_delay_s: float = Field(default=3600.0, ge=0)
+    reconcile_batch: int = Field(default=200, ge=1, le=10_000)
+    reconcile_max_attempts: int = Field(default=8, ge=1, le=100)
+    lease_ttl_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("record_clients", "admin_client_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        return _split_csv(value)
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -292,6 +342,8 @@ class Settings(BaseSettings):
     pricing: PricingSettings = Field(default_factory=PricingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
 
     # Client API keys (comma-separated). Empty → no auth (warned at start-up).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -316,6 +368,15 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _one_admin_list(self) -> Settings:
+        # One list of admin client ids for every admin power (cache lever, ledger's see-all):
+        # CARBON_OPTIMIZER_ADMIN_CLIENT_IDS and the ledger's own LEDGER__ADMIN_CLIENT_IDS are merged.
+        merged = list(dict.fromkeys([*self.admin_client_ids, *self.ledger.admin_client_ids]))
+        object.__setattr__(self, "admin_client_ids", merged)
+        object.__setattr__(self.ledger, "admin_client_ids", merged)
+        return self
 
     @field_validator("rate_limit")
     @classmethod

@@ -193,6 +193,11 @@ class OptimizeRequest(_Strict):
             "rate (only zones with a source that publishes it; otherwise 422 naming the zones)."
         ),
     )
+    record: bool | None = Field(
+        default=None,
+        description="Record the best option in the savings ledger (default: the client's configured "
+        "default, usually off). Send an Idempotency-Key header so a retry never records twice.",
+    )
 
     @model_validator(mode="after")
     def _locations_or_providers(self) -> OptimizeRequest:
@@ -423,6 +428,15 @@ class OptimizeResponse(BaseModel):
     warnings: list[str] = Field(description="Anything the answer rests on that a caller should know.")
     uncertainty: AnswerUncertaintyOut | None = Field(
         default=None, description="How sure the ranking is (tied flag, risk, Monte Carlo settings)."
+    )
+
+    # Present only when the placement was to be recorded (see docs/ledger.md).
+    placement_id: str | None = Field(
+        default=None, description="Savings-ledger id of the recorded best option (only when recording)."
+    )
+    recorded: bool | None = Field(default=None, description="Committed to the ledger database.")
+    queued: bool | None = Field(
+        default=None, description="Held in memory and retried because the database did not commit in time."
     )
 
 

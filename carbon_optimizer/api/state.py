@@ -10,6 +10,7 @@ import httpx
 from starlette.requests import Request
 
 from carbon_optimizer.api.result_cache import ResultCache
+from carbon_optimizer.ledger.ledger import Ledger
 from carbon_optimizer.providers.catalog import RegionCatalog
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
 from carbon_optimizer.providers.serverless_prices import ServerlessPriceChain
@@ -44,6 +45,8 @@ class AppState:
     result_cache: ResultCache = field(default_factory=ResultCache)
     # Serverless price chain for /v1/compare/deployment (None → bundled tables only).
     serverless_prices: ServerlessPriceChain | None = None
+    # The savings ledger (issue 15); None when `database.enabled` is off.
+    ledger: Ledger | None = None
     readiness: Readiness = field(default_factory=Readiness)
 
     @property

@@ -59,6 +59,9 @@ def test_compose_app_and_redis_are_healthchecked_and_ordered() -> None:
         assert services[name]["healthcheck"]["test"]
     assert services["app"]["read_only"] is True
     assert "/tmp" in services["app"]["tmpfs"][0]
+    # the savings ledger's SQLite directory is a named volume (read-only root FS)
+    data_dir = services["app"]["environment"]["CARBON_OPTIMIZER_DATABASE__DATA_DIR"]
+    assert any(v.split(":")[1] == data_dir for v in services["app"]["volumes"])
     assert services["app"]["environment"]["CARBON_OPTIMIZER_REDIS__URL"].startswith("redis://redis:")
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["observability"]
@@ -117,7 +120,13 @@ def test_prod_deployment_is_hardened_probed_and_spread(rendered: dict[str, list[
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(
         container["resources"]["limits"]
     )
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/var/lib/carbon-optimizer"}
+    # The ledger's SQLite directory is a writable volume (the root FS is read-only).
+    config = find(prod, "ConfigMap", "carbon-optimizer-config")["data"]
+    assert config["CARBON_OPTIMIZER_DATABASE__DATA_DIR"] == "/var/lib/carbon-optimizer"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    ledger_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/carbon-optimizer")
+    assert "emptyDir" in volumes[ledger_mount["name"]]
     graceful = int(
         find(prod, "ConfigMap", "carbon-optimizer-config")["data"][
             "CARBON_OPTIMIZER_SERVER__GRACEFUL_TIMEOUT_S"
@@ -159,7 +168,10 @@ def test_network_policy_egress_is_redis_dns_and_public_https(
 ) -> None:
     policy = find(rendered["prod"], "NetworkPolicy", "carbon-optimizer-api")
     ports = sorted((p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"])
-    assert ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (6379, "TCP")]
+    # PostgreSQL (the shared savings ledger) on 5432, to one subnet only
+    assert ports == [(53, "TCP"), (53, "UDP"), (443, "TCP"), (5432, "TCP"), (6379, "TCP")]
+    postgres = next(rule for rule in policy["spec"]["egress"] if rule["ports"][0]["port"] == 5432)
+    assert [peer["ipBlock"]["cidr"] for peer in postgres["to"]] == ["10.0.252.0/28"]
     https = next(rule for rule in policy["spec"]["egress"] if rule["ports"][0]["port"] == 443)
     assert "169.254.0.0/16" in https["to"][0]["ipBlock"]["except"]
     ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}

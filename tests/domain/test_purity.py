@@ -161,6 +161,7 @@ HTTPX_CATCHERS = frozenset(
         "carbon_optimizer.cli",
         "carbon_optimizer.client",
         "carbon_optimizer.commands.compare_deployment",
+        "carbon_optimizer.commands.report",  # `report --server`: a CLI client of the API, like cli.py
     }
 )
 # What of a half (providers/carbon, providers/prices) the rest of the package may import.

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from carbon_optimizer.api.convert import to_query
 from carbon_optimizer.api.examples import OPTIMIZE_EXAMPLES
 from carbon_optimizer.api.present import plan_json
+from carbon_optimizer.api.routes.ledger import attach_placement
 from carbon_optimizer.api.schemas import OptimizeRequest, OptimizeResponse, ProblemOut
 from carbon_optimizer.api.state import get_state, request_id
 from carbon_optimizer.domain.models import format_utc
@@ -19,6 +20,7 @@ router = APIRouter(tags=["optimize"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     413: {"model": ProblemOut, "description": "Body too large"},
+    409: {"model": ProblemOut, "description": "Idempotency-Key reused for a different request (ledger)"},
     415: {"model": ProblemOut, "description": "Content-Type is not JSON"},
     422: {"model": ProblemOut, "description": "Invalid input or nothing feasible"},
     503: {"model": ProblemOut, "description": "No data source can answer"},
@@ -36,10 +38,13 @@ async def _optimize(
     cached = None if bypass else state.result_cache.get(raw, minute)
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
-        return Response(orjson.dumps(result), media_type="application/json", headers=_HIT)
-    result = plan_json(await state.service.optimize(to_query(body, rid)))
-    state.result_cache.put(raw, minute, result)
-    return Response(orjson.dumps(result), media_type="application/json", headers=_BYPASS if bypass else _MISS)
+        headers = _HIT
+    else:
+        result = plan_json(await state.service.optimize(to_query(body, rid)))
+        state.result_cache.put(raw, minute, result)
+        headers = _BYPASS if bypass else _MISS
+    result = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)
+    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
 
 
 _HIT = {"x-result-cache": "hit"}

@@ -1,0 +1,228 @@
+"""Savings-ledger benchmarks: recording overhead on /v1/optimize at c=16, reports over 1 M placements.
+
+Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, PostgreSQL on
+127.0.0.1:5432 with trust auth as `postgres`; `--skip-reports` / `--skip-http` run one half).
+
+1. Recording overhead: one uvicorn worker with the embedded SQLite ledger, wrk c=16 against
+   POST /v1/optimize with `"record": false` (the floor, measured in the same run) and with
+   `"record": true` (every request commits one placement), alternating, medians of the rounds.
+   Twice: with `Cache-Control: no-cache` (the engine runs every time) and with the result cache
+   (the cheapest optimize path, so the largest relative overhead). Target: ≤ 10 % fewer req/s.
+   First with the default `DATABASE__WRITE_TIMEOUT_S=0` (answer without waiting for the commit),
+   then with 0.25 s (wait for it; `--skip-wait` leaves that out).
+2. Reports: a fresh PostgreSQL database seeded with 1 M placements in SQL (100 clients, 40
+   locations, 12 months), then GET-report queries through the repository: all clients by month,
+   by location, one client by day. Medians of 5. Target: < 1 s each. The database is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._wrk import free_port, run_wrk, write_script
+from bench.bench_http import start
+
+OPTIMIZE = {
+    "workload": {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16},
+    "locations": [
+        {"provider": "aws", "region": "us-east-1"},
+        {"provider": "aws", "region": "eu-west-1"},
+        {"provider": "gcp", "region": "europe-west1"},
+        {"provider": "azure", "region": "westeurope"},
+        {"zone": "FR", "price_usd_per_hour": 0.3},
+    ],
+    "objective": {"mode": "balanced"},
+    "max_results": 5,
+}
+
+
+def http_overhead(seconds: int, rounds: int, write_timeout_s: float | None = None) -> dict[str, Any]:
+    data_dir = tempfile.mkdtemp(prefix="co-bench-ledger-")
+    port = free_port()
+    env = {
+        **os.environ,
+        "CARBON_OPTIMIZER_DATABASE__DATA_DIR": data_dir,
+        "CARBON_OPTIMIZER_RATE_LIMIT_ENABLED": "false",
+        "CARBON_OPTIMIZER_LEDGER__RECONCILE_ENABLED": "false",
+    }
+    if write_timeout_s is not None:
+        env["CARBON_OPTIMIZER_DATABASE__WRITE_TIMEOUT_S"] = str(write_timeout_s)
+    proc, _ = start("carbon_optimizer.app:create_app", port, env)
+    url = f"http://127.0.0.1:{port}/v1/optimize"
+    results: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for cache in ("no-cache", "cached"):
+                headers = {"Cache-Control": "no-cache"} if cache == "no-cache" else {}
+                scripts = {
+                    flag: write_script(
+                        Path(tmp) / f"{cache}-{flag}.lua",
+                        json.dumps({**OPTIMIZE, "record": flag}),
+                        headers,
+                    )
+                    for flag in (False, True)
+                }
+                for flag in (False, True):  # warm both paths
+                    run_wrk(url, 16, 1, scripts[flag])
+                runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+                for _ in range(rounds):
+                    for flag in (False, True):
+                        runs[flag].append(run_wrk(url, 16, seconds, scripts[flag]))
+                floor = statistics.median(r["rps"] for r in runs[False])
+                recorded = statistics.median(r["rps"] for r in runs[True])
+                results[cache] = {
+                    "rps_record_false": round(floor, 1),
+                    "rps_record_true": round(recorded, 1),
+                    "overhead_pct": round(100.0 * (floor - recorded) / floor, 1),
+                    "p50_ms_false": statistics.median(r["p50_ms"] for r in runs[False]),
+                    "p50_ms_true": statistics.median(r["p50_ms"] for r in runs[True]),
+                    "p99_ms_false": statistics.median(r["p99_ms"] for r in runs[False]),
+                    "p99_ms_true": statistics.median(r["p99_ms"] for r in runs[True]),
+                    "errors": sum(
+                        r.get("errors", 0) + r.get("non2xx", 0) for rs in runs.values() for r in rs
+                    ),
+                }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    rows = _count_sqlite(Path(data_dir) / "ledger.sqlite3")
+    results["placements_written"] = rows
+    return results
+
+
+def _count_sqlite(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM ledger_placements").fetchone()[0])
+
+
+# ----- reports over 1 M rows -----
+
+
+# Generated inside PostgreSQL (INSERT … SELECT generate_series): no rows cross the wire.
+SEED_SQL = """
+INSERT INTO ledger_placements (id, client_id, created_at, origin, workload, signal, location, zone,
+  start_at, end_at, energy_kwh, intensity_g_per_kwh, emissions_g, cost_usd, baseline_name,
+  baseline_location, baseline_zone, baseline_start_at, baseline_end_at, baseline_energy_kwh,
+  baseline_intensity_g_per_kwh, baseline_emissions_g, baseline_cost_usd, quality, status, due_at,
+  attempts, realised_energy_kwh, realised_emissions_g, realised_baseline_emissions_g, realised_source,
+  reconciled_at)
+SELECT gen_random_uuid()::text, 'client' || lpad((i % 100)::text, 3, '0'), t - interval '1 hour',
+  'optimize', '{"duration_minutes": 120}'::json, 'location-based average, lifecycle',
+  'zone/Z' || (i % 40), 'Z' || (i % 40), t, t + interval '2 hours', kwh, fc, kwh * fc, 1.0, 'bench',
+  'zone/Z0', 'Z0', t, t + interval '2 hours', kwh, base, kwh * base, 0.9, '{"warnings": []}'::json,
+  CASE WHEN rec THEN 'reconciled' ELSE 'recorded' END, t + interval '2 hours',
+  CASE WHEN rec THEN 1 ELSE 0 END, CASE WHEN rec THEN kwh END,
+  CASE WHEN rec THEN kwh * fc * (0.8 + 0.4 * r2) END, CASE WHEN rec THEN kwh * base * 1.05 END,
+  CASE WHEN rec THEN 'bench' END, CASE WHEN rec THEN t + interval '3 hours' END
+FROM (SELECT i, timestamp '2026-01-01' + random() * interval '365 days' AS t, 1 + random() AS kwh,
+        50 + 300 * random() AS fc, 200 + 300 * random() AS base, random() < 0.8 AS rec,
+        random() AS r2
+      FROM generate_series(1, $1) AS i) AS s
+"""
+
+
+async def reports(n: int, host: str, port: int) -> dict[str, Any]:
+    import asyncpg
+
+    from carbon_optimizer.ledger import db
+    from carbon_optimizer.ledger.repository import LedgerRepository
+    from carbon_optimizer.settings import DatabaseSettings
+
+    name = f"co_ledger_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@{host}:{port}/{name}"
+    engine = db.create_engine(DatabaseSettings(url=url))
+    out: dict[str, Any] = {"placements": n}
+    try:
+        await db.upgrade(engine)
+        begin = datetime(2026, 1, 1, tzinfo=UTC)
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", database=name)
+        try:
+            t0 = time.perf_counter()
+            await conn.execute(SEED_SQL, n)
+            out["seed_s"] = round(time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            await conn.execute("VACUUM ANALYZE ledger_placements")
+            out["vacuum_analyze_s"] = round(time.perf_counter() - t0, 1)
+        finally:
+            await conn.close()
+        repo = LedgerRepository(engine)
+        end = begin + timedelta(days=366)
+        cases = {
+            "all clients, 12 months, by month": ("month", begin, end, None),
+            "all clients, 12 months, by location": ("location", begin, end, None),
+            "all clients, 1 month, by day": ("day", begin, begin + timedelta(days=31), None),
+            "one client, 12 months, by day": ("day", begin, end, "client007"),
+            "one client, 12 months, by week": ("week", begin, end, "client007"),
+        }
+        timings: dict[str, Any] = {}
+        for label, (group_by, lo, hi, client) in cases.items():
+            await repo.aggregate(group_by, lo, hi, client)  # warm the buffer cache
+            samples = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                result = await repo.aggregate(group_by, lo, hi, client)
+                samples.append(time.perf_counter() - t0)
+            timings[label] = {
+                "median_ms": round(1000 * statistics.median(samples), 1),
+                "groups": len(result),
+                "placements": int(sum(r["placements"] for r in result)),
+            }
+        out["reports"] = timings
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--pg-host", default="127.0.0.1")
+    parser.add_argument("--pg-port", type=int, default=5432)
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-reports", action="store_true")
+    parser.add_argument("--skip-wait", action="store_true", help="only the default (no-wait) overhead")
+    args = parser.parse_args()
+    result: dict[str, Any] = {}
+    if not args.skip_http:
+        result["recording_overhead_c16"] = http_overhead(args.seconds, args.rounds)
+        print(
+            "write_timeout_s=0 (default, no wait):",
+            json.dumps(result["recording_overhead_c16"], indent=2),
+            flush=True,
+        )
+        if not args.skip_wait:
+            result["recording_overhead_c16_wait"] = http_overhead(args.seconds, args.rounds, 0.25)
+            print(
+                "write_timeout_s=0.25 (wait for the commit):",
+                json.dumps(result["recording_overhead_c16_wait"], indent=2),
+                flush=True,
+            )
+    if not args.skip_reports:
+        result["reports_postgresql"] = asyncio.run(reports(args.rows, args.pg_host, args.pg_port))
+        print(json.dumps(result["reports_postgresql"], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""The ledger's entry points for the API, the CLI and the app's lifespan.
+
+`Ledger.record_optimize` is the one function the optimize route calls, after the plan is computed:
+it turns the response's best option and baseline into a placement row and hands it to the
+`Recorder`. Everything else (caller-made placements, outcomes, reports) is here too so the routes
+stay thin. Client isolation lives here, not in SQL callers: a client only ever reads or updates
+its own placements; an admin client id reads all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+import orjson
+
+from carbon_optimizer.errors import InvalidInput
+from carbon_optimizer.health import ComponentStatus
+from carbon_optimizer.ledger import db
+from carbon_optimizer.ledger.models import RECORDED
+from carbon_optimizer.ledger.reconciler import Reconciler
+from carbon_optimizer.ledger.recorder import Ack, QueueFull, Recorder
+from carbon_optimizer.ledger.reports import build_report
+from carbon_optimizer.ledger.repository import LedgerRepository
+from carbon_optimizer.providers.base import CarbonIntensityProvider
+from carbon_optimizer.settings import DatabaseSettings, LedgerSettings
+
+log = logging.getLogger(__name__)
+ANONYMOUS: Final = "anonymous"  # client id when the API runs without keys
+# uuid5 namespace for placement ids derived from (client id, Idempotency-Key): every replica
+# derives the same id for a retry, even while the database is down and rows wait in memory.
+_ID_NAMESPACE: Final = uuid.UUID("5b0f4c1e-7d1a-4c55-9a43-0c6f1ad0e815")
+# An outcome may end at most this far in the future (clock skew between caller and server).
+_CLOCK_SKEW: Final = timedelta(minutes=5)
+_MAX_REPORT_RANGE: Final = timedelta(days=3 * 366)
+
+
+class PlacementNotFound(Exception):
+    """No placement with this id visible to this client (another client's id looks the same)."""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used by this client for a different request."""
+
+
+class LedgerUnavailable(Exception):
+    """The database cannot answer (reads and outcomes are not queued)."""
+
+
+class ZoneResolver(Protocol):
+    """Maps a requested location to (location key, carbon zone); raises `InvalidInput` if unknown."""
+
+    def __call__(
+        self, provider: str | None, region: str | None, zone: str | None, loc: tuple[str | int, ...]
+    ) -> tuple[str, str]:
+        """Resolve."""
+        ...
+
+
+class _Catalog(Protocol):
+    def get(self, provider: str, region: str) -> Any:
+        """Region or None."""
+        ...
+
+    def zone(self, zone: str) -> Any:
+        """Zone info or None."""
+        ...
+
+
+def catalog_resolver(catalog: _Catalog) -> ZoneResolver:
+    """A `ZoneResolver` over the region catalog (cloud regions and grid zones)."""
+
+    def resolve(
+        provider: str | None, region: str | None, zone: str | None, loc: tuple[str | int, ...]
+    ) -> tuple[str, str]:
+        if provider is not None and region is not None:
+            found = catalog.get(provider, region)
+            if found is None:
+                raise InvalidInput(
+                    f"unknown region '{region}' for provider '{provider}'", loc=(*loc, "region")
+                )
+            return f"{provider}/{region}", str(found.zone)
+        if zone is not None:
+            info = catalog.zone(zone)
+            if info is None:
+                raise InvalidInput(f"unknown zone '{zone}'", loc=(*loc, "zone"))
+            return f"zone/{info.zone}", str(info.zone)
+        raise InvalidInput("a location needs 'provider' and 'region', or 'zone'", loc=loc)
+
+    return resolve
+
+
+def placement_id_for(client_id: str, idempotency_key: str | None) -> str:
+    """Deterministic id for an idempotent call, random otherwise."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{client_id}\n{idempotency_key}"))
+
+
+def fingerprint(payload: Any) -> str:
+    """SHA-256 of the canonical JSON of what was asked (to detect a reused Idempotency-Key)."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def parse_utc(text: str) -> datetime:
+    """RFC 3339 (as the API writes it, `Z` suffix) → aware UTC."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _location_key(location: Mapping[str, Any]) -> str:
+    if location.get("provider") and location.get("region"):
+        return f"{location['provider']}/{location['region']}"
+    return f"zone/{location['zone']}"
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is asking: their client id and whether it may see every client's placements."""
+
+    client_id: str
+    admin: bool
+
+
+class Ledger:
+    """Records placements, accepts outcomes, answers reports."""
+
+    def __init__(
+        self,
+        repository: LedgerRepository,
+        recorder: Recorder,
+        *,
+        settings: LedgerSettings,
+        resolver: ZoneResolver,
+        clock: Callable[[], datetime],
+        signal: str,
+        reconciler: Reconciler | None = None,
+        caller_write_timeout_s: float = 1.0,
+    ) -> None:
+        self.repository = repository
+        self.caller_write_timeout_s = caller_write_timeout_s
+        self.recorder = recorder
+        self.settings = settings
+        self.resolver = resolver
+        self.clock = clock
+        self.signal = signal
+        self.reconciler = reconciler
+        self._record_all = "*" in settings.record_clients
+        self._record_clients = frozenset(settings.record_clients)
+        self._admins = frozenset(settings.admin_client_ids)
+
+    def viewer(self, client_id: str | None) -> Viewer:
+        """The caller as the ledger sees it (no key configured → one anonymous client)."""
+        cid = client_id or ANONYMOUS
+        return Viewer(cid, cid in self._admins)
+
+    def wants_record(self, requested: bool | None, client_id: str | None) -> bool:
+        """`record` from the request, else the client's configured default."""
+        if requested is not None:
+            return requested
+        return self._record_all or (client_id or ANONYMOUS) in self._record_clients
+
+    def _due(self, *ends: datetime | None) -> datetime:
+        latest = max(e for e in ends if e is not None)
+        return latest + timedelta(seconds=self.settings.reconcile_delay_s)
+
+    # ----- recording -----
+
+    async def record_optimize(
+        self,
+        *,
+        request: Mapping[str, Any],
+        result: Mapping[str, Any],
+        client_id: str | None,
+        request_id: str,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        """Record the plan's best option against its baseline; return the response's placement fields.
+
+        `request` is the optimize body as JSON-ready data, `result` the response body. Never raises
+        for database trouble: the answer then says `recorded: false` with `queued` and a warning.
+        Raises `IdempotencyConflict` when the key was used for a different request.
+        """
+        if request.get("signal", "average") != "average":
+            # The ledger accounts in average intensity; marginal grams are another quantity and
+            # summing both in one report would claim more than the data supports.
+            return {
+                "placement_id": None,
+                "recorded": False,
+                "queued": False,
+                "warning": "placement not recorded: the savings ledger accounts in average intensity only",
+            }
+        cid = client_id or ANONYMOUS
+        best = result["best"]
+        baseline = result.get("baseline")
+        body = {k: v for k, v in request.items() if k not in ("record", "signal")}
+        explicit = request.get("baseline") is not None
+        row = self._row(
+            client_id=cid,
+            origin="optimize",
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            fingerprint_of=body,
+            workload=request.get("workload") or {},
+            chosen=best,
+            chosen_key=_location_key(best["location"]),
+            chosen_zone=str(best["location"]["zone"]),
+            baseline=baseline,
+            baseline_key=_location_key(baseline["location"]) if baseline else None,
+            baseline_zone=str(baseline["location"]["zone"]) if baseline else None,
+            baseline_name=(
+                ("requested baseline" if explicit else "first requested location at the earliest start")
+                if baseline
+                else None
+            ),
+            quality={"warnings": list(result.get("warnings", ())), "objective": result.get("objective")},
+        )
+        return await self._submit_for_optimize(row)
+
+    async def _submit_for_optimize(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ack = await self.recorder.submit(row, origin="optimize")
+        except QueueFull:
+            return {
+                "placement_id": None,
+                "recorded": False,
+                "queued": False,
+                "warning": "placement not recorded: the ledger queue is full (database unavailable)",
+            }
+        self._raise_on_conflict(ack)
+        out: dict[str, Any] = {
+            "placement_id": ack.placement_id,
+            "recorded": ack.recorded,
+            "queued": ack.queued,
+        }
+        if ack.timed_out or (ack.queued and not self.recorder.healthy):
+            out["warning"] = (
+                "placement accepted but not yet committed (ledger database slow or unavailable); "
+                "queued in memory and retried"
+            )
+        return out
+
+    @staticmethod
+    def _raise_on_conflict(ack: Ack) -> None:
+        if ack.written is not None and ack.written.conflict:
+            raise IdempotencyConflict("this Idempotency-Key was already used for a different request")
+
+    async def record_caller(
+        self, *, body: Mapping[str, Any], client_id: str | None, request_id: str, idempotency_key: str | None
+    ) -> Ack:
+        """POST /v1/placements: a decision the caller made itself (validated shape, see schemas).
+
+        Raises `QueueFull` when it can be neither committed nor queued, `IdempotencyConflict`.
+        """
+        cid = client_id or ANONYMOUS
+        chosen = dict(body["chosen"])
+        chosen_key, chosen_zone = self._resolve(chosen["location"], ("body", "chosen", "location"))
+        baseline = dict(body["baseline"]) if body.get("baseline") else None
+        baseline_key = baseline_zone = None
+        if baseline is not None:
+            baseline_key, baseline_zone = self._resolve(
+                baseline["location"], ("body", "baseline", "location")
+            )
+        row = self._row(
+            client_id=cid,
+            origin="caller",
+            request_id=body.get("request_id") or request_id,
+            idempotency_key=idempotency_key,
+            fingerprint_of=body,
+            workload=body.get("workload") or {},
+            chosen=chosen,
+            chosen_key=chosen_key,
+            chosen_zone=chosen_zone,
+            baseline=baseline,
+            baseline_key=baseline_key,
+            baseline_zone=baseline_zone,
+            baseline_name=(baseline.get("name") or "caller-supplied baseline") if baseline else None,
+            quality={"warnings": [], "note": "figures supplied by the caller"},
+        )
+        ack = await self.recorder.submit(row, origin="caller", timeout_s=self.caller_write_timeout_s)
+        self._raise_on_conflict(ack)
+        return ack
+
+    def _resolve(self, location: Mapping[str, Any], loc: tuple[str | int, ...]) -> tuple[str, str]:
+        return self.resolver(location.get("provider"), location.get("region"), location.get("zone"), loc)
+
+    def _row(
+        self,
+        *,
+        client_id: str,
+        origin: str,
+        request_id: str | None,
+        idempotency_key: str | None,
+        fingerprint_of: Any,
+        workload: Any,
+        chosen: Mapping[str, Any],
+        chosen_key: str,
+        chosen_zone: str,
+        baseline: Mapping[str, Any] | None,
+        baseline_key: str | None,
+        baseline_zone: str | None,
+        baseline_name: str | None,
+        quality: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        start, end = _when(chosen["start"]), _when(chosen["end"])
+        base_start = _when(baseline["start"]) if baseline else None
+        base_end = _when(baseline["end"]) if baseline else None
+        energy = float(chosen["energy_kwh"])
+        intensity = float(chosen["avg_carbon_intensity_g_per_kwh"])
+        location = chosen.get("location") or {}
+        row: dict[str, Any] = {
+            "id": placement_id_for(client_id, idempotency_key),
+            "client_id": client_id,
+            "created_at": self.clock(),
+            "request_id": request_id,
+            "origin": origin,
+            "idempotency_key": idempotency_key,
+            "fingerprint": fingerprint(fingerprint_of),
+            "workload": workload,
+            "signal": self.signal,
+            "location": chosen_key,
+            "zone": chosen_zone,
+            "provider": location.get("provider"),
+            "region": location.get("region"),
+            "instance_type": chosen.get("instance_type"),
+            "start_at": start,
+            "end_at": end,
+            "energy_kwh": energy,
+            "intensity_g_per_kwh": intensity,
+            "emissions_g": float(chosen.get("emissions_g") or energy * intensity),
+            "cost_usd": chosen.get("cost_usd"),
+            "carbon_source": chosen.get("carbon_source"),
+            "price_source": chosen.get("price_source"),
+            "baseline_name": baseline_name,
+            "baseline_location": baseline_key,
+            "baseline_zone": baseline_zone,
+            "baseline_start_at": base_start,
+            "baseline_end_at": base_end,
+            "baseline_energy_kwh": None,
+            "baseline_intensity_g_per_kwh": None,
+            "baseline_emissions_g": None,
+            "baseline_cost_usd": None,
+            "baseline_carbon_source": None,
+            "quality": dict(quality),
+            "status": RECORDED,
+            "due_at": self._due(end, base_end),
+            "attempts": 0,
+        }
+        if baseline is not None:
+            b_energy = float(baseline["energy_kwh"])
+            b_intensity = float(baseline["avg_carbon_intensity_g_per_kwh"])
+            row.update(
+                baseline_energy_kwh=b_energy,
+                baseline_intensity_g_per_kwh=b_intensity,
+                baseline_emissions_g=float(baseline.get("emissions_g") or b_energy * b_intensity),
+                baseline_cost_usd=baseline.get("cost_usd"),
+                baseline_carbon_source=baseline.get("carbon_source"),
+            )
+        return row
+
+    # ----- reading and outcomes -----
+
+    async def get(self, viewer: Viewer, placement_id: str) -> dict[str, Any]:
+        """The placement as stored (404 for an unknown id or another client's)."""
+        row = await self._read(placement_id)
+        if row is None or (not viewer.admin and row["client_id"] != viewer.client_id):
+            raise PlacementNotFound(placement_id)
+        return row
+
+    async def _read(self, placement_id: str) -> dict[str, Any] | None:
+        try:
+            return await self.repository.get(placement_id)
+        except Exception as exc:
+            raise LedgerUnavailable(type(exc).__name__) from exc
+
+    async def outcome(self, viewer: Viewer, placement_id: str, outcome: Mapping[str, Any]) -> dict[str, Any]:
+        """Store what actually ran; the placement is reconciled again with it.
+
+        Idempotent by nature: the same outcome twice leaves the same row.
+        """
+        row = await self.get(viewer, placement_id)
+        start: datetime = outcome["actual_start"].astimezone(UTC)
+        end: datetime = outcome["actual_end"].astimezone(UTC)
+        now = self.clock()
+        if end <= start:
+            raise InvalidInput("actual_end must be after actual_start", loc=("body", "actual_end"))
+        if end > now + _CLOCK_SKEW:
+            raise InvalidInput(
+                "an outcome reports a finished run: actual_end is in the future", loc=("body", "actual_end")
+            )
+        if start < row["created_at"] - timedelta(days=1):
+            raise InvalidInput(
+                "actual_start is more than a day before the placement was recorded",
+                loc=("body", "actual_start"),
+            )
+        values: dict[str, Any] = {
+            "actual_start_at": start,
+            "actual_end_at": end,
+            "measured_energy_kwh": outcome.get("measured_energy_kwh"),
+            "outcome_at": now,
+            "status": RECORDED,
+            "attempts": 0,
+            "reconcile_error": None,
+            "due_at": self._due(end, row["baseline_end_at"]),
+        }
+        location = outcome.get("location")
+        if location is not None:
+            key, zone = self._resolve(location, ("body", "location"))
+            values.update(actual_location=key, actual_zone=zone)
+        else:
+            values.update(actual_location=None, actual_zone=None)
+        try:
+            await self.repository.set_outcome(placement_id, values)
+        except Exception as exc:
+            raise LedgerUnavailable(type(exc).__name__) from exc
+        return {**row, **values}
+
+    async def report(
+        self, viewer: Viewer, *, group_by: str, start: datetime, end: datetime, client: str | None
+    ) -> dict[str, Any]:
+        """Aggregated savings; a client sees its own placements, an admin all (or one `client`)."""
+        if end <= start:
+            raise InvalidInput("'to' must be after 'from'", loc=("query", "to"))
+        if end - start > _MAX_REPORT_RANGE:
+            raise InvalidInput("report range longer than three years", loc=("query", "from"))
+        if client is not None and not viewer.admin and client != viewer.client_id:
+            raise InvalidInput("only an admin key may report on another client", loc=("query", "client"))
+        scope_client = client if viewer.admin else viewer.client_id
+        try:
+            rows = await self.repository.aggregate(group_by, start, end, scope_client)
+        except Exception as exc:
+            raise LedgerUnavailable(type(exc).__name__) from exc
+        scope = "all clients" if scope_client is None else f"client {scope_client}"
+        return build_report(rows, group_by=group_by, start=start, end=end, scope=scope)
+
+    def health(self) -> dict[str, Any]:
+        """For /health: database reachability as last seen by the writer, queue depth, reconciler."""
+        out: dict[str, Any] = {
+            "status": ComponentStatus.OK if self.recorder.healthy else ComponentStatus.DEGRADED,
+            "queued": self.recorder.depth,
+        }
+        if self.recorder.last_error:
+            out["last_error"] = self.recorder.last_error
+        if self.reconciler is not None:
+            last = self.reconciler.last_run
+            out["reconciler"] = {
+                "last_run": last.isoformat() if last else None,
+                "last_error": self.reconciler.last_error,
+            }
+        return out
+
+
+def _when(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return parse_utc(str(value))
+
+
+# ----- composition (called by the app's lifespan and the CLI) -----
+
+
+@asynccontextmanager
+async def open_ledger(
+    database: DatabaseSettings,
+    settings: LedgerSettings,
+    *,
+    carbon: CarbonIntensityProvider,
+    fallback: CarbonIntensityProvider | None,
+    resolver: ZoneResolver,
+    clock: Callable[[], datetime],
+    signal: str,
+    reconcile: bool = True,
+    wait_for_live: bool = False,
+) -> AsyncIterator[Ledger]:
+    """Engine, repository, writer and reconciler tasks; stopped and disposed on exit.
+
+    Nothing here waits for the database: migration runs in the background (serialised across
+    processes) and the writer and reconciler start once it succeeded; until then recordings are
+    queued. A database that is down at start-up therefore never delays readiness.
+    """
+    engine = db.create_engine(database)
+    repository = LedgerRepository(engine)
+    recorder = Recorder(
+        repository,
+        queue_max=database.queue_max,
+        write_timeout_s=database.write_timeout_s,
+        retry_interval_s=database.retry_interval_s,
+    )
+    reconciler = (
+        Reconciler(
+            repository, carbon, settings=settings, clock=clock, fallback=fallback, wait_for_live=wait_for_live
+        )
+        if reconcile and settings.reconcile_enabled
+        else None
+    )
+    ledger = Ledger(
+        repository,
+        recorder,
+        settings=settings,
+        resolver=resolver,
+        clock=clock,
+        signal=signal,
+        reconciler=reconciler,
+        caller_write_timeout_s=database.caller_write_timeout_s,
+    )
+    tasks: list[asyncio.Task[None]] = []
+
+    stopping = asyncio.Event()
+
+    async def start() -> None:
+        delay = database.retry_interval_s
+        while database.migrate_on_start:
+            try:
+                await db.upgrade(engine)
+                break
+            except Exception as exc:  # database down at start-up: keep queueing, keep trying
+                recorder.healthy = False
+                recorder.last_error = type(exc).__name__
+                log.warning("ledger database not ready (%s); retrying in %.0f s", type(exc).__name__, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                if stopping.is_set():
+                    return
+                delay = min(delay * 2, 60.0)
+        recorder.start()
+        if reconciler is not None:
+            tasks.append(asyncio.create_task(reconciler.run_forever(), name="ledger-reconciler"))
+
+    # Not awaited: readiness never waits for the database; recordings queue until it is migrated.
+    starter = asyncio.create_task(start(), name="ledger-start")
+    log.info("ledger database %s", db.redacted(db.database_url(database)))
+    try:
+        yield ledger
+    finally:
+        # Let an in-flight migration or at-head check finish instead of cancelling it: a
+        # cancelled aiosqlite call would post its result to a loop that has closed meanwhile.
+        stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(starter), timeout=10)
+        except TimeoutError:
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if reconciler is not None:
+            await reconciler.release()
+        await recorder.aclose()
+        await engine.dispose()

@@ -1,0 +1,103 @@
+"""Ledger tables (SQLAlchemy Core: the write path inserts plain dicts in batches, reports aggregate).
+
+Timestamps are stored as naive UTC (`DateTime` without time zone) on both engines so the same
+day/week/month truncation works in SQLite and PostgreSQL; `repository` converts at the boundary.
+The migration in `migrations/versions` creates exactly these tables; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Placement status values.
+RECORDED = "recorded"  # waiting for its window to pass
+RECONCILED = "reconciled"  # realised figures computed
+FAILED = "unreconcilable"  # gave up after `reconcile_max_attempts` (reason in reconcile_error)
+
+placements = Table(
+    "ledger_placements",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("origin", String(16), nullable=False),  # "optimize" | "caller"
+    Column("idempotency_key", String(255), nullable=True),
+    Column("fingerprint", String(64), nullable=True),  # sha256 of the recorded request
+    Column("workload", JSON, nullable=False),
+    Column("signal", String(64), nullable=False),  # e.g. "location-based average, lifecycle"
+    # The chosen option (forecast at decision time).
+    Column("location", String(160), nullable=False),  # "aws/eu-west-1" or "zone/DE"
+    Column("zone", String(64), nullable=False),
+    Column("provider", String(16), nullable=True),
+    Column("region", String(64), nullable=True),
+    Column("instance_type", String(128), nullable=True),
+    Column("start_at", DateTime(), nullable=False),
+    Column("end_at", DateTime(), nullable=False),
+    Column("energy_kwh", Float, nullable=False),
+    Column("intensity_g_per_kwh", Float, nullable=False),
+    Column("emissions_g", Float, nullable=False),
+    Column("cost_usd", Float, nullable=True),
+    Column("carbon_source", String(255), nullable=True),
+    Column("price_source", String(255), nullable=True),
+    # The baseline it is compared with (named per placement).
+    Column("baseline_name", String(255), nullable=True),
+    Column("baseline_location", String(160), nullable=True),
+    Column("baseline_zone", String(64), nullable=True),
+    Column("baseline_start_at", DateTime(), nullable=True),
+    Column("baseline_end_at", DateTime(), nullable=True),
+    Column("baseline_energy_kwh", Float, nullable=True),
+    Column("baseline_intensity_g_per_kwh", Float, nullable=True),
+    Column("baseline_emissions_g", Float, nullable=True),
+    Column("baseline_cost_usd", Float, nullable=True),
+    Column("baseline_carbon_source", String(255), nullable=True),
+    Column("quality", JSON, nullable=False),  # warnings and data provenance at decision time
+    # Outcome reported by the caller.
+    Column("actual_location", String(160), nullable=True),
+    Column("actual_zone", String(64), nullable=True),
+    Column("actual_start_at", DateTime(), nullable=True),
+    Column("actual_end_at", DateTime(), nullable=True),
+    Column("measured_energy_kwh", Float, nullable=True),
+    Column("outcome_at", DateTime(), nullable=True),
+    # Reconciliation.
+    Column("status", String(16), nullable=False),
+    Column("due_at", DateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("reconcile_error", Text, nullable=True),
+    Column("reconciled_at", DateTime(), nullable=True),
+    Column("realised_energy_kwh", Float, nullable=True),
+    Column("realised_intensity_g_per_kwh", Float, nullable=True),
+    Column("realised_emissions_g", Float, nullable=True),
+    Column("realised_baseline_intensity_g_per_kwh", Float, nullable=True),
+    Column("realised_baseline_emissions_g", Float, nullable=True),
+    Column("realised_source", String(255), nullable=True),
+    Column("realised_baseline_source", String(255), nullable=True),
+    UniqueConstraint("client_id", "idempotency_key", name="uq_ledger_placements_idempotency"),
+    # Reports filter by the planned start, per client or across all clients (admin).
+    Index("ix_ledger_placements_client_start", "client_id", "start_at"),
+    Index("ix_ledger_placements_start", "start_at"),
+    # The reconciler's work queue.
+    Index("ix_ledger_placements_status_due", "status", "due_at"),
+)
+
+leases = Table(
+    "ledger_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", DateTime(), nullable=False),
+)

@@ -1,0 +1,191 @@
+"""Every SQL statement of the ledger, for SQLite and PostgreSQL alike.
+
+Rows travel as plain dicts keyed by column name (see `models.placements`); datetimes are aware UTC
+outside this module and naive UTC inside the database. Nothing here retries or queues: callers
+(`recorder`, `reconciler`, the routes) decide what a failure means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from carbon_optimizer.ledger.models import RECORDED, leases, placements
+
+_DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
+
+
+def to_db(value: datetime) -> datetime:
+    """Aware → naive UTC (the stored form)."""
+    if value.tzinfo is None:
+        raise ValueError("ledger datetimes must be timezone-aware")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def from_db(value: datetime | None) -> datetime | None:
+    """Naive UTC (stored) → aware UTC."""
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _row_to_db(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: to_db(v) if k in _DATETIME_COLUMNS and isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _row_from_db(row: Mapping[str, Any]) -> dict[str, Any]:
+    # str(k): column keys are `quoted_name` (a str subclass orjson refuses as a dict key).
+    return {str(k): from_db(v) if k in _DATETIME_COLUMNS else v for k, v in row.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """A placement that was already stored under the same id (an idempotent retry)."""
+
+    id: str
+    fingerprint: str | None
+
+
+class LedgerRepository:
+    """Async data access for placements, leases and reports."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # ----- placements -----
+
+    async def insert_placements(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Existing]:
+        """Insert rows in one transaction; rows whose id exists are left alone.
+
+        Returns the already-stored placements among `rows` (by id) so the caller can tell an
+        idempotent replay (same fingerprint) from a key reused for a different request.
+        """
+        if not rows:
+            return {}
+        # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
+        ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
+        async with self.engine.begin() as conn:
+            existing: dict[str, Existing] = {}
+            if ids:
+                found = await conn.execute(
+                    select(placements.c.id, placements.c.fingerprint).where(placements.c.id.in_(ids))
+                )
+                existing = {row.id: Existing(row.id, row.fingerprint) for row in found}
+            fresh = [_row_to_db(r) for r in rows if r["id"] not in existing]
+            if fresh:
+                await conn.execute(self._insert_ignoring_duplicates(), fresh)
+        return existing
+
+    def _insert_ignoring_duplicates(self) -> Any:
+        # Another replica may insert the same idempotent id between our SELECT and INSERT.
+        if self.dialect == "postgresql":
+            return postgresql.insert(placements).on_conflict_do_nothing()
+        if self.dialect == "sqlite":
+            return sqlite.insert(placements).on_conflict_do_nothing()
+        return insert(placements)
+
+    async def get(self, placement_id: str) -> dict[str, Any] | None:
+        """One placement, or None."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(select(placements).where(placements.c.id == placement_id))
+            row = result.mappings().first()
+        return None if row is None else _row_from_db(dict(row))
+
+    async def set_outcome(self, placement_id: str, values: Mapping[str, Any]) -> None:
+        """Store a reported outcome and queue the placement for (re-)reconciliation."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(placements).where(placements.c.id == placement_id).values(**_row_to_db(values))
+            )
+
+    # ----- reconciliation -----
+
+    async def due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Placements waiting for reconciliation whose time has come, oldest first."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                select(placements)
+                .where(placements.c.status == RECORDED, placements.c.due_at <= to_db(now))
+                .order_by(placements.c.due_at)
+                .limit(limit)
+            )
+            return [_row_from_db(dict(r)) for r in result.mappings()]
+
+    async def save_reconciliation(
+        self, updates: Sequence[tuple[str, datetime | None, Mapping[str, Any]]]
+    ) -> None:
+        """Write the reconciler's results for one batch (one transaction).
+
+        Each update is (id, the `outcome_at` the reconciler read, values). A row whose outcome
+        changed meanwhile is left alone: its result was computed from stale inputs, and the row
+        is due again with the new ones.
+        """
+        if not updates:
+            return
+        async with self.engine.begin() as conn:
+            for placement_id, seen_outcome, values in updates:
+                same_outcome = (
+                    placements.c.outcome_at.is_(None)
+                    if seen_outcome is None
+                    else placements.c.outcome_at == to_db(seen_outcome)
+                )
+                await conn.execute(
+                    update(placements)
+                    .where(placements.c.id == placement_id, placements.c.status == RECORDED, same_outcome)
+                    .values(**_row_to_db(values))
+                )
+
+    # ----- lease -----
+
+    async def acquire_lease(self, name: str, holder: str, now: datetime, expires: datetime) -> bool:
+        """Take or renew the named lease; False when another holder's lease has not expired."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(leases)
+                .where(
+                    leases.c.name == name,
+                    or_(leases.c.holder == holder, leases.c.expires_at < to_db(now)),
+                )
+                .values(holder=holder, expires_at=to_db(expires))
+            )
+            if result.rowcount:
+                return True
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(leases).values(name=name, holder=holder, expires_at=to_db(expires)))
+        except IntegrityError:
+            return False  # someone else holds it
+        return True
+
+    async def release_lease(self, name: str, holder: str, now: datetime) -> None:
+        """Give the lease up early (on shutdown) so another replica need not wait for expiry."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(leases)
+                .where(and_(leases.c.name == name, leases.c.holder == holder))
+                .values(expires_at=to_db(now))
+            )
+
+    # ----- reports -----
+
+    async def aggregate(
+        self, group_by: str, start: datetime, end: datetime, client_id: str | None
+    ) -> list[dict[str, Any]]:
+        """Sums per group over placements planned to start in [start, end) (see `reports`)."""
+        from carbon_optimizer.ledger.reports import aggregate_query  # local: reports imports us
+
+        query = aggregate_query(self.dialect, group_by, to_db(start), to_db(end), client_id)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(query)
+            return [{str(k): v for k, v in r.items()} for r in result.mappings()]
+
+    async def count(self) -> int:
+        """Number of placements stored (health and tests)."""
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(placements))).scalar_one())

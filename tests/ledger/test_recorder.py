@@ -1,0 +1,126 @@
+"""The write queue when the database is down or slow: answer fast, queue (bounded), retry, lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from carbon_optimizer.ledger.recorder import QueueFull, Recorder
+from carbon_optimizer.ledger.repository import Existing
+
+
+class FlakyRepository:
+    """Stands in for the database: fails (or stalls) while `down`, stores rows when up."""
+
+    def __init__(self, *, down: bool = True, delay_s: float = 0.0) -> None:
+        self.down = down
+        self.delay_s = delay_s
+        self.rows: dict[str, Mapping[str, Any]] = {}
+        self.attempts = 0
+
+    async def insert_placements(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Existing]:
+        self.attempts += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        existing = {str(r["id"]): Existing(str(r["id"]), None) for r in rows if r["id"] in self.rows}
+        for row in rows:
+            self.rows.setdefault(str(row["id"]), row)
+        return existing
+
+
+def _recorder(repo: FlakyRepository, **kwargs: Any) -> Recorder:
+    options: dict[str, Any] = {"queue_max": 5, "write_timeout_s": 0.05, "retry_interval_s": 0.02}
+    options.update(kwargs)
+    recorder = Recorder(repo, **options)  # type: ignore[arg-type]
+    recorder.start()
+    return recorder
+
+
+async def _eventually(predicate: Any, within_s: float = 3.0) -> None:
+    """Poll a condition the writer task makes true (it signals nothing a test could await)."""
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_database_down_answers_within_the_timeout_and_flushes_later() -> None:
+    repo = FlakyRepository(down=True)
+    recorder = _recorder(repo)
+    try:
+        began = time.monotonic()
+        acks = [
+            await recorder.submit({"id": f"p{i}", "fingerprint": "f"}, origin="optimize") for i in range(3)
+        ]
+        assert time.monotonic() - began < 3 * 0.05 + 0.2
+        assert all(a.queued and not a.recorded for a in acks)
+        assert recorder.depth == 3
+        assert not recorder.healthy
+        await _eventually(lambda: repo.attempts >= 3)  # retried while down
+        repo.down = False
+        await _eventually(lambda: recorder.depth == 0)
+        assert set(repo.rows) == {"p0", "p1", "p2"}  # every acknowledged row arrived
+        assert recorder.healthy
+    finally:
+        await recorder.aclose()
+
+
+async def test_slow_database_does_not_hold_the_request() -> None:
+    repo = FlakyRepository(down=False, delay_s=0.5)
+    recorder = _recorder(repo)
+    try:
+        began = time.monotonic()
+        ack = await recorder.submit({"id": "slow", "fingerprint": "f"}, origin="optimize")
+        assert ack.queued
+        assert time.monotonic() - began < 0.3
+        await _eventually(lambda: "slow" in repo.rows)
+    finally:
+        await recorder.aclose()
+
+
+async def test_queue_is_bounded_and_retries_join_the_queued_row() -> None:
+    repo = FlakyRepository(down=True)
+    recorder = _recorder(repo, queue_max=2)
+    try:
+        await recorder.submit({"id": "a"}, origin="caller")
+        await recorder.submit({"id": "b"}, origin="caller")
+        # A retry of "a" (same Idempotency-Key → same id) joins it instead of taking a slot.
+        again = await recorder.submit({"id": "a"}, origin="caller")
+        assert again.placement_id == "a"
+        assert recorder.depth == 2
+        with pytest.raises(QueueFull):
+            await recorder.submit({"id": "c"}, origin="caller")
+        repo.down = False
+        await _eventually(lambda: recorder.depth == 0)
+        assert sorted(repo.rows) == ["a", "b"]
+    finally:
+        await recorder.aclose()
+
+
+async def test_shutdown_flushes_what_it_can() -> None:
+    repo = FlakyRepository(down=False, delay_s=0.1)
+    recorder = _recorder(repo, write_timeout_s=0.01)
+    for i in range(4):
+        await recorder.submit({"id": f"s{i}"}, origin="optimize")
+    await recorder.aclose()
+    assert sorted(repo.rows) == ["s0", "s1", "s2", "s3"]
+    assert recorder.depth == 0
+
+
+async def test_write_timeout_zero_answers_queued_without_waiting() -> None:
+    repo = FlakyRepository(down=False, delay_s=0.2)
+    recorder = _recorder(repo, write_timeout_s=0.0)
+    try:
+        began = time.monotonic()
+        ack = await recorder.submit({"id": "fast"}, origin="optimize")
+        assert time.monotonic() - began < 0.05
+        assert ack.queued
+        assert not ack.timed_out  # not a degradation: configured not to wait
+        await _eventually(lambda: "fast" in repo.rows)
+    finally:
+        await recorder.aclose()
