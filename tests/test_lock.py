@@ -1,7 +1,7 @@
 """The dev lock is complete, consistent with pyproject.toml, and is what this environment runs.
 
 Why: open-ended dev ranges let a fresh machine resolve whatever was released that day (pytest 9.2
-broke schemathesis 4.32 that way). `requirements/dev.lock` pins one tested set; these tests fail if a
+broke schemathesis 4.32 that way). `requirements/dev.lock.txt` pins one tested set; these tests fail if a
 requirement of pyproject.toml is missing from the lock, pinned outside its specifier, or if the
 running environment drifted from the lock (so the suite's verdict is about the locked set).
 """
@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK = ROOT / "requirements" / "dev.lock"
+LOCK = ROOT / "requirements" / "dev.lock.txt"
 SELF = "carbon-optimizer"
 
 
