@@ -20,7 +20,9 @@ async def make_client(
     settings: Settings | None = None, overrides: AppOverrides | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings or Settings(_env_file=None), overrides or AppOverrides(clock=fixed_clock()))
-    async with LifespanManager(app) as manager:
+    # Shutdown may wait for the ledger's start-up migration to finish (up to 10 s, docs/ledger.md);
+    # asgi-lifespan's default 5 s would cut that short on a loaded machine.
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
