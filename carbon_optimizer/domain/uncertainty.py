@@ -29,7 +29,7 @@ quantiles by lead time estimated in the backtest, shipped as `data/forecast_erro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,12 +256,20 @@ def assess(
 ) -> Uncertainty:
     """Intervals, p_best, ranking by `risk` and the tie flag for a set of options (one MC run)."""
     samples = sample_emissions(paths, options, draws, rho, seed, cross_zone)
-    scores = risk_scores(samples, risk)
+    return assess_samples(samples, risk, threshold)
+
+
+def assess_samples(samples: FloatArray, risk: str = "p50", threshold: float = TIE_THRESHOLD) -> Uncertainty:
+    """`assess` on drawn emissions (draws, K): one sort gives every quantile."""
+    if risk not in RISKS:
+        raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
+    ordered = np.sort(samples, axis=0)
+    p10, p50, p90 = (_sorted_quantile(ordered, q) for q in (0.1, 0.5, 0.9))
+    scores = samples.mean(axis=0) if risk == "mean" else (p90 if risk == "p90" else p50)
     order = np.argsort(scores, kind="stable").astype(np.int64)
     leader = int(order[0])
     beats = tied_with_leader(samples, leader, threshold)
     others = np.delete(beats, leader)
-    p10, p50, p90 = np.quantile(samples, [0.1, 0.5, 0.9], axis=0)
     return Uncertainty(
         p10=p10,
         p50=p50,
@@ -272,6 +280,63 @@ def assess(
         leader=leader,
         tied=bool(others.size and others.max() >= threshold),
     )
+
+
+def _sorted_quantile(ordered: FloatArray, q: float) -> FloatArray:
+    """Column quantile of column-sorted draws, NumPy's default ("linear") rule."""
+    position = q * (ordered.shape[0] - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, ordered.shape[0] - 1)
+    frac = position - low
+    out: FloatArray = ordered[low] + frac * (ordered[high] - ordered[low])
+    return out
+
+
+def zone_draw_sums(
+    path: FloatArray, draws: int = DEFAULT_DRAWS, rho: float = DEFAULT_RHO, seed: int = 0
+) -> FloatArray:
+    """Cumulative sums (hours + 1, draws) of one zone's drawn hourly values under the error model.
+
+    The draws of `sample_emissions` for a single zone, kept as prefix sums over hours so any
+    window's mean in every draw is two row reads: a zone's sums are made once (per series and
+    hour, by the caller's memo) and every option and request on it is index arithmetic. Zones
+    drawn this way are independent (give each its own `seed`); `cross_zone` needs the joint
+    `sample_emissions`.
+    """
+    if path.ndim != 2 or path.shape[0] != 3:
+        raise ValueError("path must be (3, hours): p10, p50, p90")
+    path = np.nan_to_num(path, nan=0.0)  # hours without an error model: no option may span them
+    if np.any(np.diff(path, axis=0) < 0):
+        raise ValueError("path must satisfy p10 <= p50 <= p90")
+    hours = path.shape[1]
+    z = ar1_normals(np.random.default_rng(seed), draws, 1, hours, rho)[:, :, 0]  # (H, N)
+    p10, p50, p90 = (path[i][:, None] for i in range(3))
+    z *= np.where(z < 0.0, (p50 - p10) / Z90, (p90 - p50) / Z90)
+    z += p50
+    np.maximum(z, 0.0, out=z)
+    sums = np.empty((hours + 1, draws))
+    sums[0] = 0.0
+    np.cumsum(z, axis=0, out=sums[1:])
+    sums.flags.writeable = False
+    return sums
+
+
+def window_samples(sums: Sequence[FloatArray], options: Options) -> FloatArray:
+    """Drawn emissions (draws, K) of each option from its zone's `zone_draw_sums`."""
+    columns = []
+    for zone, start, hours, scale in zip(
+        options.zone.tolist(),
+        options.start.tolist(),
+        options.hours.tolist(),
+        options.scale.tolist(),
+        strict=True,
+    ):
+        table = sums[zone]
+        if hours < 1 or start < 0 or start + hours > table.shape[0] - 1:
+            raise ValueError("every option's window must lie inside its zone's draws")
+        columns.append((table[start + hours] - table[start]) * (scale / hours))
+    out: FloatArray = np.stack(columns, axis=1)
+    return out
 
 
 def comonotone_interval(paths: FloatArray, options: Options) -> FloatArray:
