@@ -50,7 +50,7 @@ class AnswerUncertainty:
 
 
 def assess_answer(
-    paths: Sequence[FloatArray],
+    paths: Sequence[FloatArray] | FloatArray,
     zone: IntArray,
     start: IntArray,
     hours: IntArray,
