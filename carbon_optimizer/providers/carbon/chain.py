@@ -83,7 +83,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IntArray = npt.NDArray[np.int64]
 
 
-_Step = tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException], tuple[Fetched, ...]]
+# What one source gave: results by kind, failures by kind, and every (request, object) fetched.
+_Pairs = tuple[tuple[SeriesRequest, Fetched], ...]
+_Step = tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException], _Pairs]
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -91,7 +93,7 @@ class _LiveMemo:
     """A routed zone's answer and what it was painted from (the fetched objects, kept alive)."""
 
     now_floor: datetime
-    trace: tuple[tuple[Fetched, ...], ...]  # per source consumed, in route order
+    trace: tuple[_Pairs, ...]  # per source consumed, in route order
     result: SeriesResult
     fallbacks: tuple[str, ...]
 
@@ -326,11 +328,16 @@ class CarbonChain:
         Why: the hot path asks for 20-150 zones per request; for zones no live source routes (the
         bundled data alone answers) the painted series is a pure function of the zone, the hours
         and the signal, so a hit needs no task, no canvas and no await. Zones with a live route
-        always miss here and take `series` (their freshness belongs to the two-tier cache).
+        hit only when their memoised answer is this hour's and every source it consumed still
+        holds the very same objects in its in-process tier (`peek`): their freshness stays the
+        two-tier cache's, and anything else takes `series`.
         """
-        if end <= start or self.route(zone, signal):
+        if end <= start:
             return None
+        route = self.route(zone, signal)
         key = self._memo_key(zone, start, end, signal)
+        if route:
+            return self._live_cached(key, route, zone)
         hit = self._offline_memo.get(key)
         if hit is None:
             return None
@@ -359,7 +366,7 @@ class CarbonChain:
         if memo is not None and memo.now_floor == now_floor:
             hit = await self._replay_memo(memo, route, zone, start, end, now_floor, signal, steps)
             if hit:
-                self._note_age(zone, [f for step in steps for f in step[0].values()], now)
+                self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
                 for label in memo.fallbacks:
                     child(FALLBACKS, "carbon", label).inc()
                 self._live_memo.move_to_end(key)
@@ -369,7 +376,7 @@ class CarbonChain:
         all_fetched: list[Fetched] = []
         all_errors: list[BaseException] = []
         fallbacks: tuple[str, ...] = ()
-        trace: list[tuple[Fetched, ...]] = []
+        trace: list[_Pairs] = []
         for i, source in enumerate(route):
             if i < len(steps):  # already fetched while checking the memo: never ask a source twice
                 fetched, errors, refs = steps[i]
@@ -420,6 +427,27 @@ class CarbonChain:
                 self._live_memo.popitem(last=False)
         return result
 
+    def _live_cached(self, key: _MemoKey, route: tuple[CarbonSource, ...], zone: str) -> SeriesResult | None:
+        """The routed zone's memoised answer if its sources' in-process tiers still hold its objects."""
+        memo = self._live_memo.get(key)
+        if memo is None or len(memo.trace) > len(route):
+            return None
+        now = self._clock()
+        if memo.now_floor != floor_to(now, HOUR):
+            return None
+        for source, pairs in zip(route, memo.trace, strict=False):
+            peek = getattr(source, "peek", None)
+            if peek is None:
+                return None
+            for request, fetched in pairs:
+                if peek(request) is not fetched:
+                    return None
+        self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
+        for label in memo.fallbacks:
+            child(FALLBACKS, "carbon", label).inc()
+        self._live_memo.move_to_end(key)
+        return memo.result
+
     async def _replay_memo(
         self,
         memo: _LiveMemo,
@@ -446,7 +474,7 @@ class CarbonChain:
             if (
                 errors
                 or len(refs) != len(expected)
-                or any(a is not b for a, b in zip(refs, expected, strict=True))
+                or any(a[1] is not b[1] for a, b in zip(refs, expected, strict=True))
             ):
                 return False
         return True
@@ -513,19 +541,17 @@ class CarbonChain:
         results: dict[SeriesKind, Fetched] = {}
         errors: dict[SeriesKind, BaseException] = {}
         deadline_at = asyncio.get_running_loop().time() + self._live_deadline_s
+        got: dict[int, tuple[SeriesRequest, Fetched]] = {}  # by the request's place in `asked`
 
-        chunks: list[Fetched] = []
-
-        async def one(request: SeriesRequest) -> None:
+        async def one(at: int, request: SeriesRequest) -> None:
             try:
                 async with asyncio.timeout_at(deadline_at):
                     fetched = await source.fetch(request)
             except (ProviderError, TimeoutError) as exc:
                 errors.setdefault(request.kind, exc)
                 return
-            if request.kind is SeriesKind.PAST_RANGE:
-                chunks.append(fetched)
-            else:
+            got[at] = (request, fetched)
+            if request.kind is not SeriesKind.PAST_RANGE:
                 results[request.kind] = fetched
 
         # A source may answer only some kinds (our forecaster: forecasts only): ask it nothing else.
@@ -534,22 +560,21 @@ class CarbonChain:
             r for r in self._requests(zone, start, end, now_floor, signal) if kinds is None or r.kind in kinds
         ]
         if len(wanted) == 1:
-            await one(wanted[0])  # the usual case (a forecast only): no task for one await
+            await one(0, wanted[0])  # the usual case (a forecast only): no task for one await
         else:
-            await asyncio.gather(*(one(r) for r in wanted))
-        chunks.sort(key=lambda f: f.series.start)
+            await asyncio.gather(*(one(i, r) for i, r in enumerate(wanted)))
+        chunks = [f for r, f in (got[i] for i in sorted(got)) if r.kind is SeriesKind.PAST_RANGE]
         if chunks:
             results[SeriesKind.PAST_RANGE] = _merge_chunks(zone, chunks)
         forecast_error = errors.get(SeriesKind.FORECAST)
         if isinstance(forecast_error, ProviderNotEntitled):
             # Plans without forecasts usually still have `latest`: hold it flat for a while.
-            await one(SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
+            await one(len(wanted), SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
             if SeriesKind.LATEST in results:
                 del errors[SeriesKind.FORECAST]
             else:
                 del errors[SeriesKind.LATEST]
-        refs = tuple(results[k] for k in SeriesKind if k in results and k is not SeriesKind.PAST_RANGE)
-        return results, errors, refs + tuple(chunks)
+        return results, errors, tuple(got[i] for i in sorted(got))
 
     def _paint_latest(self, canvas: _Canvas, latest: Fetched) -> None:
         series = latest.series

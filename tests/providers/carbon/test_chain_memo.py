@@ -136,3 +136,40 @@ async def test_other_signals_zones_and_hours_are_other_entries() -> None:
     assert await c.series("FR", START, START + 6 * HOUR) is not base
     assert await c.series("DE", START, START + 5 * HOUR) is not base
     assert await c.series("DE", START, START + 6 * HOUR) is base
+
+
+@dataclass
+class PeekingSource(CachingSource):
+    """A cached source whose in-process tier can be read synchronously (as `CachedSeriesSource`)."""
+
+    def peek(self, request: SeriesRequest) -> Fetched | None:
+        return self._entries.get((request.kind, request.zone))
+
+
+async def test_the_synchronous_lane_answers_a_warm_routed_zone_without_asking_anyone() -> None:
+    source = PeekingSource("a", 100.0, hours=12)
+    clock = Clock(START + timedelta(minutes=5))
+    c = chain(source, clock=clock)
+    end = START + 6 * HOUR
+    assert c.series_cached("DE", START, end) is None  # nothing memoised yet
+    first = await c.series("DE", START, end)
+    assert c.series_cached("DE", START + timedelta(seconds=20), end) is first
+    assert len(source.calls) == 1  # the lane read the tier, it did not fetch
+    source.refresh(150.0)  # the tier holds another object now (or nothing): the lane misses
+    assert c.series_cached("DE", START, end) is None
+    renewed = await c.series("DE", START, end)
+    assert renewed.series.values.tolist() == [150.0] * 6
+    assert c.series_cached("DE", START, end) is renewed
+    clock.now += HOUR
+    assert c.series_cached("DE", START, end) is None  # another hour: painted again by `series`
+
+
+async def test_the_synchronous_lane_needs_every_consumed_source_to_peek() -> None:
+    first_source = PeekingSource("a", 100.0, hours=3)
+    second_source = CachingSource("b", 300.0, hours=12)  # no peek: its freshness is unknown
+    c = chain(first_source, second_source, clock=Clock(START + timedelta(minutes=5)))
+    await c.series("DE", START, START + 6 * HOUR)
+    assert c.series_cached("DE", START, START + 6 * HOUR) is None
+    only_first = chain(PeekingSource("a", 100.0, hours=12), second_source, clock=Clock(START))
+    answer = await only_first.series("DE", START, START + 6 * HOUR)
+    assert only_first.series_cached("DE", START, START + 6 * HOUR) is answer  # b was never consumed
