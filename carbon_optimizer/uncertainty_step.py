@@ -25,13 +25,13 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer
-from carbon_optimizer.domain.models import CarbonSeries, FloatArray
+from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer, path_prefix
+from carbon_optimizer.domain.models import CarbonSeries, FloatArray, IntArray
 from carbon_optimizer.domain.plan import Option
 from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, zone_draw_sums
 from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
@@ -42,6 +42,7 @@ ERROR_MODEL = "error-model"
 MEASURED = "measured"
 # Memoised paths and draw sums (1,000 draws × a zone's hours × 8 bytes ≈ 0.2–1.4 MB a zone).
 MEMO_BYTES = 64 * 1024 * 1024
+_DESCRIBED_PER_ENTRY = 4096  # window descriptions kept per entry (a 7-day window has ≤ 2,016 starts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,12 @@ class _ZoneEntry:
     series: CarbonSeries
     band: ForecastBand | None
     paths: FloatArray
+    prefix: tuple[FloatArray, IntArray]  # `path_prefix` of the paths
     sums: FloatArray | None = None
+    # (first, last-exclusive index) of a window → (reason, methods, forecast quality)
+    described: dict[tuple[int, int], tuple[str | None, str | None, ForecastQuality | None]] = field(
+        default_factory=dict
+    )
 
 
 class UncertaintyStep:
@@ -197,14 +203,15 @@ class UncertaintyStep:
             cap=self.cap,
             draws=draws,
             sums=lambda z: self._sums(entries[z], draws, rho),
+            prefix=lambda z: entries[z].prefix,
         )
         per: list[OptionUncertainty] = []
         for k, option in enumerate(options):
-            labels = by_zone[option.location.zone].sources_between(option.start, option.end)
-            reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            entry = entries[int(zone[k])]
+            reason, methods, forecast = self._describe(entry, option, now_floor)
             if reason is None and result.interval_g[k] is None:
                 reason = "data not on an hourly lattice (or the forecast band is missing): no interval"
-            methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
+                methods = None
             per.append(
                 OptionUncertainty(
                     interval_g=result.interval_g[k],
@@ -212,7 +219,7 @@ class UncertaintyStep:
                     reason=reason,
                     p_best=result.p_best[k],
                     beats_leader=result.beats_leader[k],
-                    forecast=self._quality(by_zone[option.location.zone], option, now_floor),
+                    forecast=forecast,
                 )
             )
         order = result.order
@@ -247,11 +254,31 @@ class UncertaintyStep:
         hours = len(series.values) if series.step == HOUR else 0
         paths = self._paths(series, series.start, hours, now_floor) if hours else np.full((3, 0), np.nan)
         paths.flags.writeable = False
-        entry = _ZoneEntry(series, band, paths)
+        entry = _ZoneEntry(series, band, paths, path_prefix(paths))
         memo[key] = entry
-        self._memo_bytes += paths.nbytes
+        self._memo_bytes += 3 * paths.nbytes
         self._trim()
         return entry
+
+    def _describe(
+        self, entry: _ZoneEntry, option: Option, now_floor: datetime
+    ) -> tuple[str | None, str | None, ForecastQuality | None]:
+        """(reason for no interval, methods, forecast quality) of an option's window, memoised.
+
+        A function of the series' labels over the window's hours and the current hour, which
+        the entry's key fixes: options of many requests share the same few windows.
+        """
+        series = entry.series
+        key = (series.index_of(option.start), -((series.start - option.end) // series.step))
+        found = entry.described.get(key)
+        if found is None:
+            labels = series.sources_between(option.start, option.end)
+            reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
+            found = (reason, methods, self._quality(series, option, now_floor))
+            if len(entry.described) < _DESCRIBED_PER_ENTRY:
+                entry.described[key] = found
+        return found
 
     def _sums(self, entry: _ZoneEntry, draws: int, rho: float) -> FloatArray:
         """The zone's draw sums, drawn once per entry with the zone's own seed (stable everywhere)."""
@@ -265,7 +292,7 @@ class UncertaintyStep:
     def _trim(self) -> None:
         while self._memo_bytes > self.memo_bytes and len(self._memo) > 1:
             _, old = self._memo.popitem(last=False)
-            self._memo_bytes -= old.paths.nbytes + (old.sums.nbytes if old.sums is not None else 0)
+            self._memo_bytes -= 3 * old.paths.nbytes + (old.sums.nbytes if old.sums is not None else 0)
 
     def _quality(self, series: CarbonSeries, option: Option, now_floor: datetime) -> ForecastQuality | None:
         """Data quality of the option's reliance on our forecaster (None when it does not)."""

@@ -49,6 +49,22 @@ class AnswerUncertainty:
     risk: str
 
 
+def path_prefix(path: FloatArray) -> tuple[FloatArray, IntArray]:
+    """Prefix sums (3, hours + 1) of a zone's paths (NaN as 0) and of its hours without a model.
+
+    Any window's band sums, and whether it touches an hour without an error model, are then
+    two reads each, whatever the window's length.
+    """
+    missing = ~np.isfinite(path).all(axis=0)
+    band_sums = np.zeros((3, path.shape[1] + 1))
+    np.cumsum(np.where(missing, 0.0, path), axis=1, out=band_sums[:, 1:])
+    gaps = np.zeros(path.shape[1] + 1, dtype=np.int64)
+    np.cumsum(missing, out=gaps[1:])
+    band_sums.flags.writeable = False
+    gaps.flags.writeable = False
+    return band_sums, gaps
+
+
 def assess_answer(
     paths: Sequence[FloatArray] | FloatArray,
     zone: IntArray,
@@ -63,29 +79,33 @@ def assess_answer(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     sums: Callable[[int], FloatArray] | None = None,
+    prefix: Callable[[int], tuple[FloatArray, IntArray]] | None = None,
 ) -> AnswerUncertainty:
     """Intervals for every option; p_best, tie and `risk` order over the first `cap` options.
 
     `paths[z]` is zone z's (3, hours) p10/p50/p90 on its own hour lattice (zones may differ in
     length; a (zones, 3, hours) array works too); `start`/`hours` index it; options are in the
     engine's rank order. `sums(z)` gives zone z's `zone_draw_sums` (the caller memoises them per
-    series and hour); without it they are drawn here with seed `seed + z`.
+    series and hour); without it they are drawn here with seed `seed + z`. `prefix(z)` gives
+    zone z's `path_prefix` (memoised likewise; computed here without it).
     """
     count = zone.shape[0]
-    windows = [
-        paths[z][:, a : a + h] for z, a, h in zip(zone.tolist(), start.tolist(), hours.tolist(), strict=True)
-    ]
-    ok = [
-        w.shape[1] == h and bool(np.isfinite(w).all()) for w, h in zip(windows, hours.tolist(), strict=True)
-    ]
+    prefixes = {
+        z: prefix(z) if prefix is not None else path_prefix(np.asarray(paths[z])) for z in set(zone.tolist())
+    }
+    ok = [False] * count
     intervals: list[tuple[float, float] | None] = [None] * count
-    for k in range(count):
-        if ok[k]:
-            # Comonotone band: the window means of the p10 and p90 paths, rescaled onto the
-            # engine's own emissions (exact on the sub-hour lattice) as the centre.
-            low, mid, high = windows[k].mean(axis=1) * kwh[k]
-            centre = emissions_g[k] / mid if mid > 0 else 1.0
-            intervals[k] = (float(low * centre), float(high * centre))
+    for k, (z, a, h) in enumerate(zip(zone.tolist(), start.tolist(), hours.tolist(), strict=True)):
+        band_sums, gaps = prefixes[z]
+        b = a + h
+        if a < 0 or h < 1 or b >= band_sums.shape[1] or gaps[b] != gaps[a]:
+            continue  # outside the paths, or touching an hour without an error model
+        ok[k] = True
+        # Comonotone band: the window means of the p10 and p90 paths, rescaled onto the engine's
+        # own emissions (exact on the sub-hour lattice) as the centre.
+        low, mid, high = (band_sums[:, b] - band_sums[:, a]).tolist()
+        scale = float(emissions_g[k]) / mid if mid > 0 else float(kwh[k]) / h
+        intervals[k] = (low * scale, high * scale)
     top = [k for k in range(min(cap, count)) if ok[k]]
     p_best: list[float | None] = [None] * count
     beats: list[float | None] = [None] * count
