@@ -33,7 +33,7 @@ import numpy as np
 from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer, path_prefix
 from carbon_optimizer.domain.models import CarbonSeries, FloatArray, IntArray
 from carbon_optimizer.domain.plan import Option
-from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, zone_draw_sums
+from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, ar1_normals, zone_draw_sums
 from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
 
 HOUR = timedelta(hours=1)
@@ -42,6 +42,7 @@ ERROR_MODEL = "error-model"
 MEASURED = "measured"
 # Memoised paths and draw sums (1,000 draws × a zone's hours × 8 bytes ≈ 0.2–1.4 MB a zone).
 MEMO_BYTES = 64 * 1024 * 1024
+_NORMALS_KEPT = 256  # zones whose AR(1) normals are kept (≈ 0.2–1.4 MB each at 1,000 draws)
 _DESCRIBED_PER_ENTRY = 4096  # window descriptions kept per entry (a 7-day window has ≤ 2,016 starts)
 
 
@@ -140,6 +141,7 @@ class UncertaintyStep:
         self.memo_bytes = memo_bytes
         self._memo: OrderedDict[tuple[int, int, datetime], _ZoneEntry] = OrderedDict()
         self._memo_bytes = 0
+        self._zone_normals: dict[tuple[str, int, float], FloatArray] = {}
 
     def _paths(
         self, series: CarbonSeries, grid_start: datetime, hours: int, now_floor: datetime
@@ -283,11 +285,34 @@ class UncertaintyStep:
     def _sums(self, entry: _ZoneEntry, draws: int, rho: float) -> FloatArray:
         """The zone's draw sums, drawn once per entry with the zone's own seed (stable everywhere)."""
         if entry.sums is None or entry.sums.shape[1] != draws:
-            seed = zlib.crc32(entry.series.zone.encode())  # the same draws in every worker
-            entry.sums = zone_draw_sums(np.asarray(entry.paths), draws, rho, seed)
+            hours = entry.paths.shape[1]
+            entry.sums = zone_draw_sums(
+                np.asarray(entry.paths),
+                draws,
+                rho,
+                normals=self._normals(entry.series.zone, hours, draws, rho),
+            )
             self._memo_bytes += entry.sums.nbytes
             self._trim()
         return entry.sums
+
+    def _normals(self, zone: str, hours: int, draws: int, rho: float) -> FloatArray:
+        """The zone's AR(1) normals, kept across hours (data-free: seeded by the zone's name).
+
+        Drawn in whole days (at least `hours`) so windows of other lengths reuse them; every
+        worker draws the same ones, so p_best does not depend on which worker answered.
+        """
+        key = (zone, draws, rho)
+        found = self._zone_normals.get(key)
+        if found is None or found.shape[0] < hours:
+            length = -(-hours // 24) * 24
+            rng = np.random.default_rng(zlib.crc32(zone.encode()))
+            found = ar1_normals(rng, draws, 1, length, rho)[:, :, 0]
+            found.flags.writeable = False
+            self._zone_normals[key] = found
+            while len(self._zone_normals) > _NORMALS_KEPT:
+                self._zone_normals.pop(next(iter(self._zone_normals)))
+        return found
 
     def _trim(self) -> None:
         while self._memo_bytes > self.memo_bytes and len(self._memo) > 1:

@@ -316,7 +316,11 @@ def _sorted_quantile(ordered: FloatArray, q: float) -> FloatArray:
 
 
 def zone_draw_sums(
-    path: FloatArray, draws: int = DEFAULT_DRAWS, rho: float = DEFAULT_RHO, seed: int = 0
+    path: FloatArray,
+    draws: int = DEFAULT_DRAWS,
+    rho: float = DEFAULT_RHO,
+    seed: int = 0,
+    normals: FloatArray | None = None,
 ) -> FloatArray:
     """Cumulative sums (hours + 1, draws) of one zone's drawn hourly values under the error model.
 
@@ -324,7 +328,9 @@ def zone_draw_sums(
     window's mean in every draw is two row reads: a zone's sums are made once (per series and
     hour, by the caller's memo) and every option and request on it is index arithmetic. Zones
     drawn this way are independent (give each its own `seed`); `cross_zone` needs the joint
-    `sample_emissions`.
+    `sample_emissions`. `normals` (hours or more, draws) are the zone's `ar1_normals`, if the
+    caller keeps them (they depend on the seed, the shape and rho, not on the data); a prefix of
+    a stationary AR(1) is one too, so longer normals serve shorter paths.
     """
     if path.ndim != 2 or path.shape[0] != 3:
         raise ValueError("path must be (3, hours): p10, p50, p90")
@@ -332,7 +338,11 @@ def zone_draw_sums(
     if np.any(np.diff(path, axis=0) < 0):
         raise ValueError("path must satisfy p10 <= p50 <= p90")
     hours = path.shape[1]
-    z = ar1_normals(np.random.default_rng(seed), draws, 1, hours, rho)[:, :, 0]  # (H, N)
+    if normals is None:
+        normals = ar1_normals(np.random.default_rng(seed), draws, 1, hours, rho)[:, :, 0]  # (H, N)
+    elif normals.shape[0] < hours or normals.shape[1] != draws:
+        raise ValueError("normals must be (at least hours, draws)")
+    z = normals[:hours].copy()
     p10, p50, p90 = (path[i][:, None] for i in range(3))
     z *= np.where(z < 0.0, (p50 - p10) / Z90, (p90 - p50) / Z90)
     z += p50
