@@ -123,7 +123,7 @@ def assess_answer(
             [tables[z] for z in used],
             Options(np.array([row[z] for z in zone[t].tolist()], dtype=np.int64), start[t], hours[t], kwh[t]),
         )
-        result = assess_samples(samples, risk)
+        result = assess_samples(samples, risk, intervals=False)
         for j, k in enumerate(top):
             p_best[k] = float(result.p_best[j])
             beats[k] = float(result.beats_leader[j])

@@ -219,6 +219,12 @@ def test_zone_draw_sums_give_exactly_the_single_zone_monte_carlo(
     via_sorting = unc.assess_samples(want, "p90")
     np.testing.assert_allclose(via_sorting.p90, np.quantile(want, 0.9, axis=0), rtol=1e-12)
     np.testing.assert_allclose(via_sorting.p10, np.quantile(want, 0.1, axis=0), rtol=1e-12)
+    for risk, q in (("p50", 0.5), ("p90", 0.9)):
+        lean = unc.assess_samples(want, risk, intervals=False)
+        np.testing.assert_allclose(lean.p50, np.quantile(want, q, axis=0), rtol=1e-12)
+        full = unc.assess_samples(want, risk)
+        np.testing.assert_array_equal(lean.order, full.order)
+        np.testing.assert_allclose(lean.p_best, full.p_best)
 
 
 def test_hours_without_an_error_model_do_not_leak_into_other_windows() -> None:

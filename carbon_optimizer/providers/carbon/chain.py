@@ -270,6 +270,7 @@ class CarbonChain:
         self._history_span = history_span
         self._clock: Callable[[], datetime] = clock or _utc_now
         self._issued: dict[str, datetime] = {}  # zone -> issue time of the newest live data served
+        self._age_set: dict[str, tuple[datetime, datetime]] = {}  # zone -> (issued, when the gauge was set)
         # Zones no live source answers get a pure function of (zone, hours, signal) from the bundled
         # data: memoise the painted answer and the fallback labels it counted (see `series_cached`).
         self._offline_memo: OrderedDict[_MemoKey, tuple[SeriesResult, tuple[str, ...]]] = OrderedDict()
@@ -623,6 +624,12 @@ class CarbonChain:
         newest = [f.issued_at or f.fetched_at for f in fetched]
         if newest:
             issued = max(newest)
+            # The gauge moves by seconds: set it at most once a second per zone while the data is
+            # the same (memo hits report every request, 20–150 zones each).
+            last = self._age_set.get(zone)
+            if last is not None and last[0] == issued and (now - last[1]).total_seconds() < 1.0:
+                return
+            self._age_set[zone] = (issued, now)
             self._issued[zone] = issued
             child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
 
