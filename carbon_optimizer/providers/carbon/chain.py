@@ -277,6 +277,7 @@ class CarbonChain:
         # Zones with a live route: the painted answer is a pure function of the fetched objects,
         # the current hour and the bundled data, so it is memoised against their identities.
         self._live_memo: OrderedDict[_MemoKey, _LiveMemo] = OrderedDict()
+        self._painting: dict[tuple[object, ...], asyncio.Future[SeriesResult]] = {}
 
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self.sources)
@@ -359,9 +360,34 @@ class CarbonChain:
             cached = self.series_cached(zone, start, end, signal)
             if cached is not None:
                 return cached
+        # One painting per answer at a time: concurrent requests that all miss (a new hour at c=16)
+        # share it instead of each painting the same canvas; a caller giving up does not cancel it.
+        key = self._memo_key(zone, start, end, signal)
+        flight_key = (*key, floor_to(self._clock(), HOUR))
+        flight = self._painting.get(flight_key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._paint(zone, start, end, signal, route, key))
+            self._painting[flight_key] = flight
+            flight.add_done_callback(lambda done: self._flight_done(flight_key, done))
+        return await asyncio.shield(flight)
+
+    def _flight_done(self, flight_key: tuple[object, ...], done: asyncio.Future[SeriesResult]) -> None:
+        self._painting.pop(flight_key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have given up
+
+    async def _paint(
+        self,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        signal: Signal,
+        route: tuple[CarbonSource, ...],
+        key: _MemoKey,
+    ) -> SeriesResult:
+        """The answer of `series`: memo check against fresh fetches, else a freshly painted canvas."""
         now = self._clock()
         now_floor = floor_to(now, HOUR)
-        key = self._memo_key(zone, start, end, signal)
         steps: list[_Step] = []
         memo = self._live_memo.get(key) if route else None
         if memo is not None and memo.now_floor == now_floor:

@@ -8,6 +8,7 @@ any new object, a new hour or a failure gives a freshly painted answer.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -173,3 +174,27 @@ async def test_the_synchronous_lane_needs_every_consumed_source_to_peek() -> Non
     only_first = chain(PeekingSource("a", 100.0, hours=12), second_source, clock=Clock(START))
     answer = await only_first.series("DE", START, START + 6 * HOUR)
     assert only_first.series_cached("DE", START, START + 6 * HOUR) is answer  # b was never consumed
+
+
+async def test_concurrent_misses_share_one_painting_and_survive_a_caller_giving_up() -> None:
+    gate = asyncio.Event()
+
+    class SlowSource(CachingSource):
+        async def fetch(self, request: SeriesRequest) -> Fetched:
+            await gate.wait()
+            return await super().fetch(request)
+
+    source = SlowSource("a", 100.0, hours=12)
+    c = chain(source, clock=Clock(START + timedelta(minutes=5)))
+    end = START + 6 * HOUR
+    callers = [asyncio.ensure_future(c.series("DE", START, end)) for _ in range(8)]
+    await asyncio.sleep(0)
+    callers[0].cancel()  # one caller gives up: the shared painting goes on for the others
+    gate.set()
+    results = await asyncio.gather(*callers[1:])
+    assert len(source.calls) == 1  # one painting, one fetch, for eight concurrent misses
+    assert all(r is results[0] for r in results)
+    assert results[0].series.values.tolist() == [100.0] * 6
+    assert callers[0].cancelled()
+    again = await c.series("DE", START, end)  # the flight is gone; the memo answers
+    assert again is results[0]
