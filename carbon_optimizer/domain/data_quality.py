@@ -27,6 +27,7 @@ last hours apart).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ def kind_of(label: str) -> str:
 
 def weakest(labels: Iterable[str]) -> str:
     """The weakest kind among `labels` (`flat` when there are none: nothing to vary)."""
+    return _weakest(labels if isinstance(labels, tuple) else tuple(labels))
+
+
+@lru_cache(maxsize=4096)
+def _weakest(labels: tuple[str, ...]) -> str:
+    # Memoised: every answer asks this for each location's labels, drawn from a few dozen.
     kinds = [kind_of(label) for label in labels]
     return min(kinds, key=_STRENGTH.__getitem__) if kinds else FLAT
 
