@@ -14,46 +14,34 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from carbon_optimizer.domain.models import CarbonSeries, SourceRun
-from carbon_optimizer.errors import ProviderUnavailable
 from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from tests.providers.carbon.test_chain import FakeOffline
+from tests.providers.carbon.test_chain_sources import Source
 
 HOUR = timedelta(hours=1)
 START = datetime(2023, 6, 2, 12, 0, tzinfo=UTC)
 
 
 @dataclass
-class CachingSource:
+class CachingSource(Source):
     """A live source behind a cache: the same `Fetched` object per request until `refresh`."""
 
-    name: str
-    value: float
-    hours: int = 6
-    signals: frozenset[Signal] = frozenset({Signal.AVERAGE})
-    fail: bool = False
-    calls: list[SeriesRequest] = field(default_factory=list)
     _entries: dict[tuple[SeriesKind, str], Fetched] = field(default_factory=dict)
-
-    def covers(self, zone: str) -> bool:
-        return True
 
     def refresh(self, value: float) -> None:
         self.value = value
         self._entries.clear()
 
     async def fetch(self, request: SeriesRequest) -> Fetched:
-        self.calls.append(request)
-        if self.fail:
-            raise ProviderUnavailable(f"{self.name} down", source=self.name)
         key = (request.kind, request.zone)
-        if key not in self._entries:
-            values = np.full(self.hours, self.value)
-            label = request.kind.label_for(self.name)
-            series = CarbonSeries(request.zone, START, HOUR, values, (SourceRun(0, self.hours, label),))
-            self._entries[key] = Fetched(series=series, fetched_at=START)
-        return self._entries[key]
+        fetched = self._entries.get(key)
+        if fetched is None or self.fail:
+            fetched = await super().fetch(request)  # records the call; raises while failing
+            self._entries[key] = fetched
+        else:
+            self.calls.append(request)
+        return fetched
 
 
 class Clock:
