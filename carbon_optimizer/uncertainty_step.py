@@ -42,7 +42,8 @@ ERROR_MODEL = "error-model"
 MEASURED = "measured"
 # Memoised paths and draw sums (1,000 draws × a zone's hours × 8 bytes ≈ 0.2–1.4 MB a zone).
 MEMO_BYTES = 64 * 1024 * 1024
-_NORMALS_KEPT = 256  # zones whose AR(1) normals are kept (≈ 0.2–1.4 MB each at 1,000 draws)
+# AR(1) normals kept across hours, oldest dropped first (0.2–1.5 MB a zone at 1,000 draws).
+_NORMALS_BYTES = 48 * 1024 * 1024
 _DESCRIBED_PER_ENTRY = 4096  # window descriptions kept per entry (a 7-day window has ≤ 2,016 starts)
 
 
@@ -142,6 +143,7 @@ class UncertaintyStep:
         self._memo: OrderedDict[tuple[int, int, datetime], _ZoneEntry] = OrderedDict()
         self._memo_bytes = 0
         self._zone_normals: dict[tuple[str, int, float], FloatArray] = {}
+        self._normals_bytes = 0
 
     def _paths(
         self, series: CarbonSeries, grid_start: datetime, hours: int, now_floor: datetime
@@ -309,9 +311,11 @@ class UncertaintyStep:
             rng = np.random.default_rng(zlib.crc32(zone.encode()))
             found = ar1_normals(rng, draws, 1, length, rho)[:, :, 0]
             found.flags.writeable = False
+            previous = self._zone_normals.pop(key, None)
+            self._normals_bytes += found.nbytes - (previous.nbytes if previous is not None else 0)
             self._zone_normals[key] = found
-            while len(self._zone_normals) > _NORMALS_KEPT:
-                self._zone_normals.pop(next(iter(self._zone_normals)))
+            while self._normals_bytes > _NORMALS_BYTES and len(self._zone_normals) > 1:
+                self._normals_bytes -= self._zone_normals.pop(next(iter(self._zone_normals))).nbytes
         return found
 
     def _trim(self) -> None:
