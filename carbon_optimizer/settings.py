@@ -97,6 +97,10 @@ class RedisSettings(BaseModel):
     key_prefix: str = "co:v1"
     # After a Redis failure, skip Redis for this long before probing again (keeps latency flat).
     retry_after_failure_s: float = Field(default=5.0, ge=0)
+    # Connections per worker process. A request for 150–200 zones reads that many keys at once:
+    # callers over the bound wait for a free connection (within the operation timeout) instead of
+    # failing, which would read as misses and mark the store down for everyone.
+    max_connections: int = Field(default=64, ge=1, le=10_000)
 
     @field_validator("url")
     @classmethod
