@@ -35,9 +35,10 @@ from carbon_optimizer.providers.carbon.live_history import (
     decode,
 )
 from carbon_optimizer.providers.carbon.offline import REPLAY_LABEL, OfflineCarbonProvider
+from carbon_optimizer.providers.carbon.stack import build_carbon_stack
 from carbon_optimizer.providers.store import MemoryStore
 from carbon_optimizer.providers.upstream import CircuitBreaker, CircuitState
-from carbon_optimizer.settings import CacheSettings, ElectricityMapsSettings
+from carbon_optimizer.settings import CacheSettings, CarbonChainSettings, ElectricityMapsSettings, Settings
 
 BASE = "https://api.electricitymaps.com/v3"
 TOKEN = "em-live-history-token-93ac1"
@@ -313,3 +314,34 @@ async def test_a_zone_without_a_live_history_source_keeps_the_replay() -> None:
     end = end_hour(START)
     series = await history("DE", end - 48 * HOUR, end)
     assert [r.label for r in series.runs] == [REPLAY_LABEL]
+
+
+def _settings(*, live_history: bool = True, factors: str = "lifecycle") -> Settings:
+    em = ElectricityMapsSettings.model_validate(
+        {"api_key": TOKEN, "base_url": BASE, "max_retries": 0, "emission_factor_type": factors}
+    )
+    chain = CarbonChainSettings(forecast_live_history=live_history)
+    return Settings(_env_file=None, electricitymaps=em, carbon_chain=chain)
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind", "calls"),
+    [
+        (_settings(), "live", 7),
+        (_settings(live_history=False), "replay", 0),
+        (_settings(factors="direct"), "replay", 0),  # never glued to lifecycle
+    ],
+)
+async def test_the_stack_fits_on_live_history_when_a_lifecycle_source_is_configured(
+    http: httpx.AsyncClient, upstream: Upstream, settings: Settings, kind: str, calls: int
+) -> None:
+    stack = await build_carbon_stack(settings, http=http, offline=OFFLINE, clock=lambda: START)
+    try:
+        assert stack.forecast is not None
+        await stack.forecast.fetch(SeriesRequest(SeriesKind.FORECAST, "DE"))
+        band = stack.forecast.band("DE")
+        assert band is not None
+        assert band.history == kind
+        assert len(upstream.past) == calls
+    finally:
+        await stack.aclose()
