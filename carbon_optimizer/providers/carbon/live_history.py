@@ -50,8 +50,8 @@ import numpy as np
 
 from carbon_optimizer.domain import forecast as fc
 from carbon_optimizer.domain.models import CarbonSeries, FloatArray, SourceRun
-from carbon_optimizer.errors import NoDataForZone, ProviderError
-from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
+from carbon_optimizer.errors import NoDataForZone
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted, request_budget
 from carbon_optimizer.providers.carbon.base import (
     HOUR,
     BundledSeries,
@@ -218,8 +218,9 @@ class LiveHistory:
         if source is None:
             return replay
         try:
-            stored = await self._updated(source, zone, start, end)
-        except ProviderError as exc:  # belt and braces: each part already degrades on its own
+            with request_budget(None):  # shared background work, bounded per zone (module doc)
+                stored = await self._updated(source, zone, start, end)
+        except Exception as exc:  # belt and braces: each part already degrades on its own
             log.warning("live history of %s failed (%s); fitting on the replay", zone, type(exc).__name__)
             return replay
         return _assemble(stored, replay, start, end)
@@ -343,13 +344,13 @@ class LiveHistory:
             if isinstance(result, NoDataForZone):
                 retry = True  # nothing upstream for that span (or not in the plan): later
                 continue
-            if isinstance(result, ProviderError):
+            if isinstance(result, Exception):  # upstream failure, or an adapter bug: never the answer's
                 name = type(result).__name__
                 log.warning("history backfill of %s from %s failed: %s", zone, source.name, name)
                 retry = True
                 continue
             if isinstance(result, BaseException):
-                raise result
+                raise result  # cancelled (shutdown, deadline): not ours to swallow
             _merge(values, origin, *hourly_measured(result.series))
             lo, hi = int((a - origin) // HOUR), int((b - origin) // HOUR)
             retry |= not np.isfinite(values[lo:hi]).all()
@@ -359,7 +360,7 @@ class LiveHistory:
         """The source's last 24 h, through its shared cache (often no upstream call at all)."""
         try:
             fetched = await source.cached.fetch(SeriesRequest(SeriesKind.HISTORY, zone))
-        except ProviderError as exc:
+        except Exception as exc:  # upstream failure, or an adapter bug: the replay fills in
             log.warning("recent history of %s from %s failed: %s", zone, source.name, type(exc).__name__)
             return None
         return hourly_measured(fetched.series)
