@@ -11,7 +11,10 @@ Settings map as follows:
                                   with the offline provider beyond the horizon and on any failure.
 - a shared `store` (the runtime's Redis) → behind the in-process tier; else a `MemoryStore`.
 - `cache.background_refresh` and `electricitymaps.prefetch_zones` → a refresher task per worker
-  (replicas coordinate through the Redis lock, so each entry is still fetched once).
+  (replicas coordinate through the Redis lock, so each entry is still fetched once); our
+  forecaster's fits of those zones are refreshed the same way.
+- `carbon_chain.forecast_live_history` (default on) with Electricity Maps on lifecycle factors →
+  the forecaster fits on that source's measured history (`live_history.py`), else on the replay.
 Nothing connects here: the runtime builds the one store (Redis is dialled lazily, gunicorn forks).
 """
 
