@@ -20,6 +20,8 @@ Cost: the first fit of a zone 7 calls (Electricity Maps), then 0–1 per hourly 
 Single flight: the fit that calls this runs once per zone per TTL (the forecast cache's own
 single flight); on top, the update holds a store lock (`<key>:lock`, longer than a backfill can
 take), and a worker that finds it held waits for the holder's entry instead of fetching again.
+At most `PAST_CONCURRENCY` past-range calls are in flight per worker, so a cold start over many
+zones reaches the upstream as a trickle, not one burst.
 
 Degrading, never failing: each upstream part that fails (5xx, timeout, breaker open, budget
 spent, plan without past-range) is skipped; the hours still unknown are filled from the bundled
@@ -56,6 +58,7 @@ from carbon_optimizer.providers.carbon.base import (
     HOUR,
     BundledSeries,
     CarbonSource,
+    Fetched,
     SeriesKind,
     SeriesRequest,
     Signal,
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 KEEP_HOURS = fc.FULL_HISTORY_HOURS  # what the full model reads (9 weeks + 6 h)
 RECENT_HOURS = 24  # the span of a source's `history` endpoint
 PAST_CHUNK = timedelta(days=10)  # Electricity Maps' past-range cap at hourly granularity
+PAST_CONCURRENCY = 8  # past-range calls in flight per worker (all zones together)
 BACKFILL_RETRY_S = 6 * 3600.0  # an older part that failed or is absent upstream: asked again after this
 STORE_TTL_S = 14 * 24 * 3600.0  # a quiet fortnight keeps the history; older than the window is trimmed
 LOCK_TTL_S = 60.0  # longer than a backfill (one deadline per concurrent chunk) plus the write
@@ -206,6 +210,9 @@ class LiveHistory:
         self._sleep_s = sleep_s
         # This process's last copy, for when the store is down (a miss there costs a backfill).
         self._local: dict[str, StoredHistory] = {}
+        # Past-range chunks in flight per worker: a cold start over 19 zones is 133 calls, which
+        # must not reach the upstream as one burst (it publishes no rate limit to stay under).
+        self._slots = asyncio.Semaphore(PAST_CONCURRENCY)
 
     def key_for(self, source: str, zone: str) -> str:
         """Store key of one (source, zone) history (no secret: names only)."""
@@ -330,13 +337,14 @@ class LiveHistory:
             if not np.isfinite(values[lo:hi]).all():
                 chunks.append((cursor, chunk_end))
             cursor = chunk_end
-        results = await asyncio.gather(
-            *(
-                source.raw.fetch(SeriesRequest(SeriesKind.PAST_RANGE, zone, a, b, Signal.AVERAGE))
-                for a, b in chunks
-            ),
-            return_exceptions=True,
-        )
+
+        async def one(a: datetime, b: datetime) -> Fetched:
+            async with self._slots:
+                return await source.raw.fetch(
+                    SeriesRequest(SeriesKind.PAST_RANGE, zone, a, b, Signal.AVERAGE)
+                )
+
+        results = await asyncio.gather(*(one(a, b) for a, b in chunks), return_exceptions=True)
         retry = False
         for (a, b), result in zip(chunks, results, strict=True):
             if isinstance(result, UpstreamBudgetExhausted):

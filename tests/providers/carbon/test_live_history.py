@@ -7,6 +7,7 @@ the 24 h endpoint). Values are a synthetic daily cycle, so a fit on them is reco
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -104,6 +105,15 @@ class Upstream:
             return httpx.Response(status, json={"status": "error", "message": "Unknown error occured."})
         return httpx.Response(200, json={"zone": "DE", "data": self.rows(a, b)})
 
+    def forecast(self, request: httpx.Request) -> httpx.Response:
+        start = self.hour()
+        body = {
+            "zone": "DE",
+            "forecast": self.rows(start, start + 73 * HOUR),
+            "updatedAt": "2026-06-03T09:00Z",
+        }
+        return httpx.Response(200, json=body)
+
     def history(self, request: httpx.Request) -> httpx.Response:
         self.history_calls += 1
         end = self.hour()
@@ -120,6 +130,7 @@ async def http(upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
     router = respx.Router(base_url=BASE, assert_all_called=False)
     router.get("/carbon-intensity/past-range").mock(side_effect=upstream.past_range)
     router.get("/carbon-intensity/history").mock(side_effect=upstream.history)
+    router.get("/carbon-intensity/forecast").mock(side_effect=upstream.forecast)
     async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
         yield client
 
@@ -344,5 +355,35 @@ async def test_the_stack_fits_on_live_history_when_a_lifecycle_source_is_configu
         assert band is not None
         assert band.history == kind
         assert len(upstream.past) == calls
+    finally:
+        await stack.aclose()
+
+
+async def test_prefetched_zones_are_fitted_by_the_background_refresher_not_a_request(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    settings = _settings().model_copy(
+        update={
+            "electricitymaps": _settings().electricitymaps.model_copy(update={"prefetch_zones": ["DE"]}),
+            "cache": CacheSettings(background_refresh=True),
+        }
+    )
+    store = MemoryStore()
+    stack = await build_carbon_stack(settings, http=http, offline=OFFLINE, store=store, clock=lambda: START)
+    try:
+        assert stack.forecast is not None
+        key = stack.forecast.cache.key_for(SeriesRequest(SeriesKind.FORECAST, "DE"))
+        for _ in range(200):  # the refresher's first round starts at once
+            if await store.get(key) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert await store.get(key) is not None
+        assert len(upstream.past) == 7
+        # A request now reads the refresher's fit: no further upstream call.
+        await stack.forecast.fetch(SeriesRequest(SeriesKind.FORECAST, "DE"))
+        band = stack.forecast.band("DE")
+        assert band is not None
+        assert band.history == "live"
+        assert len(upstream.past) == 7
     finally:
         await stack.aclose()
