@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest
-from carbon_optimizer.providers.carbon.live_history import KEEP_HOURS, decode
+from carbon_optimizer.providers.carbon.live_history import STORED_HOURS, decode
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
 from carbon_optimizer.providers.store import build_store
@@ -90,7 +90,7 @@ async def test_history_is_fetched_once_extended_incrementally_and_shared_by_work
     stored = decode(data)
     assert stored is not None
     assert stored.end == hour_floor(earlier)
-    assert len(stored.values) == KEEP_HOURS
+    assert len(stored.values) == STORED_HOURS
     assert np.isfinite(stored.values).all()
     assert b"stub-token" not in data
 

@@ -12,7 +12,11 @@ asked per refit:
 | none (first fit, flushed) | past-range over the whole window (Electricity Maps: 7 × ≤ 10 days)  |
 | ends ≤ 24 h ago           | the source's 24 h `history` through its shared cache (0 or 1 call)  |
 | ends > 24 h ago           | one past-range over the missing span (1 call per 10 days)           |
-| starts after the window   | past-range for the older part, at most every `BACKFILL_RETRY_S`     |
+| unknown older hours       | past-range for those chunks, at most every `BACKFILL_RETRY_S`       |
+
+A plan without past-range (Electricity Maps' free tier answers it 401) is asked again daily only;
+meanwhile each refit's 24 h `history` still adds its hours, so the stored history fills up to the
+full 9 weeks on its own (the fit is `mixed` until then).
 
 Cost: the first fit of a zone 7 calls (Electricity Maps), then 0–1 per hourly refit — the 24 h
 `history` entry the request path caches anyway (key `…:<variant>:history:<zone>`).
@@ -41,6 +45,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import secrets
 import struct
 import time
@@ -52,7 +57,7 @@ import numpy as np
 
 from carbon_optimizer.domain import forecast as fc
 from carbon_optimizer.domain.models import CarbonSeries, FloatArray, SourceRun
-from carbon_optimizer.errors import NoDataForZone
+from carbon_optimizer.errors import NoDataForZone, ProviderAuthError, ProviderNotEntitled
 from carbon_optimizer.providers.budget import UpstreamBudgetExhausted, request_budget
 from carbon_optimizer.providers.carbon.base import (
     HOUR,
@@ -63,6 +68,7 @@ from carbon_optimizer.providers.carbon.base import (
     SeriesRequest,
     Signal,
 )
+from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.store import CacheStore, LockingStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,11 @@ KEEP_HOURS = fc.FULL_HISTORY_HOURS  # what the full model reads (9 weeks + 6 h)
 RECENT_HOURS = 24  # the span of a source's `history` endpoint
 PAST_CHUNK = timedelta(days=10)  # Electricity Maps' past-range cap at hourly granularity
 PAST_CONCURRENCY = 8  # past-range calls in flight per worker (all zones together)
+MAX_LAG_HOURS = 6  # newest hours not yet published upstream: the history ends earlier instead
+STORED_HOURS = KEEP_HOURS + MAX_LAG_HOURS  # the stored window: what a lagging history can shift into
+RECENT_REFRESH_S = 600.0  # a cached 24 h history younger than this is not asked again
 BACKFILL_RETRY_S = 6 * 3600.0  # an older part that failed or is absent upstream: asked again after this
+NOT_ENTITLED_RETRY_S = 24 * 3600.0  # the plan has no past-range: ask again daily (plans change)
 STORE_TTL_S = 14 * 24 * 3600.0  # a quiet fortnight keeps the history; older than the window is trimmed
 LOCK_TTL_S = 60.0  # longer than a backfill (one deadline per concurrent chunk) plus the write
 LOCK_WAIT_S = 10.0
@@ -87,7 +97,7 @@ class HistorySource:
 
     name: str
     raw: CarbonSource  # past-range (the long spans are this module's own entry)
-    cached: CarbonSource  # the 24 h `history`, shared with the request path
+    cached: CachedSeriesSource  # the 24 h `history`, shared with the request path
     emission_factor_type: str
 
 
@@ -220,17 +230,22 @@ class LiveHistory:
 
     async def __call__(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
         """Hourly history over [start, end): measured where known, the bundled replay elsewhere."""
-        replay = await self._offline.series(zone, start, end)
         source = next(iter(self._route(zone)), None)
         if source is None:
-            return replay
+            return await self._offline.series(zone, start, end)
+        replay = await self._offline.series(zone, start - HOUR * MAX_LAG_HOURS, end)
         try:
             with request_budget(None):  # shared background work, bounded per zone (module doc)
                 stored = await self._updated(source, zone, start, end)
         except Exception as exc:  # belt and braces: each part already degrades on its own
             log.warning("live history of %s failed (%s); fitting on the replay", zone, type(exc).__name__)
-            return replay
-        return _assemble(stored, replay, start, end)
+            stored = None
+        lag = _trailing_lag(stored, end)
+        # The upstream's newest hours may not be published yet: end the history at the last
+        # measured hour (the forecast then starts there) rather than fill the hours the fit
+        # leans on most — its current anomaly — from another year.
+        shift = HOUR * (lag if lag <= MAX_LAG_HOURS else 0)
+        return _assemble(stored, replay, start - shift, end - shift)
 
     async def _updated(
         self, source: HistorySource, zone: str, start: datetime, end: datetime
@@ -275,7 +290,7 @@ class LiveHistory:
     ) -> StoredHistory | None:
         """`stored` re-windowed to end at `end`, with the missing newest (and older) hours asked."""
         now = self._clock()
-        window_start = min(start, end - HOUR * KEEP_HOURS)
+        window_start = min(start - HOUR * MAX_LAG_HOURS, end - HOUR * STORED_HOURS)
         values = np.full(int((end - window_start) // HOUR), np.nan)
         backfill_after = 0.0
         if stored is not None and stored.emission_factor_type == source.emission_factor_type:
@@ -285,18 +300,18 @@ class LiveHistory:
         have_until = window_start + HOUR * (int(known[-1]) + 1) if known.size else window_start
         may_backfill = now >= backfill_after
         before = np.isfinite(values).sum()
-        retry = False
+        retry = 0.0  # seconds until a missing part is worth asking again (0: no delay)
         if end - have_until > HOUR * RECENT_HOURS and (known.size or may_backfill):
-            retry |= await self._past(source, zone, values, window_start, have_until, end)
+            retry = max(retry, await self._past(source, zone, values, window_start, have_until, end))
         elif have_until < end:
-            got = await self._recent(source, zone)
+            got = await self._recent(source, zone, end)
             if got is not None:
                 _merge(values, window_start, *got)
         older = values[: int((have_until - window_start) // HOUR)]
         if may_backfill and known.size and not np.isfinite(older).all():
-            retry |= await self._past(source, zone, values, window_start, window_start, have_until)
+            retry = max(retry, await self._past(source, zone, values, window_start, window_start, have_until))
         if retry:
-            backfill_after = now + BACKFILL_RETRY_S
+            backfill_after = now + retry
         changed = bool(np.isfinite(values).sum() != before) or (
             stored is not None and stored.start != window_start
         )
@@ -322,12 +337,13 @@ class LiveHistory:
         origin: datetime,
         start: datetime,
         end: datetime,
-    ) -> bool:
+    ) -> float:
         """Fill `values` (hourly from `origin`) over [start, end) by past-range, per ≤ 10-day chunk.
 
         Only chunks with unknown hours are asked, concurrently, each on its own (one failing chunk
-        costs its own hours only). True when a chunk failed upstream or left hours unknown, i.e.
-        worth asking again later, not at every refit; a budget refusal is not (asked next refit).
+        costs its own hours only). Returns the delay before asking again (0: none): a chunk that
+        failed or left hours unknown waits `BACKFILL_RETRY_S`; a plan without past-range (the free
+        tier answers 401) `NOT_ENTITLED_RETRY_S`; a budget refusal none (asked next refit).
         """
         chunks: list[tuple[datetime, datetime]] = []
         cursor = start
@@ -345,33 +361,60 @@ class LiveHistory:
                 )
 
         results = await asyncio.gather(*(one(a, b) for a, b in chunks), return_exceptions=True)
-        retry = False
+        retry = 0.0
         for (a, b), result in zip(chunks, results, strict=True):
             if isinstance(result, UpstreamBudgetExhausted):
                 continue  # the request's budget said no: the next refit asks again
+            if isinstance(result, ProviderNotEntitled | ProviderAuthError):
+                retry = max(retry, NOT_ENTITLED_RETRY_S)  # the 24 h history still accrues meanwhile
+                continue
             if isinstance(result, NoDataForZone):
-                retry = True  # nothing upstream for that span (or not in the plan): later
+                retry = max(retry, BACKFILL_RETRY_S)  # nothing upstream for that span: later
                 continue
             if isinstance(result, Exception):  # upstream failure, or an adapter bug: never the answer's
                 name = type(result).__name__
                 log.warning("history backfill of %s from %s failed: %s", zone, source.name, name)
-                retry = True
+                retry = max(retry, BACKFILL_RETRY_S)
                 continue
             if isinstance(result, BaseException):
                 raise result  # cancelled (shutdown, deadline): not ours to swallow
             _merge(values, origin, *hourly_measured(result.series))
             lo, hi = int((a - origin) // HOUR), int((b - origin) // HOUR)
-            retry |= not np.isfinite(values[lo:hi]).all()
+            if not np.isfinite(values[lo:hi]).all():
+                retry = max(retry, BACKFILL_RETRY_S)
         return retry
 
-    async def _recent(self, source: HistorySource, zone: str) -> tuple[datetime, FloatArray] | None:
-        """The source's last 24 h, through its shared cache (often no upstream call at all)."""
+    async def _recent(
+        self, source: HistorySource, zone: str, end: datetime
+    ) -> tuple[datetime, FloatArray] | None:
+        """The source's last 24 h, through its shared cache (often no upstream call at all).
+
+        The cached entry lives `history_ttl_s` (6 h): when it ends before `end` and was fetched
+        more than `RECENT_REFRESH_S` ago it is refreshed in the shared cache (one call, which the
+        request path's next read of that entry also gets).
+        """
+        request = SeriesRequest(SeriesKind.HISTORY, zone)
         try:
-            fetched = await source.cached.fetch(SeriesRequest(SeriesKind.HISTORY, zone))
+            fetched = await source.cached.fetch(request)
+            behind = fetched.series.end < end
+            old = self._clock() - fetched.fetched_at.timestamp() > RECENT_REFRESH_S
+            if behind and old and await source.cached.refresh(request, min_remaining_s=math.inf):
+                fetched = await source.cached.fetch(request)
         except Exception as exc:  # upstream failure, or an adapter bug: the replay fills in
             log.warning("recent history of %s from %s failed: %s", zone, source.name, type(exc).__name__)
             return None
         return hourly_measured(fetched.series)
+
+
+def _trailing_lag(stored: StoredHistory | None, end: datetime) -> int:
+    """Hours between the last measured stored hour and `end` (0 when it reaches `end`)."""
+    if stored is None:
+        return 0
+    known = np.flatnonzero(np.isfinite(np.asarray(stored.values)))
+    if known.size == 0:
+        return 0
+    last = stored.start + HOUR * (int(known[-1]) + 1)
+    return max(0, int((end - last) // HOUR))
 
 
 def _assemble(
@@ -381,27 +424,37 @@ def _assemble(
     hours = int((end - start) // HOUR)
     offset = int((start - replay.start) // HOUR)
     base = np.asarray(replay.values, dtype=np.float64)[offset : offset + hours]
-    if stored is None or base.shape[0] != hours:
-        return replay
-    live = np.full(hours, np.nan)
-    _merge(live, start, stored.start, np.asarray(stored.values))
-    measured = np.isfinite(live)
-    if not measured.any():
-        return replay
-    if not measured.all() and stored.emission_factor_type != replay.emission_factor_type:
-        return replay  # never glue two emission-factor types into one history
-    values = np.where(measured, live, base)
+    if offset < 0 or base.shape[0] != hours or replay.step != HOUR:
+        return replay  # not the bundled hourly shape: let the fitter judge it as it is
     replay_label = replay.runs[0].label if replay.runs else "fallback:replay"
-    runs: list[SourceRun] = []
+    live = np.full(hours, np.nan)
+    if stored is not None:
+        _merge(live, start, stored.start, np.asarray(stored.values))
+    measured = np.isfinite(live)
+    glued = measured.any() and not measured.all()
+    if (
+        stored is None
+        or not measured.any()
+        or (glued and stored.emission_factor_type != replay.emission_factor_type)
+    ):
+        # Nothing live, or two emission-factor types that must never be glued: the replay alone.
+        measured[:] = False
+    values = np.where(measured, live, base)
     edges = np.flatnonzero(np.diff(measured.astype(np.int8))) + 1
     bounds = [0, *edges.tolist(), hours]
-    for a, b in itertools.pairwise(bounds):
-        runs.append(SourceRun(a, b, stored.label if measured[a] else replay_label))
+    live_label = stored.label if stored is not None else replay_label
+    runs = tuple(
+        SourceRun(a, b, live_label if measured[a] else replay_label) for a, b in itertools.pairwise(bounds)
+    )
     return CarbonSeries(
         zone=replay.zone,
         start=start,
         step=HOUR,
         values=values,
-        runs=tuple(runs),
-        emission_factor_type=stored.emission_factor_type if measured.all() else replay.emission_factor_type,
+        runs=runs,
+        emission_factor_type=(
+            stored.emission_factor_type
+            if stored is not None and measured.all()
+            else replay.emission_factor_type
+        ),
     )

@@ -31,6 +31,7 @@ from carbon_optimizer.providers.carbon.forecast import (
 )
 from carbon_optimizer.providers.carbon.live_history import (
     KEEP_HOURS,
+    STORED_HOURS,
     HistorySource,
     LiveHistory,
     decode,
@@ -79,6 +80,7 @@ class Upstream:
         self.past_status = 200
         self.timeout = False
         self.drop: tuple[datetime, datetime] | None = None  # hours answered null
+        self.lag = 0  # newest hours not published yet
 
     def hour(self) -> datetime:
         return self.now.replace(minute=0, second=0, microsecond=0)
@@ -86,6 +88,7 @@ class Upstream:
     def rows(self, a: datetime, b: datetime) -> list[dict[str, object]]:
         out = []
         when = a
+        b = min(b, self.hour() - self.lag * HOUR)
         while when < b:
             r = row(when)
             if self.drop is not None and self.drop[0] <= when < self.drop[1]:
@@ -102,6 +105,8 @@ class Upstream:
             raise httpx.ReadTimeout("upstream timed out", request=request)
         if index in self.fail_past or self.past_status != 200:
             status = 500 if index in self.fail_past else self.past_status
+            if status == 401:  # the free tier's answer to past-range (docs/data-sources.md §1.5)
+                return httpx.Response(401, json={"message": "Request unauthorized for zoneKey=DE"})
             return httpx.Response(status, json={"status": "error", "message": "Unknown error occured."})
         return httpx.Response(200, json={"zone": "DE", "data": self.rows(a, b)})
 
@@ -193,9 +198,9 @@ async def test_first_fit_backfills_nine_weeks_once_then_extends_with_the_24h_his
     worker = Worker(http, store, upstream)
     assert await worker.fit() == "live"
     # 9 weeks + 6 h in ≤ 10-day chunks: 7 past-range calls, no 24 h call.
-    assert len(upstream.past) == -(-KEEP_HOURS // 240) == 7
+    assert len(upstream.past) == -(-STORED_HOURS // 240) == 7
     assert upstream.history_calls == 0
-    assert upstream.past[0][0] == end_hour(START) - KEEP_HOURS * HOUR
+    assert upstream.past[0][0] == end_hour(START) - STORED_HOURS * HOUR
     assert upstream.past[-1][1] == end_hour(START)
     band = worker.forecast.band("DE")
     assert band is not None
@@ -214,7 +219,7 @@ async def test_first_fit_backfills_nine_weeks_once_then_extends_with_the_24h_his
     stored = await worker.stored()
     assert stored is not None
     assert stored[0] == end_hour(START) + 2 * HOUR
-    assert len(stored[1]) == KEEP_HOURS  # the window slid: the oldest two hours were trimmed
+    assert len(stored[1]) == STORED_HOURS  # the window slid: the oldest two hours were trimmed
     expected = intensity(end_hour(START) + HOUR)
     assert stored[1][-1] == pytest.approx(expected)
 
@@ -387,3 +392,39 @@ async def test_prefetched_zones_are_fitted_by_the_background_refresher_not_a_req
         assert len(upstream.past) == 7
     finally:
         await stack.aclose()
+
+
+async def test_a_plan_without_past_range_accrues_the_24h_history_and_asks_past_range_daily(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    upstream.past_status = 401
+    breaker = CircuitBreaker("electricitymaps", failure_threshold=100, reset_s=30.0)
+    worker = Worker(http, MemoryStore(), upstream, breaker)
+    assert await worker.fit() == "replay"
+    assert len(upstream.past) == 7
+    for hours in (1, 2, 3):  # hourly refits: the 24 h history only, its hours kept
+        upstream.now = START + hours * HOUR
+        await worker.expire_fit()
+        assert await worker.fit() == "mixed"
+    assert len(upstream.past) == 7
+    assert upstream.history_calls == 3
+    stored = await worker.stored()
+    assert stored is not None
+    assert int(np.isfinite(stored[1]).sum()) == 24 + 2  # the first 24 h, then one new hour per refit
+    upstream.now = START + 25 * HOUR  # a day later past-range is asked again (plans change)
+    await worker.expire_fit()
+    await worker.fit()
+    assert len(upstream.past) > 7
+
+
+@pytest.mark.parametrize(("lag", "kind", "starts"), [(2, "live", -2), (9, "mixed", 0)])
+async def test_newest_hours_not_yet_published_end_the_history_earlier_instead_of_replaying_them(
+    http: httpx.AsyncClient, upstream: Upstream, lag: int, kind: str, starts: int
+) -> None:
+    upstream.lag = lag
+    worker = Worker(http, MemoryStore(), upstream)
+    assert await worker.fit() == kind
+    band = worker.forecast.band("DE")
+    assert band is not None
+    assert band.start == end_hour(START) + starts * HOUR  # the forecast starts where history ends
+    assert band.model == fc.MODEL_NAME  # still the full 9 weeks, not the -short model
