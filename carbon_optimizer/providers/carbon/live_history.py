@@ -10,7 +10,8 @@ asked per refit:
 | stored history            | upstream calls of a refit                                           |
 |---------------------------|---------------------------------------------------------------------|
 | none (first fit, flushed) | past-range over the whole window (Electricity Maps: 7 × ≤ 10 days)  |
-| ends ≤ 24 h ago           | the source's 24 h `history` through its shared cache (0 or 1 call)  |
+| ends ≤ 24 h ago           | the source's 24 h `history` through its shared cache (0 or 1 call;  |
+|                           | refreshed there when it ends early and is > `RECENT_REFRESH_S` old)  |
 | ends > 24 h ago           | one past-range over the missing span (1 call per 10 days)           |
 | unknown older hours       | past-range for those chunks, at most every `BACKFILL_RETRY_S`       |
 
@@ -21,21 +22,27 @@ full 9 weeks on its own (the fit is `mixed` until then).
 Cost: the first fit of a zone 7 calls (Electricity Maps), then 0–1 per hourly refit — the 24 h
 `history` entry the request path caches anyway (key `…:<variant>:history:<zone>`).
 
+The newest hours may not be published yet: up to `MAX_LAG_HOURS` behind, the history ends at the
+last measured hour and the forecast starts there (the store keeps that many hours more at the old
+end, so the fit still has its full window) rather than replaying the hours the fit leans on most.
+
 Single flight: the fit that calls this runs once per zone per TTL (the forecast cache's own
 single flight); on top, the update holds a store lock (`<key>:lock`, longer than a backfill can
 take), and a worker that finds it held waits for the holder's entry instead of fetching again.
 At most `PAST_CONCURRENCY` past-range calls are in flight per worker, so a cold start over many
 zones reaches the upstream as a trickle, not one burst.
 
-Degrading, never failing: each upstream part that fails (5xx, timeout, breaker open, budget
-spent, plan without past-range) is skipped; the hours still unknown are filled from the bundled
+Degrading, never failing: each upstream part that fails (5xx, timeout, breaker open, plan
+without past-range, an adapter bug) is skipped; the hours still unknown are filled from the bundled
 replay, labelled `fallback:replay-2023`, so `forecast.history_kind` calls the fit `mixed` (or
 `replay` when nothing live arrived) and the answer carries the cautious replay error figures.
 A live source whose emission-factor type differs from the bundled data's is never glued to it:
 with gaps, the whole history is the replay. Only measured points count (labels ending
 `:history`/`:actual`; a GB regional "forecast" of a past half-hour does not).
-The calls run in the fitting request's context, so its upstream budget is charged as for any
-cached series; a budget refusal only leaves hours to the replay (and is retried next refit).
+Budget: the calls are shared work bounded per zone (7 once, then 0–1 per hourly refit, whoever
+triggers the fit), not per client, so they run outside the triggering request's budget
+(`request_budget(None)`: counted as `internal`, like the background refresh); charged to that
+request they would eat the budget of its own zones. The breaker and deadlines apply as always.
 Nothing here logs or stores a token: keys carry source and zone only, logs the error class.
 """
 
