@@ -32,17 +32,19 @@ take), and a worker that finds it held waits for the holder's entry instead of f
 At most `PAST_CONCURRENCY` past-range calls are in flight per worker, so a cold start over many
 zones reaches the upstream as a trickle, not one burst.
 
-Degrading, never failing: each upstream part that fails (5xx, timeout, breaker open, plan
-without past-range, an adapter bug) is skipped; the hours still unknown are filled from the bundled
-replay, labelled `fallback:replay-2023`, so `forecast.history_kind` calls the fit `mixed` (or
+Degrading, never failing: each upstream part that fails (5xx, timeout, breaker open, budget
+spent, plan without past-range, an adapter bug) is skipped; the hours still unknown are filled
+from the bundled replay, labelled `fallback:replay-2023`, so `forecast.history_kind` calls the fit `mixed` (or
 `replay` when nothing live arrived) and the answer carries the cautious replay error figures.
 A live source whose emission-factor type differs from the bundled data's is never glued to it:
 with gaps, the whole history is the replay. Only measured points count (labels ending
 `:history`/`:actual`; a GB regional "forecast" of a past half-hour does not).
-Budget: the calls are shared work bounded per zone (7 once, then 0–1 per hourly refit, whoever
-triggers the fit), not per client, so they run outside the triggering request's budget
-(`request_budget(None)`: counted as `internal`, like the background refresh); charged to that
-request they would eat the budget of its own zones. The breaker and deadlines apply as always.
+Budget: the calls run in the context of whatever triggered the fit, so a request's upstream
+budget is charged as for any cached series (one cold request never costs more than its
+`max_calls_per_request`, backfills included), and the background refresher's are `internal`.
+A refused chunk only leaves its hours to the replay for this fit (no retry delay): the chunks
+that did arrive are stored, so successive refits complete the backfill within their budgets.
+The breaker and deadlines apply as always.
 Nothing here logs or stores a token: keys carry source and zone only, logs the error class.
 """
 
@@ -65,7 +67,7 @@ import numpy as np
 from carbon_optimizer.domain import forecast as fc
 from carbon_optimizer.domain.models import CarbonSeries, FloatArray, SourceRun
 from carbon_optimizer.errors import NoDataForZone, ProviderAuthError, ProviderNotEntitled
-from carbon_optimizer.providers.budget import UpstreamBudgetExhausted, request_budget
+from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
 from carbon_optimizer.providers.carbon.base import (
     HOUR,
     BundledSeries,
@@ -242,8 +244,7 @@ class LiveHistory:
             return await self._offline.series(zone, start, end)
         replay = await self._offline.series(zone, start - HOUR * MAX_LAG_HOURS, end)
         try:
-            with request_budget(None):  # shared background work, bounded per zone (module doc)
-                stored = await self._updated(source, zone, start, end)
+            stored = await self._updated(source, zone, start, end)
         except Exception as exc:  # belt and braces: each part already degrades on its own
             log.warning("live history of %s failed (%s); fitting on the replay", zone, type(exc).__name__)
             stored = None

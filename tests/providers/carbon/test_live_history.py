@@ -312,18 +312,21 @@ async def test_null_hours_upstream_are_filled_from_the_replay(
     assert [(r.end_index - r.start_index) for r in gap] == [3]
 
 
-async def test_the_fit_is_not_charged_to_the_request_that_triggered_it(
+async def test_the_requests_budget_bounds_the_backfill_and_the_next_refit_continues_it(
     http: httpx.AsyncClient, upstream: Upstream
 ) -> None:
-    # The backfill is shared work bounded per zone (7 calls once, then 0-1 per hourly refit), not
-    # per client: charged to one request it would eat the budget of that request's other zones.
     budget = RequestBudget(client="c1", max_calls=3, max_retries=0)
     worker = Worker(http, MemoryStore(), upstream)
     with request_budget(budget):
-        assert await worker.fit() == "live"
-    assert len(upstream.past) == 7
-    assert budget.calls == 0
-    assert budget.refused == 0
+        assert await worker.fit() == "mixed"  # 3 of 7 chunks arrived, the rest is replay
+    assert len(upstream.past) == 3
+    assert budget.calls == 3
+    assert budget.refused == 4
+    upstream.now = START + HOUR
+    await worker.expire_fit()
+    with request_budget(RequestBudget(client="c2", max_calls=40, max_retries=0)):
+        assert await worker.fit() == "live"  # no retry delay after a refusal: the 4 missing chunks
+    assert len(upstream.past) == 3 + 4
 
 
 async def test_a_zone_without_a_live_history_source_keeps_the_replay() -> None:
