@@ -15,7 +15,8 @@ asked per refit:
 | ends > 24 h ago           | one past-range over the missing span (1 call per 10 days)           |
 | unknown older hours       | past-range for those chunks, at most every `BACKFILL_RETRY_S`       |
 
-A plan without past-range (Electricity Maps' free tier answers it 401) is asked again daily only;
+A plan without past-range (Electricity Maps' free tier answers it 401) costs one call (the first
+chunk is asked alone, its 401 stands for the rest) and is asked again daily only;
 meanwhile each refit's 24 h `history` still adds its hours, so the stored history fills up to the
 full 9 weeks on its own (the fit is `mixed` until then).
 
@@ -265,7 +266,7 @@ class LiveHistory:
         acquired = await locking.acquire_lock(key + ":lock", token, LOCK_TTL_S) if locking else None
         if acquired is False:
             assert locking is not None
-            return await self._wait_for_other(locking, key, zone)
+            return await self._wait_for_other(locking, key)
         try:
             stored = await self._read(key)
             updated = await self._extend(source, zone, stored, start, end)
@@ -282,7 +283,7 @@ class LiveHistory:
         stored = decode(data) if data is not None else None
         return stored if stored is not None else self._local.get(key)
 
-    async def _wait_for_other(self, locking: LockingStore, key: str, zone: str) -> StoredHistory | None:
+    async def _wait_for_other(self, locking: LockingStore, key: str) -> StoredHistory | None:
         """Another worker is updating this history: use its entry once it lands (or what is stored)."""
         give_up = time.monotonic() + self._lock_wait_s
         while time.monotonic() < give_up:
@@ -368,7 +369,14 @@ class LiveHistory:
                     SeriesRequest(SeriesKind.PAST_RANGE, zone, a, b, Signal.AVERAGE)
                 )
 
-        results = await asyncio.gather(*(one(a, b) for a, b in chunks), return_exceptions=True)
+        # The first chunk alone first: a plan without past-range (401) then costs one call, not 7.
+        results: list[Fetched | BaseException] = []
+        if chunks:
+            results += await asyncio.gather(one(*chunks[0]), return_exceptions=True)
+        if chunks[1:] and isinstance(results[0], ProviderNotEntitled | ProviderAuthError):
+            results += [results[0]] * (len(chunks) - 1)
+        elif chunks[1:]:
+            results += await asyncio.gather(*(one(a, b) for a, b in chunks[1:]), return_exceptions=True)
         retry = 0.0
         for (a, b), result in zip(chunks, results, strict=True):
             if isinstance(result, UpstreamBudgetExhausted):
