@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest
-from carbon_optimizer.providers.carbon.live_history import STORED_HOURS, decode
+from carbon_optimizer.providers.carbon.live_history import KEEP_HOURS, STORED_HOURS, decode
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
 from carbon_optimizer.providers.store import build_store
@@ -127,3 +127,23 @@ async def test_an_upstream_outage_during_the_backfill_fits_on_the_replay(
         result = await stack.provider.series("DE", start, start + timedelta(hours=6))
     assert [r.label for r in result.series.runs] == ["forecast:profile-ar"]
     assert stub_upstream.count("past-range", "DE") <= 7  # the breaker may stop the rest
+
+
+async def test_two_workers_updating_one_history_at_once_fetch_it_once(
+    redis_server: RedisServer, stub_upstream: StubUpstream
+) -> None:
+    # Below the forecast entry's own single flight: the history update's lock alone.
+    settings = live_settings(stub_upstream.base_url, redis_server.url)
+    now = datetime.now(UTC)
+    end = hour_floor(now)
+    async with worker(settings, lambda: now) as first, worker(settings, lambda: now) as second:
+        histories = []
+        for stack in (first, second):
+            assert stack.forecast is not None
+            history = stack.forecast.cache.source._history  # type: ignore[attr-defined]
+            histories.append(history)
+        start = end - timedelta(hours=KEEP_HOURS)
+        a, b = await asyncio.gather(*(h("DE", start, end) for h in histories))
+    assert stub_upstream.count("past-range", "DE") == 7
+    assert [r.label for r in a.runs] == ["electricitymaps:history"]
+    np.testing.assert_array_equal(np.asarray(a.values), np.asarray(b.values))
