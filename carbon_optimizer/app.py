@@ -25,7 +25,12 @@ from starlette.middleware import Middleware
 from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
-from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.middleware import (
+    BodyReadMiddleware,
+    MetricsPortMiddleware,
+    RequestEdgeMiddleware,
+    RouteNameMemoMiddleware,
+)
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
@@ -319,7 +324,9 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
-    metrics_middleware = app.user_middleware.pop(0)  # the one `instrument()` just added
+    added = app.user_middleware.pop(0)  # the one `instrument()` just added
+    # The same middleware and options, its route-name lookup memoised (api/middleware.py).
+    metrics_middleware = Middleware(RouteNameMemoMiddleware, *added.args, **added.kwargs)
     edge = settings.edge
     app.user_middleware[:] = [
         Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),

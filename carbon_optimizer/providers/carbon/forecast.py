@@ -252,6 +252,14 @@ class ForecastSource:
         self._served[request.zone] = (fetched, out)
         return out
 
+    def peek(self, request: SeriesRequest) -> Fetched | None:
+        """What `fetch` would return from memory, synchronously, if already unpacked; else None."""
+        if request.kind is not SeriesKind.FORECAST or request.signal is not Signal.AVERAGE:
+            return None
+        cached = self.cache.peek(request)
+        memo = self._served.get(request.zone)
+        return memo[1] if cached is not None and memo is not None and memo[0] is cached else None
+
     def band(self, zone: str) -> ForecastBand | None:
         """The band of the zone's forecast last served by this worker (None: never asked)."""
         return self._bands.get(zone)
