@@ -54,7 +54,7 @@ from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
-from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.carbon.stack import ForecastSource, build_carbon_stack
 from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.providers.prices import build_serverless_chain
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
@@ -157,6 +157,7 @@ async def runtime(
             uncertainty=UncertaintyStep(
                 load_error_model(), carbon_stack.forecast.band if carbon_stack.forecast else None
             ),
+            fitted_on=_fitted_on(carbon_stack.forecast),
         )
         # The savings ledger (issue 15): engine, repository, write queue and reconciler, entered
         # last so it closes first (its queue flushes while the carbon stack still answers).
@@ -222,6 +223,18 @@ def _open_ledger(
         signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
         wait_for_live=wait_for_live,
     )
+
+
+def _fitted_on(forecast: ForecastSource | None) -> Callable[[str], str | None] | None:
+    """Zone → the history our forecaster's current fit used (`live`, `mixed`, `replay`)."""
+    if forecast is None:
+        return None
+
+    def fitted_on(zone: str) -> str | None:
+        band = forecast.band(zone)
+        return band.history if band is not None else None
+
+    return fitted_on
 
 
 def _cache_health(

@@ -306,6 +306,10 @@ class CarbonChainSettings(BaseModel):
     # replay (default chosen by bench/bench_offline_forecast.py).
     forecast: bool = True
     forecast_offline: bool = True
+    # `forecast_live_history`: fit on the zone's measured history from a live source (Electricity
+    # Maps with lifecycle factors: 9 weeks kept in the shared store, extended hourly) instead of
+    # the bundled replay; only with such a source configured (providers/carbon/live_history.py).
+    forecast_live_history: bool = True
 
 
 class UpstreamBudgetSettings(BaseModel):

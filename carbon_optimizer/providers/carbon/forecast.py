@@ -14,12 +14,14 @@ single flight, so one fit per zone per TTL across workers) for `forecast_ttl_s` 
 read the packed entry, unpack it (a view, no copy) and hand the p50 to the chain; the band is
 kept per zone for the uncertainty step (`bands`).
 
-History: any `HistoryFn` (zone, start, end → hourly series). The stack passes the bundled 2023
-replay in every mode today (live history would cost ~9 weeks of past-range per zone per refit);
+History: any `HistoryFn` (zone, start, end → hourly series). The stack passes the live source's
+measured history when one is configured (`live_history.LiveHistory`: 9 weeks kept in the shared
+store, extended hourly, gaps filled from the replay) and the bundled 2023 replay otherwise;
 `ForecastBand.history` says which kind a fit used, because the backtested error differs: on
 measured history the rolling-origin backtest applies (error by hour ahead); on replayed history
 the forecast is one of the replayed week (lead 4–5 weeks in the emulation), with its own
-measured flat error band (`OFFLINE_REL_BAND`).
+measured flat error band (`OFFLINE_REL_BAND`). A `mixed` history (live hours, gaps replayed)
+gets the replay's figures: the cautious ones, its own error was not measured.
 """
 
 from __future__ import annotations
