@@ -3,7 +3,7 @@
 Why this model (the measurements are in `docs/forecasting.md`, reproduced by `bench/bench_forecast.py`):
 grid carbon intensity is a daily and weekly cycle (solar, demand, weekends) plus weather-driven
 anomalies that persist for hours to a few days. Three ingredients capture that, all fitted from the
-zone's own recent history in a few milliseconds with NumPy, no library:
+zone's own recent history in ~35 ms with NumPy, no library:
 
 1. **Seasonal profile.** For a target hour t the profile is the blend
    `w · (mean of the same hour of day over the last 7 known days)
