@@ -9,7 +9,7 @@ the skew. Values are clipped at 0.
 
 **Correlation.** Forecast errors of one zone are strongly correlated from hour to hour (a windy
 afternoon stays windy): z follows a stationary AR(1) over the hours of a zone with the lag-1
-correlation `rho` measured in the backtest (0.962 for our forecaster: `ErrorModel.hourly_correlation`
+correlation `rho` measured in the backtest (0.967 for our forecaster: `ErrorModel.hourly_correlation`
 in the shipped table, median over zones). Two start times of the
 same zone a few hours apart therefore share most of their error, which is exactly why "is 14:00
 really better than 15:00?" can be answered with confidence even when each hour's error is large.
@@ -39,7 +39,7 @@ from carbon_optimizer.domain.models import FloatArray, IntArray
 
 Z90 = 1.2815515655446004  # standard-normal 90th percentile
 DEFAULT_DRAWS = 1000  # p_best standard error ≤ 1.6 points
-DEFAULT_RHO = 0.96  # the backtest's median lag-1 error correlation (0.962); prefer the table's value
+DEFAULT_RHO = 0.96  # the backtest's median lag-1 error correlation (0.967); prefer the table's value
 TIE_THRESHOLD = 0.25  # an option beating the leader in ≥ 25 % of draws is "statistically tied"
 RISKS = ("p50", "p90", "mean")
 
