@@ -228,7 +228,7 @@ class UncertaintyStep:
             )
         order = result.order
         ranked = tuple(
-            replace(options[k], rank=i + 1) if options[k].rank is not None else options[k]
+            replace(options[k], rank=i + 1) if options[k].rank not in (None, i + 1) else options[k]
             for i, k in enumerate(order)
         )
         plan = PlanUncertainty(
