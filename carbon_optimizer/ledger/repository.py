@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from carbon_optimizer.ledger import batch_insert
 from carbon_optimizer.ledger.models import RECORDED, leases, placements
 
 _DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
@@ -57,6 +58,13 @@ class LedgerRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # The writer's own connection and one-INSERT-per-batch path (None: the generic one below).
+        self._inserter = batch_insert.for_engine(engine)
+
+    async def close(self) -> None:
+        """Release the writer's connection (before the engine is disposed)."""
+        if self._inserter is not None:
+            await self._inserter.close()
 
     # ----- placements -----
 
@@ -70,6 +78,9 @@ class LedgerRepository:
             return {}
         # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
         ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
+        if self._inserter is not None:
+            found = await self._inserter.insert(rows, ids)
+            return {pid: Existing(pid, fp) for pid, fp in found}
         async with self.engine.begin() as conn:
             existing: dict[str, Existing] = {}
             if ids:
