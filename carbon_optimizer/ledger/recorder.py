@@ -28,7 +28,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from carbon_optimizer.ledger import metrics
@@ -101,7 +101,7 @@ class _Item:
     origin: str
     done: asyncio.Future[Written] | None = None  # only when the submitter waits for the commit
     # Waiting retries (same id) that joined this queued row, each with what it asked.
-    joined: list[tuple[asyncio.Future[Written], Source]] = field(default_factory=list)
+    joined: list[tuple[asyncio.Future[Written], Source]] | None = None
     row: Mapping[str, Any] | None = None  # built by the writer (kept for retries)
     broken: BaseException | None = None  # building failed: never written
 
@@ -185,7 +185,8 @@ class Recorder:
         future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         item = self._enqueue(row, origin)
         if item is None:
-            self._by_id[placement_id].joined.append((future, row))
+            queued = self._by_id[placement_id]
+            queued.joined = [*(queued.joined or ()), (future, row)]
         else:
             item.done = future
         self._flush.set()
@@ -263,7 +264,7 @@ class Recorder:
             stored = found.fingerprint if found is not None else item.row.get("fingerprint")
             if item.done is not None and not item.done.done():
                 item.done.set_result(_written(item.id, found, item.row.get("fingerprint"), stored))
-            for future, source in item.joined:
+            for future, source in item.joined or ():
                 if future.done():
                     continue
                 asked = _fingerprint_of(source)
@@ -318,7 +319,7 @@ def _materialise(batch: Sequence[_Item]) -> list[Mapping[str, Any]]:
 
 
 def _futures(item: _Item) -> list[asyncio.Future[Written]]:
-    return [f for f in (item.done, *(future for future, _ in item.joined)) if f is not None]
+    return [f for f in (item.done, *(future for future, _ in item.joined or ())) if f is not None]
 
 
 def _fingerprint_of(source: Source) -> Any:

@@ -79,8 +79,8 @@ class LedgerRepository:
         # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
         ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
         if self._inserter is not None:
-            found = await self._inserter.insert(rows, ids)
-            return {pid: Existing(pid, fp) for pid, fp in found}
+            stored = await self._inserter.insert(rows, ids)
+            return {pid: Existing(pid, fp) for pid, fp in stored}
         async with self.engine.begin() as conn:
             existing: dict[str, Existing] = {}
             if ids:
