@@ -55,11 +55,11 @@ class Existing:
 class LedgerRepository:
     """Async data access for placements, leases and reports."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, fast_insert: bool = True) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         # The writer's own connection and one-INSERT-per-batch path (None: the generic one below).
-        self._inserter = batch_insert.for_engine(engine)
+        self._inserter = batch_insert.for_engine(engine) if fast_insert else None
 
     async def close(self) -> None:
         """Release the writer's connection (before the engine is disposed)."""
