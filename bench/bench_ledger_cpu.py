@@ -12,7 +12,11 @@ and the result cache (the cheapest optimize path). Medians of the rounds. Three 
   SQLite writer thread, the driver's work are all included);
 - request-path CPU of the ledger hook itself: thread CPU time spent inside `attach_placement`
   (what a recorded request pays before its answer can be sent);
-- rows written, as a check that every recorded request reached the database.
+- rows written, as a check that every recorded request reached the database;
+- the writer alone, without requests around it: CPU per row to build and commit realistic rows
+  in batches of 1, 10 and 100, through the writer's batch path and through the generic
+  SQLAlchemy path (`--writer-only` runs just this part). This isolates the ledger's share that
+  the per-request differences above cannot resolve on a shared machine.
 
 Why not only wrk (bench/bench_ledger.py): on a shared 2-core machine the req/s of two 3 s runs
 differed by up to ±50 % whatever the flag; CPU time per request is not inflated by other
@@ -139,6 +143,55 @@ async def measure(rounds: int, url: str | None, write_timeout_s: float) -> None:
                 print(f"placements written {written} of {recorded_requests} recorded requests", flush=True)
 
 
+async def writer_cpu(url: str | None) -> None:
+    """CPU µs per row to build and commit rows in batches, batch path vs generic path."""
+    from carbon_optimizer.api.schemas import OptimizeRequest
+    from carbon_optimizer.ledger.repository import LedgerRepository
+
+    async with scratch_database(url) as database:
+        settings = Settings(
+            _env_file=None,
+            rate_limit_enabled=False,
+            database=database,
+            ledger=LedgerSettings(reconcile_enabled=False),
+        )
+        app = create_app(settings)
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                answer = (await client.post("/v1/optimize", json={**OPTIMIZE, "record": False})).json()
+            ledger = manager._state["co"].ledger
+            await asyncio.sleep(0.5)  # migrated
+            body = OptimizeRequest.model_validate({**OPTIMIZE, "record": True})
+            now = ledger.clock()
+
+            def rows(n: int) -> list[dict[str, Any]]:
+                return [
+                    ledger._optimize_row(str(uuid.uuid4()), body, answer, "bench", now, "rid", None)
+                    for _ in range(n)
+                ]
+
+            started = time.process_time()
+            rows(2000)
+            build = (time.process_time() - started) / 2000 * 1e6
+            print(f"writer: build a row {build:.1f} µs", flush=True)
+            for fast in (True, False):
+                repository = LedgerRepository(ledger.repository.engine, fast_insert=fast)
+                figures = []
+                for size in (1, 10, 100):
+                    batches = max(20, 2000 // size)
+                    prepared = [rows(size) for _ in range(batches)]
+                    await repository.insert_placements(prepared[0])  # connect, prepare
+                    started = time.process_time()
+                    for batch in prepared[1:]:
+                        await repository.insert_placements(batch)
+                    per_row = (time.process_time() - started) / ((batches - 1) * size) * 1e6
+                    figures.append(f"batch {size}: {per_row:.1f}")
+                await repository.close()
+                path = "batch path" if fast else "generic path"
+                print(f"writer: commit, {path}, CPU µs/row: {', '.join(figures)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -149,8 +202,11 @@ def main() -> None:
         "creates and drops a scratch database",
     )
     parser.add_argument("--write-timeout-s", type=float, default=0.0, help="DATABASE__WRITE_TIMEOUT_S")
+    parser.add_argument("--writer-only", action="store_true", help="only the writer-alone figures")
     args = parser.parse_args()
-    asyncio.run(measure(args.rounds, args.database_url, args.write_timeout_s))
+    if not args.writer_only:
+        asyncio.run(measure(args.rounds, args.database_url, args.write_timeout_s))
+    asyncio.run(writer_cpu(args.database_url))
 
 
 if __name__ == "__main__":
