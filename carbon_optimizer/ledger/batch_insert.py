@@ -106,7 +106,8 @@ def _sqlite_datetime(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    # A str is JSON text already (see `models`: JSON columns take an object or its JSON text).
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 class _Columns:

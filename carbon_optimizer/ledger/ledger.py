@@ -282,7 +282,7 @@ class Ledger:
         best = result["best"]
         baseline = result.get("baseline")
         explicit = body.get("baseline") is not None
-        return self._row(
+        row = self._row(
             placement_id=placement_id,
             client_id=client_id,
             origin="optimize",
@@ -304,6 +304,12 @@ class Ledger:
             quality={"warnings": list(result.get("warnings", ())), "objective": result.get("objective")},
             created_at=created_at,
         )
+        # JSON columns as their text: a row then holds only atomic values, which the garbage
+        # collector stops tracking. Waiting for its commit, it no longer ages into the old
+        # generation and makes the whole-heap collections (~0.1 s here) come sooner.
+        row["workload"] = orjson.dumps(row["workload"]).decode()
+        row["quality"] = orjson.dumps(row["quality"]).decode()
+        return row
 
     async def _submit_for_optimize(self, source: Deferred) -> dict[str, Any]:
         try:

@@ -328,6 +328,9 @@ def _materialise(batch: Sequence[_Item]) -> list[Mapping[str, Any]]:
             except Exception as exc:  # a bug, not a database problem: retrying cannot help
                 log.exception("ledger: placement %s could not be built; not recorded", item.id)
                 item.broken = exc
+            # Let go of the request's body and response now: kept until the commit, those object
+            # graphs survive young collections and make the (whole-heap) old ones come sooner.
+            item.source = item.row if item.row is not None else {"id": item.id}
         if item.row is not None:
             rows.append(item.row)
     return rows

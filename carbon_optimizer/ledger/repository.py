@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+import orjson
+from sqlalchemy import JSON, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +22,7 @@ from carbon_optimizer.ledger import batch_insert
 from carbon_optimizer.ledger.models import RECORDED, leases, placements
 
 _DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
+_JSON_COLUMNS = frozenset(c.name for c in placements.columns if isinstance(c.type, JSON))
 
 
 def to_db(value: datetime) -> datetime:
@@ -36,7 +38,14 @@ def from_db(value: datetime | None) -> datetime | None:
 
 
 def _row_to_db(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: to_db(v) if k in _DATETIME_COLUMNS and isinstance(v, datetime) else v for k, v in row.items()}
+    out: dict[str, Any] = {
+        k: to_db(v) if k in _DATETIME_COLUMNS and isinstance(v, datetime) else v for k, v in row.items()
+    }
+    for name in _JSON_COLUMNS.intersection(out):
+        text = out[name]
+        if isinstance(text, str):  # JSON text already (see `models`): SQLAlchemy encodes again
+            out[name] = orjson.loads(text)
+    return out
 
 
 def _row_from_db(row: Mapping[str, Any]) -> dict[str, Any]:
