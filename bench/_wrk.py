@@ -44,9 +44,15 @@ request = function()
   counter = counter + 1
   local n = counter * 16 + (thread_no or 0)
   local body = [[{body}]]
-  body = body:gsub("__DURATION__", tostring(60 + (n % {duration_span})))
-  body = body:gsub("__START__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + n))
-  body = body:gsub("__DEADLINE__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + n + {window_s}))
+  local offset = n
+  local minutes = 60 + (n % {duration_span})
+  if {hour_span} > 0 then  -- every start inside one hour; the job length moves once per lap
+    offset = n % {hour_span}
+    minutes = 60 + (math.floor(n / {hour_span}) % {duration_span})
+  end
+  body = body:gsub("__DURATION__", tostring(minutes))
+  body = body:gsub("__START__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + offset))
+  body = body:gsub("__DEADLINE__", os.date("!%Y-%m-%dT%H:%M:%SZ", {base_epoch} + offset + {window_s}))
   return wrk.format(nil, nil, nil, body)
 end
 done = function(summary, latency, requests)
@@ -61,17 +67,32 @@ end
 
 
 def write_unique_script(
-    path: Path, template: str, base_epoch: int, duration_span: int = 600, window_s: int = 86400
+    path: Path,
+    template: str,
+    base_epoch: int,
+    duration_span: int = 600,
+    window_s: int = 86400,
+    *,
+    same_hour: bool = False,
 ) -> Path:
     """Write a wrk script posting a different body each request.
 
     `template` is a JSON body with `__DURATION__` (job minutes) and `__START__` (earliest start:
     `base_epoch` plus the request's number in seconds, UTC) placeholders, and optionally
-    `__DEADLINE__` (that start plus `window_s`).
+    `__DEADLINE__` (that start plus `window_s`). Request numbers step by 16, so at a few thousand
+    requests a second the starts cross an hour every ~225 requests — far faster than real time.
+    `same_hour` keeps every start inside the hour of `base_epoch` (as a scheduler asking "from
+    now" does within an hour) and moves the job length once per lap instead, so bodies stay unique.
     """
+    hour_span = 3000 if same_hour else 0
+    base = int(base_epoch) // 3600 * 3600 if same_hour else int(base_epoch)
     path.write_text(
         WRK_UNIQUE_LUA.format(
-            body=template, duration_span=duration_span, base_epoch=int(base_epoch), window_s=int(window_s)
+            body=template,
+            duration_span=duration_span,
+            base_epoch=base,
+            window_s=int(window_s),
+            hour_span=hour_span,
         )
     )
     return path

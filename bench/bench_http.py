@@ -2,11 +2,16 @@
 
 Run: `python bench/bench_http.py` (needs `wrk`: `apt-get install wrk`; `--redis URL` measures the
 two-tier cache with Redis configured). One uvicorn worker each, same machine, same run, so the
-ratio is meaningful on a noisy 2-core VM. Prints a table; medians of `--repeat` runs.
+ratio is meaningful on a noisy 2-core VM. Prints a table; medians of `--repeat` runs. Beside
+req/s it prints each server's own CPU per request (read from /proc around every wrk run): req/s
+swings with whatever else the machine runs, CPU per request much less.
 
 Rows:
 - `fresh` (the headline): every request a different body (job length and earliest start move
   with each request), as schedulers send them — data lookups, engine, serialisation every time.
+  Starts move 16 s per request, so at these rates they cross an hour every ~225 requests.
+- `fresh-hour`: unique bodies whose starts stay inside one hour (job length moves instead), as
+  callers asking "from now" send them within an hour: the memos' steady state.
 - `cache-hit`: one identical body, answered by the result cache after the first request. Its own
   row: it says what the cache saves, not what a caller gets.
 - `fresh-large`: fresh bodies of 150 locations × a 7-day window × 15-minute steps (the large
@@ -125,6 +130,21 @@ def start(module_factory: str, port: int, env: dict[str, str]) -> tuple[subproce
         time.sleep(0.02)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(pid: int, url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    """One wrk run plus the server's CPU ms per request over it."""
+    before = cpu_s(pid)
+    result = run_wrk(url, connections, seconds, script)
+    requests = max(result["rps"] * seconds, 1.0)
+    result["cpu_ms"] = (cpu_s(pid) - before) * 1000 / requests
+    return result
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -157,12 +177,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     scripts = {
         "fresh": write_unique_script(workdir / "fresh.lua", template, base_epoch),
+        "fresh-hour": write_unique_script(workdir / "hour.lua", template, base_epoch, same_hour=True),
         "fresh-large": write_unique_script(workdir / "large.lua", large, base_epoch, window_s=7 * 86400),
         "cache-hit": write_script(workdir / "hit.lua", body),
         "no-cache": write_script(workdir / "nocache.lua", body, {"Cache-Control": "no-cache"}),
     }
     floor_scripts = {
         "fresh": scripts["fresh"],
+        "fresh-hour": scripts["fresh-hour"],
         "fresh-large": scripts["fresh-large"],
         "cache-hit": scripts["cache-hit"],
         "no-cache": scripts["cache-hit"],
@@ -190,23 +212,33 @@ def main() -> None:
             "no-cache = the identical body with Cache-Control: no-cache. Floor: same bodies, pydantic parse."
         )
         print()
+        print("CPU = the server process's own CPU ms per request (from /proc, the steady figure on a")
+        print(
+            "shared machine); CPU ratio = floor CPU / ours. fresh-hour = unique bodies, starts in one hour."
+        )
+        print()
         print(
             f"{'path':>11} {'c':>3} | {'ours req/s':>10} | {'floor req/s':>11} | {'ratio':>6} | "
-            f"{'ours p50':>8} | {'ours p99':>8} | {'floor p99':>9} | errors"
+            f"{'ours p50':>8} | {'ours p99':>8} | {'floor p99':>9} | {'CPU':>5} | {'floor':>5} | "
+            f"{'ratio':>5} | errors"
         )
-        print("-" * 98)
+        print("-" * 124)
         for path, connections in [(p, c) for p in args.rows for c in args.connections]:
             runs_ours, runs_floor = [], []
             for _ in range(args.repeat):
-                runs_ours.append(run_wrk(ours_url, connections, args.seconds, scripts[path]))
-                runs_floor.append(run_wrk(floor_url, connections, args.seconds, floor_scripts[path]))
+                runs_ours.append(_measured(ours.pid, ours_url, connections, args.seconds, scripts[path]))
+                runs_floor.append(
+                    _measured(floor.pid, floor_url, connections, args.seconds, floor_scripts[path])
+                )
             errors = sum(r["errors"] + r["non2xx"] for r in runs_ours)
             rps, floor_rps = _median(runs_ours, "rps"), _median(runs_floor, "rps")
+            cpu, floor_cpu = _median(runs_ours, "cpu_ms"), _median(runs_floor, "cpu_ms")
             print(
                 f"{path:>11} {connections:>3} | {rps:>10.0f} | {floor_rps:>11.0f} | "
                 f"{rps / floor_rps:>6.2f} | "
                 f"{_median(runs_ours, 'p50_ms'):>6.1f}ms | {_median(runs_ours, 'p99_ms'):>6.1f}ms | "
-                f"{_median(runs_floor, 'p99_ms'):>7.1f}ms | {errors}"
+                f"{_median(runs_floor, 'p99_ms'):>7.1f}ms | {cpu:>5.3f} | {floor_cpu:>5.3f} | "
+                f"{floor_cpu / cpu:>5.2f} | {errors}"
             )
         print()
         after = rss_mb(ours.pid)

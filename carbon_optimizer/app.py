@@ -25,7 +25,12 @@ from starlette.middleware import Middleware
 from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
-from carbon_optimizer.api.middleware import BodyReadMiddleware, MetricsPortMiddleware, RequestEdgeMiddleware
+from carbon_optimizer.api.middleware import (
+    BodyReadMiddleware,
+    MetricsPortMiddleware,
+    RequestEdgeMiddleware,
+    RouteNameMemoMiddleware,
+)
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
@@ -49,7 +54,7 @@ from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
 from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
-from carbon_optimizer.providers.carbon.stack import build_carbon_stack
+from carbon_optimizer.providers.carbon.stack import ForecastSource, build_carbon_stack
 from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.providers.prices import build_serverless_chain
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
@@ -152,6 +157,7 @@ async def runtime(
             uncertainty=UncertaintyStep(
                 load_error_model(), carbon_stack.forecast.band if carbon_stack.forecast else None
             ),
+            fitted_on=_fitted_on(carbon_stack.forecast),
         )
         # The savings ledger (issue 15): engine, repository, write queue and reconciler, entered
         # last so it closes first (its queue flushes while the carbon stack still answers).
@@ -217,6 +223,18 @@ def _open_ledger(
         signal=f"location-based average, {settings.electricitymaps.emission_factor_type}",
         wait_for_live=wait_for_live,
     )
+
+
+def _fitted_on(forecast: ForecastSource | None) -> Callable[[str], str | None] | None:
+    """Zone → the history our forecaster's current fit used (`live`, `mixed`, `replay`)."""
+    if forecast is None:
+        return None
+
+    def fitted_on(zone: str) -> str | None:
+        band = forecast.band(zone)
+        return band.history if band is not None else None
+
+    return fitted_on
 
 
 def _cache_health(
@@ -319,7 +337,9 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
-    metrics_middleware = app.user_middleware.pop(0)  # the one `instrument()` just added
+    added = app.user_middleware.pop(0)  # the one `instrument()` just added
+    # The same middleware and options, its route-name lookup memoised (api/middleware.py).
+    metrics_middleware = Middleware(RouteNameMemoMiddleware, *added.args, **added.kwargs)
     edge = settings.edge
     app.user_middleware[:] = [
         Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from carbon_optimizer.domain import data_quality
-from carbon_optimizer.domain.data_quality import data_quality_warnings
+from carbon_optimizer.domain.data_quality import FittedOn, data_quality_warnings
 from carbon_optimizer.domain.energy import PowerEstimate, energy_kwh, estimate_power
 from carbon_optimizer.domain.instances import Infeasible, select_instance
 from carbon_optimizer.domain.models import (
@@ -140,8 +140,12 @@ class OptimizerService:
         onprem_pue: float = 1.56,
         clock: Callable[[], datetime] = utc_now,
         uncertainty: UncertaintyStep | None = None,
+        fitted_on: FittedOn | None = None,
     ) -> None:
         self.uncertainty = uncertainty
+        # zone → what our forecaster's fit used ("live", "mixed", "replay"): a fit on measured
+        # history supports `forecast` data quality, one on the replay only `replay`.
+        self.fitted_on: FittedOn = fitted_on or _unknown_fit
         self.catalog = catalog
         self.carbon = carbon
         self.prices = prices
@@ -541,10 +545,12 @@ class OptimizerService:
             options, uncertainty = self.uncertainty.apply(options, by_zone, self.clock(), query.risk)
         options = tuple(with_margin(o, options[0]) for o in options)
         location_kinds = {
-            p.location.key: data_quality.weakest(by_zone[p.location.zone].sources_between(start, deadline))
+            p.location.key: data_quality.weakest(
+                by_zone[p.location.zone].sources_between(start, deadline), self.fitted_on(p.location.zone)
+            )
             for p in placed
         }
-        for message in data_quality_warnings(options, grid.count > 1):
+        for message in data_quality_warnings(options, grid.count > 1, self.fitted_on):
             ctx.warn(message)
         baseline = await self._baseline(
             baseline_location,
@@ -609,6 +615,7 @@ class OptimizerService:
             score=cand.score,
             carbon_sources=series.sources_between(cand.start, cand.end),
             duration_hours=workload.duration_hours,
+            fitted_on=self.fitted_on(item.location.zone),
         )
 
     async def _baseline(
@@ -676,6 +683,7 @@ class OptimizerService:
             score=None,
             carbon_sources=series.sources_between(start, end),
             duration_hours=workload.duration_hours,
+            fitted_on=self.fitted_on(item.location.zone),
         )
         score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
         return replace(option, score=score)
@@ -816,6 +824,10 @@ def _location_loc(query: OptimizeQuery, index: int, field_name: str) -> Loc:
     return ("body", "providers")
 
 
+def _unknown_fit(zone: str) -> str | None:
+    return None  # no forecaster: any `forecast:` label reads as fitted on the replay (cautious)
+
+
 def _option(
     *,
     rank: int | None,
@@ -826,6 +838,7 @@ def _option(
     score: float | None,
     carbon_sources: Sequence[str],
     duration_hours: float,
+    fitted_on: str | None = None,
 ) -> Option:
     return Option(
         rank=rank,
@@ -841,7 +854,7 @@ def _option(
         score=score,
         carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
-        carbon_data=data_quality.weakest(carbon_sources),
+        carbon_data=data_quality.weakest(carbon_sources, fitted_on),
     )
 
 

@@ -97,6 +97,10 @@ class RedisSettings(BaseModel):
     key_prefix: str = "co:v1"
     # After a Redis failure, skip Redis for this long before probing again (keeps latency flat).
     retry_after_failure_s: float = Field(default=5.0, ge=0)
+    # Connections per worker process. A request for 150–200 zones reads that many keys at once:
+    # callers over the bound wait for a free connection (within the operation timeout) instead of
+    # failing, which would read as misses and mark the store down for everyone.
+    max_connections: int = Field(default=64, ge=1, le=10_000)
 
     @field_validator("url")
     @classmethod
@@ -306,6 +310,10 @@ class CarbonChainSettings(BaseModel):
     # replay (default chosen by bench/bench_offline_forecast.py).
     forecast: bool = True
     forecast_offline: bool = True
+    # `forecast_live_history`: fit on the zone's measured history from a live source (Electricity
+    # Maps with lifecycle factors: 9 weeks kept in the shared store, extended hourly) instead of
+    # the bundled replay; only with such a source configured (providers/carbon/live_history.py).
+    forecast_live_history: bool = True
 
 
 class UpstreamBudgetSettings(BaseModel):

@@ -14,27 +14,37 @@ source. Per hour of a zone's series, by its label:
 
 Then `domain/answer_uncertainty.assess_answer` turns the paths into intervals for every option
 and p_best / tied / the `risk` order for the first `P_BEST_CAP` options. Runs once per answer on
-data already fetched: a few NumPy calls plus the Monte Carlo on the top options only.
+data already fetched. Each zone's paths and its Monte Carlo draws (as prefix sums over hours)
+are memoised per series object and hour (`MEMO_BYTES`): the chain hands out the same series
+while its data and the hour are the same, so a warm answer reads its options' draws by index and
+draws nothing; each zone's draws are seeded by its name, so every worker gives the same p_best.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer
-from carbon_optimizer.domain.models import CarbonSeries, FloatArray
+from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer, path_prefix
+from carbon_optimizer.domain.models import CarbonSeries, FloatArray, IntArray
 from carbon_optimizer.domain.plan import Option
-from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel
+from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, ar1_normals, zone_draw_sums
 from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
 
 HOUR = timedelta(hours=1)
 STALE = "(stale)"
 ERROR_MODEL = "error-model"
 MEASURED = "measured"
+# Memoised paths and draw sums (1,000 draws × a zone's hours × 8 bytes ≈ 0.2–1.4 MB a zone).
+MEMO_BYTES = 64 * 1024 * 1024
+# AR(1) normals kept across hours, oldest dropped first (0.2–1.5 MB a zone at 1,000 draws).
+_NORMALS_BYTES = 48 * 1024 * 1024
+_DESCRIBED_PER_ENTRY = 4096  # window descriptions kept per entry (a 7-day window has ≤ 2,016 starts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,21 @@ def _method(label: str) -> str:
     return ERROR_MODEL if base.endswith(":forecast") else MEASURED
 
 
+@dataclass(eq=False, slots=True)
+class _ZoneEntry:
+    """One zone's memoised paths (3, hours on the series' lattice) and, once asked, its draw sums."""
+
+    series: CarbonSeries
+    band: ForecastBand | None
+    paths: FloatArray
+    prefix: tuple[FloatArray, IntArray]  # `path_prefix` of the paths
+    sums: FloatArray | None = None
+    # (first, last-exclusive index) of a window → (reason, methods, forecast quality)
+    described: dict[tuple[int, int], tuple[str | None, str | None, ForecastQuality | None]] = field(
+        default_factory=dict
+    )
+
+
 class UncertaintyStep:
     """Builds the per-zone paths of an answer and assesses its options (see the module doc)."""
 
@@ -108,11 +133,17 @@ class UncertaintyStep:
         *,
         cap: int = P_BEST_CAP,
         draws: int = DEFAULT_DRAWS,
+        memo_bytes: int = MEMO_BYTES,
     ) -> None:
         self.error_model = error_model
         self._bands = bands
         self.cap = cap
         self.draws = draws
+        self.memo_bytes = memo_bytes
+        self._memo: OrderedDict[tuple[int, int, datetime], _ZoneEntry] = OrderedDict()
+        self._memo_bytes = 0
+        self._zone_normals: dict[tuple[str, int, float], FloatArray] = {}
+        self._normals_bytes = 0
 
     def _paths(
         self, series: CarbonSeries, grid_start: datetime, hours: int, now_floor: datetime
@@ -149,29 +180,42 @@ class UncertaintyStep:
     ) -> tuple[tuple[Option, ...], PlanUncertainty]:
         """Options (re-ranked among the top when `risk` is not p50) and their uncertainty."""
         now_floor = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        grid_start = min(o.start for o in options).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        grid_end = max(o.end for o in options)
-        hours = -(-(grid_end - grid_start) // HOUR)
         zones = sorted({o.location.zone for o in options})
         row = {z: i for i, z in enumerate(zones)}
-        paths = np.stack([self._paths(by_zone[z], grid_start, hours, now_floor) for z in zones])
+        entries = [self._entry(by_zone[z], now_floor) for z in zones]
         zone = np.array([row[o.location.zone] for o in options], dtype=np.int64)
-        start = np.array([(o.start - grid_start) // HOUR for o in options], dtype=np.int64)
-        end = np.array([-(-(o.end - grid_start) // HOUR) for o in options], dtype=np.int64)
+        start = np.array(
+            [(o.start - by_zone[o.location.zone].start) // HOUR for o in options], dtype=np.int64
+        )
+        end = np.array(
+            [-(-(o.end - by_zone[o.location.zone].start) // HOUR) for o in options], dtype=np.int64
+        )
         span = np.maximum(end - start, 1)
         kwh = np.array([o.energy_kwh for o in options], dtype=np.float64)
         emissions = np.array([o.emissions_g for o in options], dtype=np.float64)
         rho = self.error_model.hourly_correlation
+        draws = self.draws
         result = assess_answer(
-            paths, zone, start, span, kwh, emissions, rho=rho, risk=risk, cap=self.cap, draws=self.draws
+            [e.paths for e in entries],
+            zone,
+            start,
+            span,
+            kwh,
+            emissions,
+            rho=rho,
+            risk=risk,
+            cap=self.cap,
+            draws=draws,
+            sums=lambda z: self._sums(entries[z], draws, rho),
+            prefix=lambda z: entries[z].prefix,
         )
         per: list[OptionUncertainty] = []
         for k, option in enumerate(options):
-            labels = by_zone[option.location.zone].sources_between(option.start, option.end)
-            reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            entry = entries[int(zone[k])]
+            reason, methods, forecast = self._describe(entry, option, now_floor)
             if reason is None and result.interval_g[k] is None:
                 reason = "data not on an hourly lattice (or the forecast band is missing): no interval"
-            methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
+                methods = None
             per.append(
                 OptionUncertainty(
                     interval_g=result.interval_g[k],
@@ -179,12 +223,12 @@ class UncertaintyStep:
                     reason=reason,
                     p_best=result.p_best[k],
                     beats_leader=result.beats_leader[k],
-                    forecast=self._quality(by_zone[option.location.zone], option, now_floor),
+                    forecast=forecast,
                 )
             )
         order = result.order
         ranked = tuple(
-            replace(options[k], rank=i + 1) if options[k].rank is not None else options[k]
+            replace(options[k], rank=i + 1) if options[k].rank not in (None, i + 1) else options[k]
             for i, k in enumerate(order)
         )
         plan = PlanUncertainty(
@@ -196,6 +240,88 @@ class UncertaintyStep:
             rho=rho,
         )
         return ranked, plan
+
+    def _entry(self, series: CarbonSeries, now_floor: datetime) -> _ZoneEntry:
+        """The zone's paths on its own lattice (and later its draws), memoised per series and hour.
+
+        Keyed on the identity of the series (the chain hands out the same object while its data
+        and the hour are the same; the entry keeps it alive so the id stays its own), of the
+        forecast band, and the current hour (the error model's lead times move with it).
+        """
+        band = self._bands(series.zone) if self._bands is not None else None
+        key = (id(series), id(band), now_floor)
+        memo = self._memo
+        entry = memo.get(key)
+        if entry is not None and entry.series is series and entry.band is band:
+            memo.move_to_end(key)
+            return entry
+        hours = len(series.values) if series.step == HOUR else 0
+        paths = self._paths(series, series.start, hours, now_floor) if hours else np.full((3, 0), np.nan)
+        paths.flags.writeable = False
+        entry = _ZoneEntry(series, band, paths, path_prefix(paths))
+        memo[key] = entry
+        self._memo_bytes += 3 * paths.nbytes
+        self._trim()
+        return entry
+
+    def _describe(
+        self, entry: _ZoneEntry, option: Option, now_floor: datetime
+    ) -> tuple[str | None, str | None, ForecastQuality | None]:
+        """(reason for no interval, methods, forecast quality) of an option's window, memoised.
+
+        A function of the series' labels over the window's hours and the current hour, which
+        the entry's key fixes: options of many requests share the same few windows.
+        """
+        series = entry.series
+        key = (series.index_of(option.start), -((series.start - option.end) // series.step))
+        found = entry.described.get(key)
+        if found is None:
+            labels = series.sources_between(option.start, option.end)
+            reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
+            methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
+            found = (reason, methods, self._quality(series, option, now_floor))
+            if len(entry.described) < _DESCRIBED_PER_ENTRY:
+                entry.described[key] = found
+        return found
+
+    def _sums(self, entry: _ZoneEntry, draws: int, rho: float) -> FloatArray:
+        """The zone's draw sums, drawn once per entry with the zone's own seed (stable everywhere)."""
+        if entry.sums is None or entry.sums.shape[1] != draws:
+            hours = entry.paths.shape[1]
+            entry.sums = zone_draw_sums(
+                np.asarray(entry.paths),
+                draws,
+                rho,
+                normals=self._normals(entry.series.zone, hours, draws, rho),
+            )
+            self._memo_bytes += entry.sums.nbytes
+            self._trim()
+        return entry.sums
+
+    def _normals(self, zone: str, hours: int, draws: int, rho: float) -> FloatArray:
+        """The zone's AR(1) normals, kept across hours (data-free: seeded by the zone's name).
+
+        Drawn in whole days (at least `hours`) so windows of other lengths reuse them; every
+        worker draws the same ones, so p_best does not depend on which worker answered.
+        """
+        key = (zone, draws, rho)
+        found = self._zone_normals.get(key)
+        if found is None or found.shape[0] < hours:
+            length = -(-hours // 24) * 24
+            rng = np.random.default_rng(zlib.crc32(zone.encode()))
+            found = ar1_normals(rng, draws, 1, length, rho)[:, :, 0]
+            found.flags.writeable = False
+            previous = self._zone_normals.pop(key, None)
+            self._normals_bytes += found.nbytes - (previous.nbytes if previous is not None else 0)
+            self._zone_normals[key] = found
+            while self._normals_bytes > _NORMALS_BYTES and len(self._zone_normals) > 1:
+                self._normals_bytes -= self._zone_normals.pop(next(iter(self._zone_normals))).nbytes
+        return found
+
+    def _trim(self) -> None:
+        while self._memo_bytes > self.memo_bytes and len(self._memo) > 1:
+            _, old = self._memo.popitem(last=False)
+            self._memo_bytes -= 3 * old.paths.nbytes + (old.sums.nbytes if old.sums is not None else 0)
 
     def _quality(self, series: CarbonSeries, option: Option, now_floor: datetime) -> ForecastQuality | None:
         """Data quality of the option's reliance on our forecaster (None when it does not)."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from carbon_optimizer.cli import main, parse_minutes
+from tests.support.cli_server import running_server
+from tests.support.redis import free_port
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -93,37 +90,10 @@ def test_bad_input_exits_2(argv: list[str]) -> None:
     assert out == ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "carbon_optimizer", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready")
+    with running_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_answers_and_plan_can_use_it(server: str) -> None:
@@ -142,5 +112,5 @@ def test_serve_answers_and_plan_can_use_it(server: str) -> None:
 
 
 def test_unreachable_server_exits_1() -> None:
-    code, out, err = run("plan", "--server", f"http://127.0.0.1:{_free_port()}", "-l", "DE")
+    code, out, err = run("plan", "--server", f"http://127.0.0.1:{free_port()}", "-l", "DE")
     assert code == 1

@@ -6,16 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from carbon_optimizer import __version__
@@ -30,6 +24,7 @@ from carbon_optimizer.cli import (
     parse_minutes,
     render_table,
 )
+from tests.support.cli_server import running_server
 
 NOW = datetime(2026, 12, 1, 21, 14, 55, tzinfo=UTC)
 
@@ -420,38 +415,10 @@ def test_render_table_without_cost() -> None:
 # ----- exit codes against a server -----
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def keyed_server() -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_OPTIMIZER_")}
-    env["CARBON_OPTIMIZER_API_KEYS"] = "test-key-for-plan"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "carbon_optimizer", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready")
+    with running_server({"CARBON_OPTIMIZER_API_KEYS": "test-key-for-plan"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_auth_refusal_from_server_exits_1(keyed_server: str, monkeypatch: pytest.MonkeyPatch) -> None:

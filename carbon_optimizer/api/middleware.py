@@ -15,6 +15,9 @@ makes us buffer anything) reads the body once, bounded in size (413) and time (4
 FastAPI reads it, because FastAPI turns body-read errors into a 400.
 
 `MetricsPortMiddleware` keeps `/metrics` off the public port when a metrics port is configured.
+
+`RouteNameMemoMiddleware` is the Prometheus instrumentator with its per-request route lookup
+memoised (the route table is fixed once the app is built).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.requests import Request
 
 from carbon_optimizer.api.errors import PROBLEM_MEDIA_TYPE
 
@@ -247,3 +252,30 @@ class MetricsPortMiddleware:
             await send_problem_bytes(send, 404, "Not Found")
             return
         await self.app(scope, receive, send)
+
+
+class RouteNameMemoMiddleware(PrometheusInstrumentatorMiddleware):
+    """The Prometheus instrumentator with its route-name lookup memoised per (method, path).
+
+    Why: `prometheus-fastapi-instrumentator` resolves the templated route of every request by
+    matching the whole route table again (its `get_route_name`), which measured ~3.5 % of a fresh
+    /v1/optimize answer. The route table is fixed once the app is built, so the answer for a
+    (method, path, root path) never changes; paths that match no route are not remembered, so a
+    scan of random URLs cannot grow the memo, and the memo is bounded anyway.
+    """
+
+    _MAX_ENTRIES = 2048
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handlers: dict[tuple[str, str, str], tuple[str, bool]] = {}
+
+    def _get_handler(self, request: Request) -> tuple[str, bool]:
+        scope = request.scope
+        key = (scope.get("method", ""), scope.get("path", ""), scope.get("root_path", ""))
+        found = self._handlers.get(key)
+        if found is None:
+            found = super()._get_handler(request)
+            if found[1] and len(self._handlers) < self._MAX_ENTRIES:
+                self._handlers[key] = found
+        return found

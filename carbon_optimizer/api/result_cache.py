@@ -63,11 +63,15 @@ class ResultCache:
         self._entries.move_to_end(key)
         return result
 
-    def put(self, body: bytes, minute: int, result: dict[str, Any]) -> None:
-        """Store an answer (the caller must not mutate it afterwards)."""
+    def put(self, body: bytes, minute: int, result: dict[str, Any], encoded_size: int | None = None) -> None:
+        """Store an answer (the caller must not mutate it afterwards).
+
+        `encoded_size`: the length of the answer as the caller already serialised it (the route
+        sends those bytes anyway), so it is not encoded twice; measured here when not given.
+        """
         if self.max_entries == 0 or self.max_bytes == 0:
             return
-        size = len(orjson.dumps(result)) + _ENTRY_OVERHEAD
+        size = (len(orjson.dumps(result)) if encoded_size is None else encoded_size) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
         key = self._key(body, minute)

@@ -233,7 +233,10 @@ class ForecastQualityOut(BaseModel):
 
     model: str = Field(description="Forecast model, e.g. profile-ar (docs/forecasting.md).")
     history: str = Field(
-        description="What it was fitted on: replay (the bundled 2023 hourly data) or live (measured history)."
+        description=(
+            "What it was fitted on: live (the live provider's measured history), mixed (measured "
+            "history with gaps filled from the bundled 2023 data) or replay (the bundled 2023 data)."
+        )
     )
     hours_ahead: list[int] = Field(
         description="First and last hour ahead of now that the window takes from it."

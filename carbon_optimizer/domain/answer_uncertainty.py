@@ -10,21 +10,29 @@ median; this step says how sure that ranking is, without touching the engine.
   wide, so never more certain than the backtest), rescaled onto the option's own emissions
   (the engine's value on the sub-hour lattice stays the centre). `None` when any hour of the
   window has no error model.
-- **p_best** (the first `P_BEST_CAP` options only, all with intervals): `domain/uncertainty.assess`,
-  a seeded Monte Carlo with AR(1) errors within a zone (rho from the error table) and independent
-  zones; ~7–45 ms for 3–10 zones, so it is capped. `tied`: another of those options beats the
-  leader in ≥ 25 % of the draws.
+- **p_best** (the first `P_BEST_CAP` options only, all with intervals): a seeded Monte Carlo with
+  AR(1) errors within a zone (rho from the error table) and independent zones. Each zone's draws
+  are kept as prefix sums over its hours (`zone_draw_sums`, memoised by the caller per series and
+  hour), so an option's drawn emissions are two row reads and a warm answer draws nothing.
+  `tied`: another of those options beats the leader in ≥ 25 % of the draws.
 - **risk "p90"**: the same draws' p90 emissions re-rank those top options (pessimistic case).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from carbon_optimizer.domain.models import FloatArray, IntArray
-from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, Options, assess, comonotone_interval
+from carbon_optimizer.domain.uncertainty import (
+    DEFAULT_DRAWS,
+    Options,
+    assess_samples,
+    window_samples,
+    zone_draw_sums,
+)
 
 P_BEST_CAP = 5  # options that get p_best (cost grows with zones × hours × draws; see the module doc)
 
@@ -41,8 +49,24 @@ class AnswerUncertainty:
     risk: str
 
 
+def path_prefix(path: FloatArray) -> tuple[FloatArray, IntArray]:
+    """Prefix sums (3, hours + 1) of a zone's paths (NaN as 0) and of its hours without a model.
+
+    Any window's band sums, and whether it touches an hour without an error model, are then
+    two reads each, whatever the window's length.
+    """
+    missing = ~np.isfinite(path).all(axis=0)
+    band_sums = np.zeros((3, path.shape[1] + 1))
+    np.cumsum(np.where(missing, 0.0, path), axis=1, out=band_sums[:, 1:])
+    gaps = np.zeros(path.shape[1] + 1, dtype=np.int64)
+    np.cumsum(missing, out=gaps[1:])
+    band_sums.flags.writeable = False
+    gaps.flags.writeable = False
+    return band_sums, gaps
+
+
 def assess_answer(
-    paths: FloatArray,
+    paths: Sequence[FloatArray] | FloatArray,
     zone: IntArray,
     start: IntArray,
     hours: IntArray,
@@ -54,25 +78,34 @@ def assess_answer(
     cap: int = P_BEST_CAP,
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
+    sums: Callable[[int], FloatArray] | None = None,
+    prefix: Callable[[int], tuple[FloatArray, IntArray]] | None = None,
 ) -> AnswerUncertainty:
     """Intervals for every option; p_best, tie and `risk` order over the first `cap` options.
 
-    `paths` is (zones, 3, hours) on one hour grid; `start`/`hours` index it; options are in the
-    engine's rank order.
+    `paths[z]` is zone z's (3, hours) p10/p50/p90 on its own hour lattice (zones may differ in
+    length; a (zones, 3, hours) array works too); `start`/`hours` index it; options are in the
+    engine's rank order. `sums(z)` gives zone z's `zone_draw_sums` (the caller memoises them per
+    series and hour); without it they are drawn here with seed `seed + z`. `prefix(z)` gives
+    zone z's `path_prefix` (memoised likewise; computed here without it).
     """
     count = zone.shape[0]
-    ok = np.ones(count, dtype=np.bool_)
-    for k in range(count):
-        window = paths[zone[k], :, start[k] : start[k] + hours[k]]
-        ok[k] = bool(np.isfinite(window).all())
+    prefixes = {
+        z: prefix(z) if prefix is not None else path_prefix(np.asarray(paths[z])) for z in set(zone.tolist())
+    }
+    ok = [False] * count
     intervals: list[tuple[float, float] | None] = [None] * count
-    if ok.any():
-        idx = np.flatnonzero(ok)
-        filled = np.nan_to_num(paths, nan=0.0)
-        band = comonotone_interval(filled, Options(zone[idx], start[idx], hours[idx], kwh[idx]))
-        centre = np.where(band[:, 1] > 0, emissions_g[idx] / np.maximum(band[:, 1], 1e-12), 1.0)
-        for j, k in enumerate(idx.tolist()):
-            intervals[k] = (float(band[j, 0] * centre[j]), float(band[j, 2] * centre[j]))
+    for k, (z, a, h) in enumerate(zip(zone.tolist(), start.tolist(), hours.tolist(), strict=True)):
+        band_sums, gaps = prefixes[z]
+        b = a + h
+        if a < 0 or h < 1 or b >= band_sums.shape[1] or gaps[b] != gaps[a]:
+            continue  # outside the paths, or touching an hour without an error model
+        ok[k] = True
+        # Comonotone band: the window means of the p10 and p90 paths, rescaled onto the engine's
+        # own emissions (exact on the sub-hour lattice) as the centre.
+        low, mid, high = (band_sums[:, b] - band_sums[:, a]).tolist()
+        scale = float(emissions_g[k]) / mid if mid > 0 else float(kwh[k]) / h
+        intervals[k] = (low * scale, high * scale)
     top = [k for k in range(min(cap, count)) if ok[k]]
     p_best: list[float | None] = [None] * count
     beats: list[float | None] = [None] * count
@@ -80,18 +113,17 @@ def assess_answer(
     tied: bool | None = None
     if len(top) >= 2:
         t = np.array(top, dtype=np.int64)
-        # Draw only the zones and hours the top options span: the cost is draws × zones × hours.
-        used, rows = np.unique(zone[t], return_inverse=True)
-        first, last = int(start[t].min()), int((start[t] + hours[t]).max())
-        sub = np.nan_to_num(paths[used][:, :, first:last], nan=0.0)
-        result = assess(
-            sub,
-            Options(rows.astype(np.int64), start[t] - first, hours[t], kwh[t]),
-            risk=risk,
-            draws=draws,
-            rho=rho,
-            seed=seed,
+        used = sorted(set(zone[t].tolist()))
+        if sums is None:
+            tables = {z: zone_draw_sums(np.asarray(paths[z]), draws, rho, seed + z) for z in used}
+        else:
+            tables = {z: sums(z) for z in used}
+        row = {z: i for i, z in enumerate(used)}
+        samples = window_samples(
+            [tables[z] for z in used],
+            Options(np.array([row[z] for z in zone[t].tolist()], dtype=np.int64), start[t], hours[t], kwh[t]),
         )
+        result = assess_samples(samples, risk, intervals=False)
         for j, k in enumerate(top):
             p_best[k] = float(result.p_best[j])
             beats[k] = float(result.beats_leader[j])
@@ -101,8 +133,6 @@ def assess_answer(
             for slot, k in zip(slots, ranked, strict=True):
                 order[slot] = k
         tied = result.tied
-    elif len(top) == 1:
-        p_best[top[0]] = None
     return AnswerUncertainty(
         interval_g=tuple(intervals),
         p_best=tuple(p_best),

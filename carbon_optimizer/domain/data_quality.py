@@ -14,9 +14,14 @@ derived from the per-point source labels the carbon chain already writes (provid
 | `flat`     | `fallback:annual-<year>`, `<source>:latest`, `…(extended)` — one value held |
 
 `(stale)` is stripped first: a stale forecast is still a forecast, only older. Our own forecaster
-(`forecast:profile-ar`, providers/carbon/forecast.py) is fitted on the bundled 2023 history, so
-what it can support about today's grid is what the replay supports: it ranks as `replay`, and its
-options say which model and backtested error they rest on (`uncertainty.forecast`).
+(`forecast:profile-ar`, providers/carbon/forecast.py) is fitted on the bundled 2023 history
+offline, so what it can support about today's grid is what the replay supports: it ranks as
+`replay`, and its options say which model and backtested error they rest on
+(`uncertainty.forecast`). With a live source it is fitted on the zone's measured history
+(providers/carbon/live_history.py); the label does not say which, so the caller may pass
+`fitted_on` (zone → `live` | `mixed` | `replay`, the forecast band's `history`): a fit on wholly
+measured history ranks as `forecast`, a mixed or replayed one stays `replay`. Without it every
+`forecast:` hour ranks as `replay` (the cautious reading).
 
 A window that mixes kinds is labelled with its **weakest** kind, in the order
 flat < replay < forecast < history, because the ranking can be no better than the worst hour
@@ -26,7 +31,8 @@ last hours apart).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,21 +46,34 @@ KINDS: tuple[str, ...] = (FLAT, REPLAY, FORECAST, HISTORY)  # weakest first
 _STRENGTH = {kind: i for i, kind in enumerate(KINDS)}
 
 
-def kind_of(label: str) -> str:
-    """The data kind of one source label (see the module table)."""
+# zone → what our forecaster's fit for it used: "live", "mixed", "replay" (None: unknown → replay)
+FittedOn = Callable[[str], str | None]
+LIVE_FIT = "live"
+
+
+def kind_of(label: str, fitted_on: str | None = None) -> str:
+    """The data kind of one source label (see the module table); `fitted_on` for `forecast:` ones."""
     name = label.replace("(stale)", "")
     if name.endswith("(extended)") or name.endswith(":latest") or ":annual-" in name:
         return FLAT
-    if ":replay-" in name or name.startswith("forecast:"):
+    if name.startswith("forecast:"):
+        return FORECAST if fitted_on == LIVE_FIT else REPLAY
+    if ":replay-" in name:
         return REPLAY
     if name.endswith(":history") or name.endswith(":actual"):
         return HISTORY
     return FORECAST
 
 
-def weakest(labels: Iterable[str]) -> str:
+def weakest(labels: Iterable[str], fitted_on: str | None = None) -> str:
     """The weakest kind among `labels` (`flat` when there are none: nothing to vary)."""
-    kinds = [kind_of(label) for label in labels]
+    return _weakest(labels if isinstance(labels, tuple) else tuple(labels), fitted_on)
+
+
+@lru_cache(maxsize=4096)
+def _weakest(labels: tuple[str, ...], fitted_on: str | None) -> str:
+    # Memoised: every answer asks this for each location's labels, drawn from a few dozen.
+    kinds = [kind_of(label, fitted_on) for label in labels]
     return min(kinds, key=_STRENGTH.__getitem__) if kinds else FLAT
 
 
@@ -76,11 +95,14 @@ def _names(keys: Iterable[str]) -> str:
     return ", ".join(dict.fromkeys(keys))
 
 
-def data_quality_warnings(options: Sequence[Option], starts_can_move: bool) -> list[str]:
+def data_quality_warnings(
+    options: Sequence[Option], starts_can_move: bool, fitted_on: FittedOn | None = None
+) -> list[str]:
     """Warnings for an answer whose ranking rests on replayed or flat data, or mixes kinds.
 
     `starts_can_move` is False when the window allows one start only: then no start was chosen, and
-    flat or replayed data cannot have decided it.
+    flat or replayed data cannot have decided it. `fitted_on` says what our forecaster's fit of a
+    zone used (module docstring); without it a `forecast:` window is read as fitted on the replay.
     """
     out: list[str] = []
     if not options:
@@ -104,9 +126,16 @@ def data_quality_warnings(options: Sequence[Option], starts_can_move: bool) -> l
                 "bundled",
             )
             if any(part.startswith("forecast:") for part in best.carbon_source.split("+")):
+                fit = fitted_on(best.location.zone) if fitted_on is not None else None
+                if fit == "mixed":
+                    what = "measured history with gaps filled from the bundled 2023 data"
+                elif fit == LIVE_FIT:
+                    what = "measured history"
+                else:
+                    what = "the bundled 2023 data"
                 out.append(
-                    f"best start for {_label(best)} comes from our forecast fitted on the bundled 2023 "
-                    "data (see its uncertainty), not from a live forecast"
+                    f"best start for {_label(best)} comes from our forecast fitted on {what} "
+                    "(see its uncertainty), not from a live forecast"
                 )
             else:
                 where = f"the {year} curve of the same week"

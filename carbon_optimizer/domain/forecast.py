@@ -3,7 +3,7 @@
 Why this model (the measurements are in `docs/forecasting.md`, reproduced by `bench/bench_forecast.py`):
 grid carbon intensity is a daily and weekly cycle (solar, demand, weekends) plus weather-driven
 anomalies that persist for hours to a few days. Three ingredients capture that, all fitted from the
-zone's own recent history in a few milliseconds with NumPy, no library:
+zone's own recent history in ~35 ms with NumPy, no library:
 
 1. **Seasonal profile.** For a target hour t the profile is the blend
    `w · (mean of the same hour of day over the last 7 known days)
@@ -14,11 +14,20 @@ zone's own recent history in a few milliseconds with NumPy, no library:
    own profile) decay into the future with per-lead weights `beta(h)` fitted by least squares on
    *calibration origins*
    inside the history (the forecaster is backtested on its own past every time it is fitted). This is
-   what makes the first hours close to persistence and the far hours close to the profile.
+   what makes the first hours close to persistence and the far hours close to the profile. The
+   weights are free to exceed 1 or turn negative (within `BETA_BOUNDS`): a 1 h weight above 1
+   with a negative 6 h weight carries the anomaly's recent *trend* forward (a ramp keeps ramping
+   for a few hours, as an ETS level with a trend would), which the earlier [0, 1] clip forbade.
 3. **Empirical residual quantiles by lead time.** The same calibration origins give residuals per
    lead; their quantiles (pooled over neighbouring leads, widened from the first day on by the
-   measured factor `INTERVAL_WIDENING`) become the p10/p50/p90 offsets. The p50 offset also
-   removes the profile's bias.
+   measured factor `INTERVAL_WIDENING`) become the p10/p90 offsets, *centred on the point
+   forecast*: the p50 is the least-squares point itself. The residuals' median over the last four
+   weeks is not added: it does not carry over to the following days (measured: adding it made
+   the 1–48 h MAE and the decision share worse).
+
+Measured on the 2023 backtest (19 zones, origins every 49 h; docs/forecasting.md): the unclipped
+weights and the centred band together raised the decision share from 78.1 % to 79.2 % and the
+24–168 h MAE gain over seasonal-naive daily from 14.4 % to 17.1 %.
 
 Everything is a function of lags, so no calendar is needed: the history must be contiguous hourly
 values ending at the hour just before the first forecast hour. Pure and deterministic.
@@ -57,6 +66,10 @@ CALIBRATION_STEP = 6  # hours between calibration origins (4 phases of the day)
 # the nominal 80 % band into 75–85 % in every horizon bucket of the 2023 backtest.
 INTERVAL_WIDENING = 1.15
 WIDENING_RAMP_HOURS = 24
+# Guard rails on the anomaly weights, not a modelling choice: unbounded fits on 2023 (19 zones,
+# an origin every 197 h) stayed within −1.8 … 2.2, 98 % of them within −0.64 … 1.14; the bounds
+# only stop a degenerate calibration set (collinear anomalies) from a wild carry-forward.
+BETA_BOUNDS: tuple[float, float] = (-1.0, 2.0)
 MODEL_NAME = "profile-ar"
 MIN_CALIBRATION_HOURS = 7 * 24
 FULL_HISTORY_HOURS = WEEKS * 168 + CALIBRATION_HOURS + MAX_HORIZON_HOURS + ANOMALY_HOURS
@@ -151,7 +164,7 @@ class FittedForecaster:
     weeks: int
     weight: float
     beta: FloatArray  # (len(ANOMALY_WINDOWS), horizon) weight of each current anomaly by lead
-    offsets: FloatArray  # (len(QUANTILES), horizon) residual quantiles around the point forecast
+    offsets: FloatArray  # (len(QUANTILES), horizon) residual quantiles minus their median (the p50 row is 0)
     residual_scale: FloatArray  # (horizon,) mean |residual| per lead (the backtested MAE)
     model: str
 
@@ -205,7 +218,7 @@ def fit(
     resid = resid0 - adjust  # residual of the full point forecast
     offsets = _pooled_quantiles(resid, QUANTILES)
     mid = offsets[QUANTILES.index(0.5)]
-    offsets = mid[None, :] + widening(horizon)[None, :] * (offsets - mid[None, :])
+    offsets = widening(horizon)[None, :] * (offsets - mid[None, :])
     scale = np.abs(resid - mid[None, :]).mean(axis=0)
     model = MODEL_NAME if n >= FULL_HISTORY_HOURS else f"{MODEL_NAME}-short"
     return FittedForecaster(
@@ -249,14 +262,16 @@ def _ridge_per_lead(feats: FloatArray, target: FloatArray, ridge: float = 1e-3) 
     """Least-squares weights per lead of `target[m, h]` on `feats[m, h, f]` (no intercept), smoothed.
 
     A small ridge keeps the 2×2 systems well posed when the anomalies are collinear; the weights
-    are smoothed over neighbouring leads and clipped to [0, 1] (an anomaly never grows or flips).
+    are smoothed over neighbouring leads and clipped to `BETA_BOUNDS`. Not to [0, 1]: a weight
+    pair like (1.4, −0.5) extrapolates the anomaly's last-hours trend, which is what made the
+    short leads (and the start a job picks) better on the backtest.
     """
     gram = np.einsum("mhf,mhg->hfg", feats, feats)
     scale = np.trace(gram, axis1=1, axis2=2)[:, None, None] / feats.shape[2]
     gram = gram + ridge * np.maximum(scale, 1e-12) * np.eye(feats.shape[2])[None, :, :]
     rhs = np.einsum("mhf,mh->hf", feats, target)
     beta = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0].T  # (f, horizon)
-    out: FloatArray = np.clip(np.stack([_smooth(b) for b in beta]), 0.0, 1.0)
+    out: FloatArray = np.clip(np.stack([_smooth(b) for b in beta]), *BETA_BOUNDS)
     return out
 
 

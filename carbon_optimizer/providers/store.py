@@ -219,8 +219,12 @@ class RedisStore:
             raise ValueError("RedisStore needs settings.redis.url")
         # No client-side retries: one bounded attempt, then the store is skipped for a while.
         no_retry = Retry(NoBackoff(), 0)
-        pool = aioredis.ConnectionPool.from_url(  # type: ignore[var-annotated,unused-ignore]
+        # Blocking: redis-py's plain pool raises at its bound (100) at once, so a 200-zone request
+        # turned 100 of its reads into "Redis failing"; here they queue for a connection instead.
+        pool = aioredis.BlockingConnectionPool.from_url(  # type: ignore[var-annotated,unused-ignore]
             settings.url.get_secret_value(),
+            max_connections=settings.max_connections,
+            timeout=settings.socket_timeout_s + settings.connect_timeout_s,
             socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.connect_timeout_s,
             retry=no_retry,

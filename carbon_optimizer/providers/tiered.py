@@ -258,6 +258,23 @@ class TieredCache(Generic[V]):
             return answer.result()
         return await self.flights.run(key, lambda: self._load(key, loader, ttl_s))
 
+    def peek(self, key: str) -> V | None:
+        """The value `get` would answer from the local tier right now, synchronously; else None.
+
+        For callers that memoise work derived from a value (the carbon chain's painted answers):
+        the same object back means nothing changed. Counts a local hit like `get`; never answers
+        a negative marker or a stale value (those take `get`).
+        """
+        item = self._local.get(key)
+        if item is None:
+            return None
+        stored_at, entry = item
+        now = self._clock()
+        if not entry.is_fresh(now) or now - stored_at >= self._local_ttl_s or entry.negative is not None:
+            return None
+        child(CACHE_EVENTS, self.name, "local", "hit").inc()
+        return entry.value
+
     async def refresh(
         self, key: str, loader: Callable[[], Awaitable[V]], ttl_s: float, *, min_remaining_s: float = 0.0
     ) -> bool:

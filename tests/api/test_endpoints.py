@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from starlette.requests import Request
 
-from carbon_optimizer.app import AppOverrides
+from carbon_optimizer.api.middleware import RouteNameMemoMiddleware
+from carbon_optimizer.app import AppOverrides, create_app
 from carbon_optimizer.settings import ElectricityMapsSettings, Settings
 from tests.api.conftest import ClientFactory
 from tests.fakes import fixed_clock
@@ -149,3 +152,22 @@ async def test_prices_truncated_flag_at_the_limit_boundary(client: httpx.AsyncCl
     cut = (await client.get("/v1/prices", params={"provider": "lambda", "limit": n - 1})).json()
     assert (cut["count"], cut["truncated"]) == (n - 1, True)
     assert cut["prices"] == full["prices"][: n - 1]
+
+
+def test_the_memoised_route_lookup_names_each_path_by_its_own_template() -> None:
+    """The instrumentator's route lookup, memoised: templated names per path; misses not kept."""
+    app = create_app(Settings(_env_file=None))
+    middleware = RouteNameMemoMiddleware(app, registry=CollectorRegistry())
+
+    def handler(method: str, path: str) -> tuple[str, bool]:
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app, "headers": []}
+        return middleware._get_handler(Request(scope))
+
+    for _ in range(2):  # the second round answers from the memo: the same names
+        assert handler("GET", "/v1/placements/a1") == ("/v1/placements/{placement_id}", True)
+        assert handler("GET", "/v1/placements/b2") == ("/v1/placements/{placement_id}", True)
+        assert handler("POST", "/v1/optimize") == ("/v1/optimize", True)
+        assert handler("GET", "/v1/regions") == ("/v1/regions", True)
+        assert handler("GET", "/v1/no-such-route") == ("/v1/no-such-route", False)
+    assert ("GET", "/v1/no-such-route", "") not in middleware._handlers  # a scan cannot grow it
+    assert len(middleware._handlers) == 4

@@ -25,7 +25,10 @@ def test_weekly_cycle_is_followed_within_the_blend_s_dilution() -> None:
     naive = bt.seasonal_daily(y[: fc.FULL_HISTORY_HOURS], 168)[1]
     assert np.abs(out.p50 - truth).max() < np.abs(naive - truth).max() == 40.0
     assert np.abs(out.p50 - truth).mean() < np.abs(naive - truth).mean()
-    assert np.mean((truth >= out.p10) & (truth <= out.p90)) >= 0.6
+    # Noiseless, so the band is the spread of the same deterministic dilution errors seen in
+    # calibration, centred on the p50 (the calibration median is not added: on real grids it
+    # does not carry over): it still holds more than half of the hours, most of them exactly.
+    assert np.mean((truth >= out.p10) & (truth <= out.p90)) >= 0.5
 
 
 def noisy(hours: int, seed: int, sigma: float = 30.0, rho: float = 0.95) -> np.ndarray:
@@ -76,6 +79,52 @@ def test_level_adjustment_follows_a_fresh_anomaly_at_short_leads_and_forgets_it_
     base, moved = fc.predict(y, fitted).p50, fc.predict(shifted, fitted).p50
     assert moved[0] - base[0] > 50.0
     assert abs(moved[-1] - base[-1]) < moved[0] - base[0]
+
+
+def momentum(hours: int, seed: int, sigma: float = 4.0) -> np.ndarray:
+    """The cycle plus a smooth AR(2) anomaly with momentum: a rising anomaly keeps rising for hours."""
+    rng = np.random.default_rng(seed)
+    e = np.zeros(hours)
+    for i in range(2, hours):
+        e[i] = 1.8 * e[i - 1] - 0.82 * e[i - 2] + rng.normal(0, sigma)
+    return cycle(hours) + e
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_level_adjustment_carries_a_ramp_s_trend_forward(seed: int) -> None:
+    # Where anomalies have momentum, the fit gives the 1 h anomaly a weight above 1 and the 6 h one
+    # a negative weight at short leads, so a ramp over the last 6 hours is extrapolated beyond its
+    # last step. With weights clipped to [0, 1] (the earlier model) the first hour moved by 60 at most.
+    y = momentum(fc.FULL_HISTORY_HOURS, seed)
+    fitted = fc.fit(y)
+    assert fitted.beta[0, 0] > 1.0
+    assert fitted.beta[1, 0] < 0.0
+    assert np.all((fitted.beta >= fc.BETA_BOUNDS[0]) & (fitted.beta <= fc.BETA_BOUNDS[1]))
+    ramp = y.copy()
+    ramp[-6:] += 10.0 * np.arange(1, 7)  # the anomaly rose by 10 per hour, to +60 in the last hour
+    moved = fc.predict(ramp, fitted).p50 - fc.predict(y, fitted).p50
+    assert moved[0] > 62.0
+    assert abs(moved[-1]) < 30.0  # and still forgotten a week later
+
+
+def test_p50_is_the_band_s_median_offset_free_point_and_the_fit_is_deterministic() -> None:
+    y = noisy(fc.FULL_HISTORY_HOURS, seed=5)
+    a, b = fc.fit(y), fc.fit(y.copy())
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    np.testing.assert_array_equal(a.beta, b.beta)
+    np.testing.assert_array_equal(fc.predict(y, a).values, fc.predict(y, b).values)
+    assert np.all(a.offsets[fc.QUANTILES.index(0.5)] == 0.0)
+    assert np.all(a.offsets[0] <= 0.0)
+    assert np.all(a.offsets[-1] >= 0.0)
+
+
+def test_the_last_hour_moves_the_first_forecast_hour_by_most_of_its_change() -> None:
+    y = noisy(fc.FULL_HISTORY_HOURS, seed=8)
+    bumped = y.copy()
+    bumped[-1] += 50.0
+    moved = fc.forecast(bumped).p50 - fc.forecast(y).p50
+    assert moved[0] > 25.0
+    assert abs(moved[-1]) < 0.2 * moved[0]
 
 
 def test_short_history_is_accepted_down_to_the_minimum_and_says_so() -> None:

@@ -201,3 +201,38 @@ def test_malformed_error_model_is_refused() -> None:
     bad = {**good, "leads": [{**good["leads"][0], "q10": 1.0}]}
     with pytest.raises(ValueError, match="ordered"):
         unc.ErrorModel.from_json(bad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(100, 600), min_size=HOURS, max_size=HOURS), option_sets, st.integers(0, 99))
+def test_zone_draw_sums_give_exactly_the_single_zone_monte_carlo(
+    mids: list[float], opts: list[tuple[int, int, int]], seed: int
+) -> None:
+    """The memoisable prefix sums are the same draws as `sample_emissions`, read by index."""
+    p50 = np.array(mids)
+    paths = paths_from(p50[None, :], 0.15 * p50[None, :])
+    o = options([0] * len(opts), [s for _, s, _ in opts], [h for _, _, h in opts])
+    want = unc.sample_emissions(paths, o, draws=200, rho=0.9, seed=seed)
+    sums = unc.zone_draw_sums(paths[0], draws=200, rho=0.9, seed=seed)
+    np.testing.assert_allclose(unc.window_samples([sums], o), want, rtol=1e-12)
+    assert not sums.flags.writeable
+    via_sorting = unc.assess_samples(want, "p90")
+    np.testing.assert_allclose(via_sorting.p90, np.quantile(want, 0.9, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(via_sorting.p10, np.quantile(want, 0.1, axis=0), rtol=1e-12)
+    for risk, q in (("p50", 0.5), ("p90", 0.9)):
+        lean = unc.assess_samples(want, risk, intervals=False)
+        np.testing.assert_allclose(lean.p50, np.quantile(want, q, axis=0), rtol=1e-12)
+        full = unc.assess_samples(want, risk)
+        np.testing.assert_array_equal(lean.order, full.order)
+        np.testing.assert_allclose(lean.p_best, full.p_best)
+
+
+def test_hours_without_an_error_model_do_not_leak_into_other_windows() -> None:
+    path = paths_from(np.full((1, HOURS), 300.0), np.full((1, HOURS), 30.0))[0]
+    path[:, :4] = np.nan  # e.g. replayed hours before the forecast starts
+    sums = unc.zone_draw_sums(path, draws=100, seed=1)
+    later = unc.window_samples([sums], options([0], [4], [6]))
+    assert np.isfinite(later).all()
+    assert 200.0 < float(np.median(later)) < 400.0
+    with pytest.raises(ValueError, match="inside"):
+        unc.window_samples([sums], options([0], [HOURS - 2], [3]))

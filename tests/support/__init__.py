@@ -8,4 +8,5 @@
 - `support.clock`: one manual clock (monotonic and wall time that move only when told).
 - `support.stub_upstream`: a stand-in Electricity Maps server on a real socket (for subprocesses).
 - `support.builders`: small builders of domain values used across tests.
+- `support.cli_server`: `carbon-optimizer serve` as a real subprocess for the CLI's tests.
 """

@@ -38,13 +38,14 @@ async def _optimize(
     cached = None if bypass else state.result_cache.get(raw, minute)
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
-        headers = _HIT
-    else:
-        result = plan_json(await state.service.optimize(to_query(body, rid)))
-        state.result_cache.put(raw, minute, result)
-        headers = _BYPASS if bypass else _MISS
-    result = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)
-    return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+        answer = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)
+        return Response(orjson.dumps(answer), media_type="application/json", headers=_HIT)
+    result = plan_json(await state.service.optimize(to_query(body, rid)))
+    answer = await attach_placement(request, body, result, rid)
+    encoded = orjson.dumps(answer)
+    # Charged at the sent size (a placement adds a few fields): the answer is encoded once.
+    state.result_cache.put(raw, minute, result, encoded_size=len(encoded))
+    return Response(encoded, media_type="application/json", headers=_BYPASS if bypass else _MISS)
 
 
 _HIT = {"x-result-cache": "hit"}

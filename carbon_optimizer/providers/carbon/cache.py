@@ -235,6 +235,10 @@ class CachedSeriesSource:
             self.key_for(request), lambda: self.source.fetch(request), self.ttl_for(request.kind)
         )
 
+    def peek(self, request: SeriesRequest) -> Fetched | None:
+        """The in-process tier's fresh answer for `request`, synchronously (None: ask `fetch`)."""
+        return self.tiers.peek(self.key_for(request))
+
     async def refresh(self, request: SeriesRequest, *, min_remaining_s: float = 0.0) -> bool:
         """Fetch upstream now unless the entry stays fresh for `min_remaining_s`; True if refreshed."""
         return await self.tiers.refresh(

@@ -26,6 +26,12 @@ own so the adapter records its verdict first), and only after it has finished �
 a Redis or network wait — is the bundled data asked, so any upstream or Redis failure ends in
 fallback data and an honest warning, not an error. `UnknownZone` is the one error that passes
 through (and `DataUnavailable` when no source at all has anything).
+
+Painted answers are memoised (the fresh-answer path asks 20–150 zones per request): offline-only
+zones by (zone, hours, signal); routed zones also by the current hour and the identities of the
+fetched objects (the two-tier cache returns the same object until it refreshes), so the sources
+are still asked every time — freshness stays the cache's — but an unchanged answer is not
+repainted. Answers painted around a failure are never kept.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -69,8 +76,26 @@ EXTENDED_SUFFIX = "(extended)"
 # Offline-only answers memoised per (zone, first hour, hour count, signal); bounded by entries.
 _OFFLINE_MEMO_SIZE = 4096
 _MemoKey = tuple[str, int, int, Signal]
+# Answers of routed zones memoised per key too, valid while the current hour and every fetched
+# object (by identity) are the same; bounded by entries.
+_LIVE_MEMO_SIZE = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IntArray = npt.NDArray[np.int64]
+
+
+# What one source gave: results by kind, failures by kind, and every (request, object) fetched.
+_Pairs = tuple[tuple[SeriesRequest, Fetched], ...]
+_Step = tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException], _Pairs]
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _LiveMemo:
+    """A routed zone's answer and what it was painted from (the fetched objects, kept alive)."""
+
+    now_floor: datetime
+    trace: tuple[_Pairs, ...]  # per source consumed, in route order
+    result: SeriesResult
+    fallbacks: tuple[str, ...]
 
 
 def floor_to(when: datetime, step: timedelta) -> datetime:
@@ -245,9 +270,14 @@ class CarbonChain:
         self._history_span = history_span
         self._clock: Callable[[], datetime] = clock or _utc_now
         self._issued: dict[str, datetime] = {}  # zone -> issue time of the newest live data served
+        self._age_set: dict[str, tuple[datetime, datetime]] = {}  # zone -> (issued, when the gauge was set)
         # Zones no live source answers get a pure function of (zone, hours, signal) from the bundled
         # data: memoise the painted answer and the fallback labels it counted (see `series_cached`).
         self._offline_memo: OrderedDict[_MemoKey, tuple[SeriesResult, tuple[str, ...]]] = OrderedDict()
+        # Zones with a live route: the painted answer is a pure function of the fetched objects,
+        # the current hour and the bundled data, so it is memoised against their identities.
+        self._live_memo: OrderedDict[_MemoKey, _LiveMemo] = OrderedDict()
+        self._painting: dict[tuple[object, ...], asyncio.Future[SeriesResult]] = {}
 
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self.sources)
@@ -300,11 +330,16 @@ class CarbonChain:
         Why: the hot path asks for 20-150 zones per request; for zones no live source routes (the
         bundled data alone answers) the painted series is a pure function of the zone, the hours
         and the signal, so a hit needs no task, no canvas and no await. Zones with a live route
-        always miss here and take `series` (their freshness belongs to the two-tier cache).
+        hit only when their memoised answer is this hour's and every source it consumed still
+        holds the very same objects in its in-process tier (`peek`): their freshness stays the
+        two-tier cache's, and anything else takes `series`.
         """
-        if end <= start or self.route(zone, signal):
+        if end <= start:
             return None
+        route = self.route(zone, signal)
         key = self._memo_key(zone, start, end, signal)
+        if route:
+            return self._live_cached(key, route, zone)
         hit = self._offline_memo.get(key)
         if hit is None:
             return None
@@ -325,15 +360,56 @@ class CarbonChain:
             cached = self.series_cached(zone, start, end, signal)
             if cached is not None:
                 return cached
+        # One painting per answer at a time: concurrent requests that all miss (a new hour at c=16)
+        # share it instead of each painting the same canvas; a caller giving up does not cancel it.
+        key = self._memo_key(zone, start, end, signal)
+        flight_key = (*key, floor_to(self._clock(), HOUR))
+        flight = self._painting.get(flight_key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._paint(zone, start, end, signal, route, key))
+            self._painting[flight_key] = flight
+            flight.add_done_callback(lambda done: self._flight_done(flight_key, done))
+        return await asyncio.shield(flight)
+
+    def _flight_done(self, flight_key: tuple[object, ...], done: asyncio.Future[SeriesResult]) -> None:
+        self._painting.pop(flight_key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have given up
+
+    async def _paint(
+        self,
+        zone: str,
+        start: datetime,
+        end: datetime,
+        signal: Signal,
+        route: tuple[CarbonSource, ...],
+        key: _MemoKey,
+    ) -> SeriesResult:
+        """The answer of `series`: memo check against fresh fetches, else a freshly painted canvas."""
         now = self._clock()
         now_floor = floor_to(now, HOUR)
+        steps: list[_Step] = []
+        memo = self._live_memo.get(key) if route else None
+        if memo is not None and memo.now_floor == now_floor:
+            hit = await self._replay_memo(memo, route, zone, start, end, now_floor, signal, steps)
+            if hit:
+                self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
+                for label in memo.fallbacks:
+                    child(FALLBACKS, "carbon", label).inc()
+                self._live_memo.move_to_end(key)
+                return memo.result
         warnings: list[str] = []
         canvas: _Canvas | None = None
         all_fetched: list[Fetched] = []
         all_errors: list[BaseException] = []
         fallbacks: tuple[str, ...] = ()
-        for source in route:
-            fetched, errors = await self._fetch_live(source, zone, start, end, now_floor, signal)
+        trace: list[_Pairs] = []
+        for i, source in enumerate(route):
+            if i < len(steps):  # already fetched while checking the memo: never ask a source twice
+                fetched, errors, refs = steps[i]
+            else:
+                fetched, errors, refs = await self._fetch_live(source, zone, start, end, now_floor, signal)
+            trace.append(refs)
             all_fetched.extend(fetched.values())
             all_errors.extend(errors.values())
             if canvas is None and fetched:
@@ -365,11 +441,70 @@ class CarbonChain:
         if not route:
             # Shared between requests from now on: make it read-only so no caller can edit it.
             np.asarray(result.series.values).flags.writeable = False
-            memo = self._offline_memo
-            memo[self._memo_key(zone, start, end, signal)] = (result, fallbacks)
-            if len(memo) > _OFFLINE_MEMO_SIZE:
-                memo.popitem(last=False)
+            offline_memo = self._offline_memo
+            offline_memo[key] = (result, fallbacks)
+            if len(offline_memo) > _OFFLINE_MEMO_SIZE:
+                offline_memo.popitem(last=False)
+        elif not all_errors:
+            # Errors depend on time and luck, not on the fetched data: only clean answers are kept.
+            np.asarray(result.series.values).flags.writeable = False
+            self._live_memo[key] = _LiveMemo(now_floor, tuple(trace), result, fallbacks)
+            self._live_memo.move_to_end(key)
+            if len(self._live_memo) > _LIVE_MEMO_SIZE:
+                self._live_memo.popitem(last=False)
         return result
+
+    def _live_cached(self, key: _MemoKey, route: tuple[CarbonSource, ...], zone: str) -> SeriesResult | None:
+        """The routed zone's memoised answer if its sources' in-process tiers still hold its objects."""
+        memo = self._live_memo.get(key)
+        if memo is None or len(memo.trace) > len(route):
+            return None
+        now = self._clock()
+        if memo.now_floor != floor_to(now, HOUR):
+            return None
+        for source, pairs in zip(route, memo.trace, strict=False):
+            peek = getattr(source, "peek", None)
+            if peek is None:
+                return None
+            for request, fetched in pairs:
+                if peek(request) is not fetched:
+                    return None
+        self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
+        for label in memo.fallbacks:
+            child(FALLBACKS, "carbon", label).inc()
+        self._live_memo.move_to_end(key)
+        return memo.result
+
+    async def _replay_memo(
+        self,
+        memo: _LiveMemo,
+        route: tuple[CarbonSource, ...],
+        zone: str,
+        start: datetime,
+        end: datetime,
+        now_floor: datetime,
+        signal: Signal,
+        steps: list[_Step],
+    ) -> bool:
+        """Fetch the sources the memoised answer consumed, in order; True if each gave the same objects.
+
+        The sources are asked exactly as the full path would ask them (the same order, stopping
+        at the first difference), and what was fetched is left in `steps` for that path, so a
+        miss costs no second upstream or cache call.
+        """
+        if len(memo.trace) > len(route):
+            return False
+        for source, expected in zip(route, memo.trace, strict=False):
+            step = await self._fetch_live(source, zone, start, end, now_floor, signal)
+            steps.append(step)
+            fetched, errors, refs = step
+            if (
+                errors
+                or len(refs) != len(expected)
+                or any(a[1] is not b[1] for a, b in zip(refs, expected, strict=True))
+            ):
+                return False
+        return True
 
     # ----- live part -----
 
@@ -423,24 +558,27 @@ class CarbonChain:
         end: datetime,
         now_floor: datetime,
         signal: Signal,
-    ) -> tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException]]:
-        """Fetch one source's kinds concurrently under one deadline; return results and failures."""
+    ) -> _Step:
+        """Fetch one source's kinds concurrently under one deadline.
+
+        Returns the results by kind, the failures by kind, and every fetched object as the cache
+        returned it (past-range chunks before they are merged, in start order): the identities
+        the live memo compares.
+        """
         results: dict[SeriesKind, Fetched] = {}
         errors: dict[SeriesKind, BaseException] = {}
         deadline_at = asyncio.get_running_loop().time() + self._live_deadline_s
+        got: dict[int, tuple[SeriesRequest, Fetched]] = {}  # by the request's place in `asked`
 
-        chunks: list[Fetched] = []
-
-        async def one(request: SeriesRequest) -> None:
+        async def one(at: int, request: SeriesRequest) -> None:
             try:
                 async with asyncio.timeout_at(deadline_at):
                     fetched = await source.fetch(request)
             except (ProviderError, TimeoutError) as exc:
                 errors.setdefault(request.kind, exc)
                 return
-            if request.kind is SeriesKind.PAST_RANGE:
-                chunks.append(fetched)
-            else:
+            got[at] = (request, fetched)
+            if request.kind is not SeriesKind.PAST_RANGE:
                 results[request.kind] = fetched
 
         # A source may answer only some kinds (our forecaster: forecasts only): ask it nothing else.
@@ -448,18 +586,22 @@ class CarbonChain:
         wanted = [
             r for r in self._requests(zone, start, end, now_floor, signal) if kinds is None or r.kind in kinds
         ]
-        await asyncio.gather(*(one(r) for r in wanted))
+        if len(wanted) == 1:
+            await one(0, wanted[0])  # the usual case (a forecast only): no task for one await
+        else:
+            await asyncio.gather(*(one(i, r) for i, r in enumerate(wanted)))
+        chunks = [f for r, f in (got[i] for i in sorted(got)) if r.kind is SeriesKind.PAST_RANGE]
         if chunks:
             results[SeriesKind.PAST_RANGE] = _merge_chunks(zone, chunks)
         forecast_error = errors.get(SeriesKind.FORECAST)
         if isinstance(forecast_error, ProviderNotEntitled):
             # Plans without forecasts usually still have `latest`: hold it flat for a while.
-            await one(SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
+            await one(len(wanted), SeriesRequest(SeriesKind.LATEST, zone, signal=signal))
             if SeriesKind.LATEST in results:
                 del errors[SeriesKind.FORECAST]
             else:
                 del errors[SeriesKind.LATEST]
-        return results, errors
+        return results, errors, tuple(got[i] for i in sorted(got))
 
     def _paint_latest(self, canvas: _Canvas, latest: Fetched) -> None:
         series = latest.series
@@ -508,6 +650,12 @@ class CarbonChain:
         newest = [f.issued_at or f.fetched_at for f in fetched]
         if newest:
             issued = max(newest)
+            # The gauge moves by seconds: set it at most once a second per zone while the data is
+            # the same (memo hits report every request, 20–150 zones each).
+            last = self._age_set.get(zone)
+            if last is not None and last[0] == issued and (now - last[1]).total_seconds() < 1.0:
+                return
+            self._age_set[zone] = (issued, now)
             self._issued[zone] = issued
             child(DATA_AGE, "carbon", zone).set(max(0.0, (now - issued).total_seconds()))
 

@@ -11,12 +11,16 @@ Settings map as follows:
                                   with the offline provider beyond the horizon and on any failure.
 - a shared `store` (the runtime's Redis) → behind the in-process tier; else a `MemoryStore`.
 - `cache.background_refresh` and `electricitymaps.prefetch_zones` → a refresher task per worker
-  (replicas coordinate through the Redis lock, so each entry is still fetched once).
+  (replicas coordinate through the Redis lock, so each entry is still fetched once); our
+  forecaster's fits of those zones are refreshed the same way.
+- `carbon_chain.forecast_live_history` (default on) with Electricity Maps on lifecycle factors →
+  the forecaster fits on that source's measured history (`live_history.py`), else on the replay.
 Nothing connects here: the runtime builds the one store (Redis is dialled lazily, gunicorn forks).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,14 +30,20 @@ import httpx
 from carbon_optimizer.domain.models import CarbonSeries
 from carbon_optimizer.errors import UnknownZone
 from carbon_optimizer.health import ComponentStatus
-from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource
+from carbon_optimizer.providers.carbon.base import BundledSeries, CarbonSource, SeriesKind
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.electricitymaps import ElectricityMapsProvider
 from carbon_optimizer.providers.carbon.forecast import SOURCE_NAME as FORECAST_SOURCE
-from carbon_optimizer.providers.carbon.forecast import ForecastBand, ForecastSource, backtested_mape_pct
+from carbon_optimizer.providers.carbon.forecast import (
+    ForecastBand,
+    ForecastSource,
+    HistoryFn,
+    backtested_mape_pct,
+)
 from carbon_optimizer.providers.carbon.gb_intensity import UPSTREAM as GB_UPSTREAM
 from carbon_optimizer.providers.carbon.gb_intensity import GBIntensityProvider
+from carbon_optimizer.providers.carbon.live_history import HistorySource, LiveHistory
 from carbon_optimizer.providers.carbon.offline import REPLAY_LABEL, OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.watttime import UPSTREAM as WATTTIME_UPSTREAM
 from carbon_optimizer.providers.carbon.watttime import WattTimeProvider
@@ -220,10 +230,14 @@ async def build_carbon_stack(
     live_deadline_s = em.request_deadline_s + _VERDICT_MARGIN_S
     forecast: ForecastSource | None = None
     sources: list[CarbonSource] = list(caches)
+    chain_ref: list[CarbonChain] = []  # the chain is built below; the history reads its routes
     if forecasting:
-        # History: the bundled replay (as offline). Live history would need ~9 weeks of past-range
-        # per zone and refit (7 upstream calls, a plan-dependent endpoint): not wired yet.
-        forecast = _forecast_source(settings, offline, store, clock)
+        # History: the zone's first live source that has measured history (kept in the store and
+        # extended hourly, providers/carbon/live_history.py), the bundled replay for the rest.
+        history: HistoryFn | None = None
+        if settings.carbon_chain.forecast_live_history:
+            history = _live_history(settings, caches, offline, store, chain_ref, clock)
+        forecast = _forecast_source(settings, offline, store, clock, history_fn=history)
         sources.append(forecast)
         if routes is not None:  # last in every route: only where the zone's live sources stop
             routes = {
@@ -231,10 +245,14 @@ async def build_carbon_stack(
                 for z, names in routes.items()
             }
     chain = CarbonChain(sources, offline, live_deadline_s=live_deadline_s, routes=routes, clock=clock)
+    chain_ref.append(chain)
     live = next((s for s, _ in built if isinstance(s, ElectricityMapsProvider)), None)
     cache = next((c for c in caches if c.source is live), caches[0])
     if cache_settings.background_refresh and em.prefetch_zones:
         cache.start_background_refresh(em.prefetch_zones)
+        if forecast is not None:  # refit those zones ahead of expiry: no request waits for a fit
+            fitted_zones = [z for z in em.prefetch_zones if forecast.covers(z)]
+            forecast.cache.start_background_refresh(fitted_zones, kinds=(SeriesKind.FORECAST,))
     return CarbonStack(
         provider=chain,
         store=store,
@@ -246,13 +264,46 @@ async def build_carbon_stack(
     )
 
 
+def _live_history(
+    settings: Settings,
+    caches: list[CachedSeriesSource],
+    offline: BundledSeries,
+    store: CacheStore,
+    chain_ref: list[CarbonChain],
+    clock: Callable[[], datetime] | None,
+) -> LiveHistory | None:
+    """The forecaster's live history over the configured sources whose values are lifecycle.
+
+    Only sources of the bundled data's emission-factor type (Electricity Maps with `lifecycle`,
+    the default): WattTime and GB Carbon Intensity publish direct (operational) emissions, and a
+    history glued from both kinds would shift the forecast's level. The zone's sources are asked
+    in the chain's priority order (`carbon_chain.routes`), the first one with history wins.
+    """
+    em = settings.electricitymaps
+    by_name: dict[str, HistorySource] = {}
+    for cache in caches:
+        if isinstance(cache.source, ElectricityMapsProvider) and em.emission_factor_type == "lifecycle":
+            by_name[cache.name] = HistorySource(cache.name, cache.source, cache, em.emission_factor_type)
+    if not by_name:
+        return None
+
+    def route(zone: str) -> list[HistorySource]:
+        ordered = chain_ref[0].route(zone) if chain_ref else ()
+        return [by_name[s.name] for s in ordered if s.name in by_name]
+
+    epoch = (lambda: clock().timestamp()) if clock is not None else time.time
+    return LiveHistory(route, offline, store, key_prefix=settings.redis.key_prefix, clock=epoch)
+
+
 def _forecast_source(
     settings: Settings,
     history: BundledSeries | CarbonChain,
     store: CacheStore,
     clock: Callable[[], datetime] | None,
+    *,
+    history_fn: HistoryFn | None = None,
 ) -> ForecastSource:
-    """Our forecaster over `history` (a chain or the bundled data), cached in `store`."""
+    """Our forecaster over `history_fn`, else `history` (a chain or the bundled data), in `store`."""
     offline = history.offline if isinstance(history, CarbonChain) else history
 
     async def read(zone: str, start: datetime, end: datetime) -> CarbonSeries:
@@ -270,9 +321,21 @@ def _forecast_source(
             return False
 
     return ForecastSource(
-        read, store, settings.cache, covers=covers, key_prefix=settings.redis.key_prefix, clock=clock
+        history_fn or read,
+        store,
+        settings.cache,
+        covers=covers,
+        key_prefix=settings.redis.key_prefix,
+        clock=clock,
     )
 
 
 # Re-exported for the service's uncertainty step (outside the wing only `stack` is imported).
-__all__ = ["SOURCE_BUILDERS", "CarbonStack", "ForecastBand", "backtested_mape_pct", "build_carbon_stack"]
+__all__ = [
+    "SOURCE_BUILDERS",
+    "CarbonStack",
+    "ForecastBand",
+    "ForecastSource",
+    "backtested_mape_pct",
+    "build_carbon_stack",
+]

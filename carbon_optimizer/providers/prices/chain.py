@@ -298,14 +298,11 @@ class CachedPriceProvider:
     def _report_age(self, provider: str, table: OfferTable | None, fetched_at: datetime | None) -> None:
         now = self._clock()
         # Every lookup reports, so a 150-region request would set the gauge 150 times: skip while the
-        # same table was reported less than a second ago (the gauge is then at most 1 s behind).
+        # provider was reported less than a second ago from data fetched at the same time (the gauge
+        # is then at most 1 s behind). Regions' tables differ, so the table itself is not compared:
+        # a bundled table's age is that of the first table looked up in the second.
         last = self._age_reported.get(provider)
-        if (
-            last is not None
-            and last[0] is table
-            and last[1] == fetched_at
-            and now - last[2] < _AGE_RESOLUTION
-        ):
+        if last is not None and last[1] == fetched_at and now - last[2] < _AGE_RESOLUTION:
             return
         self._age_reported[provider] = (table, fetched_at, now)
         if fetched_at is not None:

@@ -204,6 +204,23 @@ async def test_miss_then_hit_then_expiry() -> None:
     assert len(source.calls) == 2
 
 
+async def test_peek_answers_the_local_tiers_fresh_object_and_nothing_else() -> None:
+    clock = Clock()
+    source = FakeSource(clock, errors=[ProviderNotEntitled("no forecast", source="fake")])
+    cache = memory_cache(clock, source)
+    assert cache.peek(FORECAST_DE) is None  # nothing fetched yet
+    with pytest.raises(ProviderNotEntitled):
+        await cache.fetch(FORECAST_DE)
+    assert cache.peek(FORECAST_DE) is None  # a negative marker is never a value
+    clock.now += 601  # the marker expired
+    fetched = await cache.fetch(FORECAST_DE)
+    assert cache.peek(FORECAST_DE) is fetched  # the very object `fetch` answers from memory
+    assert await cache.fetch(FORECAST_DE) is fetched
+    assert len(source.calls) == 2  # peeking never calls upstream
+    clock.now += 901  # expired: peek leaves the refresh to `fetch`
+    assert cache.peek(FORECAST_DE) is None
+
+
 async def test_single_flight_in_process() -> None:
     clock = Clock()
     source = FakeSource(clock, gate=asyncio.Event())
