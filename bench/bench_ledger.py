@@ -1,7 +1,8 @@
 """Savings-ledger benchmarks: recording overhead on /v1/optimize at c=16, reports over 1 M placements.
 
 Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, PostgreSQL on
-127.0.0.1:5432 with trust auth as `postgres`; `--skip-reports` / `--skip-http` run one half).
+127.0.0.1:5432 with trust auth as `postgres`; `--skip-reports` / `--skip-http` run one half;
+`--postgresql` runs the HTTP part against a scratch PostgreSQL database instead of SQLite).
 
 1. Recording overhead: one uvicorn worker with the embedded SQLite ledger, wrk c=16 against
    POST /v1/optimize with `"record": false` (the floor, measured in the same run) and with
@@ -50,7 +51,9 @@ OPTIMIZE = {
 }
 
 
-def http_overhead(seconds: int, rounds: int, write_timeout_s: float | None = None) -> dict[str, Any]:
+def http_overhead(
+    seconds: int, rounds: int, write_timeout_s: float | None = None, database_url: str | None = None
+) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="co-bench-ledger-")
     port = free_port()
     env = {
@@ -59,6 +62,8 @@ def http_overhead(seconds: int, rounds: int, write_timeout_s: float | None = Non
         "CARBON_OPTIMIZER_RATE_LIMIT_ENABLED": "false",
         "CARBON_OPTIMIZER_LEDGER__RECONCILE_ENABLED": "false",
     }
+    if database_url is not None:
+        env["CARBON_OPTIMIZER_DATABASE__URL"] = database_url
     if write_timeout_s is not None:
         env["CARBON_OPTIMIZER_DATABASE__WRITE_TIMEOUT_S"] = str(write_timeout_s)
     proc, _ = start("carbon_optimizer.app:create_app", port, env)
@@ -99,9 +104,55 @@ def http_overhead(seconds: int, rounds: int, write_timeout_s: float | None = Non
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    rows = _count_sqlite(Path(data_dir) / "ledger.sqlite3")
-    results["placements_written"] = rows
+    if database_url is None:
+        results["placements_written"] = _count_sqlite(Path(data_dir) / "ledger.sqlite3")
+    else:
+        results["placements_written"] = asyncio.run(_count_url(database_url))
     return results
+
+
+async def _count_url(url: str) -> int:
+    from pydantic import SecretStr
+
+    from carbon_optimizer.ledger import db
+    from carbon_optimizer.ledger.repository import LedgerRepository
+    from carbon_optimizer.settings import DatabaseSettings
+
+    engine = db.create_engine(DatabaseSettings(url=SecretStr(url)))
+    try:
+        return await LedgerRepository(engine).count()
+    finally:
+        await engine.dispose()
+
+
+def _scratch_pg(host: str, port: int) -> tuple[str, str]:
+    """Create an empty PostgreSQL database for one run; (name, URL)."""
+    import asyncpg
+
+    name = f"co_ledger_bench_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return name, f"postgresql+asyncpg://postgres@{host}:{port}/{name}"
+
+
+def _drop_pg(host: str, port: int, name: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
 
 
 def _count_sqlite(path: Path) -> int:
@@ -203,22 +254,35 @@ def main() -> None:
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-reports", action="store_true")
     parser.add_argument("--skip-wait", action="store_true", help="only the default (no-wait) overhead")
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="HTTP part: the ledger on a scratch PostgreSQL database (--pg-host/--pg-port) instead of SQLite",
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {}
     if not args.skip_http:
-        result["recording_overhead_c16"] = http_overhead(args.seconds, args.rounds)
-        print(
-            "write_timeout_s=0 (default, no wait):",
-            json.dumps(result["recording_overhead_c16"], indent=2),
-            flush=True,
-        )
-        if not args.skip_wait:
-            result["recording_overhead_c16_wait"] = http_overhead(args.seconds, args.rounds, 0.25)
+        name, url = _scratch_pg(args.pg_host, args.pg_port) if args.postgresql else (None, None)
+        engine = "postgresql" if args.postgresql else "sqlite"
+        try:
+            result["recording_overhead_c16"] = http_overhead(args.seconds, args.rounds, database_url=url)
             print(
-                "write_timeout_s=0.25 (wait for the commit):",
-                json.dumps(result["recording_overhead_c16_wait"], indent=2),
+                f"{engine}, write_timeout_s=0 (default, no wait):",
+                json.dumps(result["recording_overhead_c16"], indent=2),
                 flush=True,
             )
+            if not args.skip_wait:
+                result["recording_overhead_c16_wait"] = http_overhead(
+                    args.seconds, args.rounds, 0.25, database_url=url
+                )
+                print(
+                    f"{engine}, write_timeout_s=0.25 (wait for the commit):",
+                    json.dumps(result["recording_overhead_c16_wait"], indent=2),
+                    flush=True,
+                )
+        finally:
+            if name is not None:
+                _drop_pg(args.pg_host, args.pg_port, name)
     if not args.skip_reports:
         result["reports_postgresql"] = asyncio.run(reports(args.rows, args.pg_host, args.pg_port))
         print(json.dumps(result["reports_postgresql"], indent=2), flush=True)

@@ -256,6 +256,10 @@ class DatabaseSettings(BaseModel):
     # queued and the row is committed in the background a few ms later. Waiting confirms the
     # commit but, under load, costs optimize throughput (docs/ledger.md, bench/bench_ledger.py).
     write_timeout_s: float = Field(default=0.0, ge=0, le=10)
+    # Group commit: when no request waits for a commit, the writer lets placements gather this
+    # long so that one transaction carries many (0 = write as soon as one is queued). A request
+    # that waits (write_timeout_s > 0, POST /v1/placements) makes it write at once.
+    commit_interval_s: float = Field(default=0.05, ge=0, le=5)
     # POST /v1/placements exists only to record: it waits this long for the commit (else 202).
     caller_write_timeout_s: float = Field(default=1.0, gt=0, le=30)
     # Placements held in memory while the database is down or slow (oldest kept, newest refused).

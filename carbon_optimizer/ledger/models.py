@@ -2,6 +2,8 @@
 
 Timestamps are stored as naive UTC (`DateTime` without time zone) on both engines so the same
 day/week/month truncation works in SQLite and PostgreSQL; `repository` converts at the boundary.
+A row handed to the writer may carry a JSON column (`workload`, `quality`, always objects) as its
+JSON text instead (the optimize path does, see `Ledger._optimize_row`); both forms store the same.
 The migration in `migrations/versions` creates exactly these tables; a test compares the two.
 """
 

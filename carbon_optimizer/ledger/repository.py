@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+import orjson
+from sqlalchemy import JSON, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from carbon_optimizer.ledger import batch_insert
 from carbon_optimizer.ledger.models import RECORDED, leases, placements
 
 _DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
+_JSON_COLUMNS = frozenset(c.name for c in placements.columns if isinstance(c.type, JSON))
 
 
 def to_db(value: datetime) -> datetime:
@@ -35,7 +38,14 @@ def from_db(value: datetime | None) -> datetime | None:
 
 
 def _row_to_db(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: to_db(v) if k in _DATETIME_COLUMNS and isinstance(v, datetime) else v for k, v in row.items()}
+    out: dict[str, Any] = {
+        k: to_db(v) if k in _DATETIME_COLUMNS and isinstance(v, datetime) else v for k, v in row.items()
+    }
+    for name in _JSON_COLUMNS.intersection(out):
+        text = out[name]
+        if isinstance(text, str):  # JSON text already (see `models`): SQLAlchemy encodes again
+            out[name] = orjson.loads(text)
+    return out
 
 
 def _row_from_db(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,9 +64,16 @@ class Existing:
 class LedgerRepository:
     """Async data access for placements, leases and reports."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, fast_insert: bool = True) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # The writer's own connection and one-INSERT-per-batch path (None: the generic one below).
+        self._inserter = batch_insert.for_engine(engine) if fast_insert else None
+
+    async def close(self) -> None:
+        """Release the writer's connection (before the engine is disposed)."""
+        if self._inserter is not None:
+            await self._inserter.close()
 
     # ----- placements -----
 
@@ -70,6 +87,9 @@ class LedgerRepository:
             return {}
         # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
         ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
+        if self._inserter is not None:
+            stored = await self._inserter.insert(rows, ids)
+            return {pid: Existing(pid, fp) for pid, fp in stored}
         async with self.engine.begin() as conn:
             existing: dict[str, Existing] = {}
             if ids:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from carbon_optimizer.ledger.recorder import QueueFull, Recorder
+from carbon_optimizer.ledger.recorder import Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.repository import Existing
 
 
@@ -21,6 +21,7 @@ class FlakyRepository:
         self.delay_s = delay_s
         self.rows: dict[str, Mapping[str, Any]] = {}
         self.attempts = 0
+        self.closed = False
 
     async def insert_placements(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Existing]:
         self.attempts += 1
@@ -33,11 +34,14 @@ class FlakyRepository:
             self.rows.setdefault(str(row["id"]), row)
         return existing
 
+    async def close(self) -> None:
+        self.closed = True
+
 
 def _recorder(repo: FlakyRepository, **kwargs: Any) -> Recorder:
     options: dict[str, Any] = {"queue_max": 5, "write_timeout_s": 0.05, "retry_interval_s": 0.02}
     options.update(kwargs)
-    recorder = Recorder(repo, **options)  # type: ignore[arg-type]
+    recorder = Recorder(repo, **options)
     recorder.start()
     return recorder
 
@@ -124,3 +128,23 @@ async def test_write_timeout_zero_answers_queued_without_waiting() -> None:
         await _eventually(lambda: "fast" in repo.rows)
     finally:
         await recorder.aclose()
+
+
+async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() -> None:
+    repo = FlakyRepository(down=False)
+    recorder = _recorder(repo, write_timeout_s=5.0)
+
+    def broken() -> Mapping[str, Any]:
+        raise KeyError("best")
+
+    try:
+        recorder.offer(Deferred("bad", broken), origin="optimize")
+        recorder.offer(Deferred("good", lambda: {"id": "good", "fingerprint": "f"}), origin="optimize")
+        with pytest.raises(KeyError):
+            await recorder.submit(Deferred("bad2", broken), origin="caller")
+        await _eventually(lambda: recorder.depth == 0)
+        assert set(repo.rows) == {"good"}
+        assert recorder.healthy  # not a database failure: nothing to retry
+    finally:
+        await recorder.aclose()
+    assert repo.closed  # the writer released what it held

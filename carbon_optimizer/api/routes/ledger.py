@@ -203,7 +203,7 @@ async def attach_placement(
     key = _idempotency_key(request.headers.get("idempotency-key"))
     try:
         fields = await ledger.record_optimize(
-            request=body.model_dump(mode="json", exclude_none=True),
+            request=body,  # the writer turns it into JSON, off the request path
             result=result,
             client_id=client_id,
             request_id=request_id,

@@ -1,0 +1,268 @@
+"""The writer's fast path: one multi-row INSERT per batch over a connection it keeps.
+
+Why: the writer commits every few milliseconds, so what each commit costs besides the rows
+themselves is paid again and again: a pool checkout with its pre-ping, the reset on return,
+SQLAlchemy's statement execution and, on SQLite, one aiosqlite thread hop per DBAPI call. Here
+each batch is a single round of work:
+
+- SQLite (a file): the stdlib driver on one dedicated thread; the id check, the INSERT of all rows
+  (`executemany`) and the COMMIT happen in one hop to that thread.
+- PostgreSQL (asyncpg): a connection held by the writer (taken from the engine's pool, so it has
+  the engine's settings and JSON codecs), `executemany` of a prepared INSERT inside one
+  transaction.
+
+Values go through the very bind processors SQLAlchemy would use for these columns and dialect, so
+the stored form (e.g. SQLite's datetime text, JSON text) is the same as the generic path's and
+every reader (reports, reconciler, GET) is unaffected. Any other engine (or an in-memory SQLite
+database, which a second connection would not see) uses the generic SQLAlchemy path.
+
+A failure closes the connection; the next batch opens a new one (the recorder retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any, Final, Protocol
+
+import orjson
+from sqlalchemy import JSON, Float, Table
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from carbon_optimizer.ledger.models import placements
+
+log = logging.getLogger(__name__)
+_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+Existing = tuple[str, str | None]  # (id, fingerprint) of a row already stored
+
+
+class BatchInserter(Protocol):
+    """Insert rows (all with the same keys) in one transaction; rows whose id exists are left alone."""
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
+        """Insert; return (id, fingerprint) of the ids in `check_ids` that were stored before."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection (and thread)."""
+        ...
+
+
+def for_engine(engine: AsyncEngine) -> BatchInserter | None:
+    """The fast inserter for this engine, or None (use the generic path)."""
+    url = engine.url
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend == "sqlite" and driver == "aiosqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return _SqliteInserter(database, engine.dialect)
+    if backend == "postgresql" and driver == "asyncpg":
+        return _AsyncpgInserter(engine)
+    return None
+
+
+def _converters(table: Table, dialect: Dialect) -> dict[str, Callable[[Any], Any] | None]:
+    """Per column: a function giving the value the driver is handed, or None (as is).
+
+    The stored form equals what SQLAlchemy's bind processors give (a test compares them); two of
+    them are replaced by faster equivalents because they run for every row of every batch
+    (and SQLite's float coercion is left to the column's REAL affinity):
+    SQLite's datetime text (`isoformat` gives the same `YYYY-MM-DD HH:MM:SS.ffffff`) and the
+    JSON text (orjson; both engines store the text as given and every reader parses it).
+    """
+    out: dict[str, Callable[[Any], Any] | None] = {}
+    for column in table.columns:
+        if column.type.python_type is datetime:
+            out[column.name] = _sqlite_datetime if dialect.name == "sqlite" else _naive_utc
+        elif isinstance(column.type, JSON):
+            out[column.name] = _json_text
+        elif isinstance(column.type, Float):
+            out[column.name] = None  # floats and ints bind as they are (REAL / float8 take both)
+        else:
+            out[column.name] = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return out
+
+
+def _naive_utc(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is UTC:  # the usual case: skip the conversion
+            return value.replace(tzinfo=None)
+        if value.tzinfo is None:
+            raise ValueError("ledger datetimes must be timezone-aware")
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _sqlite_datetime(value: Any) -> Any:
+    value = _naive_utc(value)
+    return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
+
+
+def _json_text(value: Any) -> str:
+    # A str is JSON text already (see `models`: JSON columns take an object or its JSON text).
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+class _Columns:
+    """The column order of a batch (the first row's keys, in table order) and its converters."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._converters = _converters(placements, dialect)
+        self._order = [c.name for c in placements.columns]
+
+    def layout(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        keys = rows[0].keys()
+        names = [name for name in self._order if name in keys]
+        if len(names) != len(keys) or any(row.keys() != keys for row in rows):
+            raise ValueError("ledger batch rows must share one set of known column names")
+        return names
+
+    def values(self, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[list[Any]]:
+        # itemgetter fetches a row's values in C; only the few columns with a converter
+        # (datetimes, JSON) are touched in Python.
+        getter = itemgetter(*names)
+        convert = [(i, f) for i, name in enumerate(names) if (f := self._converters[name]) is not None]
+        out: list[list[Any]] = []
+        for row in rows:
+            values = list(getter(row))
+            for i, f in convert:
+                values[i] = f(values[i])
+            out.append(values)
+        return out
+
+
+class _SqliteInserter:
+    def __init__(self, path: str, dialect: Dialect) -> None:
+        self._path = path
+        self._columns = _Columns(dialect)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
+        names = self._columns.layout(rows)
+        values = self._columns.values(rows, names)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids))
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=_SQLITE_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def _write(self, names: list[str], values: list[list[Any]], check_ids: list[str]) -> list[Existing]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock first: check and insert agree
+            found: list[Existing] = []
+            if check_ids:
+                marks = ",".join("?" * len(check_ids))
+                found = conn.execute(
+                    f"SELECT id, fingerprint FROM {placements.name} WHERE id IN ({marks})",  # noqa: S608 (our names)
+                    check_ids,
+                ).fetchall()
+            conn.executemany(
+                f"INSERT INTO {placements.name} ({','.join(names)}) "  # noqa: S608 (column names from the table)
+                f"VALUES ({','.join('?' * len(names))}) ON CONFLICT DO NOTHING",
+                values,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            self._close_now()
+            raise
+        return [(str(i), f) for i, f in found]
+
+    def _close_now(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()  # an open transaction is rolled back
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_now)
+            executor.shutdown(wait=False)
+
+
+class _AsyncpgInserter:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._columns = _Columns(engine.dialect)
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._sql: dict[tuple[str, ...], str] = {}
+
+    async def _connect(self) -> Any:
+        if self._driver is None:
+            conn = await self._engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
+                self._driver = raw.driver_connection  # asyncpg.Connection
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
+        return self._driver
+
+    def _insert_sql(self, names: list[str]) -> str:
+        key = tuple(names)
+        sql = self._sql.get(key)
+        if sql is None:
+            marks = ",".join(f"${i}" for i in range(1, len(names) + 1))
+            sql = (
+                f"INSERT INTO {placements.name} ({','.join(names)}) "  # noqa: S608 (column names from the table)
+                f"VALUES ({marks}) ON CONFLICT DO NOTHING"
+            )
+            self._sql[key] = sql
+        return sql
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
+        names = self._columns.layout(rows)
+        values = self._columns.values(rows, names)
+        driver = await self._connect()
+        try:
+            async with driver.transaction():
+                found = []
+                if check_ids:
+                    found = await driver.fetch(
+                        f"SELECT id, fingerprint FROM {placements.name} WHERE id = ANY($1::varchar[])",  # noqa: S608
+                        list(check_ids),
+                    )
+                await driver.executemany(self._insert_sql(names), values)
+        except BaseException:
+            await self._drop(invalidate=True)
+            raise
+        return [(str(r["id"]), r["fingerprint"]) for r in found]
+
+    async def _drop(self, *, invalidate: bool) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is None:
+            return
+        try:
+            if invalidate:
+                await conn.invalidate()
+            else:
+                await conn.close()
+        except Exception as exc:  # the connection is gone either way
+            log.debug("ledger writer connection close failed: %s", type(exc).__name__)
+
+    async def close(self) -> None:
+        await self._drop(invalidate=False)

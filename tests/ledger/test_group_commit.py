@@ -1,0 +1,290 @@
+"""Group commit against both real engines: gathering, idempotency within and across batches,
+a failed batch retried whole and in order, the deadline → queued path, the stored form.
+
+Failures and slowness are real: the table is renamed away (every INSERT fails as it would with a
+broken schema or connection) or another connection holds the write lock (the database is slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from carbon_optimizer.ledger.ledger import IdempotencyConflict
+from carbon_optimizer.ledger.models import placements
+from carbon_optimizer.ledger.recorder import Deferred, Recorder
+from carbon_optimizer.ledger.repository import Existing, LedgerRepository
+from tests.ledger.helpers import T0, make_ledger, option, placement_row
+
+REQUEST = {"workload": {"duration_minutes": 120, "vcpus": 4}, "locations": [{"zone": "DE"}, {"zone": "FR"}]}
+RESULT = {"best": option("FR", T0), "baseline": option("DE", T0, intensity=400), "warnings": []}
+
+
+class Observed:
+    """The real repository; notes the ids of every batch it was given and of those committed."""
+
+    def __init__(self, repository: LedgerRepository) -> None:
+        self.repository = repository
+        self.attempted: list[list[str]] = []
+        self.committed: list[list[str]] = []
+
+    async def insert_placements(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Existing]:
+        ids = [str(r["id"]) for r in rows]
+        self.attempted.append(ids)
+        existing = await self.repository.insert_placements(rows)
+        self.committed.append(ids)
+        return existing
+
+    async def close(self) -> None:
+        await self.repository.close()
+
+
+async def _eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110 (the writer signals nothing a test could await)
+            await asyncio.sleep(0.01)
+
+
+async def _stored_ids(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(select(placements.c.id))).scalars())
+
+
+@asynccontextmanager
+async def _table_away(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The placements table is gone while inside: every write fails for real."""
+    async with engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE ledger_placements RENAME TO ledger_placements_away"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE ledger_placements_away RENAME TO ledger_placements"))
+
+
+@asynccontextmanager
+async def _write_locked(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Another connection holds the write lock while inside: the writer's commit waits (slow)."""
+    if engine.dialect.name == "sqlite":
+        other = sqlite3.connect(str(engine.url.database), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("LOCK TABLE ledger_placements IN EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            await conn.rollback()
+
+
+async def test_rows_gather_into_one_commit_and_a_waiter_flushes_at_once(engine: AsyncEngine) -> None:
+    observed = Observed(LedgerRepository(engine))
+    ledger, recorder = make_ledger(
+        observed.repository,
+        write_timeout_s=0,  # optimize does not wait (the default)
+        caller_write_timeout_s=20,
+        commit_interval_s=30,  # far longer than the test: only a waiter can make it write
+        writer=observed,
+    )
+    try:
+        answers = [
+            await ledger.record_optimize(
+                request=REQUEST, result=RESULT, client_id="alice", request_id=f"r{i}", idempotency_key=None
+            )
+            for i in range(5)
+        ]
+        keyed = [
+            await ledger.record_optimize(
+                request=REQUEST, result=RESULT, client_id="alice", request_id="rk", idempotency_key="k"
+            )
+            for _ in range(2)  # a retry while the first is still queued: joins it
+        ]
+        assert all(a["queued"] and not a["recorded"] for a in answers + keyed)
+        assert keyed[0]["placement_id"] == keyed[1]["placement_id"]
+        assert recorder.depth == 6
+        assert observed.attempted == []  # gathering: nothing written yet
+
+        began = time.monotonic()
+        ack = await ledger.record_caller(
+            body={"chosen": option("DE", T0)}, client_id="alice", request_id="rc", idempotency_key="c"
+        )
+        assert ack.recorded
+        assert time.monotonic() - began < 10  # not the 30 s interval
+        expected = [a["placement_id"] for a in answers] + [keyed[0]["placement_id"], ack.placement_id]
+        assert observed.committed == [expected]  # one transaction, in submission order
+        assert await _stored_ids(engine) == set(expected)
+    finally:
+        await recorder.aclose()
+
+
+async def test_idempotency_within_one_batch_and_across_batches(engine: AsyncEngine) -> None:
+    repository = LedgerRepository(engine)
+    recorder = Recorder(
+        repository, queue_max=100, write_timeout_s=20, retry_interval_s=0.05, commit_interval_s=30
+    )
+    recorder.start()
+    try:
+        first = placement_row("p-k", key="k", fingerprint="A")
+        recorder.offer(first, origin="optimize")  # queued, gathering
+        same, other = (
+            asyncio.create_task(
+                recorder.submit(placement_row("p-k", key="k", fingerprint="A"), origin="caller")
+            ),
+            asyncio.create_task(
+                recorder.submit(placement_row("p-k", key="k", fingerprint="B"), origin="caller")
+            ),
+        )
+        # Both retries joined the queued row; one batch writes it once and tells each what it was.
+        replay, conflict = await asyncio.gather(same, other)
+        assert replay.recorded
+        assert replay.written is not None
+        assert replay.written.replayed
+        assert conflict.written is not None
+        assert conflict.written.conflict
+        assert not conflict.recorded
+        assert await repository.count() == 1
+
+        # Across batches: the id is in the database now.
+        again = await recorder.submit(placement_row("p-k", key="k", fingerprint="A"), origin="caller")
+        assert again.written is not None
+        assert again.written.replayed
+        reused = await recorder.submit(placement_row("p-k", key="k", fingerprint="C"), origin="caller")
+        assert reused.written is not None
+        assert reused.written.conflict
+        # A batch mixing a stored id and a new one: the new one is written, the stored one left alone.
+        recorder.offer(placement_row("p-k", key="k", fingerprint="A"), origin="optimize")
+        fresh = await recorder.submit(placement_row("p-new", key="n"), origin="caller")
+        assert fresh.written is not None
+        assert not fresh.written.replayed
+        assert await _stored_ids(engine) == {"p-k", "p-new"}
+    finally:
+        await recorder.aclose()
+
+
+async def test_optimize_retry_with_a_reused_key_is_a_conflict_across_batches(engine: AsyncEngine) -> None:
+    ledger, recorder = make_ledger(LedgerRepository(engine), write_timeout_s=20)
+    try:
+        args: dict[str, Any] = {
+            "result": RESULT,
+            "client_id": "alice",
+            "request_id": "r",
+            "idempotency_key": "k",
+        }
+        first = await ledger.record_optimize(request=REQUEST, **args)
+        again = await ledger.record_optimize(request=REQUEST, **args)
+        assert first["recorded"]
+        assert again["recorded"]
+        assert first["placement_id"] == again["placement_id"]
+        with pytest.raises(IdempotencyConflict):
+            await ledger.record_optimize(request={**REQUEST, "locations": [{"zone": "PL"}]}, **args)
+        assert await ledger.repository.count() == 1
+    finally:
+        await recorder.aclose()
+
+
+async def test_a_failed_batch_is_retried_whole_in_order_and_nothing_is_lost(engine: AsyncEngine) -> None:
+    observed = Observed(LedgerRepository(engine))
+    recorder = Recorder(observed, queue_max=100, write_timeout_s=0.05, retry_interval_s=0.05)
+    recorder.start()
+    ids = [f"p{i}" for i in range(9)]
+    try:
+        async with _table_away(engine):
+            for pid in ids[:5]:
+                recorder.offer(Deferred(pid, partial(placement_row, pid)), origin="optimize")
+            await _eventually(lambda: not recorder.healthy)  # a batch failed for real
+            for pid in ids[5:8]:
+                recorder.offer(placement_row(pid), origin="optimize")
+            # Waiting while the database fails: the deadline passes, the answer is "queued".
+            late = await recorder.submit(placement_row(ids[8]), origin="caller")
+            assert late.queued
+            assert late.timed_out
+            await _eventually(lambda: len(observed.attempted) >= 3)  # retried, still failing
+            assert observed.committed == []
+            assert recorder.depth == 9
+        await _eventually(lambda: recorder.depth == 0)
+        assert recorder.healthy
+        # Every failed attempt started with the oldest row; what was committed is everything, in order.
+        assert all(batch[0] == "p0" for batch in observed.attempted[: -len(observed.committed)])
+        assert [pid for batch in observed.committed for pid in batch] == ids
+        assert await _stored_ids(engine) == set(ids)
+    finally:
+        await recorder.aclose()
+
+
+async def test_slow_database_deadline_answers_queued_then_commits(engine: AsyncEngine) -> None:
+    repository = LedgerRepository(engine)
+    ledger, recorder = make_ledger(repository, write_timeout_s=0.2)
+    try:
+        async with _write_locked(engine):
+            began = time.monotonic()
+            fields = await ledger.record_optimize(
+                request=REQUEST, result=RESULT, client_id="alice", request_id="r", idempotency_key="slow"
+            )
+            assert time.monotonic() - began < 2.0  # the deadline, not the lock, decides
+            assert fields["queued"] is True
+            assert fields["recorded"] is False
+            assert "queued in memory" in fields["warning"]
+            assert recorder.depth == 1
+        await _eventually(lambda: recorder.depth == 0)
+        assert await _stored_ids(engine) == {fields["placement_id"]}
+        # The client retries with the same key: an idempotent replay of the committed row.
+        again = await ledger.record_optimize(
+            request=REQUEST, result=RESULT, client_id="alice", request_id="r2", idempotency_key="slow"
+        )
+        assert again["recorded"] is True
+        assert again["placement_id"] == fields["placement_id"]
+        assert await repository.count() == 1
+    finally:
+        await recorder.aclose()
+
+
+async def test_the_batch_path_stores_what_the_generic_path_stores(engine: AsyncEngine) -> None:
+    fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
+    try:
+        row = placement_row("x", key="same")
+        await fast.insert_placements([{**row, "id": "fast", "idempotency_key": "a", "quality": {"n": 1.5}}])
+        await generic.insert_placements(
+            [{**row, "id": "generic", "idempotency_key": "b", "quality": {"n": 1.5}}]
+        )
+        one, other = await fast.get("fast"), await generic.get("generic")
+        assert one is not None
+        assert other is not None
+        skip = {"id", "idempotency_key"}
+        assert {k: v for k, v in one.items() if k not in skip} == {
+            k: v for k, v in other.items() if k not in skip
+        }
+        async with engine.connect() as conn:  # the raw stored values (datetime text on SQLite)
+            raw: dict[str, tuple[Any, ...]] = {
+                r[0]: tuple(r[1:])
+                for r in await conn.exec_driver_sql(
+                    "SELECT id, created_at, start_at, due_at, quality FROM ledger_placements"
+                )
+            }
+        assert raw["fast"][:3] == raw["generic"][:3]
+        quality = [v if isinstance(v, dict) else json.loads(v) for v in (raw["fast"][3], raw["generic"][3])]
+        assert quality[0] == quality[1] == {"n": 1.5}
+        # A JSON column may come as its text (the optimize path): both paths store the object.
+        for repository, pid in ((fast, "fast-text"), (generic, "generic-text")):
+            await repository.insert_placements(
+                [{**row, "id": pid, "idempotency_key": pid, "quality": '{"n":1.5}'}]
+            )
+            got = await repository.get(pid)
+            assert got is not None
+            assert got["quality"] == {"n": 1.5}
+    finally:
+        await fast.close()
