@@ -23,7 +23,7 @@ async def test_more_concurrent_reads_than_connections_all_answer(
     redis_server: RedisServer, bound: int
 ) -> None:
     store = RedisStore.from_settings(
-        RedisSettings(url=redis_server.url, max_connections=bound, socket_timeout_s=1.0)
+        RedisSettings(url=redis_server.url, max_connections=bound, socket_timeout_s=5.0)
     )
     try:
         await asyncio.gather(*(store.set(f"zone:{i}", str(i).encode(), 60) for i in range(300)))
