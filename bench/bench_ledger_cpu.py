@@ -92,55 +92,64 @@ async def scratch_database(url: str | None) -> AsyncIterator[DatabaseSettings]:
         await admin.close()
 
 
-async def measure(rounds: int, url: str | None, write_timeout_s: float) -> None:
-    """Print CPU ms per request for record false/true, with and without the result cache."""
-    _timed_hook()
+@asynccontextmanager
+async def bench_client(
+    url: str | None, write_timeout_s: float | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, LifespanManager]]:
+    """The app on a scratch ledger database (reconciler off), behind an in-process client."""
     async with scratch_database(url) as database:
-        database = database.model_copy(update={"write_timeout_s": write_timeout_s})
+        if write_timeout_s is not None:
+            database = database.model_copy(update={"write_timeout_s": write_timeout_s})
         settings = Settings(
             _env_file=None,
             rate_limit_enabled=False,
             database=database,
             ledger=LedgerSettings(reconcile_enabled=False),
         )
-        app = create_app(settings)
-        async with LifespanManager(app) as manager:
+        async with LifespanManager(create_app(settings)) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-                recorded_requests = 0
-                for cache, count in (("no-cache", 60), ("cached", 400)):
-                    headers = {"cache-control": "no-cache"} if cache == "no-cache" else {}
-                    per_request: dict[bool, list[float]] = {False: [], True: []}
-                    hook: dict[bool, list[float]] = {False: [], True: []}
-                    for round_ in range(rounds + 1):
-                        for flag in (False, True):
-                            body = {**OPTIMIZE, "record": flag}
-                            await asyncio.sleep(0.2)  # the writer commits what it got before
-                            _HOOK_CPU[0] = 0.0
-                            started = time.process_time()
-                            for _ in range(count):
-                                response = await client.post("/v1/optimize", json=body, headers=headers)
-                                assert response.status_code == 200, response.text
-                            await asyncio.sleep(0.2)  # the writer commits what it got: counted too
-                            if flag:
-                                recorded_requests += count
-                            if round_:  # round 0 warms up
-                                per_request[flag].append((time.process_time() - started) / count * 1000)
-                                hook[flag].append(_HOOK_CPU[0] / count * 1000)
-                    floor = statistics.median(per_request[False])
-                    recorded = statistics.median(per_request[True])
-                    extra = recorded - floor
-                    print(
-                        f"{cache}: process CPU ms/request record=false {floor:.3f}, record=true "
-                        f"{recorded:.3f}, +{extra:.3f} ms ({100 * extra / floor:.1f} %);"
-                        f" in the ledger hook: {statistics.median(hook[False]) * 1000:.1f} µs (false), "
-                        f"{statistics.median(hook[True]) * 1000:.1f} µs (true)",
-                        flush=True,
-                    )
-                await asyncio.sleep(0.3)
-                ledger = manager._state["co"].ledger
-                written = await ledger.repository.count()
-                print(f"placements written {written} of {recorded_requests} recorded requests", flush=True)
+                yield client, manager
+
+
+async def measure(rounds: int, url: str | None, write_timeout_s: float) -> None:
+    """Print CPU ms per request for record false/true, with and without the result cache."""
+    _timed_hook()
+    async with bench_client(url, write_timeout_s) as (client, manager):
+        recorded_requests = 0
+        for cache, count in (("no-cache", 60), ("cached", 400)):
+            headers = {"cache-control": "no-cache"} if cache == "no-cache" else {}
+            per_request: dict[bool, list[float]] = {False: [], True: []}
+            hook: dict[bool, list[float]] = {False: [], True: []}
+            for round_ in range(rounds + 1):
+                for flag in (False, True):
+                    body = {**OPTIMIZE, "record": flag}
+                    await asyncio.sleep(0.2)  # the writer commits what it got before
+                    _HOOK_CPU[0] = 0.0
+                    started = time.process_time()
+                    for _ in range(count):
+                        response = await client.post("/v1/optimize", json=body, headers=headers)
+                        assert response.status_code == 200, response.text
+                    await asyncio.sleep(0.2)  # the writer commits what it got: counted too
+                    if flag:
+                        recorded_requests += count
+                    if round_:  # round 0 warms up
+                        per_request[flag].append((time.process_time() - started) / count * 1000)
+                        hook[flag].append(_HOOK_CPU[0] / count * 1000)
+            floor = statistics.median(per_request[False])
+            recorded = statistics.median(per_request[True])
+            extra = recorded - floor
+            print(
+                f"{cache}: process CPU ms/request record=false {floor:.3f}, record=true "
+                f"{recorded:.3f}, +{extra:.3f} ms ({100 * extra / floor:.1f} %);"
+                f" in the ledger hook: {statistics.median(hook[False]) * 1000:.1f} µs (false), "
+                f"{statistics.median(hook[True]) * 1000:.1f} µs (true)",
+                flush=True,
+            )
+        await asyncio.sleep(0.3)
+        ledger = manager._state["co"].ledger
+        written = await ledger.repository.count()
+        print(f"placements written {written} of {recorded_requests} recorded requests", flush=True)
 
 
 async def writer_cpu(url: str | None) -> None:
@@ -148,48 +157,38 @@ async def writer_cpu(url: str | None) -> None:
     from carbon_optimizer.api.schemas import OptimizeRequest
     from carbon_optimizer.ledger.repository import LedgerRepository
 
-    async with scratch_database(url) as database:
-        settings = Settings(
-            _env_file=None,
-            rate_limit_enabled=False,
-            database=database,
-            ledger=LedgerSettings(reconcile_enabled=False),
-        )
-        app = create_app(settings)
-        async with LifespanManager(app) as manager:
-            transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-                answer = (await client.post("/v1/optimize", json={**OPTIMIZE, "record": False})).json()
-            ledger = manager._state["co"].ledger
-            await asyncio.sleep(0.5)  # migrated
-            body = OptimizeRequest.model_validate({**OPTIMIZE, "record": True})
-            now = ledger.clock()
+    async with bench_client(url) as (client, manager):
+        answer = (await client.post("/v1/optimize", json={**OPTIMIZE, "record": False})).json()
+        ledger = manager._state["co"].ledger
+        await asyncio.sleep(0.5)  # migrated
+        body = OptimizeRequest.model_validate({**OPTIMIZE, "record": True})
+        now = ledger.clock()
 
-            def rows(n: int) -> list[dict[str, Any]]:
-                return [
-                    ledger._optimize_row(str(uuid.uuid4()), body, answer, "bench", now, "rid", None)
-                    for _ in range(n)
-                ]
+        def rows(n: int) -> list[dict[str, Any]]:
+            return [
+                ledger._optimize_row(str(uuid.uuid4()), body, answer, "bench", now, "rid", None)
+                for _ in range(n)
+            ]
 
-            started = time.process_time()
-            rows(2000)
-            build = (time.process_time() - started) / 2000 * 1e6
-            print(f"writer: build a row {build:.1f} µs", flush=True)
-            for fast in (True, False):
-                repository = LedgerRepository(ledger.repository.engine, fast_insert=fast)
-                figures = []
-                for size in (1, 10, 100):
-                    batches = max(20, 2000 // size)
-                    prepared = [rows(size) for _ in range(batches)]
-                    await repository.insert_placements(prepared[0])  # connect, prepare
-                    started = time.process_time()
-                    for batch in prepared[1:]:
-                        await repository.insert_placements(batch)
-                    per_row = (time.process_time() - started) / ((batches - 1) * size) * 1e6
-                    figures.append(f"batch {size}: {per_row:.1f}")
-                await repository.close()
-                path = "batch path" if fast else "generic path"
-                print(f"writer: commit, {path}, CPU µs/row: {', '.join(figures)}", flush=True)
+        started = time.process_time()
+        rows(2000)
+        build = (time.process_time() - started) / 2000 * 1e6
+        print(f"writer: build a row {build:.1f} µs", flush=True)
+        for fast in (True, False):
+            repository = LedgerRepository(ledger.repository.engine, fast_insert=fast)
+            figures = []
+            for size in (1, 10, 100):
+                batches = max(20, 2000 // size)
+                prepared = [rows(size) for _ in range(batches)]
+                await repository.insert_placements(prepared[0])  # connect, prepare
+                started = time.process_time()
+                for batch in prepared[1:]:
+                    await repository.insert_placements(batch)
+                per_row = (time.process_time() - started) / ((batches - 1) * size) * 1e6
+                figures.append(f"batch {size}: {per_row:.1f}")
+            await repository.close()
+            path = "batch path" if fast else "generic path"
+            print(f"writer: commit, {path}, CPU µs/row: {', '.join(figures)}", flush=True)
 
 
 def main() -> None:
