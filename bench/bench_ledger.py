@@ -125,34 +125,29 @@ async def _count_url(url: str) -> int:
         await engine.dispose()
 
 
-def _scratch_pg(host: str, port: int) -> tuple[str, str]:
-    """Create an empty PostgreSQL database for one run; (name, URL)."""
+def _admin_sql(host: str, port: int, statement: str) -> None:
+    """Run one statement on the server's `postgres` database (CREATE/DROP DATABASE)."""
     import asyncpg
 
-    name = f"co_ledger_bench_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
+    async def run() -> None:
         admin = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres")
         try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
+            await admin.execute(statement)
         finally:
             await admin.close()
 
-    asyncio.run(create())
+    asyncio.run(run())
+
+
+def _scratch_pg(host: str, port: int) -> tuple[str, str]:
+    """Create an empty PostgreSQL database for one run; (name, URL)."""
+    name = f"co_ledger_bench_{uuid.uuid4().hex[:10]}"
+    _admin_sql(host, port, f'CREATE DATABASE "{name}"')
     return name, f"postgresql+asyncpg://postgres@{host}:{port}/{name}"
 
 
 def _drop_pg(host: str, port: int, name: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    _admin_sql(host, port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _count_sqlite(path: Path) -> int:

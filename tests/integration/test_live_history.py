@@ -9,11 +9,10 @@ is another worker); the stub counts upstream calls. Shown: the 9-week history is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -21,10 +20,10 @@ import redis.asyncio as aioredis
 from carbon_optimizer.providers.carbon.base import SeriesKind, SeriesRequest
 from carbon_optimizer.providers.carbon.live_history import KEEP_HOURS, STORED_HOURS, decode
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
-from carbon_optimizer.providers.carbon.stack import CarbonStack, build_carbon_stack
-from carbon_optimizer.providers.store import build_store
+from carbon_optimizer.providers.carbon.stack import CarbonStack
 from carbon_optimizer.settings import Settings
 from tests.support.redis import RedisServer
+from tests.support.stacks import carbon_stack
 from tests.support.stub_upstream import StubUpstream, hour_floor, live_settings, stub_intensity
 
 pytestmark = pytest.mark.integration
@@ -35,18 +34,9 @@ HISTORY_KEY = "co:v1:carbon:v1:forecast-history-electricitymaps:DE"
 FIT_KEY = "co:v1:carbon:v1:forecast-profile-ar:forecast:DE"
 
 
-@asynccontextmanager
-async def worker(settings: Settings, clock: Callable[[], datetime]) -> AsyncIterator[CarbonStack]:
+def worker(settings: Settings, clock: Callable[[], datetime]) -> AbstractAsyncContextManager[CarbonStack]:
     """One worker's carbon stack (its own Redis client and HTTP pool), closed at the end."""
-    store = build_store(settings.redis)
-    async with httpx.AsyncClient() as http:
-        stack = await build_carbon_stack(settings, http=http, offline=OFFLINE, store=store, clock=clock)
-        try:
-            yield stack
-        finally:
-            await stack.aclose()
-            if store is not None:
-                await store.aclose()
+    return carbon_stack(settings, OFFLINE, clock=clock)
 
 
 async def fit(stack: CarbonStack) -> str:

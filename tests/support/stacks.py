@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import httpx
 
@@ -15,12 +16,21 @@ from carbon_optimizer.settings import Settings
 
 @asynccontextmanager
 async def carbon_stack(
-    settings: Settings, offline: BundledSeries, *, http: httpx.AsyncClient | None = None
+    settings: Settings,
+    offline: BundledSeries,
+    *,
+    http: httpx.AsyncClient | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[CarbonStack]:
-    """The carbon stack as `app.runtime` composes it (store from the settings), closed at the end."""
+    """The carbon stack as `app.runtime` composes it (store from the settings), closed at the end.
+
+    Each call is one worker: its own store client and (without `http`) its own HTTP pool.
+    """
     store = build_store(settings.redis)
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200)) as own_http:
-        stack = await build_carbon_stack(settings, http=http or own_http, offline=offline, store=store)
+        stack = await build_carbon_stack(
+            settings, http=http or own_http, offline=offline, store=store, clock=clock
+        )
         try:
             yield stack
         finally:
