@@ -145,22 +145,21 @@ class UncertaintyStep:
         self._zone_normals: dict[tuple[str, int, float], FloatArray] = {}
         self._normals_bytes = 0
 
-    def _paths(
-        self, series: CarbonSeries, grid_start: datetime, hours: int, now_floor: datetime
-    ) -> FloatArray:
-        """(3, hours) p10/p50/p90 of one zone on the grid; NaN where no error model applies."""
-        out = np.full((3, hours), np.nan)
+    def _paths(self, series: CarbonSeries, band: ForecastBand | None, now_floor: datetime) -> FloatArray:
+        """(3, hours) p10/p50/p90 of one zone on its own hourly lattice; NaN where no model applies.
+
+        Not hourly: (3, 0), so every window of it reads as outside the paths (no interval).
+        """
         if series.step != HOUR:
-            return out
-        offset = series.index_of(grid_start)
+            return np.full((3, 0), np.nan)
         values = np.asarray(series.values, dtype=np.float64)
-        band = self._bands(series.zone) if self._bands is not None else None
+        out = np.full((3, values.shape[0]), np.nan)
         for run in series.runs:
-            a, b = max(run.start_index - offset, 0), min(run.end_index - offset, hours)
+            a, b = run.start_index, run.end_index
             if b <= a or _reason(run.label) is not None:
                 continue
-            v = values[a + offset : b + offset]
-            first = grid_start + HOUR * a
+            v = values[a:b]
+            first = series.start + HOUR * a
             method = _method(run.label)
             if method == MEASURED:
                 out[:, a:b] = v
@@ -255,8 +254,7 @@ class UncertaintyStep:
         if entry is not None and entry.series is series and entry.band is band:
             memo.move_to_end(key)
             return entry
-        hours = len(series.values) if series.step == HOUR else 0
-        paths = self._paths(series, series.start, hours, now_floor) if hours else np.full((3, 0), np.nan)
+        paths = self._paths(series, band, now_floor)
         paths.flags.writeable = False
         entry = _ZoneEntry(series, band, paths, path_prefix(paths))
         memo[key] = entry
@@ -279,7 +277,7 @@ class UncertaintyStep:
             labels = series.sources_between(option.start, option.end)
             reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
             methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
-            found = (reason, methods, self._quality(series, option, now_floor))
+            found = (reason, methods, self._quality(series, entry.band, option, now_floor))
             if len(entry.described) < _DESCRIBED_PER_ENTRY:
                 entry.described[key] = found
         return found
@@ -323,7 +321,9 @@ class UncertaintyStep:
             _, old = self._memo.popitem(last=False)
             self._memo_bytes -= 3 * old.paths.nbytes + (old.sums.nbytes if old.sums is not None else 0)
 
-    def _quality(self, series: CarbonSeries, option: Option, now_floor: datetime) -> ForecastQuality | None:
+    def _quality(
+        self, series: CarbonSeries, band: ForecastBand | None, option: Option, now_floor: datetime
+    ) -> ForecastQuality | None:
         """Data quality of the option's reliance on our forecaster (None when it does not)."""
         first_i, last_i = series.index_of(option.start), -(-(option.end - series.start) // series.step)
         for run in series.runs:
@@ -335,7 +335,6 @@ class UncertaintyStep:
             first = series.start + series.step * a
             last = series.start + series.step * (b - 1)
             ahead = (int((first - now_floor) // HOUR) + 1, int((last - now_floor) // HOUR) + 1)
-            band = self._bands(series.zone) if self._bands is not None else None
             history = band.history if band is not None else "replay"
             return ForecastQuality(
                 model=_base(run.label).removeprefix("forecast:"),
