@@ -390,14 +390,12 @@ class CarbonChain:
         now_floor = floor_to(now, HOUR)
         steps: list[_Step] = []
         memo = self._live_memo.get(key) if route else None
-        if memo is not None and memo.now_floor == now_floor:
-            hit = await self._replay_memo(memo, route, zone, start, end, now_floor, signal, steps)
-            if hit:
-                self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
-                for label in memo.fallbacks:
-                    child(FALLBACKS, "carbon", label).inc()
-                self._live_memo.move_to_end(key)
-                return memo.result
+        if (
+            memo is not None
+            and memo.now_floor == now_floor
+            and await self._replay_memo(memo, route, zone, start, end, now_floor, signal, steps)
+        ):
+            return self._serve_memo(key, memo, zone, now)
         warnings: list[str] = []
         canvas: _Canvas | None = None
         all_fetched: list[Fetched] = []
@@ -469,6 +467,10 @@ class CarbonChain:
             for request, fetched in pairs:
                 if peek(request) is not fetched:
                     return None
+        return self._serve_memo(key, memo, zone, now)
+
+    def _serve_memo(self, key: _MemoKey, memo: _LiveMemo, zone: str, now: datetime) -> SeriesResult:
+        """A live-memo hit, by either lane: data age and fallback counts as a painted answer's."""
         self._note_age(zone, [f for pairs in memo.trace for _, f in pairs], now)
         for label in memo.fallbacks:
             child(FALLBACKS, "carbon", label).inc()
