@@ -5,9 +5,10 @@ Pure NumPy over what the service hands in: per zone, hourly p10/p50/p90 paths on
 options as (zone row, first hour, hours, kWh). Why a step of its own: the engine ranks on the
 median; this step says how sure that ranking is, without touching the engine.
 
-- **Interval** (every option): the comonotone p10/p90 of its window (`comonotone_interval`: the
-  window means of the p10 and p90 paths — exact when all hours err together, otherwise slightly
-  wide, so never more certain than the backtest), rescaled onto the option's own emissions
+- **Interval** (every option): the comonotone p10/p90 of its window (`comonotone_interval`'s
+  rule, read from prefix sums of the paths, `path_prefix`: the window means of the p10 and p90
+  paths — exact when all hours err together, otherwise slightly wide, so never more certain
+  than the backtest), rescaled onto the option's own emissions
   (the engine's value on the sub-hour lattice stays the centre). `None` when any hour of the
   window has no error model.
 - **p_best** (the first `P_BEST_CAP` options only, all with intervals): a seeded Monte Carlo with
@@ -114,13 +115,10 @@ def assess_answer(
     if len(top) >= 2:
         t = np.array(top, dtype=np.int64)
         used = sorted(set(zone[t].tolist()))
-        if sums is None:
-            tables = {z: zone_draw_sums(np.asarray(paths[z]), draws, rho, seed + z) for z in used}
-        else:
-            tables = {z: sums(z) for z in used}
         row = {z: i for i, z in enumerate(used)}
+        draw = sums or (lambda z: zone_draw_sums(np.asarray(paths[z]), draws, rho, seed + z))
         samples = window_samples(
-            [tables[z] for z in used],
+            [draw(z) for z in used],
             Options(np.array([row[z] for z in zone[t].tolist()], dtype=np.int64), start[t], hours[t], kwh[t]),
         )
         result = assess_samples(samples, risk, intervals=False)

@@ -239,18 +239,6 @@ def _beats_rows(rows: FloatArray, leader: int) -> FloatArray:
     return out
 
 
-def risk_scores(samples: FloatArray, risk: str = "p50") -> FloatArray:
-    """Score per option for ranking: the p50, p90 (pessimistic case) or mean of its draws."""
-    if risk == "mean":
-        out: FloatArray = samples.mean(axis=0)
-        return out
-    if risk in ("p50", "p90"):
-        quantile = 0.5 if risk == "p50" else 0.9
-        q: FloatArray = np.quantile(samples, quantile, axis=0)
-        return q
-    raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
-
-
 @dataclass(frozen=True, eq=False, slots=True)
 class Uncertainty:
     """Everything the answer carries per option, plus the result-level tie flag."""

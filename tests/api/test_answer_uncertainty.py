@@ -11,6 +11,7 @@ import pytest
 from carbon_optimizer.api.schemas import OptimizeResponse
 from carbon_optimizer.app import AppOverrides
 from carbon_optimizer.domain.answer_uncertainty import assess_answer
+from carbon_optimizer.domain.uncertainty import Options, comonotone_interval
 from carbon_optimizer.forecast_data import load_error_model
 from tests.api.conftest import ClientFactory
 from tests.fakes import FIXED_NOW, FakeCarbon, fixed_clock
@@ -153,3 +154,21 @@ async def test_measured_history_has_no_width(client_factory: ClientFactory) -> N
     best = data["options"][0]
     assert best["uncertainty"]["interval_method"] == "measured"
     assert best["uncertainty"]["emissions_interval_g"] == [best["emissions_g"], best["emissions_g"]]
+
+
+def test_intervals_from_prefix_sums_follow_the_comonotone_rule() -> None:
+    """The answer's intervals are `comonotone_interval`'s, rescaled onto the engine's emissions."""
+    rng = np.random.default_rng(3)
+    mid = rng.uniform(100, 500, size=(2, 30))
+    paths = np.stack([mid * 0.8, mid, mid * 1.3], axis=1)
+    zone = np.array([0, 1, 0, 1], dtype=np.int64)
+    start = np.array([0, 5, 11, 20], dtype=np.int64)
+    hours = np.array([3, 7, 1, 10], dtype=np.int64)
+    kwh = np.array([2.0, 0.5, 1.5, 3.0])
+    emissions = np.array([600.0, 150.0, 400.0, 1200.0])
+    out = assess_answer(paths, zone, start, hours, kwh, emissions, rho=0.9)
+    band = comonotone_interval(paths, Options(zone, start, hours, kwh))
+    for k, interval in enumerate(out.interval_g):
+        assert interval is not None
+        scale = emissions[k] / band[k, 1]
+        assert interval == pytest.approx((band[k, 0] * scale, band[k, 2] * scale), rel=1e-12)
