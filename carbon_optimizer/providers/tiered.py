@@ -265,12 +265,8 @@ class TieredCache(Generic[V]):
         the same object back means nothing changed. Counts a local hit like `get`; never answers
         a negative marker or a stale value (those take `get`).
         """
-        item = self._local.get(key)
-        if item is None:
-            return None
-        stored_at, entry = item
-        now = self._clock()
-        if not entry.is_fresh(now) or now - stored_at >= self._local_ttl_s or entry.negative is not None:
+        entry = self._fresh_local(self._local.get(key), self._clock())
+        if entry is None or entry.negative is not None:
             return None
         child(CACHE_EVENTS, self.name, "local", "hit").inc()
         return entry.value
@@ -318,13 +314,19 @@ class TieredCache(Generic[V]):
             total += deleted
         return total
 
+    def _fresh_local(self, item: tuple[float, Entry[V]] | None, now: float) -> Entry[V] | None:
+        """The local entry if it may still answer: fresh, and younger than the local tier's TTL."""
+        if item is None:
+            return None
+        stored_at, entry = item
+        return entry if entry.is_fresh(now) and now - stored_at < self._local_ttl_s else None
+
     def _from_local(self, key: str, now: float) -> _Answer[V] | None:
         item = self._local.get(key)
-        if item is not None:
-            stored_at, entry = item
-            if entry.is_fresh(now) and now - stored_at < self._local_ttl_s:
-                child(CACHE_EVENTS, self.name, "local", "hit").inc()
-                return _Answer(value=entry.value)
+        entry = self._fresh_local(item, now)
+        if entry is not None:
+            child(CACHE_EVENTS, self.name, "local", "hit").inc()
+            return _Answer(value=entry.value)
         neg = self._local.get(key + NEGATIVE_SUFFIX)
         if neg is not None:
             stored_at, marker = neg
