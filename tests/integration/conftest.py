@@ -81,6 +81,8 @@ async def stack_worker(config: dict[str, Any]) -> dict[str, Any]:
     zones: list[str] = config["zones"]
     settings = live_settings(config["base_url"], config.get("redis_url"), **config.get("cache", {}))
     settings.redis.key_prefix = config.get("redis_key_prefix", settings.redis.key_prefix)
+    # A starved CPU makes Redis answer late; a test about single flight can say how late is "down".
+    settings.redis.socket_timeout_s = config.get("redis_socket_timeout_s", settings.redis.socket_timeout_s)
     async with carbon_stack(settings, FlatOffline()) as stack:
         await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
         now = datetime.now(UTC)
