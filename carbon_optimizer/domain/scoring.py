@@ -124,6 +124,58 @@ def _phase_period(start_s: FloatArray, step_s: float) -> int:
     return period if period <= _MAX_PHASES and 2 * period <= count else 1
 
 
+def _strided_into(
+    out: FloatArray,
+    cum: IntArray,
+    a0: int,
+    fa: float,
+    b0: int,
+    fb: float,
+    stride: int,
+    size: int,
+    step_s: float,
+) -> None:
+    """`_integrals_into` for windows one pattern apart by `stride` grid steps: strided views, no gather.
+
+    Window k runs from grid point a0 + k·stride plus `fa` seconds to b0 + k·stride plus `fb`. The
+    general path and the arithmetic-progression path both end here, so they agree bit for bit.
+    """
+    reach = stride * (size - 1) + 1
+    ca, cb = cum[..., a0 : a0 + reach : stride], cum[..., b0 : b0 + reach : stride]
+    # Only read when the offset is non-zero, which guarantees index + 1 <= N.
+    ca_next = cum[..., a0 + 1 : a0 + 1 + reach : stride] if fa else ca
+    cb_next = cum[..., b0 + 1 : b0 + 1 + reach : stride] if fb else cb
+    _combine_into(out, ca, ca_next, cb, cb_next, fa, fb, step_s)
+
+
+def _combine_into(
+    out: FloatArray,
+    ca: IntArray,
+    ca_next: IntArray,
+    cb: IntArray,
+    cb_next: IntArray,
+    fa: float | FloatArray,
+    fb: float | FloatArray,
+    step_s: float,
+) -> None:
+    """Write F(b) − F(a) into `out`, with F(i + f) = C[i]·(step − f) + C[i+1]·f (see `_integrals_into`)."""
+    if not (fa.any() if isinstance(fa, np.ndarray) else fa) and not (
+        fb.any() if isinstance(fb, np.ndarray) else fb
+    ):
+        np.subtract(cb, ca, out=out, casting="unsafe")
+        out *= step_s
+        return
+    # In place with one scratch buffer: every fresh (L, K) array costs page faults.
+    scratch = np.empty_like(out)
+    np.multiply(cb, step_s - fb, out=out)
+    np.multiply(cb_next, fb, out=scratch)
+    out += scratch
+    np.multiply(ca, step_s - fa, out=scratch)
+    out -= scratch
+    np.multiply(ca_next, fa, out=scratch)
+    out -= scratch
+
+
 def _integrals_into(
     out: FloatArray,
     cum: IntArray,
@@ -139,37 +191,87 @@ def _integrals_into(
     F(x) = C[i]·step + f·(C[i+1] − C[i]) = C[i]·(step − f) + C[i+1]·f; for whole-second times every
     product and sum here is an exact integer below 2**53 (see series.py).
     """
-    fa: float | FloatArray
-    fb: float | FloatArray
     stride = _uniform_stride(a_index, a_offset, b_offset)
     if stride is not None:
-        reach = stride * (a_index.size - 1) + 1
-        a0, b0 = int(a_index[0]), int(b_index[0])
-        fa, fb = float(a_offset[0]), float(b_offset[0])
-        ca, cb = cum[..., a0 : a0 + reach : stride], cum[..., b0 : b0 + reach : stride]
-        # Only read when the offset is non-zero, which guarantees index + 1 <= N.
-        ca_next = cum[..., a0 + 1 : a0 + 1 + reach : stride] if fa else ca
-        cb_next = cum[..., b0 + 1 : b0 + 1 + reach : stride] if fb else cb
-    else:
-        points = cum.shape[-1] - 1
-        fa, fb = a_offset, b_offset
-        ca, cb = cum[..., a_index], cum[..., b_index]
-        # offset == 0 wherever index == N, so clipping index + 1 there changes nothing.
-        ca_next = cum[..., np.minimum(a_index + 1, points)]
-        cb_next = cum[..., np.minimum(b_index + 1, points)]
-    if not np.any(fa) and not np.any(fb):
-        np.subtract(cb, ca, out=out, casting="unsafe")
-        out *= step_s
+        _strided_into(
+            out,
+            cum,
+            int(a_index[0]),
+            float(a_offset[0]),
+            int(b_index[0]),
+            float(b_offset[0]),
+            stride,
+            a_index.size,
+            step_s,
+        )
         return
-    # In place with one scratch buffer: every fresh (L, K) array costs page faults.
-    scratch = np.empty_like(out)
-    np.multiply(cb, step_s - fb, out=out)
-    np.multiply(cb_next, fb, out=scratch)
-    out += scratch
-    np.multiply(ca, step_s - fa, out=scratch)
-    out -= scratch
-    np.multiply(ca_next, fa, out=scratch)
-    out -= scratch
+    points = cum.shape[-1] - 1
+    # offset == 0 wherever index == N, so clipping index + 1 there changes nothing.
+    _combine_into(
+        out,
+        cum[..., a_index],
+        cum[..., np.minimum(a_index + 1, points)],
+        cum[..., b_index],
+        cum[..., np.minimum(b_index + 1, points)],
+        a_offset,
+        b_offset,
+        step_s,
+    )
+
+
+def _progression_means(
+    grid: IntensityGrid, first_s: float, spacing_s: float, count: int, duration_s: float
+) -> FloatArray:
+    """(L, count) window means for starts first_s + k·spacing_s: `_window_means_seconds` on a progression.
+
+    Why: the candidate starts of a request are always an arithmetic progression, so the edges,
+    the stride and the phase classes the general path finds with a dozen array passes follow from
+    four integers. With whole seconds on a whole-second grid (the API floors times) this computes
+    the same scalars and calls the same `_strided_into`, so the means are bit-identical; any other
+    shape (fractional seconds, a gather) goes the general way.
+    """
+    step_s = grid.prefix_sums().step_seconds
+    whole = (
+        count >= 1
+        and duration_s > 0
+        and spacing_s > 0
+        and first_s >= 0
+        and first_s.is_integer()
+        and spacing_s.is_integer()
+        and duration_s.is_integer()
+        and step_s.is_integer()
+    )
+    if not whole:
+        return _window_means_seconds(
+            grid, first_s + spacing_s * np.arange(count, dtype=np.float64), duration_s
+        )
+    prefix = grid.prefix_sums()
+    g, c, f, d = int(step_s), int(spacing_s), int(first_s), int(duration_s)
+    last_end = f + (count - 1) * c + d
+    if last_end > g * prefix.points:
+        raise ValueError(
+            f"window outside the intensity grid: needs [{float(f)}, {float(last_end)}) s "
+            f"from {grid.start}, grid covers [0, {step_s * prefix.points}) s"
+        )
+    if count == 1 or c % g == 0:
+        period = 1
+    else:
+        period = g // math.gcd(g, c)
+        if period > _MAX_PHASES or 2 * period > count:
+            return _window_means_seconds(grid, f + spacing_s * np.arange(count, dtype=np.float64), duration_s)
+    cum = prefix.cumulative
+    means = np.empty((cum.shape[0], count), dtype=np.float64)
+    for phase in range(period):
+        # Each phase class moves by period·c, a whole number of grid steps (period·c = lcm(g, c)).
+        first = f + phase * c
+        size = -(-(count - phase) // period)
+        a0, b0 = first // g, (first + d) // g
+        stride = period * c // g if size > 1 else 1
+        out = means if period == 1 else means[:, phase::period]
+        fa, fb = float(first - a0 * g), float(first + d - b0 * g)
+        _strided_into(out, cum, a0, fa, b0, fb, stride, size, step_s)
+    means /= prefix.scale * duration_s
+    return means
 
 
 def _window_means_seconds(
@@ -382,7 +484,8 @@ def rank_candidates(inp: ScoringInput) -> ScoringResult:
         raise ValueError(
             f"energy_kwh {energy.shape} and cost_usd {cost.shape} must both have shape ({locations},)"
         )
-    if not (np.isfinite(energy).all() and (energy >= 0).all()):
+    # min/max instead of isfinite/all passes: NaN fails `>=`, ±inf fails one of the bounds.
+    if energy.size and not (float(energy.min()) >= 0.0 and float(energy.max()) < math.inf):
         raise ValueError("energy_kwh must be finite and >= 0")
     if inp.max_results < 1:
         raise ValueError("max_results must be >= 1")
@@ -395,18 +498,17 @@ def rank_candidates(inp: ScoringInput) -> ScoringResult:
         raise ValueError(
             f"objective {objective.mode.value} needs a price for every location; missing {missing}"
         )
-    if np.isinf(cost).any() or (cost[has_price] < 0).any():
+    priced = cost[has_price]
+    if priced.size and not (float(priced.min()) >= 0.0 and float(priced.max()) < math.inf):
         raise ValueError("cost_usd must be finite and >= 0 (or NaN for no price)")
 
     starts = cands.count
-    start_s = seconds(cands.first_start - grid.start) + seconds(cands.start_step) * np.arange(
-        starts, dtype=np.float64
-    )
-    means = _window_means_seconds(grid, start_s, seconds(cands.duration))  # (L, K)
+    first_s, spacing_s = seconds(cands.first_start - grid.start), seconds(cands.start_step)
+    means = _progression_means(grid, first_s, spacing_s, starts, seconds(cands.duration))  # (L, K)
     energy_column = energy[:, None]
     # fl(e·m) is monotonic in m for e >= 0, so the minimum emission needs only the row minima.
     min_emissions = float((energy * means.min(axis=1)).min())
-    min_cost = float(cost[has_price].min()) if has_price.any() else None
+    min_cost = float(priced.min()) if priced.size else None
 
     rows: IntArray | None = None
     if objective.mode is ObjectiveMode.CARBON_WITHIN_BUDGET:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,9 @@ from carbon_optimizer.domain.scoring import (
     ScoringInput,
     ScoringResult,
     _first_by_start,
+    _progression_means,
     _top_k,
+    _window_means_seconds,
     candidate_grid,
     objective_score,
     rank_candidates,
@@ -286,3 +289,31 @@ def test_first_by_start_takes_exactly_the_needed_earliest(starts: int, data: st.
     needed = data.draw(st.integers(1, tied.size))
     expected = sorted(tied.tolist(), key=lambda i: (i % starts, i // starts))[:needed]
     assert sorted(_first_by_start(tied, starts, needed).tolist()) == sorted(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=cases(), fraction_us=st.sampled_from([0, 0, 250_000]))
+def test_progression_means_are_bit_identical_to_the_general_path(case: Case, fraction_us: int) -> None:
+    """The engine's progression path (scalars from four integers) equals the array path exactly.
+
+    Covers strided starts, phase classes (15-minute starts on hourly data), the gather fallback
+    (7-minute starts) and, with a fractional first start, the general path itself.
+    """
+    cands = case.candidates
+    first_s = case.offset_s + fraction_us / 1e6
+    spacing_s, duration_s = cands.start_step.total_seconds(), cands.duration.total_seconds()
+    end_s = first_s + (cands.count - 1) * spacing_s + duration_s
+    if end_s > case.step_s * len(case.rows[0]):
+        return  # the fraction pushed the last window past the grid: both paths raise (checked below)
+    fast = _progression_means(case.grid, first_s, spacing_s, cands.count, duration_s)
+    general = _window_means_seconds(
+        case.grid, first_s + spacing_s * np.arange(cands.count, dtype=np.float64), duration_s
+    )
+    assert fast.shape == general.shape
+    assert np.array_equal(fast, general), np.abs(fast - general).max()
+
+
+def test_progression_means_refuse_a_window_past_the_grid() -> None:
+    grid = IntensityGrid(T0, timedelta(hours=1), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="window outside the intensity grid"):
+        _progression_means(grid, 3600.0, 3600.0, 3, 2 * 3600.0)  # last window ends at 5 h of 4
