@@ -30,8 +30,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, assess_answer, path_prefix
-from carbon_optimizer.domain.models import CarbonSeries, FloatArray, IntArray
+from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, PathPrefix, assess_answer, path_prefix
+from carbon_optimizer.domain.models import CarbonSeries, FloatArray
 from carbon_optimizer.domain.plan import Option
 from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, ar1_normals, zone_draw_sums
 from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
@@ -115,7 +115,7 @@ class _ZoneEntry:
     series: CarbonSeries
     band: ForecastBand | None
     paths: FloatArray
-    prefix: tuple[FloatArray, IntArray]  # `path_prefix` of the paths
+    prefix: PathPrefix  # `path_prefix` of the paths
     sums: FloatArray | None = None
     # (first, last-exclusive index) of a window → (reason, methods, forecast quality)
     described: dict[tuple[int, int], tuple[str | None, str | None, ForecastQuality | None]] = field(
@@ -182,16 +182,18 @@ class UncertaintyStep:
         zones = sorted({o.location.zone for o in options})
         row = {z: i for i, z in enumerate(zones)}
         entries = [self._entry(by_zone[z], now_floor) for z in zones]
-        zone = np.array([row[o.location.zone] for o in options], dtype=np.int64)
-        start = np.array(
-            [(o.start - by_zone[o.location.zone].start) // HOUR for o in options], dtype=np.int64
-        )
-        end = np.array(
-            [-(-(o.end - by_zone[o.location.zone].start) // HOUR) for o in options], dtype=np.int64
-        )
-        span = np.maximum(end - start, 1)
-        kwh = np.array([o.energy_kwh for o in options], dtype=np.float64)
-        emissions = np.array([o.emissions_g for o in options], dtype=np.float64)
+        # Plain lists: an answer has a handful of options, and assess_answer reads them one by one.
+        zone: list[int] = []
+        start: list[int] = []
+        span: list[int] = []
+        for o in options:
+            first = by_zone[o.location.zone].start
+            a = (o.start - first) // HOUR
+            zone.append(row[o.location.zone])
+            start.append(a)
+            span.append(max(-(-(o.end - first) // HOUR) - a, 1))
+        kwh = [o.energy_kwh for o in options]
+        emissions = [o.emissions_g for o in options]
         rho = self.error_model.hourly_correlation
         draws = self.draws
         result = assess_answer(
@@ -210,7 +212,7 @@ class UncertaintyStep:
         )
         per: list[OptionUncertainty] = []
         for k, option in enumerate(options):
-            entry = entries[int(zone[k])]
+            entry = entries[zone[k]]
             reason, methods, forecast = self._describe(entry, option, now_floor)
             if reason is None and result.interval_g[k] is None:
                 reason = "data not on an hourly lattice (or the forecast band is missing): no interval"

@@ -23,17 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from carbon_optimizer.domain.models import FloatArray, IntArray
-from carbon_optimizer.domain.uncertainty import (
-    DEFAULT_DRAWS,
-    Options,
-    assess_samples,
-    window_samples,
-    zone_draw_sums,
-)
+from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, assess_rows, zone_draw_sums
 
 P_BEST_CAP = 5  # options that get p_best (cost grows with zones × hours × draws; see the module doc)
 
@@ -50,7 +45,21 @@ class AnswerUncertainty:
     risk: str
 
 
-def path_prefix(path: FloatArray) -> tuple[FloatArray, IntArray]:
+@dataclass(frozen=True, eq=False, slots=True)
+class PathPrefix:
+    """A zone's `path_prefix`: the arrays, and the same numbers as Python lists for per-option reads.
+
+    Why both: an answer reads a handful of windows, and a Python list lookup plus a float
+    subtraction costs a fraction of a NumPy column read (same IEEE arithmetic, same figures).
+    """
+
+    band_sums: FloatArray  # (3, hours + 1) prefix sums of the p10/p50/p90 paths (NaN as 0)
+    gaps: IntArray  # (hours + 1,) prefix counts of hours without an error model
+    columns: list[list[float]]  # band_sums.T as lists: columns[i] = [p10, p50, p90] sums to hour i
+    gap_counts: list[int]
+
+
+def path_prefix(path: FloatArray) -> PathPrefix:
     """Prefix sums (3, hours + 1) of a zone's paths (NaN as 0) and of its hours without a model.
 
     Any window's band sums, and whether it touches an hour without an error model, are then
@@ -63,16 +72,20 @@ def path_prefix(path: FloatArray) -> tuple[FloatArray, IntArray]:
     np.cumsum(missing, out=gaps[1:])
     band_sums.flags.writeable = False
     gaps.flags.writeable = False
-    return band_sums, gaps
+    return PathPrefix(band_sums, gaps, band_sums.T.tolist(), gaps.tolist())
+
+
+def _values(x: Sequence[int] | Sequence[float] | IntArray | FloatArray) -> list[Any]:
+    return x.tolist() if isinstance(x, np.ndarray) else list(x)
 
 
 def assess_answer(
     paths: Sequence[FloatArray] | FloatArray,
-    zone: IntArray,
-    start: IntArray,
-    hours: IntArray,
-    kwh: FloatArray,
-    emissions_g: FloatArray,
+    zone: IntArray | Sequence[int],
+    start: IntArray | Sequence[int],
+    hours: IntArray | Sequence[int],
+    kwh: FloatArray | Sequence[float],
+    emissions_g: FloatArray | Sequence[float],
     *,
     rho: float,
     risk: str = "p50",
@@ -80,32 +93,34 @@ def assess_answer(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     sums: Callable[[int], FloatArray] | None = None,
-    prefix: Callable[[int], tuple[FloatArray, IntArray]] | None = None,
+    prefix: Callable[[int], PathPrefix] | None = None,
 ) -> AnswerUncertainty:
     """Intervals for every option; p_best, tie and `risk` order over the first `cap` options.
 
     `paths[z]` is zone z's (3, hours) p10/p50/p90 on its own hour lattice (zones may differ in
     length; a (zones, 3, hours) array works too); `start`/`hours` index it; options are in the
-    engine's rank order. `sums(z)` gives zone z's `zone_draw_sums` (the caller memoises them per
-    series and hour); without it they are drawn here with seed `seed + z`. `prefix(z)` gives
-    zone z's `path_prefix` (memoised likewise; computed here without it).
+    engine's rank order (arrays or lists). `sums(z)` gives zone z's `zone_draw_sums` (the caller
+    memoises them per series and hour); without it they are drawn here with seed `seed + z`.
+    `prefix(z)` gives zone z's `path_prefix` (memoised likewise; computed here without it).
     """
-    count = zone.shape[0]
-    prefixes = {
-        z: prefix(z) if prefix is not None else path_prefix(np.asarray(paths[z])) for z in set(zone.tolist())
-    }
+    zones, starts, spans = _values(zone), _values(start), _values(hours)
+    kwhs, emissions = _values(kwh), _values(emissions_g)
+    count = len(zones)
+    prefixes = {z: prefix(z) if prefix is not None else path_prefix(np.asarray(paths[z])) for z in set(zones)}
     ok = [False] * count
     intervals: list[tuple[float, float] | None] = [None] * count
-    for k, (z, a, h) in enumerate(zip(zone.tolist(), start.tolist(), hours.tolist(), strict=True)):
-        band_sums, gaps = prefixes[z]
+    for k, (z, a, h) in enumerate(zip(zones, starts, spans, strict=True)):
+        found = prefixes[z]
+        columns, gaps = found.columns, found.gap_counts
         b = a + h
-        if a < 0 or h < 1 or b >= band_sums.shape[1] or gaps[b] != gaps[a]:
+        if a < 0 or h < 1 or b >= len(columns) or gaps[b] != gaps[a]:
             continue  # outside the paths, or touching an hour without an error model
         ok[k] = True
         # Comonotone band: the window means of the p10 and p90 paths, rescaled onto the engine's
         # own emissions (exact on the sub-hour lattice) as the centre.
-        low, mid, high = (band_sums[:, b] - band_sums[:, a]).tolist()
-        scale = float(emissions_g[k]) / mid if mid > 0 else float(kwh[k]) / h
+        at_a, at_b = columns[a], columns[b]
+        low, mid, high = at_b[0] - at_a[0], at_b[1] - at_a[1], at_b[2] - at_a[2]
+        scale = float(emissions[k]) / mid if mid > 0 else float(kwhs[k]) / h
         intervals[k] = (low * scale, high * scale)
     top = [k for k in range(min(cap, count)) if ok[k]]
     p_best: list[float | None] = [None] * count
@@ -113,15 +128,15 @@ def assess_answer(
     order = list(range(count))
     tied: bool | None = None
     if len(top) >= 2:
-        t = np.array(top, dtype=np.int64)
-        used = sorted(set(zone[t].tolist()))
-        row = {z: i for i, z in enumerate(used)}
         draw = sums or (lambda z: zone_draw_sums(np.asarray(paths[z]), draws, rho, seed + z))
-        samples = window_samples(
-            [draw(z) for z in used],
-            Options(np.array([row[z] for z in zone[t].tolist()], dtype=np.int64), start[t], hours[t], kwh[t]),
-        )
-        result = assess_samples(samples, risk, intervals=False)
+        tables = {z: draw(z) for z in sorted({zones[k] for k in top})}
+        rows = []
+        for k in top:  # each option's drawn emissions: two rows of its zone's draw sums
+            table, a, h = tables[zones[k]], starts[k], spans[k]
+            if a + h > table.shape[0] - 1:
+                raise ValueError("every option's window must lie inside its zone's draws")
+            rows.append((table[a + h] - table[a]) * (float(kwhs[k]) / h))
+        result = assess_rows(np.stack(rows), risk)
         for j, k in enumerate(top):
             p_best[k] = float(result.p_best[j])
             beats[k] = float(result.beats_leader[j])

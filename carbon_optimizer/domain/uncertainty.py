@@ -279,15 +279,11 @@ def assess_samples(
     if risk not in RISKS:
         raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
     rows = _rows(samples)
-    if intervals:
-        ordered = np.sort(rows, axis=1)
-        p10, p50, p90 = (_sorted_quantile(ordered, q) for q in (0.1, 0.5, 0.9))
-        scores = rows.mean(axis=1) if risk == "mean" else (p90 if risk == "p90" else p50)
-    else:
-        scores = (
-            rows.mean(axis=1) if risk == "mean" else _partition_quantile(rows, 0.9 if risk == "p90" else 0.5)
-        )
-        p10 = p50 = p90 = scores
+    if not intervals:
+        return _assess_rows_lean(rows, risk, threshold)
+    ordered = np.sort(rows, axis=1)
+    p10, p50, p90 = (_sorted_quantile(ordered, q) for q in (0.1, 0.5, 0.9))
+    scores = rows.mean(axis=1) if risk == "mean" else (p90 if risk == "p90" else p50)
     order = np.argsort(scores, kind="stable").astype(np.int64)
     leader = int(order[0])
     beats = _beats_rows(rows, leader)
@@ -301,6 +297,46 @@ def assess_samples(
         order=order,
         leader=leader,
         tied=bool(others.size and others.max() >= threshold),
+    )
+
+
+def assess_rows(rows: FloatArray, risk: str = "p50", threshold: float = TIE_THRESHOLD) -> Uncertainty:
+    """`assess_samples(samples, risk, intervals=False)` on the options' draws as (K, draws) rows."""
+    if risk not in RISKS:
+        raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
+    return _assess_rows_lean(np.ascontiguousarray(rows), risk, threshold)
+
+
+def _assess_rows_lean(rows: FloatArray, risk: str, threshold: float) -> Uncertainty:
+    """`assess_samples(intervals=False)` in as few array passes as the answer's step can afford.
+
+    Why: an answer has a handful of options (K <= P_BEST_CAP), so NumPy's per-call cost, not the
+    1,000 draws, dominates; the per-option arithmetic is done on Python floats from the counts.
+    Bit-identical to the array formulas: a mean of booleans is its count divided by the draws,
+    which is what Python's float division gives too (`test_uncertainty` pins both forms).
+    """
+    n = rows.shape[1]
+    scores = rows.mean(axis=1) if risk == "mean" else _partition_quantile(rows, 0.9 if risk == "p90" else 0.5)
+    order = np.argsort(scores, kind="stable").astype(np.int64)
+    leader = int(order[0])
+    lead = rows[leader]
+    below = (rows < lead).sum(axis=1).tolist()
+    at_most = (rows <= lead).sum(axis=1).tolist()
+    beats = [lt / n + 0.5 * ((le - lt) / n) for lt, le in zip(below, at_most, strict=True)]
+    is_min = rows <= rows.min(axis=0)
+    minima = is_min.sum(axis=1).tolist()
+    # One minimum per draw (no ties, the usual case): a plain share; otherwise ties split evenly.
+    p_best = np.array([count / n for count in minima]) if sum(minima) == n else _p_best_rows(rows)
+    others = [b for i, b in enumerate(beats) if i != leader]
+    return Uncertainty(
+        p10=scores,
+        p50=scores,
+        p90=scores,
+        p_best=p_best,
+        beats_leader=np.array(beats),
+        order=order,
+        leader=leader,
+        tied=bool(others) and max(others) >= threshold,
     )
 
 

@@ -236,3 +236,42 @@ def test_hours_without_an_error_model_do_not_leak_into_other_windows() -> None:
     assert 200.0 < float(np.median(later)) < 400.0
     with pytest.raises(ValueError, match="inside"):
         unc.window_samples([sums], options([0], [HOURS - 2], [3]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 60),
+    st.sampled_from(["p50", "p90", "mean"]),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_lean_assessment_equals_the_array_formulas_exactly(
+    options_count: int, draws: int, risk: str, seed: int, coarse: bool
+) -> None:
+    """The answer step's lean path gives bit-identical p_best, beats_leader, order and tie flag.
+
+    Coarse draws (a few integer levels) make ties within a draw common, so the tie branches of
+    p_best and beats_leader are exercised as well as the usual tie-free case.
+    """
+    rng = np.random.default_rng(seed)
+    samples = (
+        rng.integers(0, 3, (draws, options_count)).astype(float)
+        if coarse
+        else rng.random((draws, options_count))
+    )
+    lean = unc.assess_samples(samples, risk, intervals=False)
+    rows = np.ascontiguousarray(samples.T)
+    is_min = rows <= rows.min(axis=0)
+    want_p_best = (is_min / is_min.sum(axis=0)).mean(axis=1)
+    lead = rows[lean.leader]
+    want_beats = (rows < lead).mean(axis=1) + 0.5 * (rows == lead).mean(axis=1)
+    assert np.array_equal(lean.beats_leader, want_beats)
+    if int(is_min.sum(axis=0).max()) == 1:
+        assert np.array_equal(lean.p_best, is_min.mean(axis=1))
+    else:
+        assert np.array_equal(lean.p_best, want_p_best)
+    full = unc.assess_samples(samples, risk)
+    np.testing.assert_array_equal(lean.order, full.order)  # partition and sort: the same quantile
+    others = np.delete(want_beats, lean.leader)
+    assert lean.tied == bool(others.size and others.max() >= unc.TIE_THRESHOLD)
