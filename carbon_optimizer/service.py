@@ -35,7 +35,7 @@ from carbon_optimizer.domain.models import (
     Workload,
     format_utc,
 )
-from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings, with_margin
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, margin, savings, with_margin
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
@@ -536,8 +536,12 @@ class OptimizerService:
         if not scoring.ranked:
             raise NothingFeasible("no candidate satisfies the objective's constraints")
 
+        # Margins to the engine's best filled in as the options are made; `with_margin` below
+        # replaces only those of an answer the uncertainty step re-ranked (risk p90/mean).
+        first = scoring.ranked[0]
+        best_g = placed[first.location_index].energy_kwh * first.avg_intensity_g_per_kwh
         options = tuple(
-            self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
+            self._option(rank + 1, placed[c.location_index], c, by_zone, workload, best_g)
             for rank, c in enumerate(scoring.ranked)
         )
         uncertainty = None
@@ -604,9 +608,11 @@ class OptimizerService:
         cand: RankedCandidate,
         by_zone: dict[str, CarbonSeries],
         workload: Workload,
+        best_emissions_g: float | None = None,
     ) -> Option:
         series = by_zone[item.location.zone]
         return _option(
+            best_emissions_g=best_emissions_g,
             rank=rank,
             item=item,
             start=cand.start,
@@ -839,7 +845,9 @@ def _option(
     carbon_sources: Sequence[str],
     duration_hours: float,
     fitted_on: str | None = None,
+    best_emissions_g: float | None = None,
 ) -> Option:
+    delta, pct = (None, None) if best_emissions_g is None else margin(item.energy_kwh * avg, best_emissions_g)
     return Option(
         rank=rank,
         location=item.location,
@@ -855,6 +863,8 @@ def _option(
         carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
         carbon_data=data_quality.weakest(carbon_sources, fitted_on),
+        delta_to_best_g=delta,
+        delta_to_best_pct=pct,
     )
 
 
