@@ -117,6 +117,18 @@ class _Placed:
     energy_kwh: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """`_place`'s memoised part: every location's offer, price and power (no energy), in order."""
+
+    locations: tuple[Location, ...]  # kept: the memo's key holds their ids
+    tables: tuple[OfferTable | None, ...]
+    rows: tuple[tuple[Location, InstanceOffer | None, float | None, str | None, PowerEstimate], ...]
+    infeasible: tuple[tuple[Location, str], ...]
+    warnings: tuple[str, ...]
+    cacheable: bool
+
+
 @dataclass(slots=True)
 class _Context:
     warnings: list[str] = field(default_factory=list)
@@ -161,6 +173,7 @@ class OptimizerService:
         self._grids: OrderedDict[tuple[Any, ...], tuple[tuple[CarbonSeries, ...], IntensityGrid]] = (
             OrderedDict()
         )
+        self._placements: OrderedDict[tuple[Any, ...], _Placement] = OrderedDict()
         # Synchronous in-memory lanes of the providers, when they have them (see providers/base.py).
         self._carbon_now = carbon.series_cached if isinstance(carbon, InMemoryCarbonLookup) else None
         self._prices_now = prices.offers_cached if isinstance(prices, InMemoryPriceLookup) else None
@@ -395,15 +408,66 @@ class OptimizerService:
     async def _place(
         self, locations: Sequence[Location], workload: Workload, uses_cost: bool, ctx: _Context
     ) -> tuple[list[_Placed], list[tuple[Location, str]]]:
+        """Each location's offer, price, power and energy for this workload (or why it cannot host it).
+
+        Everything but the energy depends on the locations, their (immutable) offer tables and
+        the workload's shape, not on its duration, so it is memoised on those (object identities,
+        checked against the entry): a scheduler's next request costs one `_Placed` per location.
+        A location without a price table is never memoised (its reason reads other tables).
+        """
         tables = await self._tables(locations, workload.price_type, ctx)
-        placed: list[_Placed] = []
+        shape = (
+            workload.vcpus,
+            workload.memory_gib,
+            workload.gpu,
+            tuple(sorted(workload.instance_types.items())) if workload.instance_types else (),
+            workload.power_watts,
+            workload.price_type,
+            workload.cpu_architecture,
+            workload.allow_burstable,
+            uses_cost,
+        )
+        key = (tuple(map(id, locations)), tuple(map(id, tables)), shape)
+        hit = self._placements.get(key)
+        if (
+            hit is not None
+            and all(a is b for a, b in zip(hit.locations, locations, strict=True))
+            and all(a is b for a, b in zip(hit.tables, tables, strict=True))
+        ):
+            self._placements.move_to_end(key)
+        else:
+            hit = await self._place_rows(locations, tables, workload, uses_cost)
+            if hit.cacheable:
+                self._placements[key] = hit
+                if len(self._placements) > _GRID_CACHE_SIZE:
+                    self._placements.popitem(last=False)
+        for message in hit.warnings:
+            ctx.warn(message)
+        duration = workload.duration
+        placed = [
+            _Placed(location, offer, price, source, power, energy_kwh(power, duration))
+            for location, offer, price, source, power in hit.rows
+        ]
+        return placed, list(hit.infeasible)
+
+    async def _place_rows(
+        self,
+        locations: Sequence[Location],
+        tables: Sequence[OfferTable | None],
+        workload: Workload,
+        uses_cost: bool,
+    ) -> _Placement:
+        rows: list[tuple[Location, InstanceOffer | None, float | None, str | None, PowerEstimate]] = []
         infeasible: list[tuple[Location, str]] = []
+        ctx = _Context()
+        cacheable = True
         for location, table in zip(locations, tables, strict=True):
             offer: InstanceOffer | None = None
             price = location.price_usd_per_hour
             price_source: str | None = "request" if price is not None else None
             if location.is_cloud:
                 if table is None or len(table) == 0:
+                    cacheable = False
                     missing = await self._missing_price(location, workload.price_type)
                     if uses_cost and price is None:
                         infeasible.append((location, missing))
@@ -425,18 +489,12 @@ class OptimizerService:
                     if price is None:
                         price = offer.price_usd_per_hour
                         price_source = offer.source
-            power = self._power(location.provider, workload, offer)
-            placed.append(
-                _Placed(
-                    location=location,
-                    offer=offer,
-                    price_usd_per_hour=price,
-                    price_source=price_source,
-                    power=power,
-                    energy_kwh=energy_kwh(power, workload.duration),
-                )
+            rows.append(
+                (location, offer, price, price_source, self._power(location.provider, workload, offer))
             )
-        return placed, infeasible
+        return _Placement(
+            tuple(locations), tuple(tables), tuple(rows), tuple(infeasible), tuple(ctx.warnings), cacheable
+        )
 
     async def _missing_price(self, location: Location, price_type: PriceType) -> str:
         """Why a cloud location has no price, as precisely as the data allows.
