@@ -8,8 +8,8 @@ wrapper, so every response header list was copied and re-scanned four times. The
 same things in the same order, calling the modules that own each rule:
 
 outer part (every HTTP response passes `_Exchange.send`):
-  1. request id (echoed when well formed, else minted) in `scope["state"]`, the log context and
-     on every response; `HEAD /healthz|/readyz` answered as the GET without a body;
+  1. request id (echoed when well formed, else 32 random hex characters) in `scope["state"]`,
+     the log context and on every response; `HEAD /healthz|/readyz` answered as the GET without a body;
   2. header-only bounds, before anything costs work: 414 URL, 431 headers, 415 type, 413 by
      Content-Length (api/middleware.py); then the metrics-port split (404);
   3. on the way out: security headers (api/security.py), a relative `Location` on redirects,
@@ -29,8 +29,8 @@ Probes and `/metrics` are exempt from the key and the limit; the docs paths from
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, Final
 
 from carbon_optimizer.api.http_metrics import HttpMetrics
@@ -158,7 +158,8 @@ class EdgeMiddleware:
             return
         start = time.perf_counter()
         headers = scan_headers(scope.get("headers") or [])
-        request_id = valid_request_id(headers.request_id) or uuid.uuid4().hex
+        # Minted: 128 random bits as 32 hex characters (`uuid4().hex`'s shape at a fifth of its cost).
+        request_id = valid_request_id(headers.request_id) or os.urandom(16).hex()
         # A per-request copy of the lifespan state, as uvicorn makes: some servers and test harnesses
         # (asgi-lifespan) hand every request the same dict, and per-request values must not leak.
         state = dict(scope.get("state") or {})

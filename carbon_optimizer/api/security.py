@@ -168,10 +168,11 @@ class ApiKeyGate:
     def __init__(self, store: ApiKeyStore, *, exempt_paths: Iterable[str] = PROBE_PATHS) -> None:
         self.store = store
         self.exempt_paths = frozenset(exempt_paths)
+        self._enabled = store.enabled  # the store's keys are fixed once it is built
 
     def applies(self, path: str) -> bool:
         """True when requests to `path` need a key (keys are configured and the path is not exempt)."""
-        return self.store.enabled and path not in self.exempt_paths
+        return self._enabled and path not in self.exempt_paths
 
     async def refused(self, scope: Scope, send: Send) -> bool:
         """Send the 401 and return True when the request has no valid key; else False (admitted)."""
