@@ -140,7 +140,8 @@ def configure_logging(settings: Settings) -> None:
 
 def _state_value(scope: Scope, key: str) -> str | None:
     state = scope.get("state")
-    if isinstance(state, MutableMapping):
+    # `dict` first: the edge always puts one there, and the ABC check alone costs ~6x more.
+    if isinstance(state, (dict, MutableMapping)):
         value = state.get(key)
         return value if isinstance(value, str) else None
     return None

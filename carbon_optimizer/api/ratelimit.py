@@ -411,7 +411,7 @@ class RateGate:
     async def refused(self, scope: Scope, send: Send) -> bool:
         """Count the request; send the 429 (or the fail-closed 503) and return True when refused."""
         state = scope.get("state")
-        if not isinstance(state, MutableMapping):
+        if not isinstance(state, (dict, MutableMapping)):  # dict first: the cheap check
             state = {}
             scope["state"] = state
         key = self._key(scope)

@@ -132,7 +132,7 @@ class ApiKeyStore:
 
 def _state(scope: Scope) -> MutableMapping[str, object]:
     state = scope.get("state")
-    if not isinstance(state, MutableMapping):
+    if not isinstance(state, (dict, MutableMapping)):  # dict first: the cheap check
         state = {}
         scope["state"] = state
     return state
