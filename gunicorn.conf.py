@@ -16,7 +16,7 @@ Why these choices:
   worker's files are folded into one archive per type and deleted
   (`metrics_files.retire_worker_metrics`), so recycling does not fill the directory. Point it at a
   tmpfs/emptyDir: the root FS may be read-only.
-- The access log is the app's (`AccessLogMiddleware`: JSON with request id and client id), so
+- The access log is the app's (written by its edge, `api/edge.py`: JSON with request id and client id), so
   gunicorn's access log stays off; gunicorn's and the workers' own logs are JSON too.
 - `forwarded_allow_ips` is empty: the app alone decides whom to believe for `X-Forwarded-For`
   (`CARBON_OPTIMIZER_TRUSTED_PROXIES`), so uvicorn must not rewrite the client address first.

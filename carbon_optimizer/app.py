@@ -25,34 +25,24 @@ from starlette.middleware import Middleware
 
 from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
+from carbon_optimizer.api.edge import EdgeMiddleware, edge_middleware_options
 from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
-from carbon_optimizer.api.middleware import (
-    BodyReadMiddleware,
-    MetricsPortMiddleware,
-    RequestEdgeMiddleware,
-    RouteNameMemoMiddleware,
-)
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
 from carbon_optimizer.api.routes import ledger as ledger_routes
 from carbon_optimizer.api.security import (
     PROBE_PATHS,
-    ApiKeyMiddleware,
     ApiKeyStore,
-    SecurityHeadersMiddleware,
     configure_docs,
-    cors_middleware,
     document_security,
     extend_openapi,
 )
 from carbon_optimizer.api.state import AppState
-from carbon_optimizer.api.upstream_budget import UpstreamBudgetMiddleware
 from carbon_optimizer.domain.models import PriceType
 from carbon_optimizer.forecast_data import load_error_model
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, open_ledger
-from carbon_optimizer.logging_config import AccessLogMiddleware
 from carbon_optimizer.providers.base import CarbonIntensityProvider, PriceProvider
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.carbon.stack import ForecastSource, build_carbon_stack
@@ -332,43 +322,23 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     extend_openapi(app, document_edge_responses)
     extend_openapi(app, use_problem_media_type)
 
-    # The request edge (issues 6 and 11): every middleware in ONE ordered list, outermost first.
-    # Why this order: the access log and request id see every response; header-only bounds
-    # (414/431/415/413-by-length) come before anything costs work; metrics count 401/429 too;
-    # CORS wraps auth so preflights (no credentials) are answered and 401/429 carry CORS
-    # headers; the rate limiter wraps auth so floods of bad keys are throttled; the body is read
-    # only after the key was checked. See docs/edge.md.
+    # The request edge (issues 6, 11 and 12): ONE pure-ASGI layer, `EdgeMiddleware` (api/edge.py),
+    # doing in one `send` wrapper what nine middleware classes did, in the same order: request id
+    # and access log see every response; header-only bounds (414/431/415/413-by-length) come
+    # before anything costs work; metrics count 401/429 too; CORS wraps the checks so preflights
+    # (no credentials) are answered and 401/429 carry CORS headers; the rate limit wraps the key
+    # check so floods of bad keys are throttled; the body is read only after the key was checked.
+    # See docs/edge.md.
     key_store = ApiKeyStore.from_settings(settings)
     rate = RateLimiting.from_settings(settings)
     app.state.api_key_store = key_store
     app.state.limiter = rate.limiter
     app.state.rate_counter = rate.counter
     docs_paths = configure_docs(app, settings)
-    Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
-        app, endpoint="/metrics", include_in_schema=False
-    )
-    added = app.user_middleware.pop(0)  # the one `instrument()` just added
-    # The same middleware and options, its route-name lookup memoised (api/middleware.py).
-    metrics_middleware = Middleware(RouteNameMemoMiddleware, *added.args, **added.kwargs)
-    edge = settings.edge
+    # Only the /metrics endpoint (multiprocess-aware); the HTTP series are the edge's own.
+    Instrumentator().expose(app, endpoint="/metrics", include_in_schema=False)
     app.user_middleware[:] = [
-        Middleware(AccessLogMiddleware, skip_paths=PROBE_PATHS),
-        Middleware(
-            RequestEdgeMiddleware,
-            max_body_bytes=settings.max_body_bytes,
-            max_url_bytes=edge.max_url_bytes,
-            max_header_bytes=edge.max_header_bytes,
-        ),
-        Middleware(MetricsPortMiddleware, metrics_port=edge.metrics_port),
-        metrics_middleware,
-        Middleware(
-            SecurityHeadersMiddleware, hsts=settings.environment == "production", docs_paths=docs_paths
-        ),
-        *cors_middleware(settings),
-        rate.middleware(key_store),
-        Middleware(ApiKeyMiddleware, store=key_store, exempt_paths=PROBE_PATHS | docs_paths),
-        Middleware(UpstreamBudgetMiddleware, settings=settings),  # needs the client id: inside the key check
-        Middleware(BodyReadMiddleware, max_body_bytes=settings.max_body_bytes, timeout_s=edge.body_timeout_s),
+        Middleware(EdgeMiddleware, **edge_middleware_options(settings, key_store, rate, docs_paths))
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)
     rate.document(app)

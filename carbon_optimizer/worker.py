@@ -8,7 +8,7 @@ it happens before there is an ASGI request to hand to the app (issue 11, items 7
 - a header deadline: the request line and headers must arrive within `edge.header_timeout_s` of
   the connection (or of the first byte of the next keep-alive request), else 408 and close —
   slow-loris clients no longer hold a connection slot forever (the body deadline is the app's
-  `BodyReadMiddleware`);
+  edge, `api/edge.py`);
 - URL and header-block size bounds while parsing: 414 / 431 before anything is buffered further;
 - a per-worker bound on open connections + running requests (`edge.max_connections`, uvicorn's
   `limit_concurrency`), answered with a problem+json 503 instead of uvicorn's plain text;

@@ -21,9 +21,8 @@ Why it looks like this:
   (1 s … 32 s), as slowapi's `in_memory_fallback_enabled` does; each Redis round trip is bounded
   by `CARBON_OPTIMIZER_EDGE__RATE_LIMIT_REDIS_TIMEOUT_S`, so a hung Redis costs at most one short
   deadline and never queues requests. Probes (`/healthz`, `/readyz`, `/metrics`) are never limited.
-- Pure-ASGI middleware instead of slowapi's `BaseHTTPMiddleware` variant (hot path; see
-  docs/architecture.md); it calls the limiter's request check the way slowapi's own ASGI
-  middleware does.
+- No middleware of its own (slowapi's is a `BaseHTTPMiddleware`): the one edge layer
+  (api/edge.py) calls `RateGate.refused` between its CORS handling and the API-key check.
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ from prometheus_client import Counter, Gauge
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from slowapi import Limiter
-from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from carbon_optimizer.api.security import (
     PROBE_PATHS,
@@ -369,16 +367,16 @@ class AsyncCounter:
             return int(item.get_expiry())
 
 
-class RateLimitMiddleware:
-    """Pure-ASGI check: 429 problem+json with `Retry-After` when a client is over its limit.
+class RateGate:
+    """The per-client check the edge runs: 429 problem+json with `Retry-After` over the limit.
 
-    It also closes the counter's Redis pool when the ASGI lifespan shuts down (the lifespan
-    messages pass through every middleware), so it needs no hook in the app's own lifespan.
+    The edge calls `refused` outside the API-key check (floods of bad keys are throttled too) and
+    passes the ASGI lifespan's `send` through `closing_send`, which closes the counter's Redis pool
+    at shutdown, so the limiter needs no hook in the app's own lifespan.
     """
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         counter: AsyncCounter,
         enabled: bool,
@@ -387,7 +385,6 @@ class RateLimitMiddleware:
         key_store: ApiKeyStore | None = None,
         exempt_paths: Iterable[str] = PROBE_PATHS,
     ) -> None:
-        self.app = app
         self.counter = counter
         self.enabled = enabled
         self.trusted = trusted_proxies
@@ -403,21 +400,18 @@ class RateLimitMiddleware:
                 return "key:" + client_id
         return "ip:" + client_ip(scope, self.trusted, self.trusted_hops)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._closing_send(send))
-            return
-        if (
-            scope["type"] != "http"
-            or not self.enabled
-            or scope["path"] in self.exempt_paths
-            or scope["method"] == "OPTIONS"  # CORS preflights are answered outside; never count them
-        ):
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        """True when this request is counted: limiting on, not a probe, not a CORS preflight."""
+        return (
+            self.enabled
+            and scope["path"] not in self.exempt_paths
+            and scope["method"] != "OPTIONS"  # CORS preflights are answered outside; never count them
+        )
+
+    async def refused(self, scope: Scope, send: Send) -> bool:
+        """Count the request; send the 429 (or the fail-closed 503) and return True when refused."""
         state = scope.get("state")
-        if not isinstance(state, MutableMapping):
+        if not isinstance(state, (dict, MutableMapping)):  # dict first: the cheap check
             state = {}
             scope["state"] = state
         key = self._key(scope)
@@ -433,16 +427,18 @@ class RateLimitMiddleware:
                 "The rate limiter's shared store is unreachable and this service fails closed.",
                 [(b"retry-after", b"5")],
             )
-            return
+            return True
         self._report_fallback()
         if exceeded is not None:
             RATE_LIMITED.inc()
             item, retry_after = exceeded
             await self._too_many(item, retry_after, send)
-            return
-        await self.app(scope, receive, send)
+            return True
+        return False
 
-    def _closing_send(self, send: Send) -> Send:
+    def closing_send(self, send: Send) -> Send:
+        """The lifespan's `send`, closing the counter's Redis pool once shutdown completes."""
+
         async def closing_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.counter.aclose()
@@ -488,7 +484,7 @@ def _document_429(schema: dict[str, Any], limit: str) -> None:
 
 @dataclass(frozen=True)
 class RateLimiting:
-    """The limiter's parts, built once per app by the factory; `middleware()` is its list entry."""
+    """The limiter's parts, built once per app by the factory; `gate()` is what the edge runs."""
 
     settings: Settings
     limiter: Limiter
@@ -500,10 +496,9 @@ class RateLimiting:
         parse_many(settings.rate_limit)
         return cls(settings=settings, limiter=build_limiter(settings), counter=AsyncCounter(settings))
 
-    def middleware(self, key_store: ApiKeyStore) -> Middleware:
-        """The `RateLimitMiddleware` entry for the app's middleware list (it goes outside auth)."""
-        return Middleware(
-            RateLimitMiddleware,
+    def gate(self, key_store: ApiKeyStore) -> RateGate:
+        """The `RateGate` the edge runs (outside the API-key check)."""
+        return RateGate(
             counter=self.counter,
             enabled=self.settings.rate_limit_enabled,
             trusted_proxies=TrustedProxies(self.settings.trusted_proxies),

@@ -1,4 +1,4 @@
-"""API-key authentication, security headers, CORS and the docs switch, as pure-ASGI middleware.
+"""API-key authentication, security headers, CORS and the docs switch, called by the edge (api/edge.py).
 
 Why it looks like this:
 - Keys come from `CARBON_OPTIMIZER_API_KEYS` and are kept only as SHA-256 digests in memory; a
@@ -12,8 +12,8 @@ Why it looks like this:
   no data; production turns them off with `CARBON_OPTIMIZER_DOCS_ENABLED=false`.
 - Logs and rate limits need to tell callers apart without the key: `client_id` is a short,
   domain-separated SHA-256 prefix of the key, stable across workers, replicas and restarts.
-- Pure ASGI rather than `BaseHTTPMiddleware`: no per-request task and body re-wrapping on the
-  hot path (see docs/architecture.md).
+- No middleware of its own: `EdgeMiddleware` (api/edge.py) runs these checks inside its one
+  pure-ASGI layer (issue 12: one `send` wrapper for the whole edge, see docs/edge.md).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from typing import Any, Final
 from fastapi import FastAPI
 from prometheus_client import Counter
 from starlette.datastructures import Headers
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope, Send
 
 from carbon_optimizer.api.docs import docs_paths
 from carbon_optimizer.logging_config import CLIENT_ID_STATE_KEY
@@ -133,7 +132,7 @@ class ApiKeyStore:
 
 def _state(scope: Scope) -> MutableMapping[str, object]:
     state = scope.get("state")
-    if not isinstance(state, MutableMapping):
+    if not isinstance(state, (dict, MutableMapping)):  # dict first: the cheap check
         state = {}
         scope["state"] = state
     return state
@@ -159,25 +158,27 @@ async def send_problem(
     await send({"type": "http.response.body", "body": body})
 
 
-class ApiKeyMiddleware:
-    """Reject requests without a valid API key (401), except exempt paths and CORS preflights."""
+class ApiKeyGate:
+    """The API-key check the edge runs: 401 problem+json without a valid key, except exempt paths.
 
-    def __init__(
-        self, app: ASGIApp, *, store: ApiKeyStore, exempt_paths: Iterable[str] = PROBE_PATHS
-    ) -> None:
-        self.app = app
+    CORS preflights never get here when origins are configured: the CORS layer (inside the edge,
+    outside this check) answers them, because a preflight carries no credentials.
+    """
+
+    def __init__(self, store: ApiKeyStore, *, exempt_paths: Iterable[str] = PROBE_PATHS) -> None:
         self.store = store
         self.exempt_paths = frozenset(exempt_paths)
+        self._enabled = store.enabled  # the store's keys are fixed once it is built
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
-        if scope["type"] != "http" or not self.store.enabled or scope["path"] in self.exempt_paths:
-            await self.app(scope, receive, send)
-            return
+    def applies(self, path: str) -> bool:
+        """True when requests to `path` need a key (keys are configured and the path is not exempt)."""
+        return self._enabled and path not in self.exempt_paths
+
+    async def refused(self, scope: Scope, send: Send) -> bool:
+        """Send the 401 and return True when the request has no valid key; else False (admitted)."""
         client_id, presented = self.store.resolve(scope)
         if client_id is not None:
-            await self.app(scope, receive, send)
-            return
+            return False
         AUTH_FAILURES.labels(reason="invalid" if presented else "missing").inc()
         if presented:
             challenge = b'Bearer realm="carbon-optimizer", error="invalid_token"'
@@ -191,6 +192,7 @@ class ApiKeyMiddleware:
             # unauthenticated client's half-sent body on the connection.
             headers.append((b"connection", b"close"))
         await send_problem(send, 401, "Unauthorized", detail, headers)
+        return True
 
 
 # Headers for JSON API responses. The docs pages load their scripts and styles from this origin
@@ -203,11 +205,10 @@ _DOCS_CSP: Final = (
 )
 
 
-class SecurityHeadersMiddleware:
-    """Add conservative security headers to every HTTP response that lacks them."""
+class SecurityHeaders:
+    """Conservative security headers for every HTTP response that lacks them (added by the edge)."""
 
-    def __init__(self, app: ASGIApp, *, hsts: bool, docs_paths: Iterable[str] = ()) -> None:
-        self.app = app
+    def __init__(self, *, hsts: bool, docs_paths: Iterable[str] = ()) -> None:
         self.docs_paths = frozenset(p for p in docs_paths if p)
         base: list[tuple[str, str]] = [
             ("x-content-type-options", "nosniff"),
@@ -222,25 +223,15 @@ class SecurityHeadersMiddleware:
         self.base = base
         self.raw_base = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in base]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        csp = _DOCS_CSP if scope["path"] in self.docs_paths else _API_CSP
+    def csp_for(self, path: str) -> bytes:
+        """The Content-Security-Policy for a response to `path` (the docs pages need their own)."""
+        return _DOCS_CSP if path in self.docs_paths else _API_CSP
 
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                # Raw header tuples, not MutableHeaders: this runs on every response of the hot path.
-                raw = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in raw}
-                raw.extend(item for item in self.raw_base if item[0] not in present)
-                if b"content-security-policy" not in present:
-                    raw.append((b"content-security-policy", csp))
-                message["headers"] = raw
-            await send(message)
-
-        await self.app(scope, receive, send_wrapper)
+    def add(self, raw: list[tuple[bytes, bytes]], present: set[bytes], csp: bytes) -> None:
+        """Append to `raw` (raw header tuples) each header whose lower-cased name is not `present`."""
+        raw.extend(item for item in self.raw_base if item[0] not in present)
+        if b"content-security-policy" not in present:
+            raw.append((b"content-security-policy", csp))
 
 
 _PROBLEM_SCHEMA: Final[dict[str, Any]] = {
@@ -341,21 +332,23 @@ def configure_docs(app: FastAPI, settings: Settings) -> frozenset[str]:
     return frozenset(_docs_paths(app))
 
 
-def cors_middleware(settings: Settings) -> list[Middleware]:
-    """The CORS layer for the configured allow-list, or nothing when the list is empty."""
+def cors_layer(settings: Settings, app: ASGIApp) -> ASGIApp | None:
+    """The CORS layer for the configured allow-list around `app`, or None when the list is empty.
+
+    The edge calls it between its outer part (ids, logs, metrics, headers) and its checks (rate
+    limit, key): preflights (no credentials) are answered here, and 401/429 carry CORS headers.
+    """
     if not settings.cors_origins:
-        return []
-    return [
-        Middleware(
-            ProblemCORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
-            allow_credentials=False,  # keys travel in headers, never cookies
-            max_age=600,
-        )
-    ]
+        return None
+    return ProblemCORSMiddleware(
+        app,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+        allow_credentials=False,  # keys travel in headers, never cookies
+        max_age=600,
+    )
 
 
 class ProblemCORSMiddleware(CORSMiddleware):

@@ -1,32 +1,27 @@
-"""Pure-ASGI middleware giving each API request its upstream call budget (see providers/budget.py).
+"""Each API request's upstream call budget (see providers/budget.py), built by the edge.
 
-It sits inside the API-key check, so the client id (the hash of the caller's key, `anonymous`
-when the API is open) is known; the per-client minute budget counts in the worker's shared store
-(Redis when configured) found in the lifespan state. Only `/v1/` requests get a budget: probes
-and `/metrics` never call upstream.
+The edge (api/edge.py) asks for it inside the API-key check, so the client id (the hash of the
+caller's key, `anonymous` when the API is open) is known; the per-client minute budget counts in
+the worker's shared store (Redis when configured) found in the lifespan state. Only `/v1/`
+requests get a budget: probes and `/metrics` never call upstream. The edge runs the request
+inside `providers.budget.request_budget(...)`, so tasks it starts inherit the budget.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from carbon_optimizer.logging_config import client_id_from_scope
-from carbon_optimizer.providers.budget import (
-    ANONYMOUS_CLIENT,
-    ClientMinuteBudget,
-    RequestBudget,
-    request_budget,
-)
+from carbon_optimizer.providers.budget import ANONYMOUS_CLIENT, ClientMinuteBudget, RequestBudget
 from carbon_optimizer.settings import Settings
 
 
-class UpstreamBudgetMiddleware:
-    """Sets a fresh `RequestBudget` for every `/v1/` request (the per-client budget is per worker)."""
+class UpstreamBudgets:
+    """A fresh `RequestBudget` for every `/v1/` request (the per-client budget is per worker)."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings.upstream_budget
         self._key_prefix = settings.redis.key_prefix
         self._per_client: ClientMinuteBudget | None = None
@@ -41,16 +36,13 @@ class UpstreamBudgetMiddleware:
             )
         return self._per_client
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request inside its own budget (tasks it starts inherit it through the context)."""
-        if scope["type"] != "http" or not self._settings.enabled or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        budget = RequestBudget(
+    def for_request(self, scope: Scope) -> RequestBudget | None:
+        """The budget to run this request in, or None (budgets off, or not an API path)."""
+        if not self._settings.enabled or not scope["path"].startswith("/v1/"):
+            return None
+        return RequestBudget(
             client=client_id_from_scope(scope) or ANONYMOUS_CLIENT,
             max_calls=self._settings.max_calls_per_request,
             max_retries=self._settings.max_retries_per_request,
             per_client=self._client_budget(scope),
         )
-        with request_budget(budget):
-            await self.app(scope, receive, send)

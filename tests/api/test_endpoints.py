@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
-from starlette.requests import Request
 
-from carbon_optimizer.api.middleware import RouteNameMemoMiddleware
+from carbon_optimizer.api.http_metrics import HttpMetrics
 from carbon_optimizer.app import AppOverrides, create_app
 from carbon_optimizer.settings import ElectricityMapsSettings, Settings
 from tests.api.conftest import ClientFactory
@@ -155,22 +153,24 @@ async def test_prices_truncated_flag_at_the_limit_boundary(client: httpx.AsyncCl
 
 
 def test_the_memoised_route_lookup_names_each_path_by_its_own_template() -> None:
-    """The instrumentator's route lookup, memoised: templated names per path; misses not kept."""
+    """The metrics' route lookup, memoised: templated names per path; misses not kept."""
     app = create_app(Settings(_env_file=None))
-    middleware = RouteNameMemoMiddleware(app, registry=CollectorRegistry())
+    metrics = HttpMetrics()
 
     def handler(method: str, path: str) -> tuple[str, bool]:
         scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app, "headers": []}
-        return middleware._get_handler(Request(scope))
+        return metrics.handler(scope)
 
     for _ in range(2):  # the second round answers from the memo: the same names
-        assert handler("GET", "/v1/placements/a1") == ("/v1/placements/{placement_id}", True)
-        assert handler("GET", "/v1/placements/b2") == ("/v1/placements/{placement_id}", True)
-        assert handler("POST", "/v1/optimize") == ("/v1/optimize", True)
-        assert handler("GET", "/v1/regions") == ("/v1/regions", True)
-        assert handler("GET", "/v1/no-such-route") == ("/v1/no-such-route", False)
-    assert ("GET", "/v1/no-such-route", "") not in middleware._handlers  # a scan cannot grow it
-    assert len(middleware._handlers) == 4
+        assert handler("GET", "/v1/placements/a1") == ("/v1/placements/{placement_id}", False)
+        assert handler("GET", "/v1/placements/b2") == ("/v1/placements/{placement_id}", False)
+        assert handler("POST", "/v1/optimize") == ("/v1/optimize", False)
+        assert handler("GET", "/v1/regions") == ("/v1/regions", False)
+        assert handler("GET", "/v1/no-such-route") == ("none", False)
+        assert handler("GET", "/healthz") == ("/healthz", True)  # probes are not measured
+        assert handler("GET", "/x/metrics") == ("none", True)  # the instrumentator's `search` rule
+    assert ("GET", "/v1/no-such-route", "") not in metrics._routes  # a scan cannot grow it
+    assert len(metrics._routes) == 5
 
 
 async def test_the_start_up_heap_is_frozen_while_the_app_runs_and_released_after() -> None:

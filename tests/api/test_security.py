@@ -18,23 +18,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from starlette.middleware import Middleware
 
-from carbon_optimizer.api.middleware import BodyReadMiddleware, RequestEdgeMiddleware
-from carbon_optimizer.api.ratelimit import RateLimitMiddleware
-from carbon_optimizer.api.security import (
-    ApiKeyMiddleware,
-    ApiKeyStore,
-    SecurityHeadersMiddleware,
-    client_id_for,
-)
+from carbon_optimizer.api.edge import EdgeMiddleware
+from carbon_optimizer.api.security import ApiKeyStore, client_id_for
 from carbon_optimizer.app import create_app
-from carbon_optimizer.logging_config import (
-    ACCESS_LOGGER_NAME,
-    AccessLogMiddleware,
-    JsonFormatter,
-    settings_secrets,
-)
+from carbon_optimizer.logging_config import ACCESS_LOGGER_NAME, JsonFormatter, settings_secrets
 from carbon_optimizer.settings import Settings
 from tests.api._edge import tiny_edge
 
@@ -67,7 +55,7 @@ def tiny_app(settings: Settings) -> FastAPI:
     async def metrics() -> dict[str, str]:
         return {"metrics": "here"}
 
-    return tiny_edge(app, settings, outer=[Middleware(AccessLogMiddleware)])
+    return tiny_edge(app, settings)
 
 
 @asynccontextmanager
@@ -234,14 +222,11 @@ async def test_no_cors_headers_without_allowlist(keyed_settings: Settings) -> No
     assert "access-control-allow-origin" not in response.headers
 
 
-def test_create_app_lists_the_edge_in_one_order(keyed_settings: Settings) -> None:
+def test_create_app_installs_the_whole_edge_as_one_layer(keyed_settings: Settings) -> None:
+    """Issue 12: one pure-ASGI edge layer; the order of its checks is pinned in test_edge.py."""
     app = create_app(keyed_settings)
-    order: list[object] = [m.cls for m in app.user_middleware]  # outermost first
-    assert order[0] is AccessLogMiddleware
-    assert order.index(RequestEdgeMiddleware) < order.index(SecurityHeadersMiddleware)
-    assert order.index(SecurityHeadersMiddleware) < order.index(RateLimitMiddleware)
-    assert order.index(RateLimitMiddleware) + 1 == order.index(ApiKeyMiddleware)
-    assert order[-1] is BodyReadMiddleware  # the body is read only after the key was checked
+    layers: list[object] = [m.cls for m in app.user_middleware]
+    assert layers == [EdgeMiddleware]
 
 
 @pytest.fixture
