@@ -161,13 +161,15 @@ class OptimizerService:
         self.clock = clock
         # Offer tables are immutable and few; requests repeat: memoise selection per (table, needs).
         self._powers: dict[tuple[Any, ...], PowerEstimate] = {}
-        self._selections: OrderedDict[tuple[Any, ...], tuple[OfferTable, InstanceOffer | Infeasible]] = (
-            OrderedDict()
-        )
+        self._selections: OrderedDict[
+            tuple[Any, ...], dict[int, tuple[OfferTable, InstanceOffer | Infeasible]]
+        ] = OrderedDict()
         self._grids: OrderedDict[tuple[Any, ...], tuple[tuple[CarbonSeries, ...], IntensityGrid]] = (
             OrderedDict()
         )
-        self._workload_key: tuple[Workload, tuple[Any, ...]] | None = None
+        self._workload_key: (
+            tuple[Workload, dict[int, tuple[OfferTable, InstanceOffer | Infeasible]]] | None
+        ) = None
         # Resolution is pure given the catalog (immutable once loaded): memoised per requested
         # location and per request's location list; errors are raised, never kept.
         self._resolved: dict[tuple[str | None, str | None, str | None, float | None], Location] = {}
@@ -182,11 +184,15 @@ class OptimizerService:
         self._prices_many = prices.offers_many if isinstance(prices, InMemoryPriceBatch) else None
 
     def _select(self, table: OfferTable, workload: Workload) -> InstanceOffer | Infeasible:
-        # The workload's part of the key is built once per workload object (a request selects for
-        # 20–150 tables with the same one; sorting its pinned types each time cost more than the hit).
+        """`select_instance`, memoised per workload shape and (immutable) table.
+
+        Two levels: the workload's shape is looked up once per workload object (a request selects
+        for 20–150 tables with the same one, and hashing the shape per table cost more than the
+        hit), then each table by identity, checked against the table kept in the entry.
+        """
         last = self._workload_key
         if last is not None and last[0] is workload:
-            shape = last[1]
+            chosen_in = last[1]
         else:
             shape = (
                 workload.vcpus,
@@ -196,15 +202,20 @@ class OptimizerService:
                 workload.cpu_architecture,
                 workload.allow_burstable,
             )
-            self._workload_key = (workload, shape)
-        key = (id(table), shape)
-        hit = self._selections.get(key)
+            found = self._selections.get(shape)
+            if found is None:
+                found = self._selections[shape] = {}
+                if len(self._selections) > _GRID_CACHE_SIZE:
+                    self._selections.popitem(last=False)
+            chosen_in = found
+            self._workload_key = (workload, chosen_in)
+        hit = chosen_in.get(id(table))
         if hit is not None and hit[0] is table:
             return hit[1]
         chosen = select_instance(table, workload)
-        self._selections[key] = (table, chosen)
-        if len(self._selections) > _SELECTION_CACHE_SIZE:
-            self._selections.popitem(last=False)
+        if len(chosen_in) >= _SELECTION_CACHE_SIZE:
+            chosen_in.pop(next(iter(chosen_in)))
+        chosen_in[id(table)] = (table, chosen)
         return chosen
 
     def _grid(self, series: list[CarbonSeries], start: datetime, end: datetime) -> IntensityGrid:
