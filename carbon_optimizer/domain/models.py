@@ -19,6 +19,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 CLOUD_PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "lambda")
+_Spans = tuple[tuple[tuple[datetime, datetime, str], ...], tuple[str, ...]]
 
 
 class ObjectiveMode(StrEnum):
@@ -142,6 +143,8 @@ class CarbonSeries:
     values: FloatArray
     runs: tuple[SourceRun, ...]
     emission_factor_type: str = "lifecycle"
+    # (run start, run end, label) per run and every distinct label: `sources_between`'s lookup
+    _spans: _Spans | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None:
@@ -159,14 +162,35 @@ class CarbonSeries:
         return int((when - self.start) // self.step)
 
     def sources_between(self, start: datetime, end: datetime) -> tuple[str, ...]:
-        """Distinct source labels of the points overlapping [start, end), in series order."""
-        first = self.index_of(start)
-        last_exclusive = -((self.start - end) // self.step)  # ceil division
+        """Distinct source labels of the points overlapping [start, end), in series order.
+
+        Answered from the runs' time spans, computed once per series (`_source_spans`): a point
+        range [floor, ceil) overlaps a run exactly when the run's span overlaps [start, end), so
+        no index arithmetic is needed per call, and a window overlapping the first and the last
+        run overlaps them all (the labels are then precomputed too).
+        """
+        spans = self._spans
+        if spans is None:
+            spans = self._source_spans()
+        edges, every = spans
+        if not edges:
+            return ()
+        if edges[0][1] > start and edges[-1][0] < end:
+            return every
         labels: list[str] = []
-        for run in self.runs:
-            if run.start_index < last_exclusive and run.end_index > first and run.label not in labels:
-                labels.append(run.label)
+        for run_start, run_end, label in edges:
+            if run_start < end and run_end > start and label not in labels:
+                labels.append(label)
         return tuple(labels)
+
+    def _source_spans(self) -> _Spans:
+        edges = tuple(
+            (self.start + self.step * run.start_index, self.start + self.step * run.end_index, run.label)
+            for run in self.runs
+        )
+        spans = (edges, tuple(dict.fromkeys(label for _, _, label in edges)))
+        object.__setattr__(self, "_spans", spans)
+        return spans
 
 
 @dataclass(frozen=True, slots=True)

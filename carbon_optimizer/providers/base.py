@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +59,32 @@ class InMemoryCarbonLookup(Protocol):
         self, zone: str, start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
     ) -> SeriesResult | None:
         """The very answer `series` would give, if it is in memory now; else None."""
+        ...
+
+
+@runtime_checkable
+class InMemoryCarbonBatch(Protocol):
+    """Optional batch form of `series_cached`: every zone of a request in one synchronous pass.
+
+    Why: even as memo hits, 20–150 zones asked one by one each walk the provider's layers; a
+    provider that can tell a whole request's answers are unchanged answers them at once.
+    """
+
+    def series_many(
+        self, zones: Sequence[str], start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> list[SeriesResult | None]:
+        """Per zone, in order: the very answer `series` would give if in memory now, else None."""
+        ...
+
+
+@runtime_checkable
+class InMemoryPriceBatch(Protocol):
+    """Optional batch form of `offers_cached` for a request's (provider, region) pairs."""
+
+    def offers_many(
+        self, places: Sequence[tuple[str, str]], price_type: PriceType
+    ) -> list[tuple[OfferTable | None] | None]:
+        """Per pair, in order: `(table,)` on an in-memory hit, else None."""
         ...
 
 

@@ -134,11 +134,16 @@ class TierPolicy:
 
 
 class LocalTier(Generic[K, V]):
-    """Small LRU of decoded values, each remembering when it entered the tier."""
+    """Small LRU of decoded values, each remembering when it entered the tier.
+
+    `generation` counts every change of what the tier holds (put, pop, eviction): a `Lease` taken
+    at one generation knows that every key still maps to the object it saw while it is unchanged.
+    """
 
     def __init__(self, max_entries: int) -> None:
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._max_entries = max_entries
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -152,6 +157,7 @@ class LocalTier(Generic[K, V]):
 
     def put(self, key: K, value: V, now: float) -> None:
         """Insert, evicting the least recently used entry when full."""
+        self.generation += 1
         self._data[key] = (now, value)
         self._data.move_to_end(key)
         while len(self._data) > self._max_entries:
@@ -159,11 +165,74 @@ class LocalTier(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         """Forget `key`."""
-        self._data.pop(key, None)
+        if self._data.pop(key, None) is not None:
+            self.generation += 1
 
     def keys(self) -> list[K]:
         """Every key (oldest first)."""
         return list(self._data)
+
+
+class Generational(Protocol):
+    """Anything whose peeked answers can change only when its `generation` changes (or by time)."""
+
+    @property
+    def generation(self) -> int:
+        """A counter bumped on every change that could change a peeked answer."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """How long what a `peek` answered stays its answer, checkable without asking again.
+
+    Why: the fresh-answer path asks 20–150 zones per request, each through a few layers whose
+    answer is an in-process memo hit; a caller that memoises the whole request's lookups keeps one
+    lease per tier instead and walks no layer while it holds. A lease holds while `clock()` is
+    before `until` (the earliest local expiry it covers: freshness and the local tier's TTL) and
+    every holder's `generation` is the one seen (no entry put, replaced, evicted or dropped since).
+    `peeks` counts the peeks it stands for, so a caller can count them as local hits.
+    """
+
+    name: str  # the tier's metric name
+    clock: Callable[[], float]
+    until: float
+    holders: tuple[tuple[Generational, int], ...]
+    peeks: int = 1
+
+    def holds(self) -> bool:
+        """Whether every peek it covers would still answer the same object now."""
+        if not self.clock() < self.until:
+            return False
+        return all(holder.generation == seen for holder, seen in self.holders)
+
+    def held_by(self, holder: Generational) -> Lease:
+        """The same lease, also bounded by `holder`'s generation (a layer above the tier with state)."""
+        holders = (*self.holders, (holder, holder.generation))
+        return Lease(self.name, self.clock, self.until, holders, self.peeks)
+
+    def joined(self, other: Lease) -> Lease | None:
+        """One lease for both when they share a tier (name and clock); None otherwise."""
+        if other.clock is not self.clock or other.name != self.name:
+            return None
+        holders = dict.fromkeys(self.holders)
+        holders.update(dict.fromkeys(other.holders))
+        until = min(self.until, other.until)
+        return Lease(self.name, self.clock, until, tuple(holders), self.peeks + other.peeks)
+
+
+def join_leases(leases: list[Lease]) -> tuple[Lease, ...]:
+    """The leases merged per tier (what a request-shape memo checks: one per tier, not per key)."""
+    merged: list[Lease] = []
+    for lease in leases:
+        for i, have in enumerate(merged):
+            joined = have.joined(lease)
+            if joined is not None:
+                merged[i] = joined
+                break
+        else:
+            merged.append(lease)
+    return tuple(merged)
 
 
 class SingleFlight(Generic[K, T]):
@@ -270,6 +339,23 @@ class TieredCache(Generic[V]):
             return None
         child(CACHE_EVENTS, self.name, "local", "hit").inc()
         return entry.value
+
+    def peek_lease(self, key: str) -> tuple[V, Lease] | None:
+        """`peek`, plus the `Lease` saying how long that very object stays its answer.
+
+        The lease ends at the entry's freshness or its local-tier life, whichever comes first, or
+        at any change of the local tier (a refresh replaces the entry: a new object). Counts a
+        local hit like `peek`.
+        """
+        item = self._local.get(key)
+        entry = self._fresh_local(item, self._clock())
+        if entry is None or entry.negative is not None or item is None:
+            return None
+        child(CACHE_EVENTS, self.name, "local", "hit").inc()
+        until = min(entry.fresh_until, item[0] + self._local_ttl_s)
+        tier = self._local
+        assert entry.value is not None
+        return entry.value, Lease(self.name, self._clock, until, ((tier, tier.generation),))
 
     async def refresh(
         self, key: str, loader: Callable[[], Awaitable[V]], ttl_s: float, *, min_remaining_s: float = 0.0

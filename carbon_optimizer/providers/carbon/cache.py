@@ -34,7 +34,7 @@ from carbon_optimizer.domain.models import CarbonSeries, SourceRun
 from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.providers.carbon.base import CarbonSource, Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.store import CacheStore
-from carbon_optimizer.providers.tiered import NEGATIVE_SUFFIX, Entry, TieredCache, TierPolicy
+from carbon_optimizer.providers.tiered import NEGATIVE_SUFFIX, Entry, Lease, TieredCache, TierPolicy
 from carbon_optimizer.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,10 @@ class CachedSeriesSource:
     def peek(self, request: SeriesRequest) -> Fetched | None:
         """The in-process tier's fresh answer for `request`, synchronously (None: ask `fetch`)."""
         return self.tiers.peek(self.key_for(request))
+
+    def peek_lease(self, request: SeriesRequest) -> tuple[Fetched, Lease] | None:
+        """`peek` plus how long that object stays its answer (`TieredCache.peek_lease`)."""
+        return self.tiers.peek_lease(self.key_for(request))
 
     async def refresh(self, request: SeriesRequest, *, min_remaining_s: float = 0.0) -> bool:
         """Fetch upstream now unless the entry stays fresh for `min_remaining_s`; True if refreshed."""

@@ -56,7 +56,7 @@ from carbon_optimizer.errors import (
     ProviderNotEntitled,
     UnknownZone,
 )
-from carbon_optimizer.metrics import DATA_AGE, FALLBACKS, child
+from carbon_optimizer.metrics import CACHE_EVENTS, DATA_AGE, FALLBACKS, child
 from carbon_optimizer.providers.budget import UpstreamBudgetExhausted
 from carbon_optimizer.providers.carbon.base import (
     HOUR,
@@ -69,6 +69,7 @@ from carbon_optimizer.providers.carbon.base import (
     Signal,
     validate_zone,
 )
+from carbon_optimizer.providers.tiered import Lease, join_leases
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ _MemoKey = tuple[str, int, int, Signal]
 # Answers of routed zones memoised per key too, valid while the current hour and every fetched
 # object (by identity) are the same; bounded by entries.
 _LIVE_MEMO_SIZE = 4096
+# Whole request shapes (sorted zones, hours, signal) memoised while their leases hold.
+_SHAPE_MEMO_SIZE = 256
+_ShapeKey = tuple[tuple[str, ...], int, int, Signal]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 IntArray = npt.NDArray[np.int64]
 
@@ -86,6 +90,28 @@ IntArray = npt.NDArray[np.int64]
 # What one source gave: results by kind, failures by kind, and every (request, object) fetched.
 _Pairs = tuple[tuple[SeriesRequest, Fetched], ...]
 _Step = tuple[dict[SeriesKind, Fetched], dict[SeriesKind, BaseException], _Pairs]
+
+
+@dataclass(eq=False, slots=True)
+class _ShapeMemo:
+    """One request shape's answers (zones × hours × signal) and what keeps them valid.
+
+    Valid within the hour it was made in while every lease holds (the in-process tiers still hold
+    the very objects the answers were painted from); `fallbacks`, `peeks` and `aged` replay the
+    metrics the per-zone walk would have moved.
+    """
+
+    now_floor: datetime
+    leases: tuple[Lease, ...]
+    results: tuple[SeriesResult, ...]
+    fallbacks: tuple[tuple[str, int], ...]  # label → answers that used it
+    aged: tuple[tuple[str, tuple[Fetched, ...]], ...]  # zone → fetched objects (data-age gauge)
+    aged_at: datetime
+
+    def holds(self, now: datetime) -> bool:
+        if not self.now_floor <= now < self.now_floor + HOUR:
+            return False
+        return all(lease.holds() for lease in self.leases)
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -278,6 +304,8 @@ class CarbonChain:
         # the current hour and the bundled data, so it is memoised against their identities.
         self._live_memo: OrderedDict[_MemoKey, _LiveMemo] = OrderedDict()
         self._painting: dict[tuple[object, ...], asyncio.Future[SeriesResult]] = {}
+        # Whole requests' lookups (see `series_many`): valid while the tiers' leases hold.
+        self._shape_memo: OrderedDict[_ShapeKey, _ShapeMemo] = OrderedDict()
 
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self.sources)
@@ -340,6 +368,130 @@ class CarbonChain:
         key = self._memo_key(zone, start, end, signal)
         if route:
             return self._live_cached(key, route, zone)
+        return self._offline_cached(key)
+
+    def series_many(
+        self, zones: Sequence[str], start: datetime, end: datetime, signal: Signal = Signal.AVERAGE
+    ) -> list[SeriesResult | None]:
+        """`series_cached` for every zone in one pass: each answer, or None where `series` is needed.
+
+        Why: a request asks 20–150 zones, each through route → memo key → live memo → the sources'
+        `peek` → the tier, although every answer is an in-process memo hit. When every zone hits
+        and every source consumed can say how long its answer stays the same (`peek_lease`), the
+        answers are kept for this request shape (zones, hours, signal) with one lease per tier:
+        a later request of the same shape within the hour checks those leases, not the zones. Any
+        change in a tier (a refresh, an eviction, a failure's stale value), the end of a local
+        entry's life or a new hour ends it; a shape with any miss is not kept. Metrics move as the
+        per-zone walk moves them (fallback counts per answer, local hits per peek, the data-age
+        gauge at its one-second resolution).
+        """
+        if end <= start:
+            return [None] * len(zones)
+        first = (start - _EPOCH) // HOUR
+        key: _ShapeKey = (tuple(zones), first, -((_EPOCH - end) // HOUR) - first, signal)
+        now = self._clock()
+        memo = self._shape_memo.get(key)
+        if memo is not None:
+            if memo.holds(now):
+                return self._serve_shape(memo, now)
+            del self._shape_memo[key]
+        results: list[SeriesResult | None] = []
+        leases: list[Lease] = []
+        leased = True
+        now_floor = floor_to(now, HOUR)
+        for zone in zones:
+            route = self.route(zone, signal)
+            zone_key = (zone, key[1], key[2], signal)
+            if not route:
+                results.append(self._offline_cached(zone_key))
+                continue
+            result, zone_leases = self._live_leased(zone_key, route, zone, now, now_floor)
+            results.append(result)
+            if zone_leases is None:
+                leased = False
+            else:
+                leases.extend(zone_leases)
+        if leased and None not in results:
+            self._remember_shape(key, zones, signal, now, results, leases)
+        return results
+
+    def _remember_shape(
+        self,
+        key: _ShapeKey,
+        zones: Sequence[str],
+        signal: Signal,
+        now: datetime,
+        results: list[SeriesResult | None],
+        leases: list[Lease],
+    ) -> None:
+        fallbacks: dict[str, int] = {}
+        aged: list[tuple[str, tuple[Fetched, ...]]] = []
+        for zone, result in zip(zones, results, strict=True):
+            assert result is not None
+            zone_key = (zone, key[1], key[2], signal)
+            offline = self._offline_memo.get(zone_key)
+            live = self._live_memo.get(zone_key)
+            if offline is not None and offline[0] is result:
+                labels = offline[1]
+            elif live is not None and live.result is result:
+                labels = live.fallbacks
+                aged.append((zone, tuple(f for pairs in live.trace for _, f in pairs)))
+            else:
+                return  # not an answer of either memo: nothing to keep
+            for label in labels:
+                fallbacks[label] = fallbacks.get(label, 0) + 1
+        done = tuple(r for r in results if r is not None)
+        self._shape_memo[key] = _ShapeMemo(
+            floor_to(now, HOUR), join_leases(leases), done, tuple(fallbacks.items()), tuple(aged), now
+        )
+        if len(self._shape_memo) > _SHAPE_MEMO_SIZE:
+            self._shape_memo.popitem(last=False)
+
+    def _serve_shape(self, memo: _ShapeMemo, now: datetime) -> list[SeriesResult | None]:
+        """A shape-memo hit: the answers, with the metrics the per-zone walk would have moved."""
+        for label, count in memo.fallbacks:
+            child(FALLBACKS, "carbon", label).inc(count)
+        for lease in memo.leases:
+            child(CACHE_EVENTS, lease.name, "local", "hit").inc(lease.peeks)
+        if (now - memo.aged_at).total_seconds() >= 1.0 or now < memo.aged_at:
+            memo.aged_at = now
+            for zone, fetched in memo.aged:
+                self._note_age(zone, fetched, now)
+        return list(memo.results)
+
+    def _live_leased(
+        self, key: _MemoKey, route: tuple[CarbonSource, ...], zone: str, now: datetime, now_floor: datetime
+    ) -> tuple[SeriesResult | None, list[Lease] | None]:
+        """`_live_cached`, taking each source's lease where it has `peek_lease`.
+
+        (answer, leases) on a hit, leases None when a source can only `peek`; (None, None) on a
+        miss. Every source is peeked exactly as `_live_cached` peeks it, so the local-hit counts
+        do not depend on the lane.
+        """
+        memo = self._live_memo.get(key)
+        if memo is None or len(memo.trace) > len(route) or memo.now_floor != now_floor:
+            return None, None
+        leases: list[Lease] | None = []
+        for source, pairs in zip(route, memo.trace, strict=False):
+            peek_lease = getattr(source, "peek_lease", None)
+            if peek_lease is None:
+                peek = getattr(source, "peek", None)
+                if peek is None:
+                    return None, None
+                leases = None
+                for request, fetched in pairs:
+                    if peek(request) is not fetched:
+                        return None, None
+                continue
+            for request, fetched in pairs:
+                got = peek_lease(request)
+                if got is None or got[0] is not fetched:
+                    return None, None
+                if leases is not None:
+                    leases.append(got[1])
+        return self._serve_memo(key, memo, zone, now), leases
+
+    def _offline_cached(self, key: _MemoKey) -> SeriesResult | None:
         hit = self._offline_memo.get(key)
         if hit is None:
             return None

@@ -40,6 +40,7 @@ from carbon_optimizer.errors import NoDataForZone
 from carbon_optimizer.providers.carbon.base import HOUR, Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
 from carbon_optimizer.providers.store import CacheStore
+from carbon_optimizer.providers.tiered import Lease
 from carbon_optimizer.settings import CacheSettings
 
 SOURCE_NAME = "forecast"
@@ -227,6 +228,7 @@ class ForecastSource:
         )
         self._bands: dict[str, ForecastBand] = {}
         self._served: dict[str, tuple[Fetched, Fetched]] = {}  # zone -> (cached entry, unpacked)
+        self.generation = 0  # bumped whenever `_served` changes: what `peek` answers may change
 
     def covers(self, zone: str) -> bool:
         """Zones with hourly history (the bundled replay zones): a flat annual mean is no history."""
@@ -250,6 +252,7 @@ class ForecastSource:
             error=fetched.error,
         )
         self._served[request.zone] = (fetched, out)
+        self.generation += 1
         return out
 
     def peek(self, request: SeriesRequest) -> Fetched | None:
@@ -259,6 +262,19 @@ class ForecastSource:
         cached = self.cache.peek(request)
         memo = self._served.get(request.zone)
         return memo[1] if cached is not None and memo is not None and memo[0] is cached else None
+
+    def peek_lease(self, request: SeriesRequest) -> tuple[Fetched, Lease] | None:
+        """`peek` plus how long that object stays its answer: the cache's lease, and no new unpack."""
+        if request.kind is not SeriesKind.FORECAST or request.signal is not Signal.AVERAGE:
+            return None
+        got = self.cache.peek_lease(request)
+        if got is None:
+            return None
+        cached, lease = got
+        memo = self._served.get(request.zone)
+        if memo is None or memo[0] is not cached:
+            return None
+        return memo[1], lease.held_by(self)
 
     def band(self, zone: str) -> ForecastBand | None:
         """The band of the zone's forecast last served by this worker (None: never asked)."""

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -243,6 +243,25 @@ class _Local:
 
 
 _AGE_RESOLUTION = timedelta(seconds=1)
+_SHAPE_MEMO_SIZE = 256
+
+
+@dataclass(slots=True)
+class _PriceShape:
+    """One request's tables (pairs × price type) and until when they stay the local tier's answer.
+
+    Valid while no local entry was put or dropped (`generation`), before the first local entry's
+    end (`loaded_until`, monotonic) and before the first fresh table turns stale (`fresh_until`).
+    Only shapes whose every table is fresh, or has no live source to ask, are kept: a stale table
+    under a cool-down stops being a hit when the cool-down ends, so it takes the per-pair lane.
+    """
+
+    generation: int
+    loaded_until: float
+    fresh_until: datetime | None
+    tables: tuple[tuple[OfferTable | None], ...]
+    events: tuple[tuple[str, int], ...]  # local-tier result → count (as `_local_hit` counts)
+    ages: tuple[tuple[str, OfferTable | None, datetime | None], ...]  # `_report_age` calls to replay
 
 
 class CachedPriceProvider:
@@ -271,6 +290,8 @@ class CachedPriceProvider:
         self._local: dict[str, _Local] = {}
         self._flights: SingleFlight[str, OfferTable | None] = SingleFlight()
         self._age_reported: dict[str, tuple[OfferTable | None, datetime | None, datetime]] = {}
+        self._local_generation = 0  # bumped on every put/drop of `_local` (the shape memo's check)
+        self._shapes: dict[tuple[tuple[tuple[str, str], ...], PriceType], _PriceShape] = {}
 
     # ----- reading -----
 
@@ -284,6 +305,7 @@ class CachedPriceProvider:
         if len(self._local) >= self.policy.local_max_entries:
             self._local.pop(next(iter(self._local)))
         self._local[key] = _Local(time.monotonic(), fetched_at, table)
+        self._local_generation += 1
 
     async def _read_store(self, key: str) -> CachedEntry | None:
         if self._store is None:
@@ -362,6 +384,80 @@ class CachedPriceProvider:
         except CarbonOptimizerError:
             return None
         return self._local_hit(provider, region, price_type)
+
+    def offers_many(
+        self, places: Sequence[tuple[str, str]], price_type: PriceType
+    ) -> list[tuple[OfferTable | None] | None]:
+        """`offers_cached` for every (provider, region) of a request, memoised per request shape.
+
+        Why: 20–150 locations each build a key, read the clock twice and count a metric, although
+        the answers change only when the local tier does or an entry ages out. A shape whose every
+        pair hit is kept with the earliest of those ends (`_PriceShape`), so a later request of the
+        same shape checks three numbers; metrics move as the per-pair lane moves them.
+        """
+        key = (tuple(places), price_type)
+        shape = self._shapes.get(key)
+        if shape is not None:
+            if (
+                shape.generation == self._local_generation
+                and time.monotonic() < shape.loaded_until
+                and (shape.fresh_until is None or self._clock() < shape.fresh_until)
+            ):
+                for result, count in shape.events:
+                    child(CACHE_EVENTS, "prices", "local", result).inc(count)
+                for provider, table, fetched_at in shape.ages:
+                    self._report_age(provider, table, fetched_at)
+                return list(shape.tables)
+            del self._shapes[key]
+        generation = self._local_generation
+        out = [self.offers_cached(provider, region, price_type) for provider, region in places]
+        self._remember_shape(key, generation, out)
+        return out
+
+    def _remember_shape(
+        self,
+        key: tuple[tuple[tuple[str, str], ...], PriceType],
+        generation: int,
+        out: list[tuple[OfferTable | None] | None],
+    ) -> None:
+        if generation != self._local_generation or any(hit is None for hit in out):
+            return
+        places, price_type = key
+        ttl = timedelta(seconds=self.policy.ttl_s(price_type))
+        loaded_until = math.inf
+        fresh_until: datetime | None = None
+        events: dict[str, int] = {}
+        ages: list[tuple[str, OfferTable | None, datetime | None]] = []
+        last_age: dict[str, datetime | None] = {}
+        now = self._clock()
+        for provider, region in places:
+            local = self._local.get(f"{cache_key(provider, region, price_type)}@{region}")
+            if local is None:
+                return
+            loaded_until = min(loaded_until, local.loaded + self.policy.local_ttl_s)
+            fetched_at = local.fetched_at
+            fresh = fetched_at is not None and (now - fetched_at).total_seconds() < ttl.total_seconds()
+            if fresh:
+                assert fetched_at is not None
+                ends = fetched_at + ttl
+                fresh_until = ends if fresh_until is None else min(fresh_until, ends)
+            elif self._live_source(provider, price_type) is not None:
+                return  # a hit only while its cool-down lasts: not kept
+            result = "hit" if fresh else "miss" if fetched_at is None else "stale"
+            events[result] = events.get(result, 0) + 1
+            if provider not in last_age or last_age[provider] != fetched_at:
+                ages.append((provider, local.table, fetched_at))  # the calls `_report_age` would act on
+                last_age[provider] = fetched_at
+        self._shapes[key] = _PriceShape(
+            generation,
+            loaded_until,
+            fresh_until,
+            tuple(hit for hit in out if hit is not None),
+            tuple(events.items()),
+            tuple(ages),
+        )
+        if len(self._shapes) > _SHAPE_MEMO_SIZE:
+            self._shapes.pop(next(iter(self._shapes)))
 
     async def offers(self, provider: str, region: str, price_type: PriceType) -> OfferTable | None:
         """The freshest trustworthy table: fresh cache, else live, else stale cache, else bundled."""
@@ -499,6 +595,7 @@ class CachedPriceProvider:
         prefix = cache_key(table.provider, table.region, table.price_type) + "@"
         for key in [k for k in self._local if k.startswith(prefix)]:
             del self._local[key]
+            self._local_generation += 1
 
     # ----- conveniences for the API layer -----
 
