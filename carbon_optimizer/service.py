@@ -688,11 +688,10 @@ class OptimizerService:
         if self.uncertainty is not None:
             options, uncertainty = self.uncertainty.apply(options, by_zone, self.clock(), query.risk)
         options = tuple(with_margin(o, options[0]) for o in options)
-        location_kinds = {
-            p.location.key: data_quality.weakest(
-                by_zone[p.location.zone].sources_between(start, deadline), self.fitted_on(p.location.zone)
-            )
-            for p in placed
+        # Per zone, then per location (resolution already dropped duplicate locations).
+        zone_kinds = {
+            zone: data_quality.weakest(series.sources_between(start, deadline), self.fitted_on(zone))
+            for zone, series in by_zone.items()
         }
         for message in data_quality_warnings(options, grid.count > 1, self.fitted_on):
             ctx.warn(message)
@@ -728,7 +727,7 @@ class OptimizerService:
             infeasible=tuple(infeasible),
             energy_model=placed[scoring.ranked[0].location_index].power,
             warnings=tuple(ctx.warnings),
-            data_quality=data_quality.summary(location_kinds.values()),
+            data_quality=data_quality.summary(zone_kinds[p.location.zone] for p in placed),
             baseline_kind=(
                 None
                 if baseline is None
