@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, Protocol
 
 import orjson
@@ -29,7 +30,7 @@ from carbon_optimizer.health import ComponentStatus
 from carbon_optimizer.ledger import db
 from carbon_optimizer.ledger.models import RECORDED
 from carbon_optimizer.ledger.reconciler import Reconciler
-from carbon_optimizer.ledger.recorder import Ack, QueueFull, Recorder
+from carbon_optimizer.ledger.recorder import Ack, Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.reports import build_report
 from carbon_optimizer.ledger.repository import LedgerRepository
 from carbon_optimizer.providers.base import CarbonIntensityProvider
@@ -204,7 +205,7 @@ class Ledger:
         self._refilling = False
         self._delay = timedelta(seconds=settings.reconcile_delay_s)
         self._dues: dict[datetime, datetime] = {}
-        self._bodies: dict[bytes, tuple[str, str, bool]] = {}
+        self._bodies: dict[bytes, tuple[str, str]] = {}
 
     def _random_id(self) -> str:
         if len(self._ids) < _ID_POOL // 4 and not self._refilling:
@@ -253,8 +254,10 @@ class Ledger:
         `request` is the validated optimize body (or its JSON form), `result` the response body,
         `raw` the body's bytes as received, if known (what the body gives the row is remembered
         by them: a result-cache hit is a repeat of a body seen before, and so is its row's
-        fingerprint).
-        The row is built here and queued; the writer task commits it (group commit). Without a
+        fingerprint). The row is built here from the answer and queued; what it needs from the
+        body (fingerprint, workload JSON), unless remembered, is added on the loop's next turn
+        (`Recorder`: batched with that turn's other rows). The caller must not mutate `request`
+        afterwards. The writer task commits the row (group commit). Without a
         write timeout (the default) nothing is awaited; with one, it waits until the commit
         happened or the timeout passed. Never raises for database trouble: the answer then says
         `recorded: false` with `queued` and a warning. Raises `IdempotencyConflict` when the key
@@ -275,16 +278,21 @@ class Ledger:
         placement_id = (
             self._random_id() if idempotency_key is None else placement_id_for(cid, idempotency_key)
         )
-        row = self._optimize_row(
-            placement_id, request, result, cid, self.clock(), request_id, idempotency_key, raw
-        )
+        row = self._answer_row(placement_id, request, result, cid, self.clock(), request_id, idempotency_key)
+        known = None if raw is None else self._bodies.get(raw)
+        source: Mapping[str, Any] | Deferred
+        if known is not None:
+            row["fingerprint"], row["workload"] = known
+            source = row
+        else:  # dumped and hashed on the next loop turn, with that turn's other bodies
+            source = Deferred(placement_id, partial(self._with_body, row, request, raw))
         if self.recorder.write_timeout_s <= 0:
             try:
-                ack = self.recorder.offer(row, origin="optimize")
+                ack = self.recorder.offer(source, origin="optimize")
             except QueueFull:
                 return dict(_QUEUE_FULL)
             return self._fields(ack)
-        return await self._submit_for_optimize(row)
+        return await self._submit_for_optimize(source)
 
     def _optimize_row(
         self,
@@ -297,12 +305,18 @@ class Ledger:
         idempotency_key: str | None,
         raw: bytes | None = None,
     ) -> dict[str, Any]:
-        """The placement row of an optimize answer, built on the request (about 20 µs here).
+        """The placement row of an optimize answer (as `record_optimize` builds it, in one go)."""
+        row = self._answer_row(
+            placement_id, request, result, client_id, created_at, request_id, idempotency_key
+        )
+        return self._with_body(row, request, raw)
 
-        Built now rather than later so that nothing of the request outlives it (see `recorder`:
-        holding the body and the response past the request made the garbage collector run ~30×
-        as often). Its parts that repeat across requests — the answer's times, the due date, the
-        stored datetime forms — are memoised.
+    def _with_body(
+        self, row: dict[str, Any], request: BaseModel | Mapping[str, Any], raw: bytes | None
+    ) -> dict[str, Any]:
+        """Complete `row` with what the body gives it: its fingerprint and workload.
+
+        Remembered by the body's raw bytes: a result-cache hit repeats a body seen before.
         """
         derived = None if raw is None else self._bodies.get(raw)
         if derived is None:
@@ -311,7 +325,30 @@ class Ledger:
                 if len(self._bodies) >= _BODY_MEMO_MAX:
                     self._bodies.clear()
                 self._bodies[raw] = derived
-        body_fingerprint, workload, explicit_baseline = derived
+        row["fingerprint"], row["workload"] = derived
+        return row
+
+    def _answer_row(
+        self,
+        placement_id: str,
+        request: BaseModel | Mapping[str, Any],
+        result: Mapping[str, Any],
+        client_id: str,
+        created_at: datetime,
+        request_id: str,
+        idempotency_key: str | None,
+    ) -> dict[str, Any]:
+        """The row from the answer, built on the request (fingerprint and workload: `_with_body`).
+
+        Built now so that the request's response dict does not outlive it (see `recorder`: held
+        past the request with the body, it made the garbage collector run 15–50× as often). What
+        repeats across requests — the answer's times, the due date, the stored datetime forms —
+        is memoised.
+        """
+        asked = (
+            getattr(request, "baseline", None) if isinstance(request, BaseModel) else request.get("baseline")
+        )
+        explicit_baseline = asked is not None
         # The same row `_row` builds from these inputs (a test compares them), written out in one
         # function: on the request path every call and keyword argument counts.
         best = result["best"]
@@ -328,8 +365,8 @@ class Ledger:
             "request_id": request_id,
             "origin": "optimize",
             "idempotency_key": idempotency_key,
-            "fingerprint": body_fingerprint,
-            "workload": workload,
+            "fingerprint": None,  # `_with_body`
+            "workload": None,
             "signal": self.signal,
             "location": _location_key(location),
             "zone": str(location["zone"]),
@@ -387,9 +424,9 @@ class Ledger:
             row["due_at"] = self._due(end)
         return row
 
-    async def _submit_for_optimize(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    async def _submit_for_optimize(self, source: Mapping[str, Any] | Deferred) -> dict[str, Any]:
         try:
-            ack = await self.recorder.submit(row, origin="optimize")
+            ack = await self.recorder.submit(source, origin="optimize")
         except QueueFull:
             return dict(_QUEUE_FULL)
         return self._fields(ack)
@@ -621,8 +658,8 @@ class Ledger:
         return out
 
 
-def _from_body(request: BaseModel | Mapping[str, Any]) -> tuple[str, str, bool]:
-    """What the optimize body gives its row: fingerprint, workload JSON, explicit baseline."""
+def _from_body(request: BaseModel | Mapping[str, Any]) -> tuple[str, str]:
+    """What the optimize body gives its row: its fingerprint and the workload's JSON."""
     dump = getattr(request, "model_dump", None)  # a model, or its JSON form (a mapping)
     body: dict[str, Any] = (
         dump(mode="json", exclude_none=True, exclude=_UNFINGERPRINTED)
@@ -630,7 +667,7 @@ def _from_body(request: BaseModel | Mapping[str, Any]) -> tuple[str, str, bool]:
         else {k: v for k, v in request.items() if k not in _UNFINGERPRINTED}  # type: ignore[union-attr]
     )
     workload = orjson.dumps(body.get("workload") or {}).decode()
-    return fingerprint(body), workload, body.get("baseline") is not None
+    return fingerprint(body), workload
 
 
 _TIMES: dict[str, datetime] = {}

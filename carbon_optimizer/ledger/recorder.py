@@ -7,13 +7,13 @@ awaits a commit it first lets rows gather for up to `commit_interval_s` so that 
 traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
 makes it flush at once.
 
-Rows are built when they are queued, not later: a `Deferred` source is built inside `offer`, and
-the queue then holds only the row (atomic values). Building them on a later loop turn instead,
-from references to the request's body and response, kept those object graphs alive past the
-request: at c=16 the young garbage-collector generation then filled ~30× as often (240 against
-8 young collections in a 3 s run), and its collections, with the older ones they trigger, cost
-~20 µs per recorded request (measured with `gc.callbacks` in the running server) — more than
-building the row itself.
+A `Deferred` source (the part of a row that needs the request's body) is built on the loop's next
+turn, all of that turn's rows together, right after their requests moved on: built one at a time
+between requests, the same work ran several times slower in the server (the engine's work in
+between leaves the caches cold), and built a commit interval later it costs ~4× as much.
+What a deferred source holds must be small: holding the request's body *and* its response dict
+past the request (as the optimize path once did) made the young garbage-collector generation
+fill 15–50× as often at c=16 (`gc.callbacks` in the running server).
 
 If the database is down or slow the request answers anyway with `queued: true`, and the writer
 keeps retrying with backoff until the row is committed: a failed batch stays at the head of the
@@ -64,7 +64,7 @@ class PlacementWriter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """A row built when it is queued; if `build` fails, only this item fails (never written)."""
+    """A row built on the next loop turn (or by the writer); if `build` fails, only this item fails."""
 
     id: str
     build: Callable[[], Mapping[str, Any]]
@@ -109,7 +109,7 @@ class _Item:
     done: asyncio.Future[Written] | None = None  # only when the submitter waits for the commit
     # Waiting retries (same id) that joined this queued row, each with what it asked.
     joined: list[tuple[asyncio.Future[Written], Source]] | None = None
-    row: Mapping[str, Any] | None = None  # built when queued (kept for retries)
+    row: Mapping[str, Any] | None = None  # built (kept for retries)
     broken: BaseException | None = None  # building failed: never written
 
 
@@ -136,6 +136,7 @@ class Recorder:
         self.batch_max = batch_max
         self._pending: deque[_Item] = deque()
         self._by_id: dict[str, _Item] = {}
+        self._unbuilt: list[_Item] = []  # deferred rows to build on the next loop turn
         self._wake = asyncio.Event()  # something is queued
         self._flush = asyncio.Event()  # someone waits (or the batch is full): stop gathering
         self._task: asyncio.Task[None] | None = None
@@ -173,7 +174,12 @@ class Recorder:
             metrics.REFUSED.inc()
             raise QueueFull(f"ledger queue full ({self.queue_max} placements waiting)")
         item = _Item(placement_id, source, origin)
-        _materialise((item,))  # now: the queue holds the row, not the request's objects
+        if isinstance(source, Deferred):
+            if not self._unbuilt:
+                asyncio.get_running_loop().call_soon(self._build_unbuilt)
+            self._unbuilt.append(item)
+        else:
+            item.row = source
         self._pending.append(item)
         self._by_id[placement_id] = item
         metrics.QUEUE_DEPTH.inc()
@@ -207,6 +213,11 @@ class Recorder:
             metrics.QUEUED.inc()
             return Ack(placement_id, None, timed_out=True)
         return Ack(placement_id, written)
+
+    def _build_unbuilt(self) -> None:
+        """Build the deferred rows queued since the last loop turn, together (see the docstring)."""
+        items, self._unbuilt = self._unbuilt, []
+        _materialise(items)
 
     async def _gather(self) -> None:
         """Let rows accumulate for one commit unless someone waits for it (or it is full)."""

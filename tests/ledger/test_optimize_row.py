@@ -1,13 +1,15 @@
-"""The optimize path's row, built on the request: the same row the generic builder makes.
+"""The optimize path's row: the same row the generic builder makes.
 
-`Ledger._optimize_row` writes the row out in one function, remembers what a raw body gives it
-and parses each answer time once; none of that may change what is stored. The reference here is
+`Ledger._optimize_row` writes the row out in one function (the answer's part on the request, the
+body's part — fingerprint, workload — possibly a loop turn later), remembers what a raw body
+gives it and parses each answer time once; none of that may change what is stored. The reference here is
 the generic `Ledger._row` fed exactly as the optimize path fed it before (the body's JSON form,
 the answer's best option and baseline), with the JSON columns as their text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import uuid
 import weakref
@@ -177,7 +179,7 @@ def test_random_ids_are_distinct_version_4_uuids() -> None:
         assert str(parsed) == text
 
 
-async def test_a_deferred_row_is_built_when_queued_and_keeps_nothing_of_its_inputs() -> None:
+async def test_a_deferred_row_is_built_on_the_next_loop_turn_and_keeps_nothing_of_its_inputs() -> None:
     recorder = Recorder(NullWriter(), queue_max=10, write_timeout_s=0, retry_interval_s=1)
 
     class Body:
@@ -196,5 +198,8 @@ async def test_a_deferred_row_is_built_when_queued_and_keeps_nothing_of_its_inpu
     assert ack.queued
     del body
     gc.collect()
-    assert alive() is None  # the queue holds the row, not what it was built from
+    assert alive() is not None  # until the loop turns, the queued item holds its source
+    await asyncio.sleep(0)  # one loop turn: the row is built
+    gc.collect()
+    assert alive() is None  # the queue now holds the row, not what it was built from
     assert recorder.depth == 1
