@@ -7,8 +7,14 @@ Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, Postg
 1. Recording overhead: one uvicorn worker with the embedded SQLite ledger, wrk c=16 against
    POST /v1/optimize with `"record": false` (the floor, measured in the same run) and with
    `"record": true` (every request commits one placement), alternating, medians of the rounds.
-   Twice: with `Cache-Control: no-cache` (the engine runs every time) and with the result cache
-   (the cheapest optimize path, so the largest relative overhead). Target: ≤ 10 % fewer req/s.
+   The two bodies differ in `record` only (checked: same status, same answer apart from the
+   placement fields, same result-cache path). Three ways: `no-cache` (the same body with
+   `Cache-Control: no-cache`: the engine runs every time), `cached` (the result cache answers:
+   the cheapest optimize path, so the largest relative overhead) and `unique` (every request a
+   different body, its earliest start moving by seconds: nothing the ledger remembers repeats).
+   Target: ≤ 10 % fewer req/s. Besides req/s, from /proc around each run: the server's CPU per
+   request (whole process, and its event-loop thread alone), and from `gc.callbacks` in the
+   server (`instrumented_app`) its garbage collections per 1 000 requests (young, middle, old).
    First with the default `DATABASE__WRITE_TIMEOUT_S=0` (answer without waiting for the commit),
    then with 0.25 s (wait for it; `--skip-wait` leaves that out).
 2. Reports: a fresh PostgreSQL database seeded with 1 M placements in SQL (100 clients, 40
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,8 +41,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._wrk import free_port, run_wrk, write_script
-from bench.bench_http import start
+from bench._wrk import free_port, run_wrk, write_script, write_unique_script
+from bench.bench_http import cpu_s, start
 
 OPTIMIZE = {
     "workload": {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16},
@@ -51,8 +58,89 @@ OPTIMIZE = {
 }
 
 
+# The `unique` mode's body: OPTIMIZE with its earliest start moving per request (see `_wrk`).
+UNIQUE_TEMPLATE = {**OPTIMIZE, "window": {"earliest_start": "__START__"}}
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def instrumented_app() -> Any:
+    """The service's app, counting its garbage collections (the server side of this bench).
+
+    Counts go to the file named by `CO_BENCH_GC_FILE` on SIGUSR1. The callbacks cost nothing
+    measurable and run for both flags alike.
+    """
+    import gc
+    import signal
+
+    from carbon_optimizer.app import create_app
+
+    counts = [0, 0, 0]
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            counts[info["generation"]] += 1
+
+    def dump(*_: Any) -> None:
+        Path(os.environ["CO_BENCH_GC_FILE"]).write_text(json.dumps(counts))
+
+    gc.callbacks.append(count)
+    signal.signal(signal.SIGUSR1, dump)
+    return create_app()
+
+
+def _loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the server's main thread (the event loop): /proc/<pid>/task/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _gc_counts(pid: int, path: Path) -> list[int]:
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    for _ in range(100):
+        if path.exists() and path.read_text():
+            counts: list[int] = json.loads(path.read_text())
+            return counts
+        time.sleep(0.01)
+    raise RuntimeError("the server did not report its GC counts")
+
+
+def _measured(pid: int, url: str, seconds: int, script: Path, gc_file: Path) -> dict[str, Any]:
+    """One wrk run at c=16 with the server's CPU ms per request and GC counts over it."""
+    gc0, cpu0, loop0 = _gc_counts(pid, gc_file), cpu_s(pid), _loop_cpu_s(pid)
+    result: dict[str, Any] = dict(run_wrk(url, 16, seconds, script))
+    cpu1, loop1, gc1 = cpu_s(pid), _loop_cpu_s(pid), _gc_counts(pid, gc_file)
+    requests = max(result["rps"] * seconds, 1.0)
+    result["cpu_ms"] = (cpu1 - cpu0) * 1000 / requests
+    result["loop_cpu_ms"] = (loop1 - loop0) * 1000 / requests
+    result["gc_per_1000"] = [round((b - a) * 1000 / requests, 1) for a, b in zip(gc0, gc1, strict=True)]
+    return result
+
+
+def _same_answers(url: str, headers: dict[str, str]) -> dict[str, int]:
+    """Check that the two flags' answers differ in the placement fields only; their sizes."""
+    import httpx
+
+    answers = {
+        flag: httpx.post(url, json={**OPTIMIZE, "record": flag}, headers=headers, timeout=30)
+        for flag in (False, True)
+    }
+    for flag in (False, True):  # twice each: the second is what the cached mode gets
+        answers[flag] = httpx.post(url, json={**OPTIMIZE, "record": flag}, headers=headers, timeout=30)
+    off, on = answers[False], answers[True]
+    assert off.status_code == on.status_code == 200, (off.text, on.text)
+    assert off.headers.get("x-result-cache") == on.headers.get("x-result-cache")
+    extra = set(on.json()) - set(off.json())
+    assert extra == {"placement_id", "recorded", "queued"}, extra
+    return {"bytes_record_false": len(off.content), "bytes_record_true": len(on.content)}
+
+
 def http_overhead(
-    seconds: int, rounds: int, write_timeout_s: float | None = None, database_url: str | None = None
+    seconds: int,
+    rounds: int,
+    write_timeout_s: float | None = None,
+    database_url: str | None = None,
+    modes: tuple[str, ...] = ("no-cache", "cached", "unique"),
 ) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(prefix="co-bench-ledger-")
     port = free_port()
@@ -66,41 +154,71 @@ def http_overhead(
         env["CARBON_OPTIMIZER_DATABASE__URL"] = database_url
     if write_timeout_s is not None:
         env["CARBON_OPTIMIZER_DATABASE__WRITE_TIMEOUT_S"] = str(write_timeout_s)
-    proc, _ = start("carbon_optimizer.app:create_app", port, env)
+    gc_file = Path(data_dir) / "gc.json"
+    env["CO_BENCH_GC_FILE"] = str(gc_file)
+    proc, _ = start("bench.bench_ledger:instrumented_app", port, env)
     url = f"http://127.0.0.1:{port}/v1/optimize"
     results: dict[str, Any] = {}
+    base_epoch = int(time.time()) + 3600
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for cache in ("no-cache", "cached"):
-                headers = {"Cache-Control": "no-cache"} if cache == "no-cache" else {}
-                scripts = {
-                    flag: write_script(
-                        Path(tmp) / f"{cache}-{flag}.lua",
-                        json.dumps({**OPTIMIZE, "record": flag}),
-                        headers,
-                    )
-                    for flag in (False, True)
-                }
+            for mode in modes:
+                headers = {"Cache-Control": "no-cache"} if mode == "no-cache" else {}
+                if mode == "unique":  # both flags walk the same sequence of starts
+                    scripts = {
+                        flag: write_unique_script(
+                            Path(tmp) / f"{mode}-{flag}.lua",
+                            json.dumps({**UNIQUE_TEMPLATE, "record": flag}),
+                            base_epoch,
+                        )
+                        for flag in (False, True)
+                    }
+                    sizes: dict[str, int] = {}
+                else:
+                    sizes = _same_answers(url, headers)
+                    scripts = {
+                        flag: write_script(
+                            Path(tmp) / f"{mode}-{flag}.lua",
+                            json.dumps({**OPTIMIZE, "record": flag}),
+                            headers,
+                        )
+                        for flag in (False, True)
+                    }
                 for flag in (False, True):  # warm both paths
                     run_wrk(url, 16, 1, scripts[flag])
-                runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+                runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
                 for _ in range(rounds):
                     for flag in (False, True):
-                        runs[flag].append(run_wrk(url, 16, seconds, scripts[flag]))
-                floor = statistics.median(r["rps"] for r in runs[False])
-                recorded = statistics.median(r["rps"] for r in runs[True])
-                results[cache] = {
+                        runs[flag].append(_measured(proc.pid, url, seconds, scripts[flag], gc_file))
+
+                def median(flag: bool, key: str, runs: dict[bool, list[dict[str, Any]]] = runs) -> float:
+                    return round(float(statistics.median(r[key] for r in runs[flag])), 3)
+
+                floor, recorded = median(False, "rps"), median(True, "rps")
+                results[mode] = {
                     "rps_record_false": round(floor, 1),
                     "rps_record_true": round(recorded, 1),
                     "overhead_pct": round(100.0 * (floor - recorded) / floor, 1),
-                    "p50_ms_false": statistics.median(r["p50_ms"] for r in runs[False]),
-                    "p50_ms_true": statistics.median(r["p50_ms"] for r in runs[True]),
-                    "p99_ms_false": statistics.median(r["p99_ms"] for r in runs[False]),
-                    "p99_ms_true": statistics.median(r["p99_ms"] for r in runs[True]),
+                    "cpu_ms_per_request": [median(False, "cpu_ms"), median(True, "cpu_ms")],
+                    "loop_cpu_ms_per_request": [median(False, "loop_cpu_ms"), median(True, "loop_cpu_ms")],
+                    "gc_per_1000_requests": {
+                        str(flag).lower(): [
+                            statistics.median(r["gc_per_1000"][g] for r in runs[flag]) for g in range(3)
+                        ]
+                        for flag in (False, True)
+                    },
+                    "p50_ms": [median(False, "p50_ms"), median(True, "p50_ms")],
+                    "p99_ms": [median(False, "p99_ms"), median(True, "p99_ms")],
+                    "rounds_rps": [
+                        [round(a["rps"]), round(b["rps"])]
+                        for a, b in zip(runs[False], runs[True], strict=True)
+                    ],
+                    **sizes,
                     "errors": sum(
                         r.get("errors", 0) + r.get("non2xx", 0) for rs in runs.values() for r in rs
                     ),
                 }
+                print(f"  {mode}: {json.dumps(results[mode])}", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -250,6 +368,11 @@ def main() -> None:
     parser.add_argument("--skip-reports", action="store_true")
     parser.add_argument("--skip-wait", action="store_true", help="only the default (no-wait) overhead")
     parser.add_argument(
+        "--modes",
+        default="no-cache,cached,unique",
+        help="HTTP part: which of no-cache, cached, unique to run (comma-separated)",
+    )
+    parser.add_argument(
         "--postgresql",
         action="store_true",
         help="HTTP part: the ledger on a scratch PostgreSQL database (--pg-host/--pg-port) instead of SQLite",
@@ -260,7 +383,10 @@ def main() -> None:
         name, url = _scratch_pg(args.pg_host, args.pg_port) if args.postgresql else (None, None)
         engine = "postgresql" if args.postgresql else "sqlite"
         try:
-            result["recording_overhead_c16"] = http_overhead(args.seconds, args.rounds, database_url=url)
+            modes = tuple(args.modes.split(","))
+            result["recording_overhead_c16"] = http_overhead(
+                args.seconds, args.rounds, database_url=url, modes=modes
+            )
             print(
                 f"{engine}, write_timeout_s=0 (default, no wait):",
                 json.dumps(result["recording_overhead_c16"], indent=2),
@@ -268,7 +394,7 @@ def main() -> None:
             )
             if not args.skip_wait:
                 result["recording_overhead_c16_wait"] = http_overhead(
-                    args.seconds, args.rounds, 0.25, database_url=url
+                    args.seconds, args.rounds, 0.25, database_url=url, modes=modes
                 )
                 print(
                     f"{engine}, write_timeout_s=0.25 (wait for the commit):",

@@ -1,12 +1,19 @@
 """The bounded write queue between the request path and the database (group commit + retry).
 
 Why: a placement must never make /v1/optimize slow or fail. A request does the minimum: it
-appends an item holding *references* (the validated body, the response dict) and returns; the
-row itself — JSON encodes, the fingerprint, datetime parsing — is built by the one writer task,
-off the request path (`Deferred`). The writer drains the queue in batches: one transaction and
-one multi-row INSERT for everything waiting (group commit). When nobody awaits a commit it first
-lets rows gather for up to `commit_interval_s` so that even sequential traffic shares commits; a
-request that does wait (`write_timeout_s` > 0, POST /v1/placements) makes it flush at once.
+appends its row, already built, and returns. The one writer task drains the queue in batches:
+one transaction and one multi-row INSERT for everything waiting (group commit). When nobody
+awaits a commit it first lets rows gather for up to `commit_interval_s` so that even sequential
+traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
+makes it flush at once.
+
+A `Deferred` source (the part of a row that needs the request's body) is built on the loop's next
+turn, all of that turn's rows together, right after their requests moved on: built one at a time
+between requests, the same work ran several times slower in the server (the engine's work in
+between leaves the caches cold), and built a commit interval later it costs ~4× as much.
+What a deferred source holds must be small: holding the request's body *and* its response dict
+past the request (as the optimize path once did) made the young garbage-collector generation
+fill 15–50× as often at c=16 (`gc.callbacks` in the running server).
 
 If the database is down or slow the request answers anyway with `queued: true`, and the writer
 keeps retrying with backoff until the row is committed: a failed batch stays at the head of the
@@ -57,7 +64,7 @@ class PlacementWriter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """A row the writer builds, from references the request captured (`build` must not fail)."""
+    """A row built on the next loop turn (or by the writer); if `build` fails, only this item fails."""
 
     id: str
     build: Callable[[], Mapping[str, Any]]
@@ -102,7 +109,7 @@ class _Item:
     done: asyncio.Future[Written] | None = None  # only when the submitter waits for the commit
     # Waiting retries (same id) that joined this queued row, each with what it asked.
     joined: list[tuple[asyncio.Future[Written], Source]] | None = None
-    row: Mapping[str, Any] | None = None  # built by the writer (kept for retries)
+    row: Mapping[str, Any] | None = None  # built (kept for retries)
     broken: BaseException | None = None  # building failed: never written
 
 
@@ -167,12 +174,14 @@ class Recorder:
             metrics.REFUSED.inc()
             raise QueueFull(f"ledger queue full ({self.queue_max} placements waiting)")
         item = _Item(placement_id, source, origin)
-        self._pending.append(item)
-        self._by_id[placement_id] = item
         if isinstance(source, Deferred):
             if not self._unbuilt:
                 asyncio.get_running_loop().call_soon(self._build_unbuilt)
             self._unbuilt.append(item)
+        else:
+            item.row = source
+        self._pending.append(item)
+        self._by_id[placement_id] = item
         metrics.QUEUE_DEPTH.inc()
         self._wake.set()
         if len(self._pending) >= self.batch_max:
@@ -206,12 +215,7 @@ class Recorder:
         return Ack(placement_id, written)
 
     def _build_unbuilt(self) -> None:
-        """Build the rows queued since the last loop turn, right after their requests moved on.
-
-        The request's response is on its way by then, and the objects the rows are built from are
-        still in the CPU's caches: built a commit interval later instead, the same rows cost
-        about four times as much CPU (measured in-process at c=16: ~12 vs ~45 µs per row).
-        """
+        """Build the deferred rows queued since the last loop turn, together (see the docstring)."""
         items, self._unbuilt = self._unbuilt, []
         _materialise(items)
 
@@ -328,8 +332,7 @@ def _materialise(batch: Sequence[_Item]) -> list[Mapping[str, Any]]:
             except Exception as exc:  # a bug, not a database problem: retrying cannot help
                 log.exception("ledger: placement %s could not be built; not recorded", item.id)
                 item.broken = exc
-            # Let go of the request's body and response now: kept until the commit, those object
-            # graphs survive young collections and make the (whole-heap) old ones come sooner.
+            # Hold only the row from now on (see the module's docstring: garbage collections).
             item.source = item.row if item.row is not None else {"id": item.id}
         if item.row is not None:
             rows.append(item.row)

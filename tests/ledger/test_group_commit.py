@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta, timezone
 from functools import partial
 from typing import Any
 
@@ -286,5 +287,51 @@ async def test_the_batch_path_stores_what_the_generic_path_stores(engine: AsyncE
             got = await repository.get(pid)
             assert got is not None
             assert got["quality"] == {"n": 1.5}
+    finally:
+        await fast.close()
+
+
+async def test_the_batch_path_stores_any_datetime_and_many_rows_as_the_generic_path(
+    engine: AsyncEngine,
+) -> None:
+    # The batch path converts each distinct datetime once (memoised) and writes SQLite rows as
+    # multi-row INSERTs of up to 64 rows: 150 rows take three statements, and the same instants
+    # come again in other time zones and with microseconds; every one must be stored exactly as
+    # SQLAlchemy's own bind processors store it.
+    fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
+    plus2 = timezone(timedelta(hours=2))
+
+    def rows(prefix: str) -> list[dict[str, Any]]:
+        out = []
+        for i in range(150):
+            row = placement_row(f"{prefix}-{i}")
+            micro = T0 + timedelta(hours=i % 7, microseconds=(i * 7919) % 1_000_000)
+            row.update(
+                created_at=micro,
+                start_at=(T0 + timedelta(hours=i % 5)).astimezone(plus2),  # the same instants, +02:00
+                end_at=T0 + timedelta(hours=i % 5 + 2),
+                due_at=micro.astimezone(plus2),
+                energy_kwh=float(i),
+            )
+            out.append(row)
+        return out
+
+    try:
+        await fast.insert_placements(rows("fast"))
+        await generic.insert_placements(rows("generic"))
+        async with engine.connect() as conn:
+            stored: dict[str, tuple[Any, ...]] = {
+                r[0]: tuple(r[1:])
+                for r in await conn.exec_driver_sql(
+                    "SELECT id, created_at, start_at, end_at, due_at, energy_kwh FROM ledger_placements"
+                )
+            }
+        assert len(stored) == 300
+        for i in range(150):
+            assert stored[f"fast-{i}"] == stored[f"generic-{i}"], i
+        got = await fast.get("fast-149")
+        assert got is not None
+        assert got["created_at"] == T0 + timedelta(hours=149 % 7, microseconds=(149 * 7919) % 1_000_000)
+        assert got["start_at"] == T0 + timedelta(hours=149 % 5)
     finally:
         await fast.close()

@@ -1,0 +1,205 @@
+"""The optimize path's row: the same row the generic builder makes.
+
+`Ledger._optimize_row` writes the row out in one function (the answer's part on the request, the
+body's part — fingerprint, workload — possibly a loop turn later), remembers what a raw body
+gives it and parses each answer time once; none of that may change what is stored. The reference here is
+the generic `Ledger._row` fed exactly as the optimize path fed it before (the body's JSON form,
+the answer's best option and baseline), with the JSON columns as their text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from carbon_optimizer.api.schemas import OptimizeRequest
+from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, random_ids
+from carbon_optimizer.ledger.recorder import Deferred, Recorder
+from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.providers.catalog import load_region_catalog
+from carbon_optimizer.settings import LedgerSettings
+from tests.ledger.helpers import T0, option
+
+BODY = {
+    "workload": {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16},
+    "locations": [{"provider": "aws", "region": "eu-west-1"}, {"zone": "FR", "price_usd_per_hour": 0.3}],
+    "objective": {"mode": "balanced"},
+    "record": True,
+}
+CREATED = T0 + timedelta(microseconds=123456)
+
+
+class NullWriter:
+    """The recorder is never started here: nothing is written."""
+
+    async def insert_placements(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Existing]:
+        raise AssertionError("not written in these tests")
+
+    async def close(self) -> None:
+        return None
+
+
+def _ledger(delay_s: float = 3600) -> Ledger:
+    recorder = Recorder(NullWriter(), queue_max=10, write_timeout_s=0, retry_interval_s=1)
+    return Ledger(
+        None,  # type: ignore[arg-type]  # the repository is not used to build rows
+        recorder,
+        settings=LedgerSettings(reconcile_delay_s=delay_s),
+        resolver=catalog_resolver(load_region_catalog()),
+        clock=lambda: CREATED,
+        signal="location-based average, lifecycle",
+    )
+
+
+def _reference(
+    ledger: Ledger, request: BaseModel | Mapping[str, Any], result: Mapping[str, Any], key: str | None
+) -> dict[str, Any]:
+    """The row as the generic builder makes it from the optimize inputs."""
+    body = (
+        dict(request) if isinstance(request, Mapping) else request.model_dump(mode="json", exclude_none=True)
+    )
+    best, baseline = result["best"], result.get("baseline")
+
+    def key_of(location: Mapping[str, Any]) -> str:
+        if location.get("provider"):
+            return f"{location['provider']}/{location['region']}"
+        return f"zone/{location['zone']}"
+
+    row = ledger._row(
+        placement_id="p1",
+        client_id="alice",
+        origin="optimize",
+        request_id="rid",
+        idempotency_key=key,
+        fingerprint_of={k: v for k, v in body.items() if k not in ("record", "signal")},
+        workload=body.get("workload") or {},
+        chosen=best,
+        chosen_key=key_of(best["location"]),
+        chosen_zone=str(best["location"]["zone"]),
+        baseline=baseline,
+        baseline_key=key_of(baseline["location"]) if baseline else None,
+        baseline_zone=str(baseline["location"]["zone"]) if baseline else None,
+        baseline_name=(
+            (
+                "requested baseline"
+                if body.get("baseline") is not None
+                else "first requested location at the earliest start"
+            )
+            if baseline
+            else None
+        ),
+        quality={"warnings": list(result.get("warnings", ())), "objective": result.get("objective")},
+        created_at=CREATED,
+    )
+    row["workload"] = orjson.dumps(row["workload"]).decode()
+    row["quality"] = orjson.dumps(row["quality"]).decode()
+    return row
+
+
+def _result(*, baseline: bool, later_baseline_end: bool = False) -> dict[str, Any]:
+    best = option("DE", T0 + timedelta(hours=3), provider="aws", region="eu-west-1", kwh=2.5, intensity=80)
+    best["emissions_g"] = None  # falls back to energy x intensity
+    out: dict[str, Any] = {
+        "best": best,
+        "warnings": ["a warning"],
+        "objective": {"mode": "balanced", "carbon_weight": 0.5},
+    }
+    if baseline:
+        hours = 5.0 if later_baseline_end else 1.0
+        out["baseline"] = option("FR", T0, hours=hours, intensity=400, cost=None)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("request_", "result", "key"),
+    [
+        (OptimizeRequest.model_validate(BODY), _result(baseline=True), None),
+        (
+            OptimizeRequest.model_validate({**BODY, "baseline": {"location": {"zone": "FR"}}}),
+            _result(baseline=True, later_baseline_end=True),
+            "key-1",
+        ),
+        (dict(BODY, signal="average"), _result(baseline=False), None),
+    ],
+    ids=["model, default baseline", "explicit baseline ending later, keyed", "mapping, no baseline"],
+)
+def test_the_optimize_row_is_the_generic_row(
+    request_: BaseModel | Mapping[str, Any], result: dict[str, Any], key: str | None
+) -> None:
+    ledger = _ledger()
+    built = ledger._optimize_row("p1", request_, result, "alice", CREATED, "rid", key)
+    assert built == _reference(ledger, request_, result, key)
+    # Memoised parts give the same values on a second build (and after the memo was primed).
+    assert ledger._optimize_row("p1", request_, result, "alice", CREATED, "rid", key) == built
+
+
+def test_a_raw_body_remembers_its_fingerprint_and_only_its_own() -> None:
+    ledger = _ledger()
+    one = OptimizeRequest.model_validate(BODY)
+    other_body = {**BODY, "workload": {"duration_minutes": 60, "vcpus": 2, "memory_gib": 8}}
+    other = OptimizeRequest.model_validate(other_body)
+    result = _result(baseline=True)
+    raw_one, raw_other = orjson.dumps(BODY), orjson.dumps(other_body)
+
+    plain = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None)
+    first = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None, raw_one)
+    again = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None, raw_one)
+    assert first == again == plain
+    theirs = ledger._optimize_row("p", other, result, "alice", CREATED, "rid", None, raw_other)
+    assert theirs["fingerprint"] != plain["fingerprint"]
+    assert theirs == ledger._optimize_row("p", other, result, "alice", CREATED, "rid", None)
+    assert orjson.loads(theirs["workload"])["duration_minutes"] == 60
+
+
+def test_the_due_date_follows_the_later_end_and_the_delay() -> None:
+    ledger = _ledger(delay_s=1800)
+    for later in (False, True):
+        result = _result(baseline=True, later_baseline_end=later)
+        row = ledger._optimize_row("p", OptimizeRequest.model_validate(BODY), result, "a", CREATED, "r", None)
+        ends: list[datetime] = [row["end_at"], row["baseline_end_at"]]
+        assert row["due_at"] == max(ends) + timedelta(seconds=1800)
+
+
+def test_random_ids_are_distinct_version_4_uuids() -> None:
+    ids = random_ids(2000)
+    assert len(set(ids)) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+
+
+async def test_a_deferred_row_is_built_on_the_next_loop_turn_and_keeps_nothing_of_its_inputs() -> None:
+    recorder = Recorder(NullWriter(), queue_max=10, write_timeout_s=0, retry_interval_s=1)
+
+    class Body:
+        """Stands in for the request's body and response."""
+
+    body = Body()
+    alive = weakref.ref(body)
+
+    def build(of: Body) -> Mapping[str, Any]:
+        return {"id": "d1", "fingerprint": "f", "of": type(of).__name__}
+
+    def deferred(of: Body) -> Deferred:
+        return Deferred("d1", lambda: build(of))
+
+    ack = recorder.offer(deferred(body), origin="optimize")
+    assert ack.queued
+    del body
+    gc.collect()
+    assert alive() is not None  # until the loop turns, the queued item holds its source
+    await asyncio.sleep(0)  # one loop turn: the row is built
+    gc.collect()
+    assert alive() is None  # the queue now holds the row, not what it was built from
+    assert recorder.depth == 1
