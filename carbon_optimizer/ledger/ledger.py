@@ -52,6 +52,8 @@ _TIMES_MAX: Final = 4096  # parsed answer times remembered (cleared when full)
 # for bodies up to this size, this many of them (≤ 4 MiB; cleared when full).
 _BODY_MEMO_BYTES: Final = 16 * 1024
 _BODY_MEMO_MAX: Final = 256
+# Answer parts of rows kept (cleared when full): one per result-cache entry that is hit.
+_ANSWER_PARTS_MAX: Final = 256
 # Answers that need no database (copied by the caller before it adds to them).
 _NOT_AVERAGE: Final = {
     "placement_id": None,
@@ -206,6 +208,8 @@ class Ledger:
         self._delay = timedelta(seconds=settings.reconcile_delay_s)
         self._dues: dict[datetime, datetime] = {}
         self._bodies: dict[bytes, tuple[str, str]] = {}
+        # The answer part of a row per answer objects (a result-cache hit repeats them).
+        self._answer_parts: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
     def _random_id(self) -> str:
         if len(self._ids) < _ID_POOL // 4 and not self._refilling:
@@ -349,22 +353,60 @@ class Ledger:
             getattr(request, "baseline", None) if isinstance(request, BaseModel) else request.get("baseline")
         )
         explicit_baseline = asked is not None
-        # The same row `_row` builds from these inputs (a test compares them), written out in one
-        # function: on the request path every call and keyword argument counts.
-        best = result["best"]
-        location = best["location"]
-        start, end = _when(best["start"]), _when(best["end"])
-        energy = float(best["energy_kwh"])
-        intensity = float(best["avg_carbon_intensity_g_per_kwh"])
-        baseline = result.get("baseline")
-        quality = {"warnings": list(result.get("warnings", ())), "objective": result.get("objective")}
-        row: dict[str, Any] = {
+        # A result-cache hit hands out the stored answer's very objects (a new dict around them):
+        # its row's answer part is the same, so it is kept per those objects (checked by
+        # identity, and they are kept alive with it) and only the request's own fields change.
+        best, baseline = result["best"], result.get("baseline")
+        warnings, objective = result.get("warnings", ()), result.get("objective")
+        memo_key = (id(best), id(baseline), id(warnings), id(objective), explicit_baseline)
+        kept = self._answer_parts.get(memo_key)
+        if kept is not None and all(
+            a is b for a, b in zip(kept[0], (best, baseline, warnings, objective), strict=True)
+        ):
+            return {
+                **kept[1],
+                "id": placement_id,
+                "client_id": client_id,
+                "created_at": created_at,
+                "request_id": request_id,
+                "idempotency_key": idempotency_key,
+            }
+        row = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
+        if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
+            self._answer_parts.clear()
+        self._answer_parts[memo_key] = ((best, baseline, warnings, objective), row)
+        return {
+            **row,
             "id": placement_id,
             "client_id": client_id,
             "created_at": created_at,
             "request_id": request_id,
-            "origin": "optimize",
             "idempotency_key": idempotency_key,
+        }
+
+    def _answer_part(
+        self,
+        best: Mapping[str, Any],
+        baseline: Mapping[str, Any] | None,
+        warnings: Any,
+        objective: Any,
+        explicit_baseline: bool,
+    ) -> dict[str, Any]:
+        """The row's columns that come from the answer alone (the request's own: `_answer_row`)."""
+        # The same row `_row` builds from these inputs (a test compares them), written out in one
+        # function: on the request path every call and keyword argument counts.
+        location = best["location"]
+        start, end = _when(best["start"]), _when(best["end"])
+        energy = float(best["energy_kwh"])
+        intensity = float(best["avg_carbon_intensity_g_per_kwh"])
+        quality = {"warnings": list(warnings), "objective": objective}
+        row: dict[str, Any] = {
+            "id": None,  # the request's own (`_answer_row`)
+            "client_id": None,
+            "created_at": None,
+            "request_id": None,
+            "origin": "optimize",
+            "idempotency_key": None,
             "fingerprint": None,  # `_with_body`
             "workload": None,
             "signal": self.signal,

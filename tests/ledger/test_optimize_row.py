@@ -203,3 +203,38 @@ async def test_a_deferred_row_is_built_on_the_next_loop_turn_and_keeps_nothing_o
     gc.collect()
     assert alive() is None  # the queue now holds the row, not what it was built from
     assert recorder.depth == 1
+
+
+def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
+    """A hit wraps the stored answer's objects in a new dict: same answer part, the request's own fields."""
+    ledger = _ledger()
+    stored = _result(baseline=True)
+    request_ = OptimizeRequest.model_validate(BODY)
+    first = ledger._optimize_row("p1", request_, {**stored, "request_id": "r1"}, "alice", CREATED, "r1", None)
+    later = CREATED + timedelta(minutes=3)
+    hit = ledger._optimize_row("p2", request_, {**stored, "request_id": "r2"}, "bob", later, "r2", "key-2")
+    own = {"id", "client_id", "created_at", "request_id", "idempotency_key"}
+    assert {k: v for k, v in hit.items() if k not in own} == {k: v for k, v in first.items() if k not in own}
+    assert (hit["id"], hit["client_id"], hit["created_at"], hit["request_id"], hit["idempotency_key"]) == (
+        "p2",
+        "bob",
+        later,
+        "r2",
+        "key-2",
+    )
+    assert list(hit) == list(first)  # same columns in the same order
+    assert hit == _reference(ledger, request_, {**stored, "request_id": "r2"}, "key-2") | {
+        "id": "p2",
+        "client_id": "bob",
+        "created_at": later,
+        "request_id": "r2",
+    }
+    # Another answer (equal values, other objects) is built afresh, and an explicit baseline is
+    # another row (its name) even for the same answer objects.
+    fresh = ledger._optimize_row("p3", request_, _result(baseline=True), "alice", CREATED, "r3", None)
+    assert {k: v for k, v in fresh.items() if k not in own} == {
+        k: v for k, v in first.items() if k not in own
+    }
+    explicit = OptimizeRequest.model_validate({**BODY, "baseline": {"location": {"zone": "FR"}}})
+    named = ledger._optimize_row("p4", explicit, {**stored}, "alice", CREATED, "r4", None)
+    assert named["baseline_name"] == "requested baseline" != first["baseline_name"]
