@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -38,15 +37,11 @@ from asgi_lifespan import LifespanManager
 if __package__ in (None, ""):  # run as `python bench/<script>.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-for _name in list(os.environ):  # the embedded default, as bench_http.py measures it
-    if _name.startswith("CARBON_OPTIMIZER_"):
-        del os.environ[_name]
-os.environ["CARBON_OPTIMIZER_RATE_LIMIT_ENABLED"] = "false"
-
-from bench import minimal_app  # noqa: E402
-from bench.bench_fresh_cpu import JSON, bodies  # noqa: E402
-from bench.bench_http import LARGE_TEMPLATE  # noqa: E402
-from carbon_optimizer.app import create_app  # noqa: E402
+# First: importing it sets the embedded default (no CARBON_OPTIMIZER_* settings, no rate limit).
+from bench.bench_fresh_cpu import JSON, bodies  # noqa: I001
+from bench import minimal_app
+from bench.bench_http import LARGE_TEMPLATE
+from carbon_optimizer.app import create_app
 
 VALIDATION = "request validation (FastAPI + pydantic)"
 

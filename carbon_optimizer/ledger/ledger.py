@@ -363,18 +363,12 @@ class Ledger:
         if kept is not None and all(
             a is b for a, b in zip(kept[0], (best, baseline, warnings, objective), strict=True)
         ):
-            return {
-                **kept[1],
-                "id": placement_id,
-                "client_id": client_id,
-                "created_at": created_at,
-                "request_id": request_id,
-                "idempotency_key": idempotency_key,
-            }
-        row = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
-        if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
-            self._answer_parts.clear()
-        self._answer_parts[memo_key] = ((best, baseline, warnings, objective), row)
+            row = kept[1]
+        else:
+            row = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
+            if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
+                self._answer_parts.clear()
+            self._answer_parts[memo_key] = ((best, baseline, warnings, objective), row)
         return {
             **row,
             "id": placement_id,
