@@ -126,16 +126,27 @@ class _Placed:
     energy_kwh: float
 
 
+_Row = tuple[Location, InstanceOffer | None, float | None, str | None, PowerEstimate]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One location's placement for a workload shape: its row (no energy) or why it is infeasible."""
+
+    row: _Row | None
+    infeasible: str | None  # the reason, when it cannot host the workload
+    warnings: tuple[str, ...]
+    # False when it read no price table of its own (its reason reads other tables): not kept.
+    keep: bool
+
+
 @dataclass(frozen=True, slots=True)
 class _Placement:
-    """`_place`'s memoised part: every location's offer, price and power (no energy), in order."""
+    """`_place`'s memoised part: every location's outcome, in order (None: made per request)."""
 
     locations: tuple[Location, ...]  # kept: the memo's key holds their ids
     tables: tuple[OfferTable | None, ...]
-    rows: tuple[tuple[Location, InstanceOffer | None, float | None, str | None, PowerEstimate], ...]
-    infeasible: tuple[tuple[Location, str], ...]
-    warnings: tuple[str, ...]
-    cacheable: bool
+    outcomes: tuple[_Outcome | None, ...]
 
 
 @dataclass(slots=True)
@@ -492,10 +503,11 @@ class OptimizerService:
     ) -> tuple[list[_Placed], list[tuple[Location, str]]]:
         """Each location's offer, price, power and energy for this workload (or why it cannot host it).
 
-        Everything but the energy depends on the locations, their (immutable) offer tables and
-        the workload's shape, not on its duration, so it is memoised on those (object identities,
-        checked against the entry): a scheduler's next request costs one `_Placed` per location.
-        A location without a price table is never memoised (its reason reads other tables).
+        Everything but the energy depends on the location, its (immutable) offer table and the
+        workload's shape, not on its duration, so outcomes are memoised on those (object
+        identities, checked against the entry): a scheduler's next request costs one `_Placed`
+        per location. A location without a price table is made afresh on every request (its
+        reason reads other tables); the others of the request stay memoised.
         """
         tables = await self._tables(locations, workload.price_type, ctx)
         shape = (
@@ -517,66 +529,63 @@ class OptimizerService:
             and all(a is b for a, b in zip(hit.tables, tables, strict=True))
         ):
             self._placements.move_to_end(key)
+            kept = hit.outcomes
         else:
-            hit = await self._place_rows(locations, tables, workload, uses_cost)
-            if hit.cacheable:
-                self._placements[key] = hit
-                if len(self._placements) > _GRID_CACHE_SIZE:
-                    self._placements.popitem(last=False)
-        for message in hit.warnings:
-            ctx.warn(message)
-        duration = workload.duration
-        placed = [
-            _Placed(location, offer, price, source, power, energy_kwh(power, duration))
-            for location, offer, price, source, power in hit.rows
-        ]
-        return placed, list(hit.infeasible)
-
-    async def _place_rows(
-        self,
-        locations: Sequence[Location],
-        tables: Sequence[OfferTable | None],
-        workload: Workload,
-        uses_cost: bool,
-    ) -> _Placement:
-        rows: list[tuple[Location, InstanceOffer | None, float | None, str | None, PowerEstimate]] = []
-        infeasible: list[tuple[Location, str]] = []
-        ctx = _Context()
-        cacheable = True
-        for location, table in zip(locations, tables, strict=True):
-            offer: InstanceOffer | None = None
-            price = location.price_usd_per_hour
-            price_source: str | None = "request" if price is not None else None
-            if location.is_cloud:
-                if table is None or len(table) == 0:
-                    cacheable = False
-                    missing = await self._missing_price(location, workload.price_type)
-                    if uses_cost and price is None:
-                        infeasible.append((location, missing))
-                        continue
-                    ctx.warn(f"{missing}; instance type and cost unknown")
-                else:
-                    chosen = self._select(table, workload)
-                    if isinstance(chosen, Infeasible):
-                        infeasible.append((location, chosen.reason))
-                        continue
-                    offer = chosen
-                    asked = workload.gpu.count if workload.gpu is not None else 0
-                    if asked and offer.gpu_count > asked:
-                        ctx.warn(
-                            f"{location.key}: {offer.instance_type} has {offer.gpu_count} GPUs for the "
-                            f"{asked} asked for: you pay for {offer.gpu_count} (energy counts the {asked} "
-                            "in use); it is the cheapest type there with enough of the GPUs asked for"
-                        )
-                    if price is None:
-                        price = offer.price_usd_per_hour
-                        price_source = offer.source
-            rows.append(
-                (location, offer, price, price_source, self._power(location.provider, workload, offer))
+            kept = (None,) * len(locations)
+        outcomes: list[_Outcome] = []
+        for location, table, known in zip(locations, tables, kept, strict=True):
+            outcomes.append(
+                known if known is not None else await self._place_one(location, table, workload, uses_cost)
             )
-        return _Placement(
-            tuple(locations), tuple(tables), tuple(rows), tuple(infeasible), tuple(ctx.warnings), cacheable
-        )
+        if hit is None or kept is not hit.outcomes:
+            memo = tuple(o if o.keep else None for o in outcomes)
+            self._placements[key] = _Placement(tuple(locations), tuple(tables), memo)
+            if len(self._placements) > _GRID_CACHE_SIZE:
+                self._placements.popitem(last=False)
+        duration = workload.duration
+        placed: list[_Placed] = []
+        infeasible: list[tuple[Location, str]] = []
+        for location, outcome in zip(locations, outcomes, strict=True):
+            for message in outcome.warnings:
+                ctx.warn(message)
+            if outcome.row is not None:
+                where, offer, price, source, power = outcome.row
+                placed.append(_Placed(where, offer, price, source, power, energy_kwh(power, duration)))
+            elif outcome.infeasible is not None:
+                infeasible.append((location, outcome.infeasible))
+        return placed, infeasible
+
+    async def _place_one(
+        self, location: Location, table: OfferTable | None, workload: Workload, uses_cost: bool
+    ) -> _Outcome:
+        price = location.price_usd_per_hour
+        price_source: str | None = "request" if price is not None else None
+        if not location.is_cloud:
+            return _Outcome(
+                (location, None, price, price_source, self._power(None, workload, None)), None, (), True
+            )
+        if table is None or len(table) == 0:
+            missing = await self._missing_price(location, workload.price_type)
+            if uses_cost and price is None:
+                return _Outcome(None, missing, (), False)
+            power = self._power(location.provider, workload, None)
+            warning = f"{missing}; instance type and cost unknown"
+            return _Outcome((location, None, price, price_source, power), None, (warning,), False)
+        chosen = self._select(table, workload)
+        if isinstance(chosen, Infeasible):
+            return _Outcome(None, chosen.reason, (), True)
+        warnings: tuple[str, ...] = ()
+        asked = workload.gpu.count if workload.gpu is not None else 0
+        if asked and chosen.gpu_count > asked:
+            warnings = (
+                f"{location.key}: {chosen.instance_type} has {chosen.gpu_count} GPUs for the "
+                f"{asked} asked for: you pay for {chosen.gpu_count} (energy counts the {asked} "
+                "in use); it is the cheapest type there with enough of the GPUs asked for",
+            )
+        if price is None:
+            price, price_source = chosen.price_usd_per_hour, chosen.source
+        power = self._power(location.provider, workload, chosen)
+        return _Outcome((location, chosen, price, price_source, power), None, warnings, True)
 
     async def _missing_price(self, location: Location, price_type: PriceType) -> str:
         """Why a cloud location has no price, as precisely as the data allows.

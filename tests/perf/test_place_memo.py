@@ -118,6 +118,12 @@ async def test_a_location_without_prices_warns_on_every_request() -> None:
     warning = "no price data for aws/eu-west-1; instance type and cost unknown"
     assert warning in first.warnings
     assert second.warnings == first.warnings
+    # The priced location stays memoised beside it (150-region requests have a few unpriced ones).
+    (entry,) = service._placements.values()
+    kept = dict(zip((loc.region for loc in entry.locations), entry.outcomes, strict=True))
+    assert kept["eu-west-1"] is None
+    assert kept["us-east-1"] is not None
+    assert kept["us-east-1"].row is not None
     # The table comes back: the next request prices the location (nothing stale was kept).
     prices.tables["eu-west-1"] = _table("eu-west-1", 0.428)
     third = await service.optimize(_query(120))
