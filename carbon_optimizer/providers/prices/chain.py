@@ -264,6 +264,16 @@ class _PriceShape:
     ages: tuple[tuple[str, OfferTable | None, datetime | None], ...]  # `_report_age` calls to replay
 
 
+def _local_key(provider: str, region: str, price_type: PriceType) -> str:
+    """The in-process tier's key of a table (the store's key plus the region as asked)."""
+    return f"{cache_key(provider, region, price_type)}@{region}"
+
+
+def _local_event(fresh: bool, fetched_at: datetime | None) -> str:
+    """The cache-event label of a local answer: a local copy of a bundled table is a miss."""
+    return "hit" if fresh else "miss" if fetched_at is None else "stale"
+
+
 class CachedPriceProvider:
     """`PriceProvider` chaining cache → live → bundled, with provenance on every row."""
 
@@ -351,24 +361,24 @@ class CachedPriceProvider:
             table = merge_missing(table, bundled)
         return table
 
+    def _fresh(self, fetched_at: datetime | None, price_type: PriceType, now: datetime) -> bool:
+        """The one freshness rule of a fetched table (every lane and the shape memo use it)."""
+        return fetched_at is not None and (now - fetched_at).total_seconds() < self.policy.ttl_s(price_type)
+
     def _local_hit(
         self, provider: str, region: str, price_type: PriceType
     ) -> tuple[OfferTable | None] | None:
         """`(table,)` from the in-process tier when it may answer (fresh, or nothing live to ask)."""
-        local = self._local.get(f"{cache_key(provider, region, price_type)}@{region}")
+        local = self._local.get(_local_key(provider, region, price_type))
         if local is None or time.monotonic() - local.loaded >= self.policy.local_ttl_s:
             return None
         fetched_at = local.fetched_at
-        fresh = fetched_at is not None and (
-            (self._clock() - fetched_at).total_seconds() < self.policy.ttl_s(price_type)
-        )
+        fresh = self._fresh(fetched_at, price_type, self._clock())
         if not fresh:
             source = self._live_source(provider, price_type)
             if source is not None and not self.statuses[provider].in_cooldown():
                 return None  # stale and a live source may be asked: not a hit
-        # A local copy of a bundled answer is a cache miss as far as the price cache goes.
-        result = "hit" if fresh else "miss" if fetched_at is None else "stale"
-        child(CACHE_EVENTS, "prices", "local", result).inc()
+        child(CACHE_EVENTS, "prices", "local", _local_event(fresh, fetched_at)).inc()
         self._report_age(provider, local.table, fetched_at)
         return (local.table,)
 
@@ -431,19 +441,19 @@ class CachedPriceProvider:
         last_age: dict[str, datetime | None] = {}
         now = self._clock()
         for provider, region in places:
-            local = self._local.get(f"{cache_key(provider, region, price_type)}@{region}")
+            local = self._local.get(_local_key(provider, region, price_type))
             if local is None:
                 return
             loaded_until = min(loaded_until, local.loaded + self.policy.local_ttl_s)
             fetched_at = local.fetched_at
-            fresh = fetched_at is not None and (now - fetched_at).total_seconds() < ttl.total_seconds()
+            fresh = self._fresh(fetched_at, price_type, now)
             if fresh:
                 assert fetched_at is not None
                 ends = fetched_at + ttl
                 fresh_until = ends if fresh_until is None else min(fresh_until, ends)
             elif self._live_source(provider, price_type) is not None:
                 return  # a hit only while its cool-down lasts: not kept
-            result = "hit" if fresh else "miss" if fetched_at is None else "stale"
+            result = _local_event(fresh, fetched_at)
             events[result] = events.get(result, 0) + 1
             if provider not in last_age or last_age[provider] != fetched_at:
                 ages.append((provider, local.table, fetched_at))  # the calls `_report_age` would act on
@@ -468,14 +478,13 @@ class CachedPriceProvider:
         hit = self._local_hit(provider, region, price_type)
         if hit is not None:
             return hit[0]
-        key = f"{cache_key(provider, region, price_type)}@{region}"
+        key = _local_key(provider, region, price_type)
         store_key = cache_key(provider, region, price_type)
-        ttl = self.policy.ttl_s(price_type)
         source = self._live_source(provider, price_type)
         can_go_live = source is not None and not self.statuses[provider].in_cooldown()
 
         def fresh(fetched_at: datetime | None) -> bool:
-            return fetched_at is not None and (self._clock() - fetched_at).total_seconds() < ttl
+            return self._fresh(fetched_at, price_type, self._clock())
 
         entry = await self._read_store(store_key)
         if entry is None:
