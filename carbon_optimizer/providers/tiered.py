@@ -334,11 +334,8 @@ class TieredCache(Generic[V]):
         the same object back means nothing changed. Counts a local hit like `get`; never answers
         a negative marker or a stale value (those take `get`).
         """
-        entry = self._fresh_local(self._local.get(key), self._clock())
-        if entry is None or entry.negative is not None:
-            return None
-        child(CACHE_EVENTS, self.name, "local", "hit").inc()
-        return entry.value
+        got = self.peek_lease(key)
+        return None if got is None else got[0]
 
     def peek_lease(self, key: str) -> tuple[V, Lease] | None:
         """`peek`, plus the `Lease` saying how long that very object stays its answer.

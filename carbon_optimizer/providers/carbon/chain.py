@@ -462,11 +462,11 @@ class CarbonChain:
     def _live_leased(
         self, key: _MemoKey, route: tuple[CarbonSource, ...], zone: str, now: datetime, now_floor: datetime
     ) -> tuple[SeriesResult | None, list[Lease] | None]:
-        """`_live_cached`, taking each source's lease where it has `peek_lease`.
+        """The routed zone's memoised answer if its sources' in-process tiers still hold its objects.
 
         (answer, leases) on a hit, leases None when a source can only `peek`; (None, None) on a
-        miss. Every source is peeked exactly as `_live_cached` peeks it, so the local-hit counts
-        do not depend on the lane.
+        miss. Each source is asked once per fetched object, by `peek_lease` where it has one
+        (the same answer and local-hit count as `peek`), so both lanes count alike.
         """
         memo = self._live_memo.get(key)
         if memo is None or len(memo.trace) > len(route) or memo.now_floor != now_floor:
@@ -606,20 +606,8 @@ class CarbonChain:
 
     def _live_cached(self, key: _MemoKey, route: tuple[CarbonSource, ...], zone: str) -> SeriesResult | None:
         """The routed zone's memoised answer if its sources' in-process tiers still hold its objects."""
-        memo = self._live_memo.get(key)
-        if memo is None or len(memo.trace) > len(route):
-            return None
         now = self._clock()
-        if memo.now_floor != floor_to(now, HOUR):
-            return None
-        for source, pairs in zip(route, memo.trace, strict=False):
-            peek = getattr(source, "peek", None)
-            if peek is None:
-                return None
-            for request, fetched in pairs:
-                if peek(request) is not fetched:
-                    return None
-        return self._serve_memo(key, memo, zone, now)
+        return self._live_leased(key, route, zone, now, floor_to(now, HOUR))[0]
 
     def _serve_memo(self, key: _MemoKey, memo: _LiveMemo, zone: str, now: datetime) -> SeriesResult:
         """A live-memo hit, by either lane: data age and fallback counts as a painted answer's."""

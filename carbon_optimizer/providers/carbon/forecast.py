@@ -257,11 +257,8 @@ class ForecastSource:
 
     def peek(self, request: SeriesRequest) -> Fetched | None:
         """What `fetch` would return from memory, synchronously, if already unpacked; else None."""
-        if request.kind is not SeriesKind.FORECAST or request.signal is not Signal.AVERAGE:
-            return None
-        cached = self.cache.peek(request)
-        memo = self._served.get(request.zone)
-        return memo[1] if cached is not None and memo is not None and memo[0] is cached else None
+        got = self.peek_lease(request)
+        return None if got is None else got[0]
 
     def peek_lease(self, request: SeriesRequest) -> tuple[Fetched, Lease] | None:
         """`peek` plus how long that object stays its answer: the cache's lease, and no new unpack."""
