@@ -36,7 +36,7 @@ from carbon_optimizer.domain.models import (
     Workload,
     format_utc,
 )
-from carbon_optimizer.domain.plan import Option, Plan, baseline_score, margin, savings, with_margin
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings, with_margin
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
@@ -112,6 +112,18 @@ class OptimizeQuery:
 # (provider, region, zone, price), or the providers listed.
 _QUERY_KEY = attrgetter("provider", "region", "zone", "price_usd_per_hour")
 _ListKey = tuple[tuple[tuple[str | None, str | None, str | None, float | None], ...] | None, tuple[str, ...]]
+
+
+def _selection_shape(workload: Workload) -> tuple[Any, ...]:
+    """What instance selection reads of a workload (its memo key; never the job's length)."""
+    return (
+        workload.vcpus,
+        workload.memory_gib,
+        workload.gpu,
+        tuple(sorted(workload.instance_types.items())),
+        workload.cpu_architecture,
+        workload.allow_burstable,
+    )
 
 
 @dataclass(slots=True)
@@ -221,14 +233,7 @@ class OptimizerService:
         if last is not None and last[0] is workload:
             chosen_in = last[1]
         else:
-            shape = (
-                workload.vcpus,
-                workload.memory_gib,
-                workload.gpu,
-                tuple(sorted(workload.instance_types.items())),
-                workload.cpu_architecture,
-                workload.allow_burstable,
-            )
+            shape = _selection_shape(workload)
             found = self._selections.get(shape)
             if found is None:
                 found = self._selections[shape] = {}
@@ -492,9 +497,8 @@ class OptimizerService:
         out: list[CarbonSeries] = []
         for result in results:
             assert result is not None
-            if result.warnings:
-                for message in result.warnings:
-                    ctx.warn(message)
+            for message in result.warnings:
+                ctx.warn(message)
             out.append(result.series)
         return out
 
@@ -510,17 +514,8 @@ class OptimizerService:
         reason reads other tables); the others of the request stay memoised.
         """
         tables = await self._tables(locations, workload.price_type, ctx)
-        shape = (
-            workload.vcpus,
-            workload.memory_gib,
-            workload.gpu,
-            tuple(sorted(workload.instance_types.items())) if workload.instance_types else (),
-            workload.power_watts,
-            workload.price_type,
-            workload.cpu_architecture,
-            workload.allow_burstable,
-            uses_cost,
-        )
+        # What placement reads of the workload besides what selection reads (never its length).
+        shape = (_selection_shape(workload), workload.power_watts, workload.price_type, uses_cost)
         key = (tuple(map(id, locations)), tuple(map(id, tables)), shape)
         hit = self._placements.get(key)
         if (
@@ -531,13 +526,13 @@ class OptimizerService:
             self._placements.move_to_end(key)
             kept = hit.outcomes
         else:
-            kept = (None,) * len(locations)
+            hit, kept = None, (None,) * len(locations)
         outcomes: list[_Outcome] = []
         for location, table, known in zip(locations, tables, kept, strict=True):
             outcomes.append(
                 known if known is not None else await self._place_one(location, table, workload, uses_cost)
             )
-        if hit is None or kept is not hit.outcomes:
+        if hit is None:
             memo = tuple(o if o.keep else None for o in outcomes)
             self._placements[key] = _Placement(tuple(locations), tuple(tables), memo)
             if len(self._placements) > _GRID_CACHE_SIZE:
@@ -685,12 +680,8 @@ class OptimizerService:
         if not scoring.ranked:
             raise NothingFeasible("no candidate satisfies the objective's constraints")
 
-        # Margins to the engine's best filled in as the options are made; `with_margin` below
-        # replaces only those of an answer the uncertainty step re-ranked (risk p90/mean).
-        first = scoring.ranked[0]
-        best_g = placed[first.location_index].energy_kwh * first.avg_intensity_g_per_kwh
         options = tuple(
-            self._option(rank + 1, placed[c.location_index], c, by_zone, workload, best_g)
+            self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
             for rank, c in enumerate(scoring.ranked)
         )
         uncertainty = None
@@ -756,11 +747,9 @@ class OptimizerService:
         cand: RankedCandidate,
         by_zone: dict[str, CarbonSeries],
         workload: Workload,
-        best_emissions_g: float | None = None,
     ) -> Option:
         series = by_zone[item.location.zone]
         return _option(
-            best_emissions_g=best_emissions_g,
             rank=rank,
             item=item,
             start=cand.start,
@@ -993,9 +982,7 @@ def _option(
     carbon_sources: Sequence[str],
     duration_hours: float,
     fitted_on: str | None = None,
-    best_emissions_g: float | None = None,
 ) -> Option:
-    delta, pct = (None, None) if best_emissions_g is None else margin(item.energy_kwh * avg, best_emissions_g)
     return Option(
         rank=rank,
         location=item.location,
@@ -1011,8 +998,6 @@ def _option(
         carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
         carbon_data=data_quality.weakest(carbon_sources, fitted_on),
-        delta_to_best_g=delta,
-        delta_to_best_pct=pct,
     )
 
 

@@ -105,17 +105,10 @@ def baseline_score(
     return objective_score(objective, emissions_g, cost_usd, min_emissions_g, min_cost_usd)
 
 
-def margin(emissions_g: float, best_emissions_g: float) -> tuple[float, float | None]:
-    """Emissions above the best option's (g) and as a share of it (%, None when the best emits 0)."""
-    delta = emissions_g - best_emissions_g
-    return delta, 100.0 * delta / best_emissions_g if best_emissions_g > 0 else None
-
-
 def with_margin(option: Option, best: Option) -> Option:
     """`option` with its emissions margin to `best` filled in."""
-    delta, pct = margin(option.emissions_g, best.emissions_g)
-    if option.delta_to_best_g == delta and option.delta_to_best_pct == pct:
-        return option  # built with it already (the service fills it in when it makes the option)
+    delta = option.emissions_g - best.emissions_g
+    pct = 100.0 * delta / best.emissions_g if best.emissions_g > 0 else None
     return replace(option, delta_to_best_g=delta, delta_to_best_pct=pct)
 
 
