@@ -219,6 +219,36 @@ def _integrals_into(
     )
 
 
+def _progression_period(
+    prefix: PrefixSums, first_s: float, spacing_s: float, count: int, duration_s: float
+) -> int | None:
+    """How many phase classes the progression's windows fall into, or None: take the general path.
+
+    None unless everything is whole seconds inside the grid and the classes are few enough for
+    strided views (the general path's `_phase_period` rule); 1 when the starts move in whole
+    grid steps.
+    """
+    step_s = prefix.step_seconds
+    if not (
+        count >= 1
+        and duration_s > 0
+        and spacing_s > 0
+        and first_s >= 0
+        and first_s.is_integer()
+        and spacing_s.is_integer()
+        and duration_s.is_integer()
+        and step_s.is_integer()
+    ):
+        return None
+    g, c = int(step_s), int(spacing_s)
+    if first_s + (count - 1) * spacing_s + duration_s > step_s * prefix.points:
+        return None
+    if count == 1 or c % g == 0:
+        return 1
+    period = g // math.gcd(g, c)
+    return period if period <= _MAX_PHASES and 2 * period <= count else None
+
+
 def _progression_means(
     grid: IntensityGrid, first_s: float, spacing_s: float, count: int, duration_s: float
 ) -> FloatArray:
@@ -230,35 +260,14 @@ def _progression_means(
     the same scalars and calls the same `_strided_into`, so the means are bit-identical; any other
     shape (fractional seconds, a gather) goes the general way.
     """
-    step_s = grid.prefix_sums().step_seconds
-    whole = (
-        count >= 1
-        and duration_s > 0
-        and spacing_s > 0
-        and first_s >= 0
-        and first_s.is_integer()
-        and spacing_s.is_integer()
-        and duration_s.is_integer()
-        and step_s.is_integer()
-    )
-    if not whole:
+    prefix = grid.prefix_sums()
+    step_s = prefix.step_seconds
+    period = _progression_period(prefix, first_s, spacing_s, count, duration_s)
+    if period is None:  # not whole seconds, a gather, or outside the grid (the general path says so)
         return _window_means_seconds(
             grid, first_s + spacing_s * np.arange(count, dtype=np.float64), duration_s
         )
-    prefix = grid.prefix_sums()
     g, c, f, d = int(step_s), int(spacing_s), int(first_s), int(duration_s)
-    last_end = f + (count - 1) * c + d
-    if last_end > g * prefix.points:
-        raise ValueError(
-            f"window outside the intensity grid: needs [{float(f)}, {float(last_end)}) s "
-            f"from {grid.start}, grid covers [0, {step_s * prefix.points}) s"
-        )
-    if count == 1 or c % g == 0:
-        period = 1
-    else:
-        period = g // math.gcd(g, c)
-        if period > _MAX_PHASES or 2 * period > count:
-            return _window_means_seconds(grid, f + spacing_s * np.arange(count, dtype=np.float64), duration_s)
     cum = prefix.cumulative
     means = np.empty((cum.shape[0], count), dtype=np.float64)
     for phase in range(period):
