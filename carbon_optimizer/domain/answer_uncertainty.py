@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from carbon_optimizer.domain.models import FloatArray, IntArray
-from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, assess_rows, zone_draw_sums
+from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, assess_rows, option_rows, zone_draw_sums
 
 P_BEST_CAP = 5  # options that get p_best (cost grows with zones × hours × draws; see the module doc)
 
@@ -130,13 +130,14 @@ def assess_answer(
     if len(top) >= 2:
         draw = sums or (lambda z: zone_draw_sums(np.asarray(paths[z]), draws, rho, seed + z))
         tables = {z: draw(z) for z in sorted({zones[k] for k in top})}
-        rows = []
-        for k in top:  # each option's drawn emissions: two rows of its zone's draw sums
-            table, a, h = tables[zones[k]], starts[k], spans[k]
-            if a + h > table.shape[0] - 1:
-                raise ValueError("every option's window must lie inside its zone's draws")
-            rows.append((table[a + h] - table[a]) * (float(kwhs[k]) / h))
-        result = assess_rows(np.stack(rows), risk)
+        rows = option_rows(
+            tables,
+            [zones[k] for k in top],
+            [starts[k] for k in top],
+            [spans[k] for k in top],
+            [kwhs[k] for k in top],
+        )
+        result = assess_rows(rows, risk)
         for j, k in enumerate(top):
             p_best[k] = float(result.p_best[j])
             beats[k] = float(result.beats_leader[j])

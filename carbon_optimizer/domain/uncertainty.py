@@ -403,19 +403,28 @@ def zone_draw_sums(
 
 def window_samples(sums: Sequence[FloatArray], options: Options) -> FloatArray:
     """Drawn emissions (draws, K) of each option from its zone's `zone_draw_sums`."""
-    columns = []
-    for zone, start, hours, scale in zip(
-        options.zone.tolist(),
-        options.start.tolist(),
-        options.hours.tolist(),
-        options.scale.tolist(),
-        strict=True,
-    ):
+    rows = option_rows(
+        sums, options.zone.tolist(), options.start.tolist(), options.hours.tolist(), options.scale.tolist()
+    )
+    out: FloatArray = rows.T  # (draws, K) view of K contiguous rows (see `_rows`)
+    return out
+
+
+def option_rows(
+    sums: Sequence[FloatArray] | Mapping[int, FloatArray],
+    zones: Sequence[int],
+    starts: Sequence[int],
+    hours: Sequence[int],
+    scales: Sequence[float],
+) -> FloatArray:
+    """(K, draws) drawn emissions, one contiguous row per option: two rows of its zone's draw sums."""
+    rows = []
+    for zone, start, span, scale in zip(zones, starts, hours, scales, strict=True):
         table = sums[zone]
-        if hours < 1 or start < 0 or start + hours > table.shape[0] - 1:
+        if span < 1 or start < 0 or start + span > table.shape[0] - 1:
             raise ValueError("every option's window must lie inside its zone's draws")
-        columns.append((table[start + hours] - table[start]) * (scale / hours))
-    out: FloatArray = np.stack(columns).T  # (draws, K) view of K contiguous rows (see `_rows`)
+        rows.append((table[start + span] - table[start]) * (float(scale) / span))
+    out: FloatArray = np.stack(rows)
     return out
 
 
