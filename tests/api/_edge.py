@@ -7,6 +7,10 @@ log, metrics, auth, CORS, headers, limiter, budget, body read) built by the same
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
@@ -34,3 +38,11 @@ def tiny_edge(app: FastAPI, settings: Settings) -> FastAPI:
     document_security(app, store, PROBE_PATHS | docs)
     rate.document(app)
     return app
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on `app` in process (real ASGI, no network)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client

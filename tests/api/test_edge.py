@@ -8,18 +8,16 @@ edge (`tests/api/_edge.py`), so these pin the edge, not the routes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from prometheus_client import REGISTRY
 
 from carbon_optimizer.settings import EdgeSettings, Settings
-from tests.api._edge import tiny_edge
+from tests.api._edge import client_for, tiny_edge
 
 KEY = "test-key-edge-0123456789abcdef"
 
@@ -50,13 +48,6 @@ def tiny_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     return tiny_edge(app, settings)
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
 
 
 async def call_raw(

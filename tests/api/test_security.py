@@ -11,10 +11,8 @@ import hmac
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -24,7 +22,7 @@ from carbon_optimizer.api.security import ApiKeyStore, client_id_for
 from carbon_optimizer.app import create_app
 from carbon_optimizer.logging_config import ACCESS_LOGGER_NAME, JsonFormatter, settings_secrets
 from carbon_optimizer.settings import Settings
-from tests.api._edge import tiny_edge
+from tests.api._edge import client_for, tiny_edge
 
 KEY_A = "test-key-alpha-0123456789abcdef"
 KEY_B = "test-key-bravo-0123456789abcdef"
@@ -56,13 +54,6 @@ def tiny_app(settings: Settings) -> FastAPI:
         return {"metrics": "here"}
 
     return tiny_edge(app, settings)
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        yield client
 
 
 @pytest.fixture
