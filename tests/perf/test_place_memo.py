@@ -14,8 +14,6 @@ import pytest
 
 from carbon_optimizer.domain.models import (
     InstanceOffer,
-    Objective,
-    ObjectiveMode,
     OfferTable,
     PriceType,
     Workload,
@@ -24,7 +22,8 @@ from carbon_optimizer.errors import NothingFeasible
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.catalog import load_region_catalog
-from carbon_optimizer.service import LocationQuery, OptimizeQuery, OptimizerService
+from carbon_optimizer.service import OptimizeQuery, OptimizerService
+from tests.support.queries import places, query
 
 NOW = datetime(2026, 11, 24, 9, 17, 23, tzinfo=UTC)
 
@@ -67,19 +66,8 @@ def _service(prices: Prices) -> OptimizerService:
 
 
 def _query(minutes: int, regions: tuple[str, ...] = ("us-east-1", "eu-west-1")) -> OptimizeQuery:
-    start = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-    return OptimizeQuery(
-        workload=Workload(duration=timedelta(minutes=minutes), vcpus=8, memory_gib=32.0),
-        locations=[
-            LocationQuery("aws", region, None, None, ("body", "locations", i))
-            for i, region in enumerate(regions)
-        ],
-        providers=None,
-        earliest_start=start,
-        deadline=start + timedelta(hours=24),
-        objective=Objective(mode=ObjectiveMode.CARBON),
-        time_step=timedelta(minutes=60),
-        max_results=5,
+    return query(
+        datetime(2026, 11, 25, 10, 0, tzinfo=UTC), places(*(("aws", r, None) for r in regions)), minutes
     )
 
 

@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from carbon_optimizer.app import runtime
-from carbon_optimizer.domain.models import Objective, ObjectiveMode, Workload
 from carbon_optimizer.errors import UnknownRegion, UnknownZone
 from carbon_optimizer.providers.carbon.chain import CarbonChain
 from carbon_optimizer.providers.carbon.offline import OfflineCarbonProvider
 from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.providers.prices.bundled import BundledPriceProvider
-from carbon_optimizer.service import LocationQuery, OptimizeQuery, OptimizerService
+from carbon_optimizer.service import LocationQuery, OptimizerService
 from carbon_optimizer.settings import Settings
+from tests.support.queries import places, query
 
 NOW = datetime(2026, 11, 24, 9, 17, 23, tzinfo=UTC)
 
@@ -31,23 +31,6 @@ def service() -> OptimizerService:
     return OptimizerService(
         catalog=load_region_catalog(), carbon=chain, prices=BundledPriceProvider(), clock=lambda: NOW
     )
-
-
-def query(start: datetime, locations: list[LocationQuery], minutes: int = 120) -> OptimizeQuery:
-    return OptimizeQuery(
-        workload=Workload(duration=timedelta(minutes=minutes), vcpus=8, memory_gib=32.0),
-        locations=locations,
-        providers=None,
-        earliest_start=start,
-        deadline=start + timedelta(hours=24),
-        objective=Objective(mode=ObjectiveMode.CARBON),
-        time_step=timedelta(minutes=60),
-        max_results=5,
-    )
-
-
-def places(*items: tuple[str | None, str | None, str | None]) -> list[LocationQuery]:
-    return [LocationQuery(p, r, z, None, ("body", "locations", i)) for i, (p, r, z) in enumerate(items)]
 
 
 LOCATIONS = places(
