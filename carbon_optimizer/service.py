@@ -36,7 +36,7 @@ from carbon_optimizer.domain.models import (
     Workload,
     format_utc,
 )
-from carbon_optimizer.domain.plan import Option, Plan, baseline_score, savings, with_margin
+from carbon_optimizer.domain.plan import Option, Plan, baseline_score, margin, savings
 from carbon_optimizer.domain.scoring import (
     RankedCandidate,
     ScoringInput,
@@ -63,7 +63,7 @@ from carbon_optimizer.providers.base import (
 )
 from carbon_optimizer.providers.carbon.base import SeriesResult, Signal
 from carbon_optimizer.providers.catalog import RegionCatalog
-from carbon_optimizer.uncertainty_step import UncertaintyStep
+from carbon_optimizer.uncertainty_step import CandidateWindows, UncertaintyStep
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -680,14 +680,26 @@ class OptimizerService:
         if not scoring.ranked:
             raise NothingFeasible("no candidate satisfies the objective's constraints")
 
-        options = tuple(
-            self._option(rank + 1, placed[c.location_index], c, by_zone, workload)
-            for rank, c in enumerate(scoring.ranked)
-        )
+        ranked = scoring.ranked
+        chosen = [placed[c.location_index] for c in ranked]
+        emissions = [p.energy_kwh * c.avg_intensity_g_per_kwh for p, c in zip(chosen, ranked, strict=True)]
+        order: Sequence[int] = range(len(ranked))
         uncertainty = None
         if self.uncertainty is not None:
-            options, uncertainty = self.uncertainty.apply(options, by_zone, self.clock(), query.risk)
-        options = tuple(with_margin(o, options[0]) for o in options)
+            windows = CandidateWindows(
+                [p.location.zone for p in chosen],
+                [c.start for c in ranked],
+                [c.end for c in ranked],
+                [p.energy_kwh for p in chosen],
+                emissions,
+            )
+            order, uncertainty = self.uncertainty.apply(windows, by_zone, self.clock(), query.risk)
+        # Each option made once, in its final rank, with its margin to the final best.
+        best_g = emissions[order[0]]
+        options = tuple(
+            self._option(rank + 1, chosen[k], ranked[k], by_zone, workload, margin(emissions[k], best_g))
+            for rank, k in enumerate(order)
+        )
         # Per zone, then per location (resolution already dropped duplicate locations).
         zone_kinds = {
             zone: data_quality.weakest(series.sources_between(start, deadline), self.fitted_on(zone))
@@ -747,6 +759,7 @@ class OptimizerService:
         cand: RankedCandidate,
         by_zone: dict[str, CarbonSeries],
         workload: Workload,
+        to_best: tuple[float, float | None],
     ) -> Option:
         series = by_zone[item.location.zone]
         return _option(
@@ -759,6 +772,7 @@ class OptimizerService:
             carbon_sources=series.sources_between(cand.start, cand.end),
             duration_hours=workload.duration_hours,
             fitted_on=self.fitted_on(item.location.zone),
+            to_best=to_best,
         )
 
     async def _baseline(
@@ -982,6 +996,7 @@ def _option(
     carbon_sources: Sequence[str],
     duration_hours: float,
     fitted_on: str | None = None,
+    to_best: tuple[float | None, float | None] = (None, None),
 ) -> Option:
     return Option(
         rank=rank,
@@ -998,6 +1013,8 @@ def _option(
         carbon_source="+".join(carbon_sources),
         price_source=item.price_source,
         carbon_data=data_quality.weakest(carbon_sources, fitted_on),
+        delta_to_best_g=to_best[0],
+        delta_to_best_pct=to_best[1],
     )
 
 

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 
 from carbon_optimizer.domain.answer_uncertainty import P_BEST_CAP, PathPrefix, assess_answer, path_prefix
 from carbon_optimizer.domain.models import CarbonSeries, FloatArray
-from carbon_optimizer.domain.plan import Option
 from carbon_optimizer.domain.uncertainty import DEFAULT_DRAWS, ErrorModel, ar1_normals, zone_draw_sums
 from carbon_optimizer.providers.carbon.stack import ForecastBand, backtested_mape_pct
 
@@ -55,6 +55,16 @@ class ForecastQuality:
     history: str  # "replay" (bundled 2023 history) or "live"
     hours_ahead: tuple[int, int]  # first and last hour ahead of the window's forecast hours
     backtested_mape_pct: float  # backtested p50 MAPE at the window's furthest hour ahead
+
+
+class CandidateWindows(NamedTuple):
+    """The ranked candidates' windows, in the engine's order: one list per field."""
+
+    zones: list[str]
+    starts: list[datetime]
+    ends: list[datetime]
+    kwh: list[float]
+    emissions_g: list[float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,25 +185,30 @@ class UncertaintyStep:
         return out
 
     def apply(
-        self, options: Sequence[Option], by_zone: Mapping[str, CarbonSeries], now: datetime, risk: str = "p50"
-    ) -> tuple[tuple[Option, ...], PlanUncertainty]:
-        """Options (re-ranked among the top when `risk` is not p50) and their uncertainty."""
+        self, windows: CandidateWindows, by_zone: Mapping[str, CarbonSeries], now: datetime, risk: str = "p50"
+    ) -> tuple[tuple[int, ...], PlanUncertainty]:
+        """The answer's order (indices into `windows`) and each option's uncertainty in that order.
+
+        The order re-ranks the top options when `risk` is not p50. Takes the ranked candidates'
+        windows, not options: the service makes each option once, in its final rank and with its
+        margin to the final best (a frozen option rebuilt for a new rank or margin cost ~4 µs).
+        """
         now_floor = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        zones = sorted({o.location.zone for o in options})
+        zones = sorted(set(windows.zones))
         row = {z: i for i, z in enumerate(zones)}
         entries = [self._entry(by_zone[z], now_floor) for z in zones]
+        firsts = [by_zone[z].start for z in zones]
         # Plain lists: an answer has a handful of options, and assess_answer reads them one by one.
         zone: list[int] = []
         start: list[int] = []
         span: list[int] = []
-        for o in options:
-            first = by_zone[o.location.zone].start
-            a = (o.start - first) // HOUR
-            zone.append(row[o.location.zone])
+        for name, begin, end in zip(windows.zones, windows.starts, windows.ends, strict=True):
+            z = row[name]
+            first = firsts[z]
+            a = (begin - first) // HOUR
+            zone.append(z)
             start.append(a)
-            span.append(max(-(-(o.end - first) // HOUR) - a, 1))
-        kwh = [o.energy_kwh for o in options]
-        emissions = [o.emissions_g for o in options]
+            span.append(max(-(-(end - first) // HOUR) - a, 1))
         rho = self.error_model.hourly_correlation
         draws = self.draws
         result = assess_answer(
@@ -201,8 +216,8 @@ class UncertaintyStep:
             zone,
             start,
             span,
-            kwh,
-            emissions,
+            windows.kwh,
+            windows.emissions_g,
             rho=rho,
             risk=risk,
             cap=self.cap,
@@ -211,9 +226,8 @@ class UncertaintyStep:
             prefix=lambda z: entries[z].prefix,
         )
         per: list[OptionUncertainty] = []
-        for k, option in enumerate(options):
-            entry = entries[zone[k]]
-            reason, methods, forecast = self._describe(entry, option, now_floor)
+        for k, (begin, end) in enumerate(zip(windows.starts, windows.ends, strict=True)):
+            reason, methods, forecast = self._describe(entries[zone[k]], begin, end, now_floor)
             if reason is None and result.interval_g[k] is None:
                 reason = "data not on an hourly lattice (or the forecast band is missing): no interval"
                 methods = None
@@ -228,10 +242,6 @@ class UncertaintyStep:
                 )
             )
         order = result.order
-        ranked = tuple(
-            replace(options[k], rank=i + 1) if options[k].rank not in (None, i + 1) else options[k]
-            for i, k in enumerate(order)
-        )
         plan = PlanUncertainty(
             options=tuple(per[k] for k in order),
             tied=result.tied,
@@ -240,7 +250,7 @@ class UncertaintyStep:
             draws=self.draws,
             rho=rho,
         )
-        return ranked, plan
+        return order, plan
 
     def _entry(self, series: CarbonSeries, now_floor: datetime) -> _ZoneEntry:
         """The zone's paths on its own lattice (and later its draws), memoised per series and hour.
@@ -265,7 +275,7 @@ class UncertaintyStep:
         return entry
 
     def _describe(
-        self, entry: _ZoneEntry, option: Option, now_floor: datetime
+        self, entry: _ZoneEntry, begin: datetime, end: datetime, now_floor: datetime
     ) -> tuple[str | None, str | None, ForecastQuality | None]:
         """(reason for no interval, methods, forecast quality) of an option's window, memoised.
 
@@ -273,13 +283,13 @@ class UncertaintyStep:
         the entry's key fixes: options of many requests share the same few windows.
         """
         series = entry.series
-        key = (series.index_of(option.start), -((series.start - option.end) // series.step))
+        key = (series.index_of(begin), -((series.start - end) // series.step))
         found = entry.described.get(key)
         if found is None:
-            labels = series.sources_between(option.start, option.end)
+            labels = series.sources_between(begin, end)
             reason = next((r for r in (_reason(label) for label in labels) if r is not None), None)
             methods = "+".join(dict.fromkeys(_method(label) for label in labels)) if reason is None else None
-            found = (reason, methods, self._quality(series, entry.band, option, now_floor))
+            found = (reason, methods, self._quality(series, entry.band, begin, end, now_floor))
             if len(entry.described) < _DESCRIBED_PER_ENTRY:
                 entry.described[key] = found
         return found
@@ -324,10 +334,15 @@ class UncertaintyStep:
             self._memo_bytes -= 3 * old.paths.nbytes + (old.sums.nbytes if old.sums is not None else 0)
 
     def _quality(
-        self, series: CarbonSeries, band: ForecastBand | None, option: Option, now_floor: datetime
+        self,
+        series: CarbonSeries,
+        band: ForecastBand | None,
+        begin: datetime,
+        end: datetime,
+        now_floor: datetime,
     ) -> ForecastQuality | None:
-        """Data quality of the option's reliance on our forecaster (None when it does not)."""
-        first_i, last_i = series.index_of(option.start), -(-(option.end - series.start) // series.step)
+        """Data quality of the window's reliance on our forecaster (None when it does not)."""
+        first_i, last_i = series.index_of(begin), -(-(end - series.start) // series.step)
         for run in series.runs:
             if not _base(run.label).startswith("forecast:"):
                 continue

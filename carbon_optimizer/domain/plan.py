@@ -8,7 +8,7 @@ shared by the HTTP API and the CLI).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from carbon_optimizer.domain.energy import PowerEstimate
@@ -105,11 +105,10 @@ def baseline_score(
     return objective_score(objective, emissions_g, cost_usd, min_emissions_g, min_cost_usd)
 
 
-def with_margin(option: Option, best: Option) -> Option:
-    """`option` with its emissions margin to `best` filled in."""
-    delta = option.emissions_g - best.emissions_g
-    pct = 100.0 * delta / best.emissions_g if best.emissions_g > 0 else None
-    return replace(option, delta_to_best_g=delta, delta_to_best_pct=pct)
+def margin(emissions_g: float, best_g: float) -> tuple[float, float | None]:
+    """An option's emissions margin to the best's (g, and % of the best's; None when it emits 0)."""
+    delta = emissions_g - best_g
+    return delta, (100.0 * delta / best_g if best_g > 0 else None)
 
 
 def savings(best: Option, baseline: Option | None) -> Savings | None:
