@@ -9,6 +9,8 @@ windows differ in the last bits, deciding ties by noise instead of by the earlie
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
+from operator import attrgetter
 
 from carbon_optimizer.api.schemas import LocationSpec, OptimizeRequest
 from carbon_optimizer.domain.gpu import expand_gpu_models
@@ -31,6 +33,25 @@ def location_query(spec: LocationSpec, loc: tuple[str | int, ...]) -> LocationQu
         zone=spec.zone,
         price_usd_per_hour=spec.price_usd_per_hour,
         loc=loc,
+    )
+
+
+# What a location spec carries into the service, in `LocationQuery`'s field order.
+_SPEC_FIELDS = attrgetter("provider", "region", "zone", "price_usd_per_hour")
+_SpecKey = tuple[tuple[str | None, str | None, str | None, float | None], ...]
+
+
+@lru_cache(maxsize=1024)
+def _location_queries(specs: _SpecKey) -> tuple[LocationQuery, ...]:
+    """The body's location list as queries, memoised on what the specs say.
+
+    Why: schedulers send the same few location lists over and over, and building 20 frozen
+    dataclasses cost ~15 µs of a fresh answer; the queries are immutable, so equal lists share
+    them (the position in `loc` is the index in the list, part of the key by its place).
+    """
+    return tuple(
+        LocationQuery(provider=p, region=r, zone=z, price_usd_per_hour=price, loc=("body", "locations", i))
+        for i, (p, r, z, price) in enumerate(specs)
     )
 
 
@@ -65,9 +86,7 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         carbon_price_usd_per_tonne=o.carbon_price_usd_per_tonne,
     )
     locations = (
-        [location_query(spec, ("body", "locations", i)) for i, spec in enumerate(body.locations)]
-        if body.locations is not None
-        else None
+        _location_queries(tuple(map(_SPEC_FIELDS, body.locations))) if body.locations is not None else None
     )
     window = body.window
     return OptimizeQuery(
