@@ -346,8 +346,12 @@ def _partition_quantile(rows: FloatArray, q: float) -> FloatArray:
     position = q * (n - 1)
     low = int(np.floor(position))
     high = min(low + 1, n - 1)
-    part = np.partition(rows, [low, high], axis=1)
-    out: FloatArray = part[:, low] + (position - low) * (part[:, high] - part[:, low])
+    # One selection, not two: after partitioning at `high`, the `high` values left of it are the
+    # smallest, so their maximum is the low-th order statistic itself (half the cost at 1,000 draws).
+    part = np.partition(rows, high, axis=1)
+    upper = part[:, high]
+    lower = part[:, :high].max(axis=1) if high > low else upper
+    out: FloatArray = lower + (position - low) * (upper - lower)
     return out
 
 

@@ -275,3 +275,21 @@ def test_lean_assessment_equals_the_array_formulas_exactly(
     np.testing.assert_array_equal(lean.order, full.order)  # partition and sort: the same quantile
     others = np.delete(want_beats, lean.leader)
     assert lean.tied == bool(others.size and others.max() >= unc.TIE_THRESHOLD)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    draws=st.integers(1, 1200),
+    q=st.sampled_from([0.1, 0.5, 0.9, 0.0, 1.0]),
+    levels=st.integers(1, 50),  # few distinct values: ties at the selected order statistics
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_partition_quantile_is_the_sorted_quantile_bit_for_bit(
+    rows: int, draws: int, q: float, levels: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, levels, size=(rows, draws)) * 0.37 + rng.normal(size=(rows, 1))
+    expected = unc._sorted_quantile(np.sort(values, axis=1), q)
+    assert np.array_equal(unc._partition_quantile(values, q), expected)
+    assert np.allclose(expected, np.quantile(values, q, axis=1), rtol=0, atol=1e-12)
