@@ -293,3 +293,22 @@ def test_partition_quantile_is_the_sorted_quantile_bit_for_bit(
     expected = unc._sorted_quantile(np.sort(values, axis=1), q)
     assert np.array_equal(unc._partition_quantile(values, q), expected)
     assert np.allclose(expected, np.quantile(values, q, axis=1), rtol=0, atol=1e-12)
+
+
+def test_option_rows_are_each_windows_two_row_difference_scaled() -> None:
+    rng = np.random.default_rng(7)
+    tables = {z: np.cumsum(rng.random((30, 50)), axis=0) for z in (0, 3)}
+    zones, starts, spans, scales = [3, 0, 3], [2, 0, 10], [5, 1, 19], [1.5, 2.0, 0.25]
+    got = unc.option_rows(tables, zones, starts, spans, scales)
+    want = np.stack(
+        [
+            (tables[z][a + h] - tables[z][a]) * (s / h)
+            for z, a, h, s in zip(zones, starts, spans, scales, strict=True)
+        ]
+    )
+    assert got.flags.c_contiguous
+    assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match="inside its zone's draws"):
+        unc.option_rows(tables, [0], [20], [10], [1.0])  # 20 + 10 > 29 rows of sums
+    with pytest.raises(ValueError, match="at least one option"):
+        unc.option_rows(tables, [], [], [], [])
