@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
@@ -831,19 +831,21 @@ class OptimizerService:
         else:
             series = await self._series(item.location.zone, start, end, ctx, signal)
             avg = evaluate_window(align_series([series], start, end), 0, start, workload.duration)
-        option = _option(
+        hours, price = workload.duration_hours, item.price_usd_per_hour
+        # The option's own emissions_g and cost_usd, computed as its properties do (no copy to score it).
+        cost = None if price is None else price * hours
+        score = baseline_score(objective, item.energy_kwh * avg, cost, min_emissions, min_cost)
+        return _option(
             rank=None,
             item=item,
             start=start,
             end=end,
             avg=avg,
-            score=None,
+            score=score,
             carbon_sources=series.sources_between(start, end),
-            duration_hours=workload.duration_hours,
+            duration_hours=hours,
             fitted_on=self.fitted_on(item.location.zone),
         )
-        score = baseline_score(objective, option.emissions_g, option.cost_usd, min_emissions, min_cost)
-        return replace(option, score=score)
 
     def _median_now(
         self, placed: Sequence[_Placed], start: datetime, workload: Workload, intensity: IntensityGrid
