@@ -47,7 +47,10 @@ VALIDATION = "request validation (FastAPI + pydantic)"
 
 # Stage → its calls (file suffix, function name); a sample goes to the outermost one on its stack.
 STAGES: dict[str, list[tuple[str, str]]] = {
-    VALIDATION: [("fastapi/dependencies/utils.py", "solve_dependencies")],
+    VALIDATION: [
+        ("fastapi/dependencies/utils.py", "solve_dependencies"),
+        ("api/json_route.py", "_validated"),  # the optimize route's fast path (pydantic-core)
+    ],
     "to_query (API → domain)": [("api/convert.py", "to_query")],
     "location resolution": [("service.py", "_resolve_all")],
     "prices, instance, power (_place)": [("service.py", "_place")],
