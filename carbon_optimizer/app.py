@@ -27,6 +27,7 @@ from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.edge import EdgeMiddleware, edge_middleware_options
 from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
+from carbon_optimizer.api.json_route import DirectRoutes
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
@@ -340,7 +341,10 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     # Only the /metrics endpoint (multiprocess-aware); the HTTP series are the edge's own.
     Instrumentator().expose(app, endpoint="/metrics", include_in_schema=False)
     app.user_middleware[:] = [
-        Middleware(EdgeMiddleware, **edge_middleware_options(settings, key_store, rate, docs_paths))
+        Middleware(
+            EdgeMiddleware,
+            **edge_middleware_options(settings, key_store, rate, docs_paths, direct=DirectRoutes(app)),
+        )
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)
     rate.document(app)

@@ -30,15 +30,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
-from carbon_optimizer.api.middleware import Message, Receive, Scope, Send
+from carbon_optimizer.api.middleware import Message, Receive, Scope, Send, replay
 
 _JSON: Final = b"application/json"
 _TELEMETRY: Final = "fastapi.telemetry"
+_RAISED: Final = "carbon_optimizer.raised"  # answer_direct's exception, for `handle` to raise
 
 
 def _first_content_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -112,6 +115,9 @@ class JsonBodyRoute(APIRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a valid JSON body directly; hand everything else to FastAPI's handler, body replayed."""
+        raised = scope.pop(_RAISED, None)
+        if raised is not None:  # `answer_direct`'s exception, raised where this route raises its own
+            raise raised
         if _TELEMETRY in scope or scope["method"] not in (self.methods or ()):
             await super().handle(scope, receive, send)
             return
@@ -125,6 +131,26 @@ class JsonBodyRoute(APIRoute):
         response = await self.answer(request, body, raw)
         await response(scope, replayed, send)
 
+    async def answer_direct(self, scope: Scope, raw: bytes, receive: Receive, send: Send) -> bool:
+        """Answer a body the edge has read, without FastAPI's inner layers; False when it did not.
+
+        False means the caller must run the request through the app as usual (body replayed):
+        either the body is not the fast case (FastAPI's handler answers it), or `answer` raised,
+        and the exception is then re-raised by `handle` in the very place it would have been
+        raised, so `ExceptionMiddleware` maps it exactly as it always does.
+        """
+        body = self._validated(scope, raw)
+        if body is None:
+            return False
+        request = Request(scope, replay(raw, receive), send)
+        try:
+            response = await self.answer(request, body, raw)
+        except Exception as exc:
+            scope[_RAISED] = exc
+            return False
+        await response(scope, receive, send)
+        return True
+
     def _validated(self, scope: Scope, raw: bytes | None) -> BaseModel | None:
         """The body model when this request is surely FastAPI's accepted JSON case, else None."""
         if not raw or not _plain_json(_first_content_type(scope["headers"])):
@@ -133,3 +159,68 @@ class JsonBodyRoute(APIRoute):
             return self._validate_json(raw)
         except Exception:  # FastAPI's path answers it: the same 422, or it accepts it
             return None
+
+
+class DirectRoutes:
+    """The app's `JsonBodyRoute`s by exact (method, path), for the edge to call them directly.
+
+    Why (issue 12): between the edge and a route FastAPI runs `ExceptionMiddleware` (a `Request`
+    and two closures per request, one more wrapper around every `send`),
+    `AsyncExitStackMiddleware` (an exit stack per request) and the router's walk (each route's
+    `matches`, scope updates). A body the edge has already read, for a route that needs none
+    of them, is answered by `JsonBodyRoute.answer_direct`, which sets the scope keys the router
+    would have set. Anything else takes the app as usual: other paths, a `root_path`, FastAPI
+    telemetry, a body the fast path leaves to FastAPI, an exception to map.
+
+    The table is built at the first request (every route exists by then) by asking the router's
+    own routes, in order, which one a request to each path would reach: a path another route
+    would answer first is never taken directly.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+        self._table: dict[tuple[str, str], tuple[JsonBodyRoute, Callable[..., Any]]] | None = None
+
+    def route_for(self, scope: Scope) -> JsonBodyRoute | None:
+        """The route to answer this request directly, or None (the app's usual path)."""
+        if scope.get("root_path") or _TELEMETRY in scope:
+            return None
+        table = self._table if self._table is not None else self._build()
+        found = table.get((scope["method"], scope["path"]))
+        if found is None:
+            return None
+        route, endpoint = found
+        # What the router's match would have put in the scope (Router.app + APIRoute.matches).
+        scope.setdefault("router", self._app.router)
+        scope["endpoint"] = endpoint
+        scope["path_params"] = {}
+        scope["route"] = route
+        return route
+
+    def _build(self) -> dict[tuple[str, str], tuple[JsonBodyRoute, Callable[..., Any]]]:
+        table: dict[tuple[str, str], tuple[JsonBodyRoute, Callable[..., Any]]] = {}
+        routes = self._app.router.routes
+        for candidate in routes:
+            if not isinstance(candidate, JsonBodyRoute) or candidate.param_convertors:
+                continue
+            for method in candidate.methods or ():
+                probe = {
+                    "type": "http",
+                    "method": method,
+                    "path": candidate.path,
+                    "root_path": "",
+                    "headers": [],
+                }
+                if _first_full_match(routes, probe) is candidate:
+                    table[(method, candidate.path)] = (candidate, candidate.endpoint)
+        self._table = table
+        return table
+
+
+def _first_full_match(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route Starlette's router would hand `scope` to (the first full match), if any."""
+    for route in routes:
+        match, _ = route.matches(dict(scope))
+        if match == Match.FULL:
+            return route
+    return None

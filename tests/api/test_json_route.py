@@ -15,12 +15,14 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from fastapi.dependencies.utils import solve_dependencies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from starlette.middleware.exceptions import ExceptionMiddleware
 
-from carbon_optimizer.api.json_route import JsonBodyRoute
+from carbon_optimizer.api.json_route import DirectRoutes, JsonBodyRoute
 from carbon_optimizer.api.schemas import OptimizeRequest
 from carbon_optimizer.app import AppOverrides, create_app
 from carbon_optimizer.settings import Settings
@@ -382,3 +384,87 @@ async def test_without_the_edge_a_body_in_chunks_and_a_disconnect_are_read_as_fa
         # The client went away mid-body: what FastAPI's handler answers (its 400, our 422 problem).
         status, content = await call([{"type": "http.request", "body": raw[:half], "more_body": True}])
         assert status == 422, content
+
+
+# --- the edge's direct call (DirectRoutes) -----------------------------------------------------
+
+
+@pytest.fixture
+def inner_layer_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths that went through Starlette's ExceptionMiddleware (FastAPI's inner layers and router)."""
+    paths: list[str] = []
+    original = ExceptionMiddleware.__call__
+
+    async def counted(self: ExceptionMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        paths.append(scope["path"])
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(ExceptionMiddleware, "__call__", counted)
+    return paths
+
+
+async def test_the_edge_calls_the_route_directly_for_a_valid_body_only(
+    client: httpx.AsyncClient, inner_layer_calls: list[str]
+) -> None:
+    raw = json.dumps(VALID).encode()
+    assert (await client.post("/v1/optimize", content=raw, headers=JSON)).status_code == 200
+    assert (await client.post("/optimize", content=raw, headers=JSON)).status_code == 200
+    assert inner_layer_calls == []
+    assert (await client.post("/v1/optimize", content=raw, headers=PLUS_JSON)).status_code == 200
+    bad = json.dumps({**VALID, "max_results": 0}).encode()
+    assert (await client.post("/v1/optimize", content=bad, headers=JSON)).status_code == 422
+    assert (await client.get("/healthz")).status_code == 200
+    assert inner_layer_calls == ["/v1/optimize", "/v1/optimize", "/healthz"]
+
+
+async def test_an_error_of_a_direct_answer_is_mapped_by_the_apps_own_layers(
+    client: httpx.AsyncClient, inner_layer_calls: list[str]
+) -> None:
+    raw = json.dumps({**VALID, "locations": [{"zone": "NOWHERE"}]}).encode()
+    response = await client.post("/v1/optimize", content=raw, headers=JSON)
+    assert inner_layer_calls == ["/v1/optimize"]  # re-raised inside them, not answered again
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/invalid-input")
+    assert response.headers["x-request-id"] == "rid-1"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_root_path_takes_the_apps_usual_path() -> None:
+    app = create_app(Settings(_env_file=None), AppOverrides(clock=fixed_clock()))
+    async with (
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app, root_path="/api"), base_url="http://test"
+        ) as c,
+    ):
+        response = await c.post("/api/v1/optimize", content=json.dumps(VALID).encode(), headers=JSON)
+    assert response.status_code == 200, response.text
+
+
+def test_a_path_another_route_answers_first_is_never_called_directly() -> None:
+    class _Route(JsonBodyRoute):
+        body_model = OptimizeRequest
+
+    async def endpoint(body: OptimizeRequest) -> dict[str, int]:
+        return {}
+
+    app = FastAPI()
+    app.router.add_api_route("/shadowed", endpoint, methods=["POST"])  # an earlier plain route
+    for path in ("/shadowed", "/direct"):
+        app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=_Route)
+    direct = DirectRoutes(app)
+
+    def scope(method: str, path: str, root_path: str = "") -> dict[str, Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []}
+
+    assert direct.route_for(scope("POST", "/shadowed")) is None
+    assert direct.route_for(scope("GET", "/direct")) is None
+    assert direct.route_for(scope("POST", "/direct/")) is None
+    assert direct.route_for(scope("POST", "/direct", root_path="/api")) is None
+    found = scope("POST", "/direct")
+    route = direct.route_for(found)
+    assert isinstance(route, _Route)
+    assert route.path == "/direct"
+    # The keys the router's match would have set.
+    assert (found["route"], found["endpoint"], found["path_params"]) == (route, endpoint, {})
+    assert found["router"] is app.router
