@@ -39,8 +39,9 @@ async def _optimize(request: Request, body: OptimizeRequest, raw: bytes) -> Resp
     state = get_state(request)
     rid = request_id(request)
     minute = int(state.service.clock().timestamp() // 60)
-    bypass = "no-cache" in request.headers.get("cache-control", "")
-    cached = None if bypass else state.result_cache.get(raw, minute)
+    bypass = _no_cache(request.scope["headers"])
+    key = state.result_cache.key(raw, minute)
+    cached = None if bypass else state.result_cache.lookup(key)
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
         answer = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)
@@ -49,8 +50,16 @@ async def _optimize(request: Request, body: OptimizeRequest, raw: bytes) -> Resp
     answer = await attach_placement(request, body, result, rid)
     encoded = orjson.dumps(answer)
     # Charged at the sent size (a placement adds a few fields): the answer is encoded once.
-    state.result_cache.put(raw, minute, result, encoded_size=len(encoded))
+    state.result_cache.store(key, result, encoded_size=len(encoded))
     return Response(encoded, media_type="application/json", headers=_BYPASS if bypass else _MISS)
+
+
+def _no_cache(headers: list[tuple[bytes, bytes]]) -> bool:
+    """`no-cache` in the first Cache-Control header (what `request.headers.get` would read), cheaply."""
+    for name, value in headers:
+        if name == b"cache-control":
+            return b"no-cache" in value
+    return False
 
 
 # FastAPI's path, and the OpenAPI document's source. No docstring: FastAPI would publish it as
