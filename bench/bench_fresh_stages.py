@@ -66,7 +66,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "baseline": [("service.py", "_baseline")],
     "presentation (plan_json)": [("api/present.py", "plan_json")],
     "savings ledger hook": [("api/routes/ledger.py", "attach_placement")],
-    "result cache": [("api/result_cache.py", "get"), ("api/result_cache.py", "put")],
+    "result cache": [("api/result_cache.py", name) for name in ("get", "put", "key", "lookup", "store")],
 }
 ROUTE = ("api/routes/optimize.py", "_optimize")
 OTHER_SERVICE = "service, outside the stages above"

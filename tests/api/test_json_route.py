@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 import httpx
+import opentelemetry.trace
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -468,3 +469,20 @@ def test_a_path_another_route_answers_first_is_never_called_directly() -> None:
     # The keys the router's match would have set.
     assert (found["route"], found["endpoint"], found["path_params"]) == (route, endpoint, {})
     assert found["router"] is app.router
+
+
+async def test_fastapi_never_looks_for_an_opentelemetry_provider_per_request(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only `opentelemetry-api` is installed, so no provider can exist: FastAPI's check is off."""
+    looked: list[int] = []
+
+    def provider() -> Any:
+        looked.append(1)
+        raise AssertionError("FastAPI asked for a tracer provider")
+
+    monkeypatch.setattr(opentelemetry.trace, "get_tracer_provider", provider)
+    response = await client.post("/v1/optimize", content=json.dumps(VALID).encode(), headers=JSON)
+    assert response.status_code == 200
+    assert (await client.get("/healthz")).status_code == 200
+    assert looked == []
