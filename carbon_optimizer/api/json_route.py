@@ -108,6 +108,9 @@ class JsonBodyRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         self._validate_json = self.body_model.model_validate_json
+        # The fast path runs no dependencies: with any (the route's, its router's or the app's),
+        # every request takes FastAPI's handler.
+        self.fast = not self.dependant.dependencies
 
     async def answer(self, request: Request, body: Any, raw: bytes) -> Response:
         """The response to `body`, validated from `raw` by the fast path."""
@@ -118,7 +121,7 @@ class JsonBodyRoute(APIRoute):
         raised = scope.pop(_RAISED, None)
         if raised is not None:  # `answer_direct`'s exception, raised where this route raises its own
             raise raised
-        if _TELEMETRY in scope or scope["method"] not in (self.methods or ()):
+        if not self.fast or _TELEMETRY in scope or scope["method"] not in (self.methods or ()):
             await super().handle(scope, receive, send)
             return
         raw, messages = await _read_body(receive)
@@ -201,7 +204,7 @@ class DirectRoutes:
         table: dict[tuple[str, str], tuple[JsonBodyRoute, Callable[..., Any]]] = {}
         routes = self._app.router.routes
         for candidate in routes:
-            if not isinstance(candidate, JsonBodyRoute) or candidate.param_convertors:
+            if not isinstance(candidate, JsonBodyRoute) or not candidate.fast or candidate.param_convertors:
                 continue
             for method in candidate.methods or ():
                 probe = {

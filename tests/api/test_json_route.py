@@ -16,12 +16,13 @@ import httpx
 import opentelemetry.trace
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.dependencies.utils import solve_dependencies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.responses import Response
 
 from carbon_optimizer.api.json_route import DirectRoutes, JsonBodyRoute
 from carbon_optimizer.api.schemas import OptimizeRequest
@@ -486,3 +487,32 @@ async def test_fastapi_never_looks_for_an_opentelemetry_provider_per_request(
     assert response.status_code == 200
     assert (await client.get("/healthz")).status_code == 200
     assert looked == []
+
+
+async def test_a_route_with_a_dependency_always_takes_fastapis_handler() -> None:
+    """The fast path runs no dependencies, so a route that has one (its own or the app's) never takes it."""
+    seen: list[str] = []
+
+    def dependency() -> None:
+        seen.append("dependency")
+
+    class _Route(JsonBodyRoute):
+        body_model = OptimizeRequest
+
+        async def answer(self, request: Any, body: Any, raw: bytes) -> Response:
+            seen.append("fast")
+            return Response(b"{}", media_type="application/json")
+
+    async def endpoint(body: OptimizeRequest) -> dict[str, str]:
+        seen.append("endpoint")
+        return {}
+
+    app = FastAPI(dependencies=[Depends(dependency)])
+    app.router.add_api_route("/x", endpoint, methods=["POST"], route_class_override=_Route)
+    assert (
+        DirectRoutes(app).route_for({"type": "http", "method": "POST", "path": "/x", "root_path": ""}) is None
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        response = await c.post("/x", content=json.dumps(VALID).encode(), headers=JSON)
+    assert response.status_code == 200
+    assert seen == ["dependency", "endpoint"]
