@@ -75,8 +75,8 @@ async def row(settings: Settings, headers: dict[str, str], requests: int, repeat
     """(ms CPU per request without the edge, median ms the edge adds)."""
     bare_app, edge_app = build(settings, edge=False), build(settings, edge=True)
     async with (
-        LifespanManager(bare_app, startup_timeout=120) as bare,
-        LifespanManager(edge_app, startup_timeout=120) as edged,
+        LifespanManager(bare_app, startup_timeout=120, shutdown_timeout=60) as bare,
+        LifespanManager(edge_app, startup_timeout=120, shutdown_timeout=60) as edged,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=bare.app), base_url="http://b") as bare_client,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=edged.app), base_url="http://b") as edge_client,
     ):
@@ -121,8 +121,8 @@ async def above_service_row(requests: int, repeat: int) -> tuple[float, float]:
     ours_app = create_app(Settings(_env_file=None, rate_limit_enabled=False))  # as bench_http.py runs
     floor_app = minimal_app.create_app()
     async with (
-        LifespanManager(ours_app, startup_timeout=120) as ours,
-        LifespanManager(floor_app, startup_timeout=120) as floor,
+        LifespanManager(ours_app, startup_timeout=120, shutdown_timeout=60) as ours,
+        LifespanManager(floor_app, startup_timeout=120, shutdown_timeout=60) as floor,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=ours.app), base_url="http://b") as ours_client,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=floor.app), base_url="http://b") as floor_client,
     ):

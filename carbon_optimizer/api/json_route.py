@@ -11,7 +11,8 @@ operation id, the 405 for other methods and every error answer are FastAPI's, un
 
 - the fast path is taken only for what FastAPI would parse as JSON, validate and accept: a
   non-empty body, a first `Content-Type` of exactly `application/json` (parameters allowed), no
-  FastAPI telemetry in the scope, and a body pydantic-core accepts;
+  FastAPI telemetry in the scope, a route without dependencies, and a body pydantic-core
+  accepts;
 - anything else (invalid JSON, a field pydantic rejects, `+json` media types, an empty body, a
   non-UTF-8 encoding `json.loads` would still decode) is handed, with the body replayed, to
   FastAPI's unchanged request handler, so every 422 carries exactly the `loc`, `msg` and `type`
@@ -23,6 +24,11 @@ operation id, the 405 for other methods and every error answer are FastAPI's, un
 Exceptions raised by the endpoint on the fast path propagate to Starlette's
 `ExceptionMiddleware`, which maps them with the very handlers FastAPI's wrapper would have used
 (the app's `exception_handlers`), so a 422/409/503 problem reads the same on both paths.
+
+Two ways in: through the app as usual (`JsonBodyRoute.handle`, which reads the body itself), or
+called by the edge, which has already read the body (`DirectRoutes` + `answer_direct`), past
+FastAPI's `ExceptionMiddleware`, `AsyncExitStackMiddleware` and router walk; an exception there
+is re-raised by `handle` inside those layers, so it is mapped by them, not by a copy of them.
 """
 
 from __future__ import annotations
