@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI
 from fastapi.dependencies.utils import solve_dependencies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, ValidationError
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import Response
@@ -398,7 +399,8 @@ def inner_layer_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     original = ExceptionMiddleware.__call__
 
     async def counted(self: ExceptionMiddleware, scope: Any, receive: Any, send: Any) -> None:
-        paths.append(scope["path"])
+        if scope["type"] == "http":
+            paths.append(scope["path"])
         await original(self, scope, receive, send)
 
     monkeypatch.setattr(ExceptionMiddleware, "__call__", counted)
@@ -516,3 +518,29 @@ async def test_a_route_with_a_dependency_always_takes_fastapis_handler() -> None
         response = await c.post("/x", content=json.dumps(VALID).encode(), headers=JSON)
     assert response.status_code == 200
     assert seen == ["dependency", "endpoint"]
+
+
+async def test_a_direct_answer_passes_through_cors_the_key_check_and_the_metrics(
+    inner_layer_calls: list[str],
+) -> None:
+    """The direct call sits where the app did, inside the edge: CORS, the key and the series still apply."""
+    key = "route-test-key-0123456789abcdefghij"
+    settings = {"cors_origins": "https://app.example", "api_keys": key, "rate_limit_enabled": False}
+
+    def count(status: str) -> float:
+        labels = {"method": "POST", "status": status, "handler": "/v1/optimize"}
+        return REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+
+    before = count("2xx"), count("4xx")
+    async for c in _client(**settings):
+        raw = json.dumps(VALID).encode()
+        refused = await c.post("/v1/optimize", content=raw, headers={**JSON, "origin": "https://app.example"})
+        answered = await c.post(
+            "/v1/optimize", content=raw, headers={**JSON, "origin": "https://app.example", "x-api-key": key}
+        )
+    assert refused.status_code == 401
+    assert answered.status_code == 200
+    assert answered.headers["access-control-allow-origin"] == "https://app.example"
+    assert answered.headers["x-request-id"] == "rid-1"
+    assert inner_layer_calls == []  # answered directly
+    assert (count("2xx") - before[0], count("4xx") - before[1]) == (1.0, 1.0)
