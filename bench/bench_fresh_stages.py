@@ -47,7 +47,10 @@ VALIDATION = "request validation (FastAPI + pydantic)"
 
 # Stage → its calls (file suffix, function name); a sample goes to the outermost one on its stack.
 STAGES: dict[str, list[tuple[str, str]]] = {
-    VALIDATION: [("fastapi/dependencies/utils.py", "solve_dependencies")],
+    VALIDATION: [
+        ("fastapi/dependencies/utils.py", "solve_dependencies"),
+        ("api/json_route.py", "_validated"),  # the optimize route's fast path (pydantic-core)
+    ],
     "to_query (API → domain)": [("api/convert.py", "to_query")],
     "location resolution": [("service.py", "_resolve_all")],
     "prices, instance, power (_place)": [("service.py", "_place")],
@@ -63,7 +66,7 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "baseline": [("service.py", "_baseline")],
     "presentation (plan_json)": [("api/present.py", "plan_json")],
     "savings ledger hook": [("api/routes/ledger.py", "attach_placement")],
-    "result cache": [("api/result_cache.py", "get"), ("api/result_cache.py", "put")],
+    "result cache": [("api/result_cache.py", name) for name in ("get", "put", "key", "lookup", "store")],
 }
 ROUTE = ("api/routes/optimize.py", "_optimize")
 OTHER_SERVICE = "service, outside the stages above"

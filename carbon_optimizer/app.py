@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.middleware import Middleware
 
@@ -27,6 +28,7 @@ from carbon_optimizer import __version__
 from carbon_optimizer.api.docs import OPENAPI_URL, document_edge_responses, install_docs, operation_id
 from carbon_optimizer.api.edge import EdgeMiddleware, edge_middleware_options
 from carbon_optimizer.api.errors import install_error_handlers, problem_response, use_problem_media_type
+from carbon_optimizer.api.json_route import DirectRoutes
 from carbon_optimizer.api.ratelimit import RateLimiting
 from carbon_optimizer.api.result_cache import ResultCache
 from carbon_optimizer.api.routes import admin, carbon_aware_sdk, catalog, compare, health, optimize
@@ -56,6 +58,8 @@ from carbon_optimizer.settings import Settings, load_settings
 from carbon_optimizer.uncertainty_step import UncertaintyStep
 
 log = logging.getLogger(__name__)
+
+_NO_FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 @dataclass(frozen=True)
@@ -307,12 +311,18 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
         redoc_url=None,
         openapi_url=OPENAPI_URL if settings.docs_enabled else None,
         generate_unique_id_function=operation_id,
+        # FastAPI's native OpenTelemetry export needs an OTel SDK provider, which this service
+        # never installs (only `opentelemetry-api` is in the lock): off, so FastAPI stops asking
+        # the global providers whether one appeared on every request (~5 µs each, issue 12).
+        telemetry=_NO_FASTAPI_TELEMETRY,
     )
+    # First, so POST /v1/optimize matches at the first route after FastAPI's /openapi.json
+    # (api/routes/optimize.py); the docs routes are not in the schema, so its order is unchanged.
+    optimize.install(app)
     if settings.docs_enabled:
         install_docs(app)
     install_error_handlers(app)
     app.add_exception_handler(OverflowError, _out_of_range)
-    app.include_router(optimize.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
     ledger_routes.install(app)
@@ -338,7 +348,10 @@ def create_app(settings: Settings | None = None, overrides: AppOverrides | None 
     # Only the /metrics endpoint (multiprocess-aware); the HTTP series are the edge's own.
     Instrumentator().expose(app, endpoint="/metrics", include_in_schema=False)
     app.user_middleware[:] = [
-        Middleware(EdgeMiddleware, **edge_middleware_options(settings, key_store, rate, docs_paths))
+        Middleware(
+            EdgeMiddleware,
+            **edge_middleware_options(settings, key_store, rate, docs_paths, direct=DirectRoutes(app)),
+        )
     ]
     document_security(app, key_store, PROBE_PATHS | docs_paths)
     rate.document(app)

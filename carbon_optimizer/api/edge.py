@@ -22,7 +22,9 @@ inner part (`_checked`):
      an invalid key counts against the IP's bucket (401 until it is spent, then 429);
   5. API key (api/security.py): 401 before any body byte is read;
   6. upstream budget (api/upstream_budget.py) for `/v1/` requests, in the request's context;
-  7. the body read once, bounded in bytes (413) and time (408), replayed to FastAPI.
+  7. the body read once, bounded in bytes (413) and time (408), replayed to FastAPI — or, for
+     a route that validates the bytes itself (POST /v1/optimize), handed to it directly, past
+     FastAPI's inner layers (api/json_route.py's `DirectRoutes`).
 
 Probes and `/metrics` are exempt from the key and the limit; the docs paths from the key.
 """
@@ -34,6 +36,7 @@ import time
 from typing import Any, Final
 
 from carbon_optimizer.api.http_metrics import HttpMetrics
+from carbon_optimizer.api.json_route import DirectRoutes
 from carbon_optimizer.api.middleware import (
     BODY_METHODS,
     HEAD_AS_GET,
@@ -131,8 +134,10 @@ class EdgeMiddleware:
         rate: RateGate,
         docs_paths: frozenset[str] = frozenset(),
         metrics: HttpMetrics | None = None,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self.app = app
+        self.direct = direct
         edge = settings.edge
         self.max_body_bytes = settings.max_body_bytes
         self.max_url_bytes = edge.max_url_bytes
@@ -227,7 +232,10 @@ class EdgeMiddleware:
             return
         body = await read_body(receive, max_body_bytes=self.max_body_bytes, timeout_s=self.body_timeout_s)
         if isinstance(body, bytes):
-            await self.app(scope, replay(body, receive), send)
+            # A route that validates the bytes itself is called directly (api/json_route.py).
+            route = self.direct.route_for(scope) if self.direct is not None else None
+            if route is None or not await route.answer_direct(scope, body, receive, send):
+                await self.app(scope, replay(body, receive), send)
         elif body == 408:
             detail = f"The request body did not arrive within {self.body_timeout_s:g} s"
             await send_problem_bytes(send, 408, detail)
@@ -236,12 +244,21 @@ class EdgeMiddleware:
 
 
 def edge_middleware_options(
-    settings: Settings, key_store: ApiKeyStore, rate: RateLimiting, docs_paths: frozenset[str]
+    settings: Settings,
+    key_store: ApiKeyStore,
+    rate: RateLimiting,
+    docs_paths: frozenset[str],
+    direct: DirectRoutes | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of `Middleware(EdgeMiddleware, ...)` for an app built from `settings`."""
+    """The keyword arguments of `Middleware(EdgeMiddleware, ...)` for an app built from `settings`.
+
+    `direct`: the app's routes the edge may call without FastAPI's inner layers (`create_app`
+    passes `DirectRoutes(app)`; a test app without such routes passes nothing).
+    """
     return {
         "settings": settings,
         "key_store": key_store,
         "rate": rate.gate(key_store),
         "docs_paths": docs_paths,
+        "direct": direct,
     }

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 _ENTRY_OVERHEAD = 200  # dict slot, tuple, key bytes object, float: roughly, per entry
+CacheKey = tuple[bytes, int]  # (16-byte digest of the body, minute)
 
 
 class ResultCache:
@@ -41,18 +42,22 @@ class ResultCache:
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[tuple[bytes, int], tuple[float, dict[str, Any], int]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[float, dict[str, Any], int]] = OrderedDict()
         self._bytes = 0
 
     @staticmethod
-    def _key(body: bytes, minute: int) -> tuple[bytes, int]:
+    def key(body: bytes, minute: int) -> CacheKey:
+        """The entry key of a body in a minute: hashed once, for `lookup` and `store` alike."""
         return hashlib.blake2b(body, digest_size=16).digest(), minute
 
     def get(self, body: bytes, minute: int) -> dict[str, Any] | None:
         """The stored answer for this body in this minute, if still fresh."""
+        return self.lookup(self.key(body, minute))
+
+    def lookup(self, key: CacheKey) -> dict[str, Any] | None:
+        """The stored answer under `key` (from `key`), if still fresh."""
         if self.max_entries == 0:
             return None
-        key = self._key(body, minute)
         hit = self._entries.get(key)
         if hit is None:
             return None
@@ -69,12 +74,15 @@ class ResultCache:
         `encoded_size`: the length of the answer as the caller already serialised it (the route
         sends those bytes anyway), so it is not encoded twice; measured here when not given.
         """
+        self.store(self.key(body, minute), result, encoded_size)
+
+    def store(self, key: CacheKey, result: dict[str, Any], encoded_size: int | None = None) -> None:
+        """`put` under a key the caller already has (the route hashes a body once, not twice)."""
         if self.max_entries == 0 or self.max_bytes == 0:
             return
         size = (len(orjson.dumps(result)) if encoded_size is None else encoded_size) + _ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
-        key = self._key(body, minute)
         if key in self._entries:
             self._drop(key)
         self._entries[key] = (self._clock(), result, size)
@@ -83,7 +91,7 @@ class ResultCache:
             oldest = next(iter(self._entries))
             self._drop(oldest)
 
-    def _drop(self, key: tuple[bytes, int]) -> None:
+    def _drop(self, key: CacheKey) -> None:
         _, _, size = self._entries.pop(key)
         self._bytes -= size
 

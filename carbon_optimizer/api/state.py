@@ -56,8 +56,12 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    """The worker's AppState (yielded by the lifespan as its typed state)."""
-    state: AppState = request.state.co
+    """The worker's AppState (yielded by the lifespan as its typed state).
+
+    Read from the scope's state dict, which `request.state` wraps: the `State` object that
+    property builds on every request was most of this function's cost (issue 12).
+    """
+    state: AppState = request.scope["state"]["co"]
     return state
 
 

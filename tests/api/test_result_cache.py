@@ -65,3 +65,26 @@ def test_entries_expire_and_are_bounded() -> None:
     off = ResultCache(max_entries=0)
     off.put(b"a", 1, {"x": 1})
     assert off.get(b"a", 1) is None
+
+
+def test_a_key_hashed_once_finds_what_get_and_put_store() -> None:
+    cache = ResultCache(max_entries=4, ttl_s=10)
+    key = cache.key(b"body", 7)
+    assert cache.lookup(key) is None
+    cache.store(key, {"x": 1}, encoded_size=7)
+    assert cache.get(b"body", 7) == {"x": 1}
+    assert cache.get(b"body", 8) is None
+    cache.put(b"other", 7, {"x": 2})
+    assert cache.lookup(cache.key(b"other", 7)) == {"x": 2}
+    assert cache.lookup(cache.key(b"other", 6)) is None
+
+
+async def test_no_cache_anywhere_in_the_first_cache_control_bypasses(client_factory: ClientFactory) -> None:
+    async with client_factory() as client:
+        await client.post("/v1/optimize", json=BODY)
+        hit = await client.post("/v1/optimize", json=BODY, headers={"cache-control": "max-age=0"})
+        bypass = await client.post(
+            "/v1/optimize", json=BODY, headers={"cache-control": "max-age=0, no-cache"}
+        )
+    assert hit.headers["x-result-cache"] == "hit"
+    assert bypass.headers["x-result-cache"] == "bypass"
