@@ -165,6 +165,10 @@ class Recorder:
         self._enqueue(source, origin)
         return Ack(source.id if isinstance(source, Deferred) else str(source["id"]), None)
 
+    def put(self, source: Source, *, origin: str) -> None:
+        """`offer` without its `Ack` (the caller knows the id and that the row is queued)."""
+        self._enqueue(source, origin)
+
     def _enqueue(self, source: Source, origin: str) -> _Item | None:
         """The queued item for `source` (None when it joined one already queued)."""
         placement_id = source.id if isinstance(source, Deferred) else str(source["id"])

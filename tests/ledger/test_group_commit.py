@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from carbon_optimizer.ledger.ledger import IdempotencyConflict
+from carbon_optimizer.ledger.ledger import IdempotencyConflict, fingerprint
 from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing, LedgerRepository
@@ -194,6 +194,27 @@ async def test_optimize_retry_with_a_reused_key_is_a_conflict_across_batches(eng
         with pytest.raises(IdempotencyConflict):
             await ledger.record_optimize(request={**REQUEST, "locations": [{"zone": "PL"}]}, **args)
         assert await ledger.repository.count() == 1
+    finally:
+        await recorder.aclose()
+
+
+async def test_only_a_keyed_optimize_row_stores_the_fingerprint_its_retries_are_checked_by(
+    engine: AsyncEngine,
+) -> None:
+    ledger, recorder = make_ledger(LedgerRepository(engine), write_timeout_s=20)
+    try:
+        args: dict[str, Any] = {"request": REQUEST, "result": RESULT, "client_id": "alice", "request_id": "r"}
+        plain = await ledger.record_optimize(**args, idempotency_key=None)
+        keyed = await ledger.record_optimize(**args, idempotency_key="k")
+        assert plain["recorded"]
+        assert keyed["recorded"]
+        unkeyed_row = await ledger.repository.get(plain["placement_id"])
+        keyed_row = await ledger.repository.get(keyed["placement_id"])
+        assert unkeyed_row is not None
+        assert keyed_row is not None
+        assert unkeyed_row["fingerprint"] is None  # a new random id: nothing is ever compared with it
+        assert keyed_row["fingerprint"] == fingerprint(REQUEST)
+        assert unkeyed_row["workload"] == keyed_row["workload"] == REQUEST["workload"]
     finally:
         await recorder.aclose()
 
