@@ -42,6 +42,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from carbon_optimizer.ledger.models import placements
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, SHARED_FROM, OptimizeRow
 
 log = logging.getLogger(__name__)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
@@ -150,21 +151,53 @@ class _Columns:
     def __init__(self, dialect: Dialect) -> None:
         self._converters = _converters(placements, dialect)
         self._order = [c.name for c in placements.columns]
+        # Optimize rows (`rows.OptimizeRow`): their own columns' positions and converters; the
+        # answer part's columns are converted once per part (`AnswerPart.tail`).
+        self._own = [
+            (i, f) for i, name in enumerate(OPTIMIZE_COLUMNS[:SHARED_FROM]) if (f := self._converters[name])
+        ]
 
     def layout(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        if all(type(row) is OptimizeRow for row in rows):  # the same columns by construction
+            return list(OPTIMIZE_COLUMNS)
         keys = rows[0].keys()
         names = [name for name in self._order if name in keys]
         if len(names) != len(keys) or any(row.keys() != keys for row in rows):
             raise ValueError("ledger batch rows must share one set of known column names")
         return names
 
+    def _convert(self, name: str, value: Any) -> Any:
+        convert = self._converters[name]
+        return value if convert is None else convert(value)
+
     def values(self, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[list[Any]]:
         # itemgetter fetches a row's values in C; only the few columns with a converter
-        # (datetimes, JSON) are touched in Python.
+        # (datetimes, JSON) are touched in Python. An optimize row converts its own eight values
+        # and takes the rest, converted once, from its answer part.
+        split = tuple(names) == OPTIMIZE_COLUMNS
         getter = itemgetter(*names)
         convert = [(i, f) for i, name in enumerate(names) if (f := self._converters[name]) is not None]
+        own = self._own
         out: list[list[Any]] = []
         for row in rows:
+            if split and type(row) is OptimizeRow:
+                part = row.part
+                head = [
+                    row.id,
+                    row.client_id,
+                    row.created_at,
+                    row.request_id,
+                    part.values["origin"],
+                    row.idempotency_key,
+                    row.fingerprint,
+                    row.workload,
+                ]  # OPTIMIZE_COLUMNS[:SHARED_FROM]
+                for i, f in own:
+                    head[i] = f(head[i])
+                tail = part.converted.get(self)
+                head.extend(part.tail(self, self._convert) if tail is None else tail)
+                out.append(head)
+                continue
             values = list(getter(row))
             for i, f in convert:
                 values[i] = f(values[i])

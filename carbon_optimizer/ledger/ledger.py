@@ -35,6 +35,7 @@ from carbon_optimizer.ledger.reconciler import Reconciler
 from carbon_optimizer.ledger.recorder import Ack, Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.reports import build_report
 from carbon_optimizer.ledger.repository import LedgerRepository
+from carbon_optimizer.ledger.rows import AnswerPart, OptimizeRow
 from carbon_optimizer.providers.base import CarbonIntensityProvider
 from carbon_optimizer.settings import DatabaseSettings, LedgerSettings
 
@@ -231,7 +232,7 @@ class Ledger:
         self._bodies: dict[bytes, tuple[str, str]] = {}  # raw body → (fingerprint, workload JSON)
         self._workloads: dict[bytes, str] = {}  # raw body → workload JSON
         # The answer part of a row per answer objects (a result-cache hit repeats them).
-        self._answer_parts: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = (
+        self._answer_parts: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any, AnswerPart]] = (
             OrderedDict()
         )
 
@@ -314,11 +315,11 @@ class Ledger:
         row = self._answer_row(placement_id, request, result, cid, self.clock(), request_id, idempotency_key)
         source: Mapping[str, Any] | Deferred = row
         if idempotency_key is None:
-            row["workload"] = self._workload(request, raw)
+            row.workload = self._workload(request, raw)
         else:
             known = None if raw is None else self._bodies.get(raw)
             if known is not None:
-                row["fingerprint"], row["workload"] = known
+                row.fingerprint, row.workload = known
             else:  # dumped and hashed on the next loop turn, with that turn's other bodies
                 source = Deferred(placement_id, partial(self._with_body, row, request, raw))
         if self.recorder.write_timeout_s <= 0:
@@ -343,13 +344,13 @@ class Ledger:
         request_id: str,
         idempotency_key: str | None,
         raw: bytes | None = None,
-    ) -> dict[str, Any]:
+    ) -> OptimizeRow:
         """The placement row of an optimize answer (as `record_optimize` builds it, in one go)."""
         row = self._answer_row(
             placement_id, request, result, client_id, created_at, request_id, idempotency_key
         )
         if idempotency_key is None:
-            row["workload"] = self._workload(request, raw)
+            row.workload = self._workload(request, raw)
             return row
         return self._with_body(row, request, raw)
 
@@ -376,8 +377,8 @@ class Ledger:
         return workload
 
     def _with_body(
-        self, row: dict[str, Any], request: BaseModel | Mapping[str, Any], raw: bytes | None
-    ) -> dict[str, Any]:
+        self, row: OptimizeRow, request: BaseModel | Mapping[str, Any], raw: bytes | None
+    ) -> OptimizeRow:
         """Complete the row of a keyed request with what the body gives it: fingerprint, workload.
 
         Remembered by the body's raw bytes: a result-cache hit repeats a body seen before.
@@ -389,7 +390,7 @@ class Ledger:
                 if len(self._bodies) >= _BODY_MEMO_MAX:
                     self._bodies.clear()
                 self._bodies[raw] = derived
-        row["fingerprint"], row["workload"] = derived
+        row.fingerprint, row.workload = derived
         return row
 
     def _answer_row(
@@ -401,7 +402,7 @@ class Ledger:
         created_at: datetime,
         request_id: str,
         idempotency_key: str | None,
-    ) -> dict[str, Any]:
+    ) -> OptimizeRow:
         """The row from the answer, built on the request (workload, fingerprint: `_workload`, `_with_body`).
 
         Built now so that the request's response dict does not outlive it (see `recorder`: held
@@ -420,25 +421,22 @@ class Ledger:
         warnings, objective = result.get("warnings", ()), result.get("objective")
         memo_key = (id(best), id(baseline), id(warnings), id(objective), explicit_baseline)
         kept = self._answer_parts.get(memo_key)
-        if kept is not None and all(
-            a is b for a, b in zip(kept[0], (best, baseline, warnings, objective), strict=True)
+        if (
+            kept is not None
+            and kept[0] is best
+            and kept[1] is baseline
+            and kept[2] is warnings
+            and kept[3] is objective
         ):
-            row = kept[1]
+            part = kept[4]
         else:
-            row = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
+            part = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
             if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
                 # The oldest only: dropping all at once freed up to 256 answers' objects in one
                 # go, and frees the collector does not see coming make it run more often.
                 self._answer_parts.popitem(last=False)
-            self._answer_parts[memo_key] = ((best, baseline, warnings, objective), row)
-        return {
-            **row,
-            "id": placement_id,
-            "client_id": client_id,
-            "created_at": created_at,
-            "request_id": request_id,
-            "idempotency_key": idempotency_key,
-        }
+            self._answer_parts[memo_key] = (best, baseline, warnings, objective, part)
+        return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
 
     def _answer_part(
         self,
@@ -447,7 +445,7 @@ class Ledger:
         warnings: Any,
         objective: Any,
         explicit_baseline: bool,
-    ) -> dict[str, Any]:
+    ) -> AnswerPart:
         """The row's columns that come from the answer alone (the request's own: `_answer_row`)."""
         # The same row `_row` builds from these inputs (a test compares them), written out in one
         # function: on the request path every call and keyword argument counts.
@@ -520,7 +518,7 @@ class Ledger:
             row["due_at"] = self._due(end, b_end)
         else:
             row["due_at"] = self._due(end)
-        return row
+        return AnswerPart(row)
 
     async def _submit_for_optimize(self, source: Mapping[str, Any] | Deferred) -> dict[str, Any]:
         try:

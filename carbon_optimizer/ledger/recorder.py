@@ -30,7 +30,6 @@ its queue (logged with the count at shutdown, after trying to flush for `drain_s
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections import deque
@@ -40,6 +39,7 @@ from typing import Any, Final, Protocol
 
 from carbon_optimizer.ledger import metrics
 from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.ledger.rows import OptimizeRow
 
 log = logging.getLogger(__name__)
 BATCH_MAX: Final = 500  # rows per transaction (also SQLite's bound-parameter budget for the id check)
@@ -171,7 +171,7 @@ class Recorder:
 
     def _enqueue(self, source: Source, origin: str) -> _Item | None:
         """The queued item for `source` (None when it joined one already queued)."""
-        placement_id = source.id if isinstance(source, Deferred) else str(source["id"])
+        placement_id = source.id if isinstance(source, (Deferred, OptimizeRow)) else str(source["id"])
         if placement_id in self._by_id:
             return None
         if len(self._pending) >= self.queue_max:
@@ -271,19 +271,22 @@ class Recorder:
 
     def _settle(self, batch: list[_Item], existing: Mapping[str, Existing]) -> None:
         """The batch is committed: dequeue it and tell whoever waits."""
-        recorded: collections.Counter[str] = collections.Counter()
+        recorded: dict[str, int] = {}
+        pending, by_id = self._pending, self._by_id
         for item in batch:
-            self._pending.popleft()
-            del self._by_id[item.id]
+            pending.popleft()
+            del by_id[item.id]
             if item.row is None:  # broken: logged when building failed
                 error = item.broken or RuntimeError("placement row could not be built")
                 for future in _futures(item):
                     if not future.done():
                         future.set_exception(error)
                 continue
-            found = existing.get(item.id)
+            found = existing.get(item.id) if existing else None
             if found is None:
-                recorded[item.origin] += 1
+                recorded[item.origin] = recorded.get(item.origin, 0) + 1
+            if item.done is None and item.joined is None:  # nobody waits (the optimize default)
+                continue
             stored = found.fingerprint if found is not None else item.row.get("fingerprint")
             if item.done is not None and not item.done.done():
                 item.done.set_result(_written(item.id, found, item.row.get("fingerprint"), stored))

@@ -25,6 +25,7 @@ from carbon_optimizer.ledger.ledger import IdempotencyConflict, fingerprint
 from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing, LedgerRepository
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS
 from tests.ledger.helpers import T0, make_ledger, option, placement_row
 
 REQUEST = {"workload": {"duration_minutes": 120, "vcpus": 4}, "locations": [{"zone": "DE"}, {"zone": "FR"}]}
@@ -355,4 +356,57 @@ async def test_the_batch_path_stores_any_datetime_and_many_rows_as_the_generic_p
         assert got["created_at"] == T0 + timedelta(hours=149 % 7, microseconds=(149 * 7919) % 1_000_000)
         assert got["start_at"] == T0 + timedelta(hours=149 % 5)
     finally:
+        await fast.close()
+
+
+async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path_stores_them(
+    engine: AsyncEngine,
+) -> None:
+    # An optimize row is its answer's shared part plus its own request's values, and the batch
+    # path converts the shared part once per answer. Rows of two answers, keyed and not, and a
+    # plain dict row (POST /v1/placements) in the same batch must each be stored exactly as the
+    # generic path stores the same row.
+    fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
+    ledger, recorder = make_ledger(fast)
+    other = {**RESULT, "best": option("PL", T0 + timedelta(hours=2), kwh=2.0), "warnings": ["w"]}
+    plus2 = timezone(timedelta(hours=2))
+
+    def rows(prefix: str) -> list[Mapping[str, Any]]:
+        out: list[Mapping[str, Any]] = []
+        for i in range(140):
+            created = (T0 + timedelta(seconds=i, microseconds=(i * 7919) % 1_000_000)).astimezone(plus2)
+            key = f"{prefix}-k{i}" if i % 3 == 0 else None
+            result = RESULT if i % 2 else other
+            out.append(ledger._optimize_row(f"{prefix}-{i}", REQUEST, result, "alice", created, f"r{i}", key))
+        # A caller's row has the same columns (`Ledger._row`), as a plain dict.
+        out.append(dict.fromkeys(OPTIMIZE_COLUMNS) | placement_row(f"{prefix}-caller", key=f"{prefix}-c"))
+        return out
+
+    try:
+        made = rows("fast")
+        assert type(made[0]).__name__ == "OptimizeRow"
+        await fast.insert_placements(made)
+        await generic.insert_placements(rows("generic"))
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql("SELECT * FROM ledger_placements")
+            names = list(result.keys())
+            stored = {r[0]: dict(zip(names, r, strict=True)) for r in result}
+        assert len(stored) == 282
+        for suffix in [*(str(i) for i in range(140)), "caller"]:
+            one, two = stored[f"fast-{suffix}"], stored[f"generic-{suffix}"]
+            for column in ("id", "idempotency_key", "request_id"):  # named after the prefix
+                one.pop(column), two.pop(column)
+            for column in ("quality", "workload"):  # JSON text: the same object, spacing aside
+                one[column], two[column] = (
+                    v if isinstance(v, dict) else json.loads(v) for v in (one[column], two[column])
+                )
+            assert one == two, suffix
+        got = await fast.get("fast-1")
+        assert got is not None
+        assert got["created_at"] == T0 + timedelta(seconds=1, microseconds=7919)
+        assert got["workload"] == REQUEST["workload"]
+        assert got["zone"] == "FR"
+        assert (await fast.get("fast-0") or {})["zone"] == "PL"
+    finally:
+        await recorder.aclose()
         await fast.close()

@@ -25,8 +25,10 @@ from pydantic import BaseModel
 
 from carbon_optimizer.api.schemas import OptimizeRequest
 from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, id_tails, placement_id_for
+from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, OWN, SHARED_FROM, AnswerPart
 from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.settings import LedgerSettings
 from tests.ledger.helpers import T0, option
@@ -268,3 +270,21 @@ def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     explicit = OptimizeRequest.model_validate({**BODY, "baseline": {"location": {"zone": "FR"}}})
     named = ledger._optimize_row("p4", explicit, {**stored}, "alice", CREATED, "r4", None)
     assert named["baseline_name"] == "requested baseline" != first["baseline_name"]
+
+
+def test_an_optimize_row_has_the_tables_columns_in_table_order_and_reads_like_a_dict() -> None:
+    in_table = tuple(c.name for c in placements.columns if c.name in OPTIMIZE_COLUMNS)
+    assert in_table == OPTIMIZE_COLUMNS
+    assert set(OPTIMIZE_COLUMNS[:SHARED_FROM]) == set(OWN) | {"origin"}
+    row = _ledger()._optimize_row(
+        "p1", OptimizeRequest.model_validate(BODY), _result(baseline=True), "a", CREATED, "r", None
+    )
+    as_dict = dict(row)
+    assert list(as_dict) == list(OPTIMIZE_COLUMNS)
+    assert row == as_dict
+    assert row.get("id") == row["id"] == "p1"
+    assert row.get("zone") == "DE"
+    assert row.get("not a column", "default") == "default"
+    assert len(row) == len(OPTIMIZE_COLUMNS)
+    with pytest.raises(ValueError, match="exactly the optimize row's columns"):
+        AnswerPart({"id": None})
