@@ -6,11 +6,12 @@ SQLAlchemy's statement execution and, on SQLite, one aiosqlite thread hop per DB
 each batch is a single round of work:
 
 - SQLite (a file): the stdlib driver on one dedicated thread; the id check, the INSERT of all rows
-  and the COMMIT happen in one hop to that thread. The rows go in as multi-row INSERTs (up to
-  `_SQLITE_ROWS_PER_STATEMENT` rows each), not `executemany`: the driver releases the GIL around
-  every statement step, and the thread then has to take it back from the event loop — once per
-  row with `executemany`, a forced GIL hand-over (two context switches) that stalls the loop each
-  time. One statement per chunk takes it back once per chunk.
+  and the COMMIT happen in one hop to that thread. The rows go in as one multi-row INSERT (a
+  batch without Idempotency-Keys needs no id check, and one statement is its own transaction),
+  not `executemany`: the driver releases the GIL around every statement step, and the thread
+  then has to take it back from the event loop — once per row with `executemany`, a forced GIL
+  hand-over (two context switches) that stalls the loop each time. One statement per batch
+  takes it back a few times per batch.
 - PostgreSQL (asyncpg): a connection held by the writer (taken from the engine's pool, so it has
   the engine's settings and JSON codecs), `executemany` of a prepared INSERT inside one
   transaction.
@@ -47,7 +48,9 @@ from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, SHARED_FROM, Optimize
 log = logging.getLogger(__name__)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
 _SQLITE_CHECKPOINT_PAGES: Final = 4000
-_SQLITE_ROWS_PER_STATEMENT: Final = 64  # rows per INSERT (and distinct statements cached: ≤ 64)
+# Rows per INSERT below which a statement has its batch's exact size (larger batches are padded
+# to a multiple of it: `_SqliteInserter._statements`).
+_SQLITE_ROWS_PER_STATEMENT: Final = 64
 _MEMO_MAX: Final = 4096  # converted datetimes remembered per column set (cleared when full)
 Existing = tuple[str, str | None]  # (id, fingerprint) of a row already stored
 
@@ -244,6 +247,15 @@ class _SqliteInserter:
     def _write(self, names: list[str], values: list[list[Any]], check_ids: list[str]) -> list[Existing]:
         conn = self._connect()
         try:
+            statements = self._statements(conn, names, values)
+            if len(statements) == 1 and not check_ids:
+                # One statement is a transaction of its own: no BEGIN and COMMIT. Each statement
+                # hands the GIL over to the event loop and takes it back up to three times
+                # (reset, step, reset), and at c=16 the loop then waits for it: a batch as one
+                # statement cut those waits by 4× and the recorded req/s lost on the cached
+                # path by ~4 points (bench/bench_ledger.py).
+                conn.execute(*statements[0])
+                return []
             conn.execute("BEGIN IMMEDIATE")  # take the write lock first: check and insert agree
             found: list[Existing] = []
             if check_ids:
@@ -252,20 +264,37 @@ class _SqliteInserter:
                     f"SELECT id, fingerprint FROM {placements.name} WHERE id IN ({marks})",  # noqa: S608 (our names)
                     check_ids,
                 ).fetchall()
-            step = self._rows_per_statement(conn, len(names))
-            for at in range(0, len(values), step):
-                chunk = values[at : at + step]
-                conn.execute(self._insert_sql(names, len(chunk)), list(chain.from_iterable(chunk)))
+            for sql, params in statements:
+                conn.execute(sql, params)
             conn.execute("COMMIT")
         except BaseException:
             self._close_now()
             raise
         return [(str(i), f) for i, f in found]
 
-    def _rows_per_statement(self, conn: sqlite3.Connection, columns: int) -> int:
-        # Within the library's bound-parameter limit (999 in SQLite builds before 3.32).
-        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        return max(1, min(_SQLITE_ROWS_PER_STATEMENT, limit // columns))
+    def _statements(
+        self, conn: sqlite3.Connection, names: list[str], values: list[list[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """The INSERTs for a batch: one, unless the bound-parameter limit forbids it.
+
+        A batch of up to `_SQLITE_ROWS_PER_STATEMENT` rows is one statement of exactly that
+        many rows. A larger one is padded with copies of its last row up to the next multiple of
+        that size (the copies conflict with the row and are ignored, `ON CONFLICT DO NOTHING`),
+        so that at most 64 + 7 distinct statements are ever prepared and cached (a prepared
+        512-row INSERT holds ~1.5 MB). Within the library's bound-parameter limit (999 in SQLite
+        builds before 3.32), else chunks of the largest size that fits, in one transaction.
+        """
+        fits = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(names))
+        n, per = len(values), _SQLITE_ROWS_PER_STATEMENT
+        size = n if n <= per else -(-n // per) * per
+        if size <= fits:
+            rows = values if size == n else [*values, *([values[-1]] * (size - n))]
+            return [(self._insert_sql(names, size), list(chain.from_iterable(rows)))]
+        step = min(per, fits)
+        return [
+            (self._insert_sql(names, len(chunk)), list(chain.from_iterable(chunk)))
+            for chunk in (values[at : at + step] for at in range(0, n, step))
+        ]
 
     def _insert_sql(self, names: list[str], rows: int) -> str:
         key = (tuple(names), rows)

@@ -15,17 +15,20 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from carbon_optimizer.ledger import batch_insert, db
 from carbon_optimizer.ledger.ledger import IdempotencyConflict, fingerprint
 from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing, LedgerRepository
 from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS
+from carbon_optimizer.settings import DatabaseSettings
 from tests.ledger.helpers import T0, make_ledger, option, placement_row
 
 REQUEST = {"workload": {"duration_minutes": 120, "vcpus": 4}, "locations": [{"zone": "DE"}, {"zone": "FR"}]}
@@ -410,3 +413,33 @@ async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path
     finally:
         await recorder.aclose()
         await fast.close()
+
+
+@pytest.mark.parametrize("variable_limit", [None, 999], ids=["one statement", "chunks under an old limit"])
+async def test_sqlite_batches_of_any_size_store_each_row_once(
+    tmp_path: Path, variable_limit: int | None
+) -> None:
+    # A batch above 64 rows is one INSERT padded with copies of its last row (ignored as
+    # conflicts) to a multiple of 64; under SQLite's old 999-parameter limit it is chunks in one
+    # transaction. Either way each row is stored once, and a keyed row that exists is reported.
+    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
+    await db.upgrade(engine)
+    repository = LedgerRepository(engine)
+    try:
+        inserter = repository._inserter
+        assert isinstance(inserter, batch_insert._SqliteInserter)
+        if variable_limit is not None:
+            inserter._connect().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+        sizes = (1, 64, 65, 130, 500)
+        for size in sizes:
+            assert (
+                await repository.insert_placements([placement_row(f"s{size}-{i}") for i in range(size)]) == {}
+            )
+        again = [placement_row("s130-7", key="k7", fingerprint="f"), placement_row("fresh", key="k8")]
+        assert set(await repository.insert_placements(again)) == {"s130-7"}
+        stored = await _stored_ids(engine)
+        assert stored == {f"s{size}-{i}" for size in sizes for i in range(size)} | {"fresh"}
+        assert await repository.count() == sum(sizes) + 1
+    finally:
+        await repository.close()
+        await engine.dispose()
