@@ -187,7 +187,7 @@ async def test_new_placement_ids_are_distinct_time_ordered_version_7_uuids() -> 
     ledger = _ledger()
     before_ms = time.time_ns() // 1_000_000
     ids = [ledger._new_id() for _ in range(700)]  # past the pool: refilled between requests
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # past the 16 ms a time part is reused for
     later = [ledger._new_id() for _ in range(3)]
     after_ms = time.time_ns() // 1_000_000
     caller = placement_id_for("alice", None)  # POST /v1/placements without a key: the same kind
