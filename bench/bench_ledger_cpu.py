@@ -170,11 +170,11 @@ async def writer_cpu(url: str | None) -> None:
         body = OptimizeRequest.model_validate({**OPTIMIZE, "record": True})
         now = ledger.clock()
 
-        def rows(n: int) -> list[dict[str, Any]]:
-            return [
-                ledger._optimize_row(str(uuid.uuid4()), body, answer, "bench", now, "rid", None)
-                for _ in range(n)
-            ]
+        # Ids as the ledger makes them (their order decides where the primary-key index grows).
+        new_id = getattr(ledger, "_new_id", None) or (lambda: str(uuid.uuid4()))
+
+        def rows(n: int) -> list[Any]:
+            return [ledger._optimize_row(new_id(), body, answer, "bench", now, "rid", None) for _ in range(n)]
 
         started = time.process_time()
         rows(2000)
