@@ -7,13 +7,15 @@ awaits a commit it first lets rows gather for up to `commit_interval_s` so that 
 traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
 makes it flush at once.
 
-A `Deferred` source (the part of a row that needs the request's body) is built on the loop's next
-turn, all of that turn's rows together, right after their requests moved on: built one at a time
-between requests, the same work ran several times slower in the server (the engine's work in
-between leaves the caches cold), and built a commit interval later it costs ~4× as much.
-What a deferred source holds must be small: holding the request's body *and* its response dict
-past the request (as the optimize path once did) made the young garbage-collector generation
-fill 15–50× as often at c=16 (`gc.callbacks` in the running server).
+A `Deferred` source (the part of a row that needs the request's body: the fingerprint of a keyed
+optimize request) is built on the loop's next turn, all of that turn's rows together, right after
+their requests moved on: built one at a time between requests, the same work ran several times
+slower in the server (the engine's work in between leaves the caches cold), and built a commit
+interval later it costs ~4× as much. What a deferred source holds must be small, and is best
+nothing: holding the request's body *and* its response dict past the request (as the optimize
+path once did) made the young garbage-collector generation fill 15–50× as often at c=16
+(`gc.callbacks` in the running server), and holding the body alone still 15× (so a row without
+an Idempotency-Key needs no body past its request, see `Ledger._workload`).
 
 If the database is down or slow the request answers anyway with `queued: true`, and the writer
 keeps retrying with backoff until the row is committed: a failed batch stays at the head of the
