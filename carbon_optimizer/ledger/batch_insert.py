@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import orjson
 from sqlalchemy import JSON, Float, Table
@@ -43,7 +43,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from carbon_optimizer.ledger.models import placements
-from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, SHARED_FROM, OptimizeRow
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, OWN, SHARED_FROM, OptimizeRow
 
 log = logging.getLogger(__name__)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
@@ -160,6 +160,7 @@ class _Columns:
         self._own = [
             (i, f) for i, name in enumerate(OPTIMIZE_COLUMNS[:SHARED_FROM]) if (f := self._converters[name])
         ]
+        self._own_only = [(i, f) for i, name in enumerate(OWN) if (f := self._converters[name])]
 
     def layout(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if all(type(row) is OptimizeRow for row in rows):  # the same columns by construction
@@ -169,6 +170,39 @@ class _Columns:
         if len(names) != len(keys) or any(row.keys() != keys for row in rows):
             raise ValueError("ledger batch rows must share one set of known column names")
         return names
+
+    def shared(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[list[Any]]] | None:
+        """(the shared columns' stored values, each row's own) when every row has one answer part.
+
+        A result-cache hit repeats its answer, so a batch of its rows shares one `AnswerPart`:
+        its 30 columns are then bound once per statement (`_SqliteInserter._shared_sql`), not
+        once per row. None for any other batch.
+        """
+        first = rows[0]
+        if type(first) is not OptimizeRow:
+            return None
+        part = first.part
+        if any(type(row) is not OptimizeRow or row.part is not part for row in rows):
+            return None
+        same = cast("Sequence[OptimizeRow]", rows)
+        tail = part.converted.get(self)
+        shared = [self._convert("origin", part.values["origin"]), *(tail or part.tail(self, self._convert))]
+        convert = self._own_only
+        own: list[list[Any]] = []
+        for row in same:
+            values = [
+                row.id,
+                row.client_id,
+                row.created_at,
+                row.request_id,
+                row.idempotency_key,
+                row.fingerprint,
+                row.workload,
+            ]  # rows.OWN
+            for i, f in convert:
+                values[i] = f(values[i])
+            own.append(values)
+        return shared, own
 
     def _convert(self, name: str, value: Any) -> Any:
         convert = self._converters[name]
@@ -218,12 +252,16 @@ class _SqliteInserter:
         self._sql: dict[tuple[tuple[str, ...], int], str] = {}  # used on the writer thread only
 
     async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
-        names = self._columns.layout(rows)
-        values = self._columns.values(rows, names)
+        split = self._columns.shared(rows)
+        if split is None:
+            names = self._columns.layout(rows)
+            shared, values = None, self._columns.values(rows, names)
+        else:
+            names, (shared, values) = [], split
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids))
+        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids), shared)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -244,10 +282,21 @@ class _SqliteInserter:
             self._conn = conn
         return self._conn
 
-    def _write(self, names: list[str], values: list[list[Any]], check_ids: list[str]) -> list[Existing]:
+    def _write(
+        self,
+        names: list[str],
+        values: list[list[Any]],
+        check_ids: list[str],
+        shared: list[Any] | None = None,
+    ) -> list[Existing]:
+        """Insert `values` (rows of `names`; or, with `shared`, the own columns `rows.OWN`)."""
         conn = self._connect()
         try:
-            statements = self._statements(conn, names, values)
+            statements = (
+                self._statements(conn, names, values)
+                if shared is None
+                else self._shared(conn, shared, values)
+            )
             if len(statements) == 1 and not check_ids:
                 # One statement is a transaction of its own: no BEGIN and COMMIT. Each statement
                 # hands the GIL over to the event loop and takes it back up to three times
@@ -295,6 +344,45 @@ class _SqliteInserter:
             (self._insert_sql(names, len(chunk)), list(chain.from_iterable(chunk)))
             for chunk in (values[at : at + step] for at in range(0, n, step))
         ]
+
+    def _shared(
+        self, conn: sqlite3.Connection, shared: list[Any], own: list[list[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """As `_statements`, for rows that share one answer part: it is bound once per statement."""
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        n, per = len(own), _SQLITE_ROWS_PER_STATEMENT
+        size = n if n <= per else -(-n // per) * per
+        if len(shared) + len(OWN) * size > limit:  # an old parameter limit: chunks
+            step = max(1, min(per, (limit - len(shared)) // len(OWN)))
+            if len(shared) + len(OWN) > limit:
+                raise ValueError("SQLite's parameter limit is too low for one placement row")
+            return [
+                (self._shared_sql(len(chunk)), [*shared, *chain.from_iterable(chunk)])
+                for chunk in (own[at : at + step] for at in range(0, n, step))
+            ]
+        rows = own if size == n else [*own, *([own[-1]] * (size - n))]
+        return [(self._shared_sql(size), [*shared, *chain.from_iterable(rows)])]
+
+    def _shared_sql(self, rows: int) -> str:
+        """INSERT … SELECT: the shared columns as parameters ?1…?30, each row's own from VALUES."""
+        key = (("shared",), rows)
+        sql = self._sql.get(key)
+        if sql is None:
+            shared_names = ("origin", *OPTIMIZE_COLUMNS[SHARED_FROM:])
+            first = len(shared_names) + 1
+            own = len(OWN)
+            select = ",".join(
+                [*(f"column{i}" for i in range(1, own + 1)), *(f"?{i}" for i in range(1, first))]
+            )
+            values = ",".join(
+                "(" + ",".join(f"?{first + r * own + k}" for k in range(own)) + ")" for r in range(rows)
+            )
+            sql = (
+                f"INSERT INTO {placements.name} ({','.join((*OWN, *shared_names))}) "  # noqa: S608 (column names from the table)
+                f"SELECT {select} FROM (VALUES {values}) WHERE 1 ON CONFLICT DO NOTHING"
+            )
+            self._sql[key] = sql
+        return sql
 
     def _insert_sql(self, names: list[str], rows: int) -> str:
         key = (tuple(names), rows)
