@@ -6,11 +6,12 @@ SQLAlchemy's statement execution and, on SQLite, one aiosqlite thread hop per DB
 each batch is a single round of work:
 
 - SQLite (a file): the stdlib driver on one dedicated thread; the id check, the INSERT of all rows
-  and the COMMIT happen in one hop to that thread. The rows go in as multi-row INSERTs (up to
-  `_SQLITE_ROWS_PER_STATEMENT` rows each), not `executemany`: the driver releases the GIL around
-  every statement step, and the thread then has to take it back from the event loop — once per
-  row with `executemany`, a forced GIL hand-over (two context switches) that stalls the loop each
-  time. One statement per chunk takes it back once per chunk.
+  and the COMMIT happen in one hop to that thread. The rows go in as one multi-row INSERT (a
+  batch without Idempotency-Keys needs no id check, and one statement is its own transaction),
+  not `executemany`: the driver releases the GIL around every statement step, and the thread
+  then has to take it back from the event loop — once per row with `executemany`, a forced GIL
+  hand-over (two context switches) that stalls the loop each time. One statement per batch
+  takes it back a few times per batch.
 - PostgreSQL (asyncpg): a connection held by the writer (taken from the engine's pool, so it has
   the engine's settings and JSON codecs), `executemany` of a prepared INSERT inside one
   transaction.
@@ -34,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import orjson
 from sqlalchemy import JSON, Float, Table
@@ -42,10 +43,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from carbon_optimizer.ledger.models import placements
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, OWN, SHARED_FROM, OptimizeRow
 
 log = logging.getLogger(__name__)
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000
-_SQLITE_ROWS_PER_STATEMENT: Final = 64  # rows per INSERT (and distinct statements cached: ≤ 64)
+_SQLITE_CHECKPOINT_PAGES: Final = 4000
+# Rows per INSERT below which a statement has its batch's exact size (larger batches are padded
+# to a multiple of it: `_SqliteInserter._statements`).
+_SQLITE_ROWS_PER_STATEMENT: Final = 64
 _MEMO_MAX: Final = 4096  # converted datetimes remembered per column set (cleared when full)
 Existing = tuple[str, str | None]  # (id, fingerprint) of a row already stored
 
@@ -150,21 +155,87 @@ class _Columns:
     def __init__(self, dialect: Dialect) -> None:
         self._converters = _converters(placements, dialect)
         self._order = [c.name for c in placements.columns]
+        # Optimize rows (`rows.OptimizeRow`): their own columns' positions and converters; the
+        # answer part's columns are converted once per part (`AnswerPart.tail`).
+        self._own = [
+            (i, f) for i, name in enumerate(OPTIMIZE_COLUMNS[:SHARED_FROM]) if (f := self._converters[name])
+        ]
+        self._own_only = [(i, f) for i, name in enumerate(OWN) if (f := self._converters[name])]
 
     def layout(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        if all(type(row) is OptimizeRow for row in rows):  # the same columns by construction
+            return list(OPTIMIZE_COLUMNS)
         keys = rows[0].keys()
         names = [name for name in self._order if name in keys]
         if len(names) != len(keys) or any(row.keys() != keys for row in rows):
             raise ValueError("ledger batch rows must share one set of known column names")
         return names
 
+    def shared(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[list[Any]]] | None:
+        """(the shared columns' stored values, each row's own) when every row has one answer part.
+
+        A result-cache hit repeats its answer, so a batch of its rows shares one `AnswerPart`:
+        its 30 columns are then bound once per statement (`_SqliteInserter._shared_sql`), not
+        once per row. None for any other batch.
+        """
+        first = rows[0]
+        if type(first) is not OptimizeRow:
+            return None
+        part = first.part
+        if any(type(row) is not OptimizeRow or row.part is not part for row in rows):
+            return None
+        same = cast("Sequence[OptimizeRow]", rows)
+        tail = part.converted.get(self)
+        shared = [self._convert("origin", part.values["origin"]), *(tail or part.tail(self, self._convert))]
+        convert = self._own_only
+        own: list[list[Any]] = []
+        for row in same:
+            values = [
+                row.id,
+                row.client_id,
+                row.created_at,
+                row.request_id,
+                row.idempotency_key,
+                row.fingerprint,
+                row.workload,
+            ]  # rows.OWN
+            for i, f in convert:
+                values[i] = f(values[i])
+            own.append(values)
+        return shared, own
+
+    def _convert(self, name: str, value: Any) -> Any:
+        convert = self._converters[name]
+        return value if convert is None else convert(value)
+
     def values(self, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[list[Any]]:
         # itemgetter fetches a row's values in C; only the few columns with a converter
-        # (datetimes, JSON) are touched in Python.
+        # (datetimes, JSON) are touched in Python. An optimize row converts its own eight values
+        # and takes the rest, converted once, from its answer part.
+        split = tuple(names) == OPTIMIZE_COLUMNS
         getter = itemgetter(*names)
         convert = [(i, f) for i, name in enumerate(names) if (f := self._converters[name]) is not None]
+        own = self._own
         out: list[list[Any]] = []
         for row in rows:
+            if split and type(row) is OptimizeRow:
+                part = row.part
+                head = [
+                    row.id,
+                    row.client_id,
+                    row.created_at,
+                    row.request_id,
+                    part.values["origin"],
+                    row.idempotency_key,
+                    row.fingerprint,
+                    row.workload,
+                ]  # OPTIMIZE_COLUMNS[:SHARED_FROM]
+                for i, f in own:
+                    head[i] = f(head[i])
+                tail = part.converted.get(self)
+                head.extend(part.tail(self, self._convert) if tail is None else tail)
+                out.append(head)
+                continue
             values = list(getter(row))
             for i, f in convert:
                 values[i] = f(values[i])
@@ -181,12 +252,16 @@ class _SqliteInserter:
         self._sql: dict[tuple[tuple[str, ...], int], str] = {}  # used on the writer thread only
 
     async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
-        names = self._columns.layout(rows)
-        values = self._columns.values(rows, names)
+        split = self._columns.shared(rows)
+        if split is None:
+            names = self._columns.layout(rows)
+            shared, values = None, self._columns.values(rows, names)
+        else:
+            names, (shared, values) = [], split
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids))
+        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids), shared)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -200,12 +275,36 @@ class _SqliteInserter:
             conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint (copy the WAL into the database, fsync) every ~16 MB of WAL instead of
+            # SQLite's 4 MB: a page the writer appends to is rewritten by several commits, and
+            # a checkpoint copies only its last version.
+            conn.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
             self._conn = conn
         return self._conn
 
-    def _write(self, names: list[str], values: list[list[Any]], check_ids: list[str]) -> list[Existing]:
+    def _write(
+        self,
+        names: list[str],
+        values: list[list[Any]],
+        check_ids: list[str],
+        shared: list[Any] | None = None,
+    ) -> list[Existing]:
+        """Insert `values` (rows of `names`; or, with `shared`, the own columns `rows.OWN`)."""
         conn = self._connect()
         try:
+            statements = (
+                self._statements(conn, names, values)
+                if shared is None
+                else self._shared(conn, shared, values)
+            )
+            if len(statements) == 1 and not check_ids:
+                # One statement is a transaction of its own: no BEGIN and COMMIT. Each statement
+                # hands the GIL over to the event loop and takes it back up to three times
+                # (reset, step, reset), and at c=16 the loop then waits for it: a batch as one
+                # statement cut those waits by 4× and the recorded req/s lost on the cached
+                # path by ~4 points (bench/bench_ledger.py).
+                conn.execute(*statements[0])
+                return []
             conn.execute("BEGIN IMMEDIATE")  # take the write lock first: check and insert agree
             found: list[Existing] = []
             if check_ids:
@@ -214,20 +313,76 @@ class _SqliteInserter:
                     f"SELECT id, fingerprint FROM {placements.name} WHERE id IN ({marks})",  # noqa: S608 (our names)
                     check_ids,
                 ).fetchall()
-            step = self._rows_per_statement(conn, len(names))
-            for at in range(0, len(values), step):
-                chunk = values[at : at + step]
-                conn.execute(self._insert_sql(names, len(chunk)), list(chain.from_iterable(chunk)))
+            for sql, params in statements:
+                conn.execute(sql, params)
             conn.execute("COMMIT")
         except BaseException:
             self._close_now()
             raise
         return [(str(i), f) for i, f in found]
 
-    def _rows_per_statement(self, conn: sqlite3.Connection, columns: int) -> int:
-        # Within the library's bound-parameter limit (999 in SQLite builds before 3.32).
+    def _statements(
+        self, conn: sqlite3.Connection, names: list[str], values: list[list[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """The INSERTs for a batch: one, unless the bound-parameter limit forbids it.
+
+        A batch of up to `_SQLITE_ROWS_PER_STATEMENT` rows is one statement of exactly that
+        many rows. A larger one is padded with copies of its last row up to the next multiple of
+        that size (the copies conflict with the row and are ignored, `ON CONFLICT DO NOTHING`),
+        so that at most 64 + 7 distinct statements are ever prepared and cached (a prepared
+        512-row INSERT holds ~1.5 MB). Within the library's bound-parameter limit (999 in SQLite
+        builds before 3.32), else chunks of the largest size that fits, in one transaction.
+        """
+        fits = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(names))
+        n, per = len(values), _SQLITE_ROWS_PER_STATEMENT
+        size = n if n <= per else -(-n // per) * per
+        if size <= fits:
+            rows = values if size == n else [*values, *([values[-1]] * (size - n))]
+            return [(self._insert_sql(names, size), list(chain.from_iterable(rows)))]
+        step = min(per, fits)
+        return [
+            (self._insert_sql(names, len(chunk)), list(chain.from_iterable(chunk)))
+            for chunk in (values[at : at + step] for at in range(0, n, step))
+        ]
+
+    def _shared(
+        self, conn: sqlite3.Connection, shared: list[Any], own: list[list[Any]]
+    ) -> list[tuple[str, list[Any]]]:
+        """As `_statements`, for rows that share one answer part: it is bound once per statement."""
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        return max(1, min(_SQLITE_ROWS_PER_STATEMENT, limit // columns))
+        n, per = len(own), _SQLITE_ROWS_PER_STATEMENT
+        size = n if n <= per else -(-n // per) * per
+        if len(shared) + len(OWN) * size > limit:  # an old parameter limit: chunks
+            step = max(1, min(per, (limit - len(shared)) // len(OWN)))
+            if len(shared) + len(OWN) > limit:
+                raise ValueError("SQLite's parameter limit is too low for one placement row")
+            return [
+                (self._shared_sql(len(chunk)), [*shared, *chain.from_iterable(chunk)])
+                for chunk in (own[at : at + step] for at in range(0, n, step))
+            ]
+        rows = own if size == n else [*own, *([own[-1]] * (size - n))]
+        return [(self._shared_sql(size), [*shared, *chain.from_iterable(rows)])]
+
+    def _shared_sql(self, rows: int) -> str:
+        """INSERT … SELECT: the shared columns as parameters ?1…?30, each row's own from VALUES."""
+        key = (("shared",), rows)
+        sql = self._sql.get(key)
+        if sql is None:
+            shared_names = ("origin", *OPTIMIZE_COLUMNS[SHARED_FROM:])
+            first = len(shared_names) + 1
+            own = len(OWN)
+            select = ",".join(
+                [*(f"column{i}" for i in range(1, own + 1)), *(f"?{i}" for i in range(1, first))]
+            )
+            values = ",".join(
+                "(" + ",".join(f"?{first + r * own + k}" for k in range(own)) + ")" for r in range(rows)
+            )
+            sql = (
+                f"INSERT INTO {placements.name} ({','.join((*OWN, *shared_names))}) "  # noqa: S608 (column names from the table)
+                f"SELECT {select} FROM (VALUES {values}) WHERE 1 ON CONFLICT DO NOTHING"
+            )
+            self._sql[key] = sql
+        return sql
 
     def _insert_sql(self, names: list[str], rows: int) -> str:
         key = (tuple(names), rows)

@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from carbon_optimizer.ledger.reconciler import Reconciler
 from carbon_optimizer.ledger.recorder import Ack, Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.reports import build_report
 from carbon_optimizer.ledger.repository import LedgerRepository
+from carbon_optimizer.ledger.rows import AnswerPart, OptimizeRow
 from carbon_optimizer.providers.base import CarbonIntensityProvider
 from carbon_optimizer.settings import DatabaseSettings, LedgerSettings
 
@@ -45,15 +48,21 @@ _ID_NAMESPACE: Final = uuid.UUID("5b0f4c1e-7d1a-4c55-9a43-0c6f1ad0e815")
 _CLOCK_SKEW: Final = timedelta(minutes=5)
 _MAX_REPORT_RANGE: Final = timedelta(days=3 * 366)
 _ID_POOL: Final = 256
+_PREFIX_MS: Final = 16  # how long a new id's time part is reused (`Ledger._new_id`)
 # The body's fields that do not make it a different request (for the Idempotency-Key check).
 _UNFINGERPRINTED: Final = frozenset({"record", "signal"})
 _TIMES_MAX: Final = 4096  # parsed answer times remembered (cleared when full)
-# What a raw optimize body gives the row (fingerprint, workload, explicit baseline), remembered
-# for bodies up to this size, this many of them (≤ 4 MiB; cleared when full).
+# What a raw optimize body gives the row (its workload's JSON; with an Idempotency-Key also its
+# fingerprint), remembered for bodies up to this size, this many of them (≤ 4 MiB each memo;
+# cleared when full).
 _BODY_MEMO_BYTES: Final = 16 * 1024
 _BODY_MEMO_MAX: Final = 256
-# Answer parts of rows kept (cleared when full): one per result-cache entry that is hit.
+# Answer parts of rows kept: one per result-cache entry that is hit (the oldest dropped first).
 _ANSWER_PARTS_MAX: Final = 256
+_NOT_COMMITTED: Final = (
+    "placement accepted but not yet committed (ledger database slow or unavailable); "
+    "queued in memory and retried"
+)
 # Answers that need no database (copied by the caller before it adds to them).
 _NOT_AVERAGE: Final = {
     "placement_id": None,
@@ -131,25 +140,37 @@ def catalog_resolver(catalog: _Catalog) -> ZoneResolver:
 
 
 def placement_id_for(client_id: str, idempotency_key: str | None) -> str:
-    """Deterministic id for an idempotent call, random otherwise."""
+    """Deterministic id for an idempotent call (uuid5), a new time-ordered one otherwise."""
     if idempotency_key is None:
-        return str(uuid.uuid4())
+        return _ms_prefix(time.time_ns() // 1_000_000) + id_tails(1)[0]
     return str(uuid.uuid5(_ID_NAMESPACE, f"{client_id}\n{idempotency_key}"))
 
 
-def random_ids(n: int) -> list[str]:
-    """`n` random (version 4) UUIDs as text, from one read of the OS's random source.
+def id_tails(n: int) -> list[str]:
+    """The random ends of `n` time-ordered ids (`-7xxx-yxxx-xxxxxxxxxxxx`), from one urandom read.
 
-    Why not `str(uuid.uuid4())`: one `os.urandom` call and a `UUID` object per id cost ~5 µs
-    each on the shared VM, against ~1.5 µs here, and every recorded request takes one.
+    A placement id without an Idempotency-Key is a UUID in the version 7 layout (RFC 9562): the
+    creation time in milliseconds, then 74 random bits, as 36-character text like any UUID.
+    Why time-ordered: every row is also an entry in the primary-key index, and a random (version
+    4) key lands on a random page of it. With the table beyond the page cache (a few 10 000 rows)
+    each insert touched a cold page: the writer's CPU per row grew with the table (19 → 27 µs
+    over 60 000 rows in `bench/bench_ledger_cpu.py`'s setting) where time-ordered keys, appended
+    at the index's end, stay at ~15. The 74 random bits keep ids unguessable. One `os.urandom`
+    read for many ids: a call and a `UUID` object per id cost ~5 µs each on the shared VM.
     """
-    raw = os.urandom(16 * n).hex()
+    raw = os.urandom(10 * n).hex()
     out: list[str] = []
-    for i in range(0, 32 * n, 32):
-        h = raw[i : i + 32]
-        variant = "89ab"[int(h[16], 16) & 3]  # RFC 4122 variant bits: 10xx
-        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+    for i in range(0, 20 * n, 20):
+        h = raw[i : i + 20]
+        variant = "89ab"[int(h[3], 16) & 3]  # RFC 9562 variant bits: 10xx
+        out.append(f"-7{h[:3]}-{variant}{h[4:7]}-{h[7:19]}")
     return out
+
+
+def _ms_prefix(ms: int) -> str:
+    """The first 13 characters of a version 7 UUID: 48 bits of Unix time in milliseconds."""
+    h = f"{ms:012x}"
+    return f"{h[:8]}-{h[8:]}"
 
 
 def fingerprint(payload: Any) -> str:
@@ -202,23 +223,39 @@ class Ledger:
         self._record_all = "*" in settings.record_clients
         self._record_clients = frozenset(settings.record_clients)
         self._admins = frozenset(settings.admin_client_ids)
-        # Random placement ids made ahead of time, between requests (uuid4 costs microseconds).
-        self._ids: list[str] = []
+        # The random ends of new placement ids, made ahead of time between requests (`id_tails`).
+        self._tails: list[str] = []
         self._refilling = False
+        self._ms = -1  # the millisecond of `_prefix`
+        self._prefix = ""
         self._delay = timedelta(seconds=settings.reconcile_delay_s)
         self._dues: dict[datetime, datetime] = {}
-        self._bodies: dict[bytes, tuple[str, str]] = {}
+        self._bodies: dict[bytes, tuple[str, str]] = {}  # raw body → (fingerprint, workload JSON)
+        self._workloads: dict[bytes, str] = {}  # raw body → workload JSON
         # The answer part of a row per answer objects (a result-cache hit repeats them).
-        self._answer_parts: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._answer_parts: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any, AnswerPart]] = (
+            OrderedDict()
+        )
 
-    def _random_id(self) -> str:
-        if len(self._ids) < _ID_POOL // 4 and not self._refilling:
+    def _new_id(self) -> str:
+        """A new time-ordered placement id (`id_tails`): the time, then a pooled random end.
+
+        The time part is renewed every `_PREFIX_MS` milliseconds, not every millisecond: at a
+        few thousand requests a second, formatting it cost ~3 µs on every third request in the
+        running server. Ids of a later window still sort after, which is all the index needs.
+        """
+        tails = self._tails
+        if len(tails) < _ID_POOL // 4 and not self._refilling:
             self._refilling = True
             asyncio.get_running_loop().call_soon(self._refill_ids)
-        return self._ids.pop() if self._ids else str(uuid.uuid4())
+        tail = tails.pop() if tails else id_tails(1)[0]
+        ms = time.time_ns() // 1_000_000
+        if not 0 <= ms - self._ms < _PREFIX_MS:
+            self._ms, self._prefix = ms, _ms_prefix(ms)
+        return self._prefix + tail
 
     def _refill_ids(self) -> None:
-        self._ids.extend(random_ids(_ID_POOL - len(self._ids)))
+        self._tails.extend(id_tails(_ID_POOL - len(self._tails)))
         self._refilling = False
 
     def viewer(self, client_id: str | None) -> Viewer:
@@ -257,21 +294,19 @@ class Ledger:
 
         `request` is the validated optimize body (or its JSON form), `result` the response body,
         `raw` the body's bytes as received, if known (what the body gives the row is remembered
-        by them: a result-cache hit is a repeat of a body seen before, and so is its row's
-        fingerprint). The row is built here from the answer and queued; what it needs from the
-        body (fingerprint, workload JSON), unless remembered, is added on the loop's next turn
-        (`Recorder`: batched with that turn's other rows). The caller must not mutate `request`
-        afterwards. The writer task commits the row (group commit). Without a
+        by them: a result-cache hit is a repeat of a body seen before). The row is built here
+        and queued. What it needs from the body is its workload's JSON and, only with an
+        Idempotency-Key, the body's fingerprint (`_body_part`); that fingerprint, unless
+        remembered, is added on the loop's next turn (`Recorder`: batched with that turn's other
+        rows), and the caller must not mutate `request` afterwards. The writer task commits the
+        row (group commit). Without a
         write timeout (the default) nothing is awaited; with one, it waits until the commit
         happened or the timeout passed. Never raises for database trouble: the answer then says
         `recorded: false` with `queued` and a warning. Raises `IdempotencyConflict` when the key
         was used for a different request.
         """
-        signal = (
-            request.get("signal", "average")
-            if isinstance(request, Mapping)
-            else getattr(request, "signal", "average")
-        )
+        model = isinstance(request, BaseModel)
+        signal = getattr(request, "signal", "average") if model else request.get("signal", "average")  # type: ignore[union-attr]
         if signal != "average":
             # The ledger accounts in average intensity; marginal grams are another quantity and
             # summing both in one report would claim more than the data supports.
@@ -279,23 +314,30 @@ class Ledger:
         if not result.get("best"):
             return dict(_NO_OPTION)
         cid = client_id or ANONYMOUS
-        placement_id = (
-            self._random_id() if idempotency_key is None else placement_id_for(cid, idempotency_key)
+        placement_id = self._new_id() if idempotency_key is None else placement_id_for(cid, idempotency_key)
+        asked = getattr(request, "baseline", None) if model else request.get("baseline")  # type: ignore[union-attr]
+        row = self._parts_row(
+            placement_id, result, asked is not None, cid, self.clock(), request_id, idempotency_key
         )
-        row = self._answer_row(placement_id, request, result, cid, self.clock(), request_id, idempotency_key)
-        known = None if raw is None else self._bodies.get(raw)
-        source: Mapping[str, Any] | Deferred
-        if known is not None:
-            row["fingerprint"], row["workload"] = known
-            source = row
-        else:  # dumped and hashed on the next loop turn, with that turn's other bodies
-            source = Deferred(placement_id, partial(self._with_body, row, request, raw))
+        source: Mapping[str, Any] | Deferred = row
+        if idempotency_key is None:
+            row.workload = self._workload(request, raw)
+        else:
+            known = None if raw is None else self._bodies.get(raw)
+            if known is not None:
+                row.fingerprint, row.workload = known
+            else:  # dumped and hashed on the next loop turn, with that turn's other bodies
+                source = Deferred(placement_id, partial(self._with_body, row, request, raw))
         if self.recorder.write_timeout_s <= 0:
             try:
-                ack = self.recorder.offer(source, origin="optimize")
+                self.recorder.put(source, origin="optimize")
             except QueueFull:
                 return dict(_QUEUE_FULL)
-            return self._fields(ack)
+            # Queued, not committed (what `_fields` says of a queued `Ack`, without making one).
+            fields = {"placement_id": placement_id, "recorded": False, "queued": True}
+            if not self.recorder.healthy:
+                fields["warning"] = _NOT_COMMITTED
+            return fields
         return await self._submit_for_optimize(source)
 
     def _optimize_row(
@@ -308,17 +350,42 @@ class Ledger:
         request_id: str,
         idempotency_key: str | None,
         raw: bytes | None = None,
-    ) -> dict[str, Any]:
+    ) -> OptimizeRow:
         """The placement row of an optimize answer (as `record_optimize` builds it, in one go)."""
         row = self._answer_row(
             placement_id, request, result, client_id, created_at, request_id, idempotency_key
         )
+        if idempotency_key is None:
+            row.workload = self._workload(request, raw)
+            return row
         return self._with_body(row, request, raw)
 
+    def _workload(self, request: BaseModel | Mapping[str, Any], raw: bytes | None) -> str:
+        """The workload's JSON of a row without an Idempotency-Key (remembered by the raw body).
+
+        Such a row gets no fingerprint. The fingerprint serves the Idempotency-Key check alone,
+        and a row without a key has a new random id that nothing is ever compared with. Why not
+        compute it anyway: the body's full dump and hash (`_from_body`) was most of what a row
+        needs from its body; done on the next loop turn, it kept each body alive past its
+        request, and in the running server that made young garbage collections 15× as frequent
+        (56 against 3.7 per 1 000 requests with every body different, ~20 µs per request).
+        The workload alone is a small dump, done here.
+        """
+        if raw is not None:
+            known = self._workloads.get(raw)
+            if known is not None:
+                return known
+        workload = _workload_json(request)
+        if raw is not None and len(raw) <= _BODY_MEMO_BYTES:
+            if len(self._workloads) >= _BODY_MEMO_MAX:
+                self._workloads.clear()
+            self._workloads[raw] = workload
+        return workload
+
     def _with_body(
-        self, row: dict[str, Any], request: BaseModel | Mapping[str, Any], raw: bytes | None
-    ) -> dict[str, Any]:
-        """Complete `row` with what the body gives it: its fingerprint and workload.
+        self, row: OptimizeRow, request: BaseModel | Mapping[str, Any], raw: bytes | None
+    ) -> OptimizeRow:
+        """Complete the row of a keyed request with what the body gives it: fingerprint, workload.
 
         Remembered by the body's raw bytes: a result-cache hit repeats a body seen before.
         """
@@ -329,7 +396,7 @@ class Ledger:
                 if len(self._bodies) >= _BODY_MEMO_MAX:
                     self._bodies.clear()
                 self._bodies[raw] = derived
-        row["fingerprint"], row["workload"] = derived
+        row.fingerprint, row.workload = derived
         return row
 
     def _answer_row(
@@ -341,8 +408,8 @@ class Ledger:
         created_at: datetime,
         request_id: str,
         idempotency_key: str | None,
-    ) -> dict[str, Any]:
-        """The row from the answer, built on the request (fingerprint and workload: `_with_body`).
+    ) -> OptimizeRow:
+        """The row from the answer, built on the request (workload, fingerprint: `_workload`, `_with_body`).
 
         Built now so that the request's response dict does not outlive it (see `recorder`: held
         past the request with the body, it made the garbage collector run 15–50× as often). What
@@ -352,7 +419,21 @@ class Ledger:
         asked = (
             getattr(request, "baseline", None) if isinstance(request, BaseModel) else request.get("baseline")
         )
-        explicit_baseline = asked is not None
+        return self._parts_row(
+            placement_id, result, asked is not None, client_id, created_at, request_id, idempotency_key
+        )
+
+    def _parts_row(
+        self,
+        placement_id: str,
+        result: Mapping[str, Any],
+        explicit_baseline: bool,
+        client_id: str,
+        created_at: datetime,
+        request_id: str,
+        idempotency_key: str | None,
+    ) -> OptimizeRow:
+        """`_answer_row`, told whether the request named its baseline."""
         # A result-cache hit hands out the stored answer's very objects (a new dict around them):
         # its row's answer part is the same, so it is kept per those objects (checked by
         # identity, and they are kept alive with it) and only the request's own fields change.
@@ -360,23 +441,22 @@ class Ledger:
         warnings, objective = result.get("warnings", ()), result.get("objective")
         memo_key = (id(best), id(baseline), id(warnings), id(objective), explicit_baseline)
         kept = self._answer_parts.get(memo_key)
-        if kept is not None and all(
-            a is b for a, b in zip(kept[0], (best, baseline, warnings, objective), strict=True)
+        if (
+            kept is not None
+            and kept[0] is best
+            and kept[1] is baseline
+            and kept[2] is warnings
+            and kept[3] is objective
         ):
-            row = kept[1]
+            part = kept[4]
         else:
-            row = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
+            part = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
             if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
-                self._answer_parts.clear()
-            self._answer_parts[memo_key] = ((best, baseline, warnings, objective), row)
-        return {
-            **row,
-            "id": placement_id,
-            "client_id": client_id,
-            "created_at": created_at,
-            "request_id": request_id,
-            "idempotency_key": idempotency_key,
-        }
+                # The oldest only: dropping all at once freed up to 256 answers' objects in one
+                # go, and frees the collector does not see coming make it run more often.
+                self._answer_parts.popitem(last=False)
+            self._answer_parts[memo_key] = (best, baseline, warnings, objective, part)
+        return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
 
     def _answer_part(
         self,
@@ -385,7 +465,7 @@ class Ledger:
         warnings: Any,
         objective: Any,
         explicit_baseline: bool,
-    ) -> dict[str, Any]:
+    ) -> AnswerPart:
         """The row's columns that come from the answer alone (the request's own: `_answer_row`)."""
         # The same row `_row` builds from these inputs (a test compares them), written out in one
         # function: on the request path every call and keyword argument counts.
@@ -458,7 +538,7 @@ class Ledger:
             row["due_at"] = self._due(end, b_end)
         else:
             row["due_at"] = self._due(end)
-        return row
+        return AnswerPart(row)
 
     async def _submit_for_optimize(self, source: Mapping[str, Any] | Deferred) -> dict[str, Any]:
         try:
@@ -475,10 +555,7 @@ class Ledger:
             "queued": ack.queued,
         }
         if ack.timed_out or (ack.queued and not self.recorder.healthy):
-            out["warning"] = (
-                "placement accepted but not yet committed (ledger database slow or unavailable); "
-                "queued in memory and retried"
-            )
+            out["warning"] = _NOT_COMMITTED
         return out
 
     @staticmethod
@@ -704,6 +781,16 @@ def _from_body(request: BaseModel | Mapping[str, Any]) -> tuple[str, str]:
     )
     workload = orjson.dumps(body.get("workload") or {}).decode()
     return fingerprint(body), workload
+
+
+def _workload_json(request: BaseModel | Mapping[str, Any]) -> str:
+    """The workload's JSON as `_from_body` gives it (the body's dump, its `workload`), dumped alone."""
+    if isinstance(request, Mapping):
+        return orjson.dumps(request.get("workload") or {}).decode()
+    workload = getattr(request, "workload", None)
+    if isinstance(workload, BaseModel):
+        return orjson.dumps(workload.model_dump(mode="json", exclude_none=True) or {}).decode()
+    return orjson.dumps(workload or {}).decode()
 
 
 _TIMES: dict[str, datetime] = {}

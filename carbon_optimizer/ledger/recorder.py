@@ -7,13 +7,15 @@ awaits a commit it first lets rows gather for up to `commit_interval_s` so that 
 traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
 makes it flush at once.
 
-A `Deferred` source (the part of a row that needs the request's body) is built on the loop's next
-turn, all of that turn's rows together, right after their requests moved on: built one at a time
-between requests, the same work ran several times slower in the server (the engine's work in
-between leaves the caches cold), and built a commit interval later it costs ~4× as much.
-What a deferred source holds must be small: holding the request's body *and* its response dict
-past the request (as the optimize path once did) made the young garbage-collector generation
-fill 15–50× as often at c=16 (`gc.callbacks` in the running server).
+A `Deferred` source (the part of a row that needs the request's body: the fingerprint of a keyed
+optimize request) is built on the loop's next turn, all of that turn's rows together, right after
+their requests moved on: built one at a time between requests, the same work ran several times
+slower in the server (the engine's work in between leaves the caches cold), and built a commit
+interval later it costs ~4× as much. What a deferred source holds must be small, and is best
+nothing: holding the request's body *and* its response dict past the request (as the optimize
+path once did) made the young garbage-collector generation fill 15–50× as often at c=16
+(`gc.callbacks` in the running server), and holding the body alone still 15× (so a row without
+an Idempotency-Key needs no body past its request, see `Ledger._workload`).
 
 If the database is down or slow the request answers anyway with `queued: true`, and the writer
 keeps retrying with backoff until the row is committed: a failed batch stays at the head of the
@@ -30,7 +32,6 @@ its queue (logged with the count at shutdown, after trying to flush for `drain_s
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections import deque
@@ -40,10 +41,14 @@ from typing import Any, Final, Protocol
 
 from carbon_optimizer.ledger import metrics
 from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.ledger.rows import OptimizeRow
 
 log = logging.getLogger(__name__)
 BATCH_MAX: Final = 500  # rows per transaction (also SQLite's bound-parameter budget for the id check)
 _MAX_BACKOFF_S: Final = 30.0
+# A batch this large means load: the next one gathers up to this many commit intervals.
+_BUSY_ROWS: Final = 64
+_BUSY_FACTOR: Final = 4
 
 
 class QueueFull(Exception):
@@ -145,6 +150,7 @@ class Recorder:
         self.last_error: str | None = None
         self._drain_deadline: float | None = None
         self._closed = asyncio.Event()
+        self._last_batch = 0  # rows in the last batch (`_gather`: under load, gather longer)
 
     def start(self) -> None:
         """Start the writer task (once)."""
@@ -165,9 +171,13 @@ class Recorder:
         self._enqueue(source, origin)
         return Ack(source.id if isinstance(source, Deferred) else str(source["id"]), None)
 
+    def put(self, source: Source, *, origin: str) -> None:
+        """`offer` without its `Ack` (the caller knows the id and that the row is queued)."""
+        self._enqueue(source, origin)
+
     def _enqueue(self, source: Source, origin: str) -> _Item | None:
         """The queued item for `source` (None when it joined one already queued)."""
-        placement_id = source.id if isinstance(source, Deferred) else str(source["id"])
+        placement_id = source.id if isinstance(source, (Deferred, OptimizeRow)) else str(source["id"])
         if placement_id in self._by_id:
             return None
         if len(self._pending) >= self.queue_max:
@@ -220,11 +230,19 @@ class Recorder:
         _materialise(items)
 
     async def _gather(self) -> None:
-        """Let rows accumulate for one commit unless someone waits for it (or it is full)."""
+        """Let rows accumulate for one commit unless someone waits for it (or it is full).
+
+        Under load (the last batch had `_BUSY_ROWS` rows or more) up to `_BUSY_FACTOR` intervals.
+        Why: every batch costs the writer thread a wake-up, a dozen GIL hand-overs and a commit,
+        and at c=16 on a 2-core machine each of them takes the event loop's core for a while.
+        What an answer says is unchanged (`queued: true` says "not yet committed"), and a
+        request that waits for its commit still makes the writer flush at once.
+        """
         if self.commit_interval_s <= 0 or self._closing or self._flush.is_set():
             return
+        interval = self.commit_interval_s * (_BUSY_FACTOR if self._last_batch >= _BUSY_ROWS else 1)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.commit_interval_s):
+            async with asyncio.timeout(interval):
                 await self._flush.wait()
 
     async def _run(self) -> None:
@@ -239,6 +257,7 @@ class Recorder:
             await self._gather()
             self._flush.clear()
             batch = [self._pending[i] for i in range(min(self.batch_max, len(self._pending)))]
+            self._last_batch = len(batch)
             rows = _materialise(batch)
             try:
                 existing = await self.repository.insert_placements(rows) if rows else {}
@@ -267,19 +286,22 @@ class Recorder:
 
     def _settle(self, batch: list[_Item], existing: Mapping[str, Existing]) -> None:
         """The batch is committed: dequeue it and tell whoever waits."""
-        recorded: collections.Counter[str] = collections.Counter()
+        recorded: dict[str, int] = {}
+        pending, by_id = self._pending, self._by_id
         for item in batch:
-            self._pending.popleft()
-            del self._by_id[item.id]
+            pending.popleft()
+            del by_id[item.id]
             if item.row is None:  # broken: logged when building failed
                 error = item.broken or RuntimeError("placement row could not be built")
                 for future in _futures(item):
                     if not future.done():
                         future.set_exception(error)
                 continue
-            found = existing.get(item.id)
+            found = existing.get(item.id) if existing else None
             if found is None:
-                recorded[item.origin] += 1
+                recorded[item.origin] = recorded.get(item.origin, 0) + 1
+            if item.done is None and item.joined is None:  # nobody waits (the optimize default)
+                continue
             stored = found.fingerprint if found is not None else item.row.get("fingerprint")
             if item.done is not None and not item.done.done():
                 item.done.set_result(_written(item.id, found, item.row.get("fingerprint"), stored))

@@ -15,16 +15,20 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from carbon_optimizer.ledger.ledger import IdempotencyConflict
+from carbon_optimizer.ledger import batch_insert, db
+from carbon_optimizer.ledger.ledger import IdempotencyConflict, fingerprint
 from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing, LedgerRepository
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS
+from carbon_optimizer.settings import DatabaseSettings
 from tests.ledger.helpers import T0, make_ledger, option, placement_row
 
 REQUEST = {"workload": {"duration_minutes": 120, "vcpus": 4}, "locations": [{"zone": "DE"}, {"zone": "FR"}]}
@@ -198,6 +202,27 @@ async def test_optimize_retry_with_a_reused_key_is_a_conflict_across_batches(eng
         await recorder.aclose()
 
 
+async def test_only_a_keyed_optimize_row_stores_the_fingerprint_its_retries_are_checked_by(
+    engine: AsyncEngine,
+) -> None:
+    ledger, recorder = make_ledger(LedgerRepository(engine), write_timeout_s=20)
+    try:
+        args: dict[str, Any] = {"request": REQUEST, "result": RESULT, "client_id": "alice", "request_id": "r"}
+        plain = await ledger.record_optimize(**args, idempotency_key=None)
+        keyed = await ledger.record_optimize(**args, idempotency_key="k")
+        assert plain["recorded"]
+        assert keyed["recorded"]
+        unkeyed_row = await ledger.repository.get(plain["placement_id"])
+        keyed_row = await ledger.repository.get(keyed["placement_id"])
+        assert unkeyed_row is not None
+        assert keyed_row is not None
+        assert unkeyed_row["fingerprint"] is None  # a new random id: nothing is ever compared with it
+        assert keyed_row["fingerprint"] == fingerprint(REQUEST)
+        assert unkeyed_row["workload"] == keyed_row["workload"] == REQUEST["workload"]
+    finally:
+        await recorder.aclose()
+
+
 async def test_a_failed_batch_is_retried_whole_in_order_and_nothing_is_lost(engine: AsyncEngine) -> None:
     observed = Observed(LedgerRepository(engine))
     recorder = Recorder(observed, queue_max=100, write_timeout_s=0.05, retry_interval_s=0.05)
@@ -335,3 +360,96 @@ async def test_the_batch_path_stores_any_datetime_and_many_rows_as_the_generic_p
         assert got["start_at"] == T0 + timedelta(hours=149 % 5)
     finally:
         await fast.close()
+
+
+@pytest.mark.parametrize(
+    ("answers", "variable_limit"),
+    [(2, None), (1, None), (1, 999)],
+    ids=["two answers and a caller's row", "one answer", "one answer under an old parameter limit"],
+)
+async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path_stores_them(
+    engine: AsyncEngine, answers: int, variable_limit: int | None
+) -> None:
+    # An optimize row is its answer's shared part plus its own request's values, and the batch
+    # path converts the shared part once per answer. Rows of two answers, keyed and not, and a
+    # plain dict row (POST /v1/placements) in the same batch, or rows of one answer (on SQLite
+    # its columns are then bound once per statement, `_shared_sql`, in chunks under SQLite's old
+    # 999-parameter limit), must each be stored exactly as the generic path stores the same row.
+    fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
+    if variable_limit is not None:
+        if not isinstance(fast._inserter, batch_insert._SqliteInserter):
+            pytest.skip("a SQLite limit")
+        fast._inserter._connect().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    ledger, recorder = make_ledger(fast)
+    other = {**RESULT, "best": option("PL", T0 + timedelta(hours=2), kwh=2.0), "warnings": ["w"]}
+    plus2 = timezone(timedelta(hours=2))
+
+    def rows(prefix: str) -> list[Mapping[str, Any]]:
+        out: list[Mapping[str, Any]] = []
+        for i in range(140):
+            created = (T0 + timedelta(seconds=i, microseconds=(i * 7919) % 1_000_000)).astimezone(plus2)
+            key = f"{prefix}-k{i}" if i % 3 == 0 else None
+            result = RESULT if i % 2 or answers == 1 else other
+            out.append(ledger._optimize_row(f"{prefix}-{i}", REQUEST, result, "alice", created, f"r{i}", key))
+        if answers == 2:  # a caller's row has the same columns (`Ledger._row`), as a plain dict
+            out.append(dict.fromkeys(OPTIMIZE_COLUMNS) | placement_row(f"{prefix}-caller", key=f"{prefix}-c"))
+        return out
+
+    try:
+        made = rows("fast")
+        assert type(made[0]).__name__ == "OptimizeRow"
+        await fast.insert_placements(made)
+        await generic.insert_placements(rows("generic"))
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql("SELECT * FROM ledger_placements")
+            names = list(result.keys())
+            stored = {r[0]: dict(zip(names, r, strict=True)) for r in result}
+        assert len(stored) == 282 if answers == 2 else 280
+        for suffix in [*(str(i) for i in range(140)), *(["caller"] if answers == 2 else [])]:
+            one, two = stored[f"fast-{suffix}"], stored[f"generic-{suffix}"]
+            for column in ("id", "idempotency_key", "request_id"):  # named after the prefix
+                one.pop(column), two.pop(column)
+            for column in ("quality", "workload"):  # JSON text: the same object, spacing aside
+                one[column], two[column] = (
+                    v if isinstance(v, dict) else json.loads(v) for v in (one[column], two[column])
+                )
+            assert one == two, suffix
+        got = await fast.get("fast-1")
+        assert got is not None
+        assert got["created_at"] == T0 + timedelta(seconds=1, microseconds=7919)
+        assert got["workload"] == REQUEST["workload"]
+        assert got["zone"] == "FR"
+        assert (await fast.get("fast-0") or {})["zone"] == ("PL" if answers == 2 else "FR")
+    finally:
+        await recorder.aclose()
+        await fast.close()
+
+
+@pytest.mark.parametrize("variable_limit", [None, 999], ids=["one statement", "chunks under an old limit"])
+async def test_sqlite_batches_of_any_size_store_each_row_once(
+    tmp_path: Path, variable_limit: int | None
+) -> None:
+    # A batch above 64 rows is one INSERT padded with copies of its last row (ignored as
+    # conflicts) to a multiple of 64; under SQLite's old 999-parameter limit it is chunks in one
+    # transaction. Either way each row is stored once, and a keyed row that exists is reported.
+    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
+    await db.upgrade(engine)
+    repository = LedgerRepository(engine)
+    try:
+        inserter = repository._inserter
+        assert isinstance(inserter, batch_insert._SqliteInserter)
+        if variable_limit is not None:
+            inserter._connect().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+        sizes = (1, 64, 65, 130, 500)
+        for size in sizes:
+            assert (
+                await repository.insert_placements([placement_row(f"s{size}-{i}") for i in range(size)]) == {}
+            )
+        again = [placement_row("s130-7", key="k7", fingerprint="f"), placement_row("fresh", key="k8")]
+        assert set(await repository.insert_placements(again)) == {"s130-7"}
+        stored = await _stored_ids(engine)
+        assert stored == {f"s{size}-{i}" for size in sizes for i in range(size)} | {"fresh"}
+        assert await repository.count() == sum(sizes) + 1
+    finally:
+        await repository.close()
+        await engine.dispose()

@@ -1,16 +1,18 @@
 """The optimize path's row: the same row the generic builder makes.
 
 `Ledger._optimize_row` writes the row out in one function (the answer's part on the request, the
-body's part — fingerprint, workload — possibly a loop turn later), remembers what a raw body
-gives it and parses each answer time once; none of that may change what is stored. The reference here is
-the generic `Ledger._row` fed exactly as the optimize path fed it before (the body's JSON form,
-the answer's best option and baseline), with the JSON columns as their text.
+body's part — workload, and with an Idempotency-Key the fingerprint — possibly a loop turn later),
+remembers what a raw body gives it and parses each answer time once; none of that may change what
+is stored. The reference here is the generic `Ledger._row` fed exactly as the optimize path fed it
+before (the body's JSON form, the answer's best option and baseline), with the JSON columns as
+their text; a row without an Idempotency-Key has no fingerprint (nothing compares it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
@@ -22,9 +24,11 @@ import pytest
 from pydantic import BaseModel
 
 from carbon_optimizer.api.schemas import OptimizeRequest
-from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, random_ids
+from carbon_optimizer.ledger.ledger import Ledger, catalog_resolver, id_tails, placement_id_for
+from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.recorder import Deferred, Recorder
 from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, OWN, SHARED_FROM, AnswerPart
 from carbon_optimizer.providers.catalog import load_region_catalog
 from carbon_optimizer.settings import LedgerSettings
 from tests.ledger.helpers import T0, option
@@ -102,6 +106,8 @@ def _reference(
     )
     row["workload"] = orjson.dumps(row["workload"]).decode()
     row["quality"] = orjson.dumps(row["quality"]).decode()
+    if key is None:
+        row["fingerprint"] = None  # only the Idempotency-Key check reads it
     return row
 
 
@@ -142,7 +148,8 @@ def test_the_optimize_row_is_the_generic_row(
     assert ledger._optimize_row("p1", request_, result, "alice", CREATED, "rid", key) == built
 
 
-def test_a_raw_body_remembers_its_fingerprint_and_only_its_own() -> None:
+@pytest.mark.parametrize("key", [None, "key-1"], ids=["no key", "keyed"])
+def test_a_raw_body_remembers_what_it_gives_the_row_and_only_its_own(key: str | None) -> None:
     ledger = _ledger()
     one = OptimizeRequest.model_validate(BODY)
     other_body = {**BODY, "workload": {"duration_minutes": 60, "vcpus": 2, "memory_gib": 8}}
@@ -150,14 +157,21 @@ def test_a_raw_body_remembers_its_fingerprint_and_only_its_own() -> None:
     result = _result(baseline=True)
     raw_one, raw_other = orjson.dumps(BODY), orjson.dumps(other_body)
 
-    plain = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None)
-    first = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None, raw_one)
-    again = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", None, raw_one)
+    plain = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", key)
+    first = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", key, raw_one)
+    again = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", key, raw_one)
     assert first == again == plain
-    theirs = ledger._optimize_row("p", other, result, "alice", CREATED, "rid", None, raw_other)
-    assert theirs["fingerprint"] != plain["fingerprint"]
-    assert theirs == ledger._optimize_row("p", other, result, "alice", CREATED, "rid", None)
+    theirs = ledger._optimize_row("p", other, result, "alice", CREATED, "rid", key, raw_other)
+    assert theirs == ledger._optimize_row("p", other, result, "alice", CREATED, "rid", key)
+    assert theirs["workload"] != plain["workload"]
     assert orjson.loads(theirs["workload"])["duration_minutes"] == 60
+    if key is None:
+        assert theirs["fingerprint"] is plain["fingerprint"] is None
+    else:
+        assert theirs["fingerprint"] != plain["fingerprint"]
+    # A body first seen without a key still gets its fingerprint when it comes with one.
+    keyed = ledger._optimize_row("p", one, result, "alice", CREATED, "rid", "key-2", raw_one)
+    assert keyed["fingerprint"] == _reference(ledger, one, result, "key-2")["fingerprint"]
 
 
 def test_the_due_date_follows_the_later_end_and_the_delay() -> None:
@@ -169,14 +183,30 @@ def test_the_due_date_follows_the_later_end_and_the_delay() -> None:
         assert row["due_at"] == max(ends) + timedelta(seconds=1800)
 
 
-def test_random_ids_are_distinct_version_4_uuids() -> None:
-    ids = random_ids(2000)
-    assert len(set(ids)) == 2000
-    for text in ids:
+async def test_new_placement_ids_are_distinct_time_ordered_version_7_uuids() -> None:
+    ledger = _ledger()
+    before_ms = time.time_ns() // 1_000_000
+    ids = [ledger._new_id() for _ in range(700)]  # past the pool: refilled between requests
+    await asyncio.sleep(0.05)  # past the 16 ms a time part is reused for
+    later = [ledger._new_id() for _ in range(3)]
+    after_ms = time.time_ns() // 1_000_000
+    caller = placement_id_for("alice", None)  # POST /v1/placements without a key: the same kind
+    assert len(set(ids + later + [caller])) == 704
+    for text in [*ids, *later, caller]:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before_ms <= parsed.int >> 80 <= after_ms  # the creation time, in milliseconds
+    assert max(ids) < min(later)  # a later millisecond sorts after (the index appends)
+    tails = id_tails(4000)
+    assert len(set(tails)) == 4000  # the random part alone already distinct
+
+
+def test_an_idempotency_key_gives_the_same_id_every_time() -> None:
+    first = placement_id_for("alice", "k-1")
+    assert first == placement_id_for("alice", "k-1") != placement_id_for("bob", "k-1")
+    assert uuid.UUID(first).version == 5
 
 
 async def test_a_deferred_row_is_built_on_the_next_loop_turn_and_keeps_nothing_of_its_inputs() -> None:
@@ -213,8 +243,10 @@ def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     first = ledger._optimize_row("p1", request_, {**stored, "request_id": "r1"}, "alice", CREATED, "r1", None)
     later = CREATED + timedelta(minutes=3)
     hit = ledger._optimize_row("p2", request_, {**stored, "request_id": "r2"}, "bob", later, "r2", "key-2")
-    own = {"id", "client_id", "created_at", "request_id", "idempotency_key"}
+    own = {"id", "client_id", "created_at", "request_id", "idempotency_key", "fingerprint"}
     assert {k: v for k, v in hit.items() if k not in own} == {k: v for k, v in first.items() if k not in own}
+    assert first["fingerprint"] is None
+    assert hit["fingerprint"] == _reference(ledger, request_, stored, "key-2")["fingerprint"]
     assert (hit["id"], hit["client_id"], hit["created_at"], hit["request_id"], hit["idempotency_key"]) == (
         "p2",
         "bob",
@@ -238,3 +270,21 @@ def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     explicit = OptimizeRequest.model_validate({**BODY, "baseline": {"location": {"zone": "FR"}}})
     named = ledger._optimize_row("p4", explicit, {**stored}, "alice", CREATED, "r4", None)
     assert named["baseline_name"] == "requested baseline" != first["baseline_name"]
+
+
+def test_an_optimize_row_has_the_tables_columns_in_table_order_and_reads_like_a_dict() -> None:
+    in_table = tuple(c.name for c in placements.columns if c.name in OPTIMIZE_COLUMNS)
+    assert in_table == OPTIMIZE_COLUMNS
+    assert set(OPTIMIZE_COLUMNS[:SHARED_FROM]) == set(OWN) | {"origin"}
+    row = _ledger()._optimize_row(
+        "p1", OptimizeRequest.model_validate(BODY), _result(baseline=True), "a", CREATED, "r", None
+    )
+    as_dict = dict(row)
+    assert list(as_dict) == list(OPTIMIZE_COLUMNS)
+    assert row == as_dict
+    assert row.get("id") == row["id"] == "p1"
+    assert row.get("zone") == "DE"
+    assert row.get("not a column", "default") == "default"
+    assert len(row) == len(OPTIMIZE_COLUMNS)
+    with pytest.raises(ValueError, match="exactly the optimize row's columns"):
+        AnswerPart({"id": None})

@@ -148,3 +148,24 @@ async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() 
     finally:
         await recorder.aclose()
     assert repo.closed  # the writer released what it held
+
+
+async def test_under_load_rows_gather_longer_but_a_waiting_request_still_commits_at_once() -> None:
+    # After a large batch the writer gathers for up to 4 commit intervals (here 4 × 2 s); rows
+    # offered meanwhile share one commit, and a request that waits for its commit cuts the
+    # gathering short: it is told `recorded` well within its 5 s, the interval's 8 s never pass.
+    repo = FlakyRepository(down=False)
+    recorder = _recorder(repo, queue_max=1000, commit_interval_s=2.0)
+    try:
+        for i in range(70):
+            recorder.offer({"id": f"load-{i}", "fingerprint": "f"}, origin="optimize")
+        await _eventually(lambda: len(repo.rows) == 70, within_s=10)
+        batches_after_load = repo.attempts
+        for i in range(3):
+            recorder.offer({"id": f"trickle-{i}", "fingerprint": "f"}, origin="optimize")
+        ack = await recorder.submit({"id": "waits", "fingerprint": "f"}, origin="optimize", timeout_s=5.0)
+        assert ack.recorded
+        assert {"trickle-0", "trickle-1", "trickle-2", "waits"} <= set(repo.rows)
+        assert repo.attempts == batches_after_load + 1  # the trickle and the waiter: one commit
+    finally:
+        await recorder.aclose()
