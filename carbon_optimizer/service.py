@@ -109,8 +109,9 @@ class OptimizeQuery:
 
 
 # A request's location list as `_resolve_all` memoises it: what resolution reads of each query
-# (provider, region, zone, price), or the providers listed.
-_QUERY_KEY = attrgetter("provider", "region", "zone", "price_usd_per_hour")
+# (provider, region, zone, price), or the providers listed. The API's location specs carry the same
+# four fields (`api/convert` memoises its queries on them with this getter too).
+QUERY_FIELDS = attrgetter("provider", "region", "zone", "price_usd_per_hour")
 _ListKey = tuple[tuple[tuple[str | None, str | None, str | None, float | None], ...] | None, tuple[str, ...]]
 
 
@@ -334,7 +335,7 @@ class OptimizerService:
         themselves cost ~25 µs for 20 locations; these tuples compare in C.)
         """
         key = (
-            tuple(map(_QUERY_KEY, query.locations)) if query.locations is not None else None,
+            tuple(map(QUERY_FIELDS, query.locations)) if query.locations is not None else None,
             tuple(query.providers or ()),
         )
         hit = self._resolved_lists.get(key)
@@ -1034,4 +1035,4 @@ def _energy_model_out(power: PowerEstimate) -> dict[str, Any]:
     }
 
 
-__all__ = ["LocationQuery", "OptimizeQuery", "OptimizerService", "utc_now"]
+__all__ = ["QUERY_FIELDS", "LocationQuery", "OptimizeQuery", "OptimizerService", "utc_now"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import lru_cache
-from operator import attrgetter
 
 from carbon_optimizer.api.schemas import LocationSpec, OptimizeRequest
 from carbon_optimizer.domain.gpu import expand_gpu_models
 from carbon_optimizer.domain.models import GpuRequirement, Objective, ObjectiveMode, PriceType, Workload
 from carbon_optimizer.errors import InvalidInput
 from carbon_optimizer.providers.carbon.base import Signal
-from carbon_optimizer.service import LocationQuery, OptimizeQuery
+from carbon_optimizer.service import QUERY_FIELDS, LocationQuery, OptimizeQuery
 
 
 def whole_second(when: datetime | None) -> datetime | None:
@@ -36,8 +35,7 @@ def location_query(spec: LocationSpec, loc: tuple[str | int, ...]) -> LocationQu
     )
 
 
-# What a location spec carries into the service, in `LocationQuery`'s field order.
-_SPEC_FIELDS = attrgetter("provider", "region", "zone", "price_usd_per_hour")
+# What a location spec carries into the service (`QUERY_FIELDS`, in `LocationQuery`'s field order).
 _SpecKey = tuple[tuple[str | None, str | None, str | None, float | None], ...]
 
 
@@ -86,7 +84,7 @@ def to_query(body: OptimizeRequest, request_id: str) -> OptimizeQuery:
         carbon_price_usd_per_tonne=o.carbon_price_usd_per_tonne,
     )
     locations = (
-        _location_queries(tuple(map(_SPEC_FIELDS, body.locations))) if body.locations is not None else None
+        _location_queries(tuple(map(QUERY_FIELDS, body.locations))) if body.locations is not None else None
     )
     window = body.window
     return OptimizeQuery(
