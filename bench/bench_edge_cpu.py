@@ -132,7 +132,9 @@ async def above_service_row(requests: int, repeat: int) -> tuple[float, float]:
         async def planned(_service: Any, _query: Any) -> None:
             return None
 
-        async def attached(_request: Any, _body: Any, result: dict[str, Any], _rid: str) -> dict[str, Any]:
+        async def attached(
+            _request: Any, _body: Any, result: dict[str, Any], _rid: str, _raw: bytes
+        ) -> dict[str, Any]:
             return result
 
         stubs: dict[str, Any] = {

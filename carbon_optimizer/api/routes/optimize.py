@@ -44,10 +44,10 @@ async def _optimize(request: Request, body: OptimizeRequest, raw: bytes) -> Resp
     cached = None if bypass else state.result_cache.lookup(key)
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
-        answer = await attach_placement(request, body, result, rid)  # savings ledger (issue 15)
+        answer = await attach_placement(request, body, result, rid, raw)  # savings ledger (issue 15)
         return Response(orjson.dumps(answer), media_type="application/json", headers=_HIT)
     result = plan_json(await state.service.optimize(to_query(body, rid)))
-    answer = await attach_placement(request, body, result, rid)
+    answer = await attach_placement(request, body, result, rid, raw)
     encoded = orjson.dumps(answer)
     # Charged at the sent size (a placement adds a few fields): the answer is encoded once.
     state.result_cache.store(key, result, encoded_size=len(encoded))
