@@ -450,7 +450,10 @@ class Ledger:
         ):
             part = kept[4]
         else:
-            part = self._answer_part(best, baseline, warnings, objective, explicit_baseline)
+            # Built by the writer, with its batch (`AnswerPart`: cold here, warm there).
+            part = AnswerPart.later(
+                partial(self._answer_values, best, baseline, warnings, objective, explicit_baseline)
+            )
             if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
                 # The oldest only: dropping all at once freed up to 256 answers' objects in one
                 # go, and frees the collector does not see coming make it run more often.
@@ -458,14 +461,14 @@ class Ledger:
             self._answer_parts[memo_key] = (best, baseline, warnings, objective, part)
         return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
 
-    def _answer_part(
+    def _answer_values(
         self,
         best: Mapping[str, Any],
         baseline: Mapping[str, Any] | None,
         warnings: Any,
         objective: Any,
         explicit_baseline: bool,
-    ) -> AnswerPart:
+    ) -> dict[str, Any]:
         """The row's columns that come from the answer alone (the request's own: `_answer_row`)."""
         # The same row `_row` builds from these inputs (a test compares them), written out in one
         # function: on the request path every call and keyword argument counts.
@@ -538,7 +541,7 @@ class Ledger:
             row["due_at"] = self._due(end, b_end)
         else:
             row["due_at"] = self._due(end)
-        return AnswerPart(row)
+        return row
 
     async def _submit_for_optimize(self, source: Mapping[str, Any] | Deferred) -> dict[str, Any]:
         try:

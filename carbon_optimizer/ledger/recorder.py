@@ -1,7 +1,8 @@
 """The bounded write queue between the request path and the database (group commit + retry).
 
 Why: a placement must never make /v1/optimize slow or fail. A request does the minimum: it
-appends its row, already built, and returns. The one writer task drains the queue in batches:
+appends its row and returns. The row's answer part (the 29 columns the answer gives) is built
+here, by the writer, with its batch (`rows.AnswerPart`). The one writer task drains the queue in batches:
 one transaction and one multi-row INSERT for everything waiting (group commit). When nobody
 awaits a commit it first lets rows gather for up to `commit_interval_s` so that even sequential
 traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
@@ -356,8 +357,16 @@ def _materialise(batch: Sequence[_Item]) -> list[Mapping[str, Any]]:
                 item.broken = exc
             # Hold only the row from now on (see the module's docstring: garbage collections).
             item.source = item.row if item.row is not None else {"id": item.id}
-        if item.row is not None:
-            rows.append(item.row)
+        row = item.row
+        if type(row) is OptimizeRow:
+            try:  # its answer part is built here, with the batch (`rows.AnswerPart`)
+                row.part.ensure()
+            except Exception as exc:  # a bug, as above: this row alone is never written
+                log.exception("ledger: placement %s could not be built; not recorded", item.id)
+                item.broken, item.row, item.source = exc, None, {"id": item.id}
+                continue
+        if row is not None:
+            rows.append(row)
     return rows
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
-# The columns of an optimize row, in table order (the answer part's keys, `Ledger._answer_part`;
+# The columns of an optimize row, in table order (the answer part's keys, `Ledger._answer_values`;
 # a test checks the order against `models.placements`).
 OPTIMIZE_COLUMNS: Final = (
     "id",
@@ -65,17 +65,48 @@ SHARED_FROM: Final = 8  # the columns from index 8 on are all the answer part's
 class AnswerPart:
     """The columns one answer gives its rows (`values`: every column, own ones None).
 
+    Built lazily (`later`): the request path only says how (`build`), and the writer builds it
+    with the rest of its batch. Why: built on the request, between the engine's work and the
+    response, the same dict cost the running server ~4× its tight-loop time (19 µs a unique
+    answer, cold caches); built in the batch it runs warm. It holds nothing new past the
+    request: what `build` reads (the answer's `best`, `baseline`, ... objects) the result cache
+    and the ledger's answer-part memo hold anyway. `Recorder` builds it before the batch's
+    INSERT (`ensure`), so a build that fails marks that row broken instead of failing the batch.
+
     `converted` holds, per writer (`batch_insert`'s column converters), the stored form of the
     columns from `SHARED_FROM` on, made on first use: every row of this answer shares it.
     """
 
-    __slots__ = ("converted", "values")
+    __slots__ = ("_build", "_values", "converted")
 
     def __init__(self, values: dict[str, Any]) -> None:
-        if tuple(values) != OPTIMIZE_COLUMNS:
-            raise ValueError("an answer part has exactly the optimize row's columns, in table order")
-        self.values = values
+        self._values: dict[str, Any] | None = _checked(values)
+        self._build: Callable[[], dict[str, Any]] | None = None
         self.converted: dict[object, tuple[Any, ...]] = {}
+
+    @classmethod
+    def later(cls, build: Callable[[], dict[str, Any]]) -> AnswerPart:
+        """A part whose values `build` gives on first use."""
+        part = cls.__new__(cls)
+        part._values, part._build, part.converted = None, build, {}
+        return part
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every column's value (built on first use)."""
+        values = self._values
+        if values is None:
+            values = self.ensure()
+        return values
+
+    def ensure(self) -> dict[str, Any]:
+        """Build the values now if they are not yet (raises what building raises)."""
+        if self._values is None:
+            build = self._build
+            assert build is not None  # one of the two is always set
+            self._values = _checked(build())
+            self._build = None  # and what it held
+        return self._values
 
     def tail(self, owner: object, convert: Callable[[str, Any], Any]) -> tuple[Any, ...]:
         """The stored form of the shared columns from `SHARED_FROM` on, once per `owner`."""
@@ -86,6 +117,12 @@ class AnswerPart:
                 convert(name, values[name]) for name in OPTIMIZE_COLUMNS[SHARED_FROM:]
             )
         return done
+
+
+def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    if tuple(values) != OPTIMIZE_COLUMNS:
+        raise ValueError("an answer part has exactly the optimize row's columns, in table order")
+    return values
 
 
 class OptimizeRow(Mapping[str, Any]):

@@ -11,6 +11,7 @@ import pytest
 
 from carbon_optimizer.ledger.recorder import Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.repository import Existing
+from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, AnswerPart, OptimizeRow
 
 
 class FlakyRepository:
@@ -148,6 +149,38 @@ async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() 
     finally:
         await recorder.aclose()
     assert repo.closed  # the writer released what it held
+
+
+def _lazy_row(placement_id: str, build: Any) -> OptimizeRow:
+    return OptimizeRow(AnswerPart.later(build), placement_id, "c", None, "r", None)
+
+
+async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its_row_alone() -> None:
+    """The request path queues the part unbuilt; the writer builds it (a broken one: that row only)."""
+    repo = FlakyRepository(down=True)  # held in the queue: nothing builds it yet
+    recorder = _recorder(repo, write_timeout_s=5.0)
+    built: list[str] = []
+
+    def good() -> dict[str, Any]:
+        built.append("good")
+        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": "FR"}
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("best")
+
+    try:
+        recorder.put(_lazy_row("bad", broken), origin="optimize")
+        recorder.put(_lazy_row("good", good), origin="optimize")
+        assert built == []  # queued unbuilt: the request path did not build it
+        await _eventually(lambda: repo.attempts >= 1)
+        repo.down = False
+        await _eventually(lambda: recorder.depth == 0)
+        assert set(repo.rows) == {"good"}
+        assert repo.rows["good"]["zone"] == "FR"
+        assert built == ["good"]  # built once, although its first batch failed
+        assert recorder.healthy  # the broken part is a bug, not a database failure
+    finally:
+        await recorder.aclose()
 
 
 async def test_under_load_rows_gather_longer_but_a_waiting_request_still_commits_at_once() -> None:
