@@ -161,6 +161,20 @@ class _Columns:
             (i, f) for i, name in enumerate(OPTIMIZE_COLUMNS[:SHARED_FROM]) if (f := self._converters[name])
         ]
         self._own_only = [(i, f) for i, name in enumerate(OWN) if (f := self._converters[name])]
+        # The answer part's columns: fetched in C, then only the six with a converter touched
+        # (a call per column cost ~10 µs per unique answer in the running server).
+        shared_names = OPTIMIZE_COLUMNS[SHARED_FROM:]
+        self._tail_values = itemgetter(*shared_names)
+        self._tail_converters = [
+            (i, f) for i, name in enumerate(shared_names) if (f := self._converters[name]) is not None
+        ]
+
+    def _tail(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The stored form of an answer part's columns from `SHARED_FROM` on (`AnswerPart.tail`)."""
+        out = list(self._tail_values(values))
+        for i, f in self._tail_converters:
+            out[i] = f(out[i])
+        return tuple(out)
 
     def layout(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if all(type(row) is OptimizeRow for row in rows):  # the same columns by construction
@@ -186,7 +200,7 @@ class _Columns:
             return None
         same = cast("Sequence[OptimizeRow]", rows)
         tail = part.converted.get(self)
-        shared = [self._convert("origin", part.values["origin"]), *(tail or part.tail(self, self._convert))]
+        shared = [self._convert("origin", part.values["origin"]), *(tail or part.tail(self, self._tail))]
         convert = self._own_only
         own: list[list[Any]] = []
         for row in same:
@@ -233,7 +247,7 @@ class _Columns:
                 for i, f in own:
                     head[i] = f(head[i])
                 tail = part.converted.get(self)
-                head.extend(part.tail(self, self._convert) if tail is None else tail)
+                head.extend(part.tail(self, self._tail) if tail is None else tail)
                 out.append(head)
                 continue
             values = list(getter(row))

@@ -108,14 +108,11 @@ class AnswerPart:
             self._build = None  # and what it held
         return self._values
 
-    def tail(self, owner: object, convert: Callable[[str, Any], Any]) -> tuple[Any, ...]:
-        """The stored form of the shared columns from `SHARED_FROM` on, once per `owner`."""
+    def tail(self, owner: object, convert: Callable[[dict[str, Any]], tuple[Any, ...]]) -> tuple[Any, ...]:
+        """The stored form of the columns from `SHARED_FROM` on (`convert(values)`), once per `owner`."""
         done = self.converted.get(owner)
         if done is None:
-            values = self.values
-            done = self.converted[owner] = tuple(
-                convert(name, values[name]) for name in OPTIMIZE_COLUMNS[SHARED_FROM:]
-            )
+            done = self.converted[owner] = convert(self.values)
         return done
 
 
