@@ -199,8 +199,7 @@ class _Columns:
         if any(type(row) is not OptimizeRow or row.part is not part for row in rows):
             return None
         same = cast("Sequence[OptimizeRow]", rows)
-        tail = part.converted.get(self)
-        shared = [self._convert("origin", part.values["origin"]), *(tail or part.tail(self, self._tail))]
+        shared = [self._convert("origin", part.values["origin"]), *part.tail(self, self._tail)]
         convert = self._own_only
         own: list[list[Any]] = []
         for row in same:
@@ -246,8 +245,7 @@ class _Columns:
                 ]  # OPTIMIZE_COLUMNS[:SHARED_FROM]
                 for i, f in own:
                     head[i] = f(head[i])
-                tail = part.converted.get(self)
-                head.extend(part.tail(self, self._tail) if tail is None else tail)
+                head.extend(part.tail(self, self._tail))
                 out.append(head)
                 continue
             values = list(getter(row))

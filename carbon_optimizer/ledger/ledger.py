@@ -236,6 +236,9 @@ class Ledger:
         self._answer_parts: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any, AnswerPart]] = (
             OrderedDict()
         )
+        # Bound once: every `self._answer_values` would be a new method object, one more
+        # allocation held by each queued row (see `rows.AnswerPart`).
+        self._build_part = self._answer_values
 
     def _new_id(self) -> str:
         """A new time-ordered placement id (`id_tails`): the time, then a pooled random end.
@@ -451,9 +454,7 @@ class Ledger:
             part = kept[4]
         else:
             # Built by the writer, with its batch (`AnswerPart`: cold here, warm there).
-            part = AnswerPart.later(
-                partial(self._answer_values, best, baseline, warnings, objective, explicit_baseline)
-            )
+            part = AnswerPart.later(self._build_part, best, baseline, warnings, objective, explicit_baseline)
             if len(self._answer_parts) >= _ANSWER_PARTS_MAX:
                 # The oldest only: dropping all at once freed up to 256 answers' objects in one
                 # go, and frees the collector does not see coming make it run more often.

@@ -152,7 +152,8 @@ async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() 
 
 
 def _lazy_row(placement_id: str, build: Any) -> OptimizeRow:
-    return OptimizeRow(AnswerPart.later(build), placement_id, "c", None, "r", None)
+    part = AnswerPart.later(build, {"zone": "FR"}, None, [], None, False)
+    return OptimizeRow(part, placement_id, "c", None, "r", None)
 
 
 async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its_row_alone() -> None:
@@ -161,11 +162,11 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
     recorder = _recorder(repo, write_timeout_s=5.0)
     built: list[str] = []
 
-    def good() -> dict[str, Any]:
+    def good(best: dict[str, Any], *_: Any) -> dict[str, Any]:
         built.append("good")
-        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": "FR"}
+        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": best["zone"]}
 
-    def broken() -> dict[str, Any]:
+    def broken(*_: Any) -> dict[str, Any]:
         raise KeyError("best")
 
     try:
