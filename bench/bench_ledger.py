@@ -14,7 +14,8 @@ Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, Postg
    different body, its earliest start moving by seconds: nothing the ledger remembers repeats).
    Target: ≤ 10 % fewer req/s. Besides req/s, from /proc around each run: the server's CPU per
    request (whole process, and its event-loop thread alone), and from `gc.callbacks` in the
-   server (`instrumented_app`) its garbage collections per 1 000 requests (young, middle, old).
+   server (`instrumented_app`) its garbage collections per 1 000 requests (young, middle, old)
+   and the µs per request spent in them.
    First with the default `DATABASE__WRITE_TIMEOUT_S=0` (answer without waiting for the commit),
    then with 0.25 s (wait for it; `--skip-wait` leaves that out).
 2. Reports: a fresh PostgreSQL database seeded with 1 M placements in SQL (100 clients, 40
@@ -64,7 +65,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def instrumented_app() -> Any:
-    """The service's app, counting its garbage collections (the server side of this bench).
+    """The service's app, counting its garbage collections and their time (the server side of this bench).
 
     Counts go to the file named by `CO_BENCH_GC_FILE` on SIGUSR1. The callbacks cost nothing
     measurable and run for both flags alike.
@@ -74,11 +75,15 @@ def instrumented_app() -> Any:
 
     from carbon_optimizer.app import create_app
 
-    counts = [0, 0, 0]
+    counts = [0, 0, 0, 0]  # collections per generation, then µs spent in them all
+    started = [0]
 
     def count(phase: str, info: dict[str, int]) -> None:
-        if phase == "stop":
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+        else:
             counts[info["generation"]] += 1
+            counts[3] += (time.perf_counter_ns() - started[0]) // 1000
 
     def dump(*_: Any) -> None:
         Path(os.environ["CO_BENCH_GC_FILE"]).write_text(json.dumps(counts))
@@ -113,7 +118,10 @@ def _measured(pid: int, url: str, seconds: int, script: Path, gc_file: Path) -> 
     requests = max(result["rps"] * seconds, 1.0)
     result["cpu_ms"] = (cpu1 - cpu0) * 1000 / requests
     result["loop_cpu_ms"] = (loop1 - loop0) * 1000 / requests
-    result["gc_per_1000"] = [round((b - a) * 1000 / requests, 1) for a, b in zip(gc0, gc1, strict=True)]
+    result["gc_per_1000"] = [
+        round((b - a) * 1000 / requests, 1) for a, b in zip(gc0[:3], gc1[:3], strict=True)
+    ]
+    result["gc_us"] = (gc1[3] - gc0[3]) / requests
     return result
 
 
@@ -207,6 +215,7 @@ def http_overhead(
                         ]
                         for flag in (False, True)
                     },
+                    "gc_us_per_request": [median(False, "gc_us"), median(True, "gc_us")],
                     "p50_ms": [median(False, "p50_ms"), median(True, "p50_ms")],
                     "p99_ms": [median(False, "p99_ms"), median(True, "p99_ms")],
                     "rounds_rps": [
