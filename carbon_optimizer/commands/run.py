@@ -260,6 +260,16 @@ def _window(body: dict[str, Any], now: datetime, max_delay: timedelta) -> tuple[
     return earliest, deadline
 
 
+def _windowed(body: dict[str, Any], now: datetime, max_delay: timedelta) -> dict[str, Any]:
+    """`body` with the window `_window` gives it at `now`."""
+    earliest, deadline = _window(body, now, max_delay)
+    return {**body, "window": {"earliest_start": _fmt_time(earliest), "deadline": _fmt_time(deadline)}}
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
 def gate(
     body: dict[str, Any],
     command: Sequence[str] | None,
@@ -281,9 +291,8 @@ def gate(
 
     `context` lets a rejected request be reported in command-line terms (`-l/--location …`).
     """
-    now = clock()
-    earliest, deadline = _window(body, now, max_delay)
-    body = {**body, "window": {"earliest_start": _fmt_time(earliest), "deadline": _fmt_time(deadline)}}
+    asked, now = body, clock()
+    body = _windowed(asked, now, max_delay)
 
     def go(decision: Decision) -> int:
         if command is None:
@@ -319,6 +328,13 @@ def gate(
 
     try:
         status, result = planner(body)
+        if status == 422 and _minute(clock()) > _minute(now):
+            # The service plans from its own clock, on whole minutes: a minute that passed while
+            # asking can close a window with no slack left (`--max-delay 0`: "the window has
+            # passed"). Asked again from the new minute, the window is what the caller meant.
+            now = clock()
+            body = _windowed(asked, now, max_delay)
+            status, result = planner(body)
     except PlanUnavailable as exc:
         return unavailable(f"no plan: {exc}")
     if status == 429 or status >= 500:

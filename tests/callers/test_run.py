@@ -34,6 +34,7 @@ from carbon_optimizer.commands.run import (
     gate,
     in_process_planner,
 )
+from carbon_optimizer.errors import InvalidInput
 from carbon_optimizer.settings import Settings
 from tests.callers.conftest import LiveServer, clean_env
 from tests.deployment.harness import ROOT, free_port
@@ -152,6 +153,40 @@ def test_waits_for_the_greenest_start_then_runs_and_passes_the_exit_code() -> No
     # The window sent to the service bounds the start by --max-delay.
     window = planner.bodies[0]["window"]
     assert window == {"earliest_start": "2026-06-03T10:00:00Z", "deadline": "2026-06-03T17:00:00Z"}
+
+
+class SlowPlanner(ServicePlanner):
+    """Planning takes `seconds` before the service reads its clock (a loaded machine); 422 as the API."""
+
+    seconds = 2.0
+
+    def __call__(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.time.now += timedelta(seconds=self.seconds)
+        try:
+            return super().__call__(body)
+        except InvalidInput as exc:
+            return 422, {"title": "Invalid input", "status": 422, "detail": str(exc), "errors": []}
+
+
+def test_no_delay_still_starts_when_a_minute_passes_while_planning() -> None:
+    """`--max-delay 0` at hh:mm:59: the service reads the next minute, the window is asked again."""
+    fake = FakeTime(FIXED_NOW + timedelta(seconds=59))
+    planner, runner = SlowPlanner(dip_at(3), fake), Runner(fake, code=0)
+    code, _, err = run_gate(planner, fake, runner, max_delay=timedelta(0))
+    assert code == 0, err
+    assert [call[0] for call in runner.calls] == [["job"]]
+    first, second = (body["window"]["earliest_start"] for body in planner.bodies)
+    assert (first, second) == ("2026-06-03T10:00:00Z", "2026-06-03T10:01:00Z")
+    assert "start now" in err
+
+
+def test_a_rejected_window_is_not_asked_again_within_the_same_minute() -> None:
+    fake = FakeTime(FIXED_NOW)
+    planner = SlowPlanner(dip_at(3), fake)
+    planner.seconds = 0.0
+    code, _, err = run_gate(planner, fake, None, max_delay=timedelta(minutes=-60))
+    assert code == 2, err
+    assert len(planner.bodies) == 1
 
 
 def test_max_delay_bounds_the_start_even_when_later_is_greener() -> None:
