@@ -79,6 +79,13 @@ class FakeSource:
         )
 
 
+async def _until(predicate: Any, within_s: float = 5.0) -> None:
+    """Wait until `predicate()` holds: what a task reached, not a guess at how long it takes."""
+    async with asyncio.timeout(within_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
 def settings(**overrides: Any) -> CacheSettings:
     base: dict[str, Any] = {
         "forecast_ttl_s": 900,
@@ -400,7 +407,7 @@ async def test_cross_process_single_flight_via_lock(server: fakeredis.FakeServer
     a = CachedSeriesSource(source_a, redis_store(server), settings(lock_wait_s=10), clock=clock)
     b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=10), clock=clock)
     task_a = asyncio.create_task(a.fetch(FORECAST_DE))
-    await asyncio.sleep(0.01)  # a holds the lock and waits upstream
+    await _until(lambda: source_a.calls)  # a holds the lock and waits upstream
     task_b = asyncio.create_task(b.fetch(FORECAST_DE))
     await asyncio.sleep(0.05)
     assert not task_b.done()  # b polls behind the lock instead of calling upstream
@@ -418,9 +425,9 @@ async def test_waiter_stops_when_lock_holder_fails(server: fakeredis.FakeServer)
     a = CachedSeriesSource(source_a, redis_store(server), settings(lock_wait_s=5), clock=clock)
     b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=5), clock=clock)
     task_a = asyncio.create_task(a.fetch(FORECAST_DE))
-    await asyncio.sleep(0.01)
+    await _until(lambda: source_a.calls)  # a holds the lock (a fixed sleep lost the race under load)
     task_b = asyncio.create_task(b.fetch(FORECAST_DE))
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # b is polling behind the lock
     gate.set()
     loop = asyncio.get_running_loop()
     started = loop.time()
