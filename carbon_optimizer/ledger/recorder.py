@@ -1,9 +1,9 @@
 """The bounded write queue between the request path and the database (group commit + retry).
 
 Why: a placement must never make /v1/optimize slow or fail. A request does the minimum: it
-appends its row and returns. The row's answer part (the 29 columns the answer gives) is built
-here, by the writer, with its batch (`rows.AnswerPart`). The one writer task drains the queue in batches:
-one transaction and one multi-row INSERT for everything waiting (group commit). When nobody
+appends its row and returns (the row's answer part, the 29 columns the answer gives, is built
+here by the writer with its batch: `rows.AnswerPart`). The one writer task drains the queue in
+batches: one transaction and one multi-row INSERT for everything waiting (group commit). When nobody
 awaits a commit it first lets rows gather for up to `commit_interval_s` so that even sequential
 traffic shares commits; a request that does wait (`write_timeout_s` > 0, POST /v1/placements)
 makes it flush at once.
