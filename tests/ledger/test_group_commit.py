@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta, timezone
 from functools import partial
@@ -30,6 +30,7 @@ from carbon_optimizer.ledger.repository import Existing, LedgerRepository
 from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS
 from carbon_optimizer.settings import DatabaseSettings
 from tests.ledger.helpers import T0, make_ledger, option, placement_row
+from tests.support.polling import eventually
 
 REQUEST = {"workload": {"duration_minutes": 120, "vcpus": 4}, "locations": [{"zone": "DE"}, {"zone": "FR"}]}
 RESULT = {"best": option("FR", T0), "baseline": option("DE", T0, intensity=400), "warnings": []}
@@ -52,12 +53,6 @@ class Observed:
 
     async def close(self) -> None:
         await self.repository.close()
-
-
-async def _eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110 (the writer signals nothing a test could await)
-            await asyncio.sleep(0.01)
 
 
 async def _stored_ids(engine: AsyncEngine) -> set[str]:
@@ -232,17 +227,17 @@ async def test_a_failed_batch_is_retried_whole_in_order_and_nothing_is_lost(engi
         async with _table_away(engine):
             for pid in ids[:5]:
                 recorder.offer(Deferred(pid, partial(placement_row, pid)), origin="optimize")
-            await _eventually(lambda: not recorder.healthy)  # a batch failed for real
+            await eventually(lambda: not recorder.healthy, 10.0)  # a batch failed for real
             for pid in ids[5:8]:
                 recorder.offer(placement_row(pid), origin="optimize")
             # Waiting while the database fails: the deadline passes, the answer is "queued".
             late = await recorder.submit(placement_row(ids[8]), origin="caller")
             assert late.queued
             assert late.timed_out
-            await _eventually(lambda: len(observed.attempted) >= 3)  # retried, still failing
+            await eventually(lambda: len(observed.attempted) >= 3, 10.0)  # retried, still failing
             assert observed.committed == []
             assert recorder.depth == 9
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 10.0)
         assert recorder.healthy
         # Every failed attempt started with the oldest row; what was committed is everything, in order.
         assert all(batch[0] == "p0" for batch in observed.attempted[: -len(observed.committed)])
@@ -266,7 +261,7 @@ async def test_slow_database_deadline_answers_queued_then_commits(engine: AsyncE
             assert fields["recorded"] is False
             assert "queued in memory" in fields["warning"]
             assert recorder.depth == 1
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 10.0)
         assert await _stored_ids(engine) == {fields["placement_id"]}
         # The client retries with the same key: an idempotent replay of the committed row.
         again = await ledger.record_optimize(

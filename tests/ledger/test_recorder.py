@@ -12,6 +12,7 @@ import pytest
 from carbon_optimizer.ledger.recorder import Deferred, QueueFull, Recorder
 from carbon_optimizer.ledger.repository import Existing
 from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, AnswerPart, OptimizeRow
+from tests.support.polling import eventually
 
 
 class FlakyRepository:
@@ -47,13 +48,6 @@ def _recorder(repo: FlakyRepository, **kwargs: Any) -> Recorder:
     return recorder
 
 
-async def _eventually(predicate: Any, within_s: float = 3.0) -> None:
-    """Poll a condition the writer task makes true (it signals nothing a test could await)."""
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 async def test_database_down_answers_within_the_timeout_and_flushes_later() -> None:
     repo = FlakyRepository(down=True)
     recorder = _recorder(repo)
@@ -66,9 +60,9 @@ async def test_database_down_answers_within_the_timeout_and_flushes_later() -> N
         assert all(a.queued and not a.recorded for a in acks)
         assert recorder.depth == 3
         assert not recorder.healthy
-        await _eventually(lambda: repo.attempts >= 3)  # retried while down
+        await eventually(lambda: repo.attempts >= 3, 3.0)  # retried while down
         repo.down = False
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 3.0)
         assert set(repo.rows) == {"p0", "p1", "p2"}  # every acknowledged row arrived
         assert recorder.healthy
     finally:
@@ -83,7 +77,7 @@ async def test_slow_database_does_not_hold_the_request() -> None:
         ack = await recorder.submit({"id": "slow", "fingerprint": "f"}, origin="optimize")
         assert ack.queued
         assert time.monotonic() - began < 0.3
-        await _eventually(lambda: "slow" in repo.rows)
+        await eventually(lambda: "slow" in repo.rows, 3.0)
     finally:
         await recorder.aclose()
 
@@ -101,7 +95,7 @@ async def test_queue_is_bounded_and_retries_join_the_queued_row() -> None:
         with pytest.raises(QueueFull):
             await recorder.submit({"id": "c"}, origin="caller")
         repo.down = False
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 3.0)
         assert sorted(repo.rows) == ["a", "b"]
     finally:
         await recorder.aclose()
@@ -126,7 +120,7 @@ async def test_write_timeout_zero_answers_queued_without_waiting() -> None:
         assert time.monotonic() - began < 0.05
         assert ack.queued
         assert not ack.timed_out  # not a degradation: configured not to wait
-        await _eventually(lambda: "fast" in repo.rows)
+        await eventually(lambda: "fast" in repo.rows, 3.0)
     finally:
         await recorder.aclose()
 
@@ -143,7 +137,7 @@ async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() 
         recorder.offer(Deferred("good", lambda: {"id": "good", "fingerprint": "f"}), origin="optimize")
         with pytest.raises(KeyError):
             await recorder.submit(Deferred("bad2", broken), origin="caller")
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 3.0)
         assert set(repo.rows) == {"good"}
         assert recorder.healthy  # not a database failure: nothing to retry
     finally:
@@ -173,9 +167,9 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
         recorder.put(_lazy_row("bad", broken), origin="optimize")
         recorder.put(_lazy_row("good", good), origin="optimize")
         assert built == []  # queued unbuilt: the request path did not build it
-        await _eventually(lambda: repo.attempts >= 1)
+        await eventually(lambda: repo.attempts >= 1, 3.0)
         repo.down = False
-        await _eventually(lambda: recorder.depth == 0)
+        await eventually(lambda: recorder.depth == 0, 3.0)
         assert set(repo.rows) == {"good"}
         assert repo.rows["good"]["zone"] == "FR"
         assert built == ["good"]  # built once, although its first batch failed
@@ -193,7 +187,7 @@ async def test_under_load_rows_gather_longer_but_a_waiting_request_still_commits
     try:
         for i in range(70):
             recorder.offer({"id": f"load-{i}", "fingerprint": "f"}, origin="optimize")
-        await _eventually(lambda: len(repo.rows) == 70, within_s=10)
+        await eventually(lambda: len(repo.rows) == 70, 10)
         batches_after_load = repo.attempts
         for i in range(3):
             recorder.offer({"id": f"trickle-{i}", "fingerprint": "f"}, origin="optimize")

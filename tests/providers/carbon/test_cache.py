@@ -35,6 +35,7 @@ from carbon_optimizer.providers.store import MemoryStore, RedisStore
 from carbon_optimizer.settings import CacheSettings, RedisSettings
 from tests.support.clock import T0
 from tests.support.clock import ManualClock as Clock
+from tests.support.polling import eventually
 
 FORECAST_DE = SeriesRequest(SeriesKind.FORECAST, "DE")
 
@@ -77,13 +78,6 @@ class FakeSource:
             series=make_series(request.zone, [self.value, self.value + 1]),
             fetched_at=datetime.fromtimestamp(self.clock(), UTC),
         )
-
-
-async def _until(predicate: Any, within_s: float = 5.0) -> None:
-    """Wait until `predicate()` holds: what a task reached, not a guess at how long it takes."""
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
 
 
 def settings(**overrides: Any) -> CacheSettings:
@@ -407,7 +401,7 @@ async def test_cross_process_single_flight_via_lock(server: fakeredis.FakeServer
     a = CachedSeriesSource(source_a, redis_store(server), settings(lock_wait_s=10), clock=clock)
     b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=10), clock=clock)
     task_a = asyncio.create_task(a.fetch(FORECAST_DE))
-    await _until(lambda: source_a.calls)  # a holds the lock and waits upstream
+    await eventually(lambda: source_a.calls, 5.0, 0.001)  # a holds the lock and waits upstream
     task_b = asyncio.create_task(b.fetch(FORECAST_DE))
     await asyncio.sleep(0.05)
     assert not task_b.done()  # b polls behind the lock instead of calling upstream
@@ -425,7 +419,8 @@ async def test_waiter_stops_when_lock_holder_fails(server: fakeredis.FakeServer)
     a = CachedSeriesSource(source_a, redis_store(server), settings(lock_wait_s=5), clock=clock)
     b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=5), clock=clock)
     task_a = asyncio.create_task(a.fetch(FORECAST_DE))
-    await _until(lambda: source_a.calls)  # a holds the lock (a fixed sleep lost the race under load)
+    # a holds the lock (a fixed sleep lost this race under load)
+    await eventually(lambda: source_a.calls, 5.0, 0.001)
     task_b = asyncio.create_task(b.fetch(FORECAST_DE))
     await asyncio.sleep(0.1)  # b is polling behind the lock
     gate.set()
