@@ -251,7 +251,7 @@ def exec_command(command: Sequence[str], out: TextIO, err: TextIO) -> int:
 def _window(body: dict[str, Any], now: datetime, max_delay: timedelta) -> tuple[datetime, datetime]:
     """Earliest start and deadline: the start may be at most `max_delay` after the earliest start."""
     window = body.get("window") or {}
-    now = now.astimezone(UTC).replace(second=0, microsecond=0)  # the service plans on whole minutes
+    now = _minute(now)  # the service plans on whole minutes
     earliest = max(_utc(window["earliest_start"]), now) if window.get("earliest_start") else now
     duration = timedelta(minutes=int(body["workload"]["duration_minutes"]))
     deadline = earliest + max_delay + duration
@@ -267,6 +267,7 @@ def _windowed(body: dict[str, Any], now: datetime, max_delay: timedelta) -> dict
 
 
 def _minute(moment: datetime) -> datetime:
+    """`moment` in UTC, floored to its minute (the service's planning grid)."""
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
@@ -328,11 +329,11 @@ def gate(
 
     try:
         status, result = planner(body)
-        if status == 422 and _minute(clock()) > _minute(now):
+        if status == 422 and _minute(later := clock()) > _minute(now):
             # The service plans from its own clock, on whole minutes: a minute that passed while
             # asking can close a window with no slack left (`--max-delay 0`: "the window has
             # passed"). Asked again from the new minute, the window is what the caller meant.
-            now = clock()
+            now = later
             body = _windowed(asked, now, max_delay)
             status, result = planner(body)
     except PlanUnavailable as exc:
