@@ -144,6 +144,25 @@ def _sqlite_datetime(value: Any) -> Any:
     return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
 
 
+def _sqlite_datetimes(values: list[Any]) -> list[Any]:
+    """`_sqlite_datetime` of a batch's `created_at` values: one orjson call for aware UTC datetimes.
+
+    Why: `created_at` is the one datetime of a row that never repeats (the others are memoised),
+    and `replace` + `isoformat` cost ~1.3 µs a row warm, ~3 µs on the event loop of the running
+    server; orjson formats the whole batch in C (~0.25 µs a row). orjson writes
+    `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00` (no fraction at a whole second); the stored form is
+    SQLAlchemy's `YYYY-MM-DD HH:MM:SS.ffffff` (a test compares the two on many values).
+    """
+    if not all(type(v) is datetime and v.tzinfo is UTC for v in values):
+        return [_sqlite_datetime(v) for v in values]
+    texts = orjson.dumps(values).decode()[2:-2].split('","') if values else []
+    return [f"{t[:10]} {t[11:26]}" if t[19] == "." else f"{t[:10]} {t[11:19]}.000000" for t in texts]
+
+
+def _naive_utcs(values: list[Any]) -> list[Any]:
+    return [_naive_utc(v) for v in values]
+
+
 def _json_text(value: Any) -> str:
     # A str is JSON text already (see `models`: JSON columns take an object or its JSON text).
     return value if isinstance(value, str) else orjson.dumps(value).decode()
@@ -160,7 +179,13 @@ class _Columns:
         self._own = [
             (i, f) for i, name in enumerate(OPTIMIZE_COLUMNS[:SHARED_FROM]) if (f := self._converters[name])
         ]
-        self._own_only = [(i, f) for i, name in enumerate(OWN) if (f := self._converters[name])]
+        # `created_at` (the request's own clock reading, unique per row) is converted for the
+        # whole batch at once (`_sqlite_datetimes`); the other own columns one by one.
+        self._created_many = _sqlite_datetimes if dialect.name == "sqlite" else _naive_utcs
+        self._own_rest = [
+            (i, f) for i, name in enumerate(OWN) if name != "created_at" and (f := self._converters[name])
+        ]
+        self._own_head_rest = [(i, f) for i, f in self._own if OPTIMIZE_COLUMNS[i] != "created_at"]
         # The answer part's columns: fetched in C, then only the six with a converter touched
         # (a call per column cost ~10 µs per unique answer in the running server).
         shared_names = OPTIMIZE_COLUMNS[SHARED_FROM:]
@@ -200,13 +225,14 @@ class _Columns:
             return None
         same = cast("Sequence[OptimizeRow]", rows)
         shared = [self._convert("origin", part.values["origin"]), *part.tail(self, self._tail)]
-        convert = self._own_only
+        created = self._created_many([row.created_at for row in same])
+        convert = self._own_rest
         own: list[list[Any]] = []
-        for row in same:
+        for row, at in zip(same, created, strict=True):
             values = [
                 row.id,
                 row.client_id,
-                row.created_at,
+                at,
                 row.request_id,
                 row.idempotency_key,
                 row.fingerprint,
@@ -228,7 +254,12 @@ class _Columns:
         split = tuple(names) == OPTIMIZE_COLUMNS
         getter = itemgetter(*names)
         convert = [(i, f) for i, name in enumerate(names) if (f := self._converters[name]) is not None]
-        own = self._own
+        own = self._own_head_rest
+        created = (
+            iter(self._created_many([row.created_at for row in rows if type(row) is OptimizeRow]))
+            if split
+            else iter(())
+        )
         out: list[list[Any]] = []
         for row in rows:
             if split and type(row) is OptimizeRow:
@@ -236,7 +267,7 @@ class _Columns:
                 head = [
                     row.id,
                     row.client_id,
-                    row.created_at,
+                    next(created),
                     row.request_id,
                     part.values["origin"],
                     row.idempotency_key,

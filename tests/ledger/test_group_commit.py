@@ -13,12 +13,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -357,19 +359,22 @@ async def test_the_batch_path_stores_any_datetime_and_many_rows_as_the_generic_p
         await fast.close()
 
 
+@pytest.mark.parametrize("created_zone", [UTC, timezone(timedelta(hours=2))], ids=["UTC", "+02:00"])
 @pytest.mark.parametrize(
     ("answers", "variable_limit"),
     [(2, None), (1, None), (1, 999)],
     ids=["two answers and a caller's row", "one answer", "one answer under an old parameter limit"],
 )
 async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path_stores_them(
-    engine: AsyncEngine, answers: int, variable_limit: int | None
+    engine: AsyncEngine, answers: int, variable_limit: int | None, created_zone: timezone
 ) -> None:
     # An optimize row is its answer's shared part plus its own request's values, and the batch
     # path converts the shared part once per answer. Rows of two answers, keyed and not, and a
     # plain dict row (POST /v1/placements) in the same batch, or rows of one answer (on SQLite
     # its columns are then bound once per statement, `_shared_sql`, in chunks under SQLite's old
     # 999-parameter limit), must each be stored exactly as the generic path stores the same row.
+    # `created_at` is converted per batch (`_sqlite_datetimes`: one orjson call when all are UTC,
+    # some of them at a whole second), else one by one: both forms are checked.
     fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
     if variable_limit is not None:
         if not isinstance(fast._inserter, batch_insert._SqliteInserter):
@@ -377,12 +382,12 @@ async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path
         fast._inserter._connect().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
     ledger, recorder = make_ledger(fast)
     other = {**RESULT, "best": option("PL", T0 + timedelta(hours=2), kwh=2.0), "warnings": ["w"]}
-    plus2 = timezone(timedelta(hours=2))
 
     def rows(prefix: str) -> list[Mapping[str, Any]]:
         out: list[Mapping[str, Any]] = []
         for i in range(140):
-            created = (T0 + timedelta(seconds=i, microseconds=(i * 7919) % 1_000_000)).astimezone(plus2)
+            micro = (i * 7919) % 1_000_000 if i % 5 else 0
+            created = (T0 + timedelta(seconds=i, microseconds=micro)).astimezone(created_zone)
             key = f"{prefix}-k{i}" if i % 3 == 0 else None
             result = RESULT if i % 2 or answers == 1 else other
             out.append(ledger._optimize_row(f"{prefix}-{i}", REQUEST, result, "alice", created, f"r{i}", key))
@@ -448,3 +453,28 @@ async def test_sqlite_batches_of_any_size_store_each_row_once(
     finally:
         await repository.close()
         await engine.dispose()
+
+
+@given(
+    st.lists(
+        st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)),
+        max_size=70,
+    ),
+    st.booleans(),
+)
+def test_a_batch_of_created_at_values_is_converted_as_sqlalchemy_converts_each(
+    values: list[datetime], other_zone: bool
+) -> None:
+    # `_sqlite_datetimes` formats a batch of UTC datetimes in one orjson call and cuts the text
+    # into SQLite's stored form; any other value in the batch sends the whole batch one by one.
+    # Both must give exactly what SQLAlchemy's own DateTime bind processor stores.
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    if other_zone and values:
+        values = [*values[:-1], values[-1].astimezone(timezone(timedelta(hours=-5)))]
+    dialect = sqlite.dialect()
+    processor = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    expected = [processor(v.astimezone(UTC).replace(tzinfo=None)) for v in values]
+    assert batch_insert._sqlite_datetimes(values) == expected
