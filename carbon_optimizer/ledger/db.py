@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -144,27 +144,42 @@ async def _run(engine: AsyncEngine, action: str, revision: str) -> None:
         else:
             command.downgrade(config, revision)
 
-    lock = _file_lock(engine)
-    await asyncio.to_thread(lock.__enter__)
-    try:
-        async with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-            await conn.run_sync(migrate)
-    finally:
-        lock.__exit__(None, None, None)
+    async with engine.begin() as conn:  # the caller holds `_migration_lock`
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        await conn.run_sync(migrate)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Apply migrations up to `revision`, one process at a time (a cheap no-op when at head)."""
-    if revision == "head" and await _at_head(engine):
-        return
-    await _run(engine, "upgrade", revision)
+    """Apply migrations up to `revision`, one process at a time (a cheap no-op when at head).
+
+    On SQLite the check for the head is made under the migration lock too: every connection
+    switches the file to WAL when it opens (`_sqlite_pragmas`), and one opened while another
+    engine migrated a brand-new file could deadlock with it (the new file still in rollback
+    mode, its switch to WAL waiting for the migration's commit, which waited for the switch's
+    read lock) until the 5 s busy timeout failed one of them with "database is locked".
+    """
+    async with _migration_lock(engine):
+        if revision == "head" and await _at_head(engine):
+            return
+        await _run(engine, "upgrade", revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Revert migrations down to `revision` ("base" drops every ledger table)."""
-    await _run(engine, "downgrade", revision)
+    async with _migration_lock(engine):
+        await _run(engine, "downgrade", revision)
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """`_file_lock`, taken in a thread (it blocks) and released here."""
+    lock = _file_lock(engine)
+    await asyncio.to_thread(lock.__enter__)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 async def _at_head(engine: AsyncEngine) -> bool:
