@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from carbon_optimizer.ledger import batch_insert
 from carbon_optimizer.ledger.models import RECORDED, leases, placements
+from carbon_optimizer.ledger.rows import OptimizeRow
 
 _DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
 _JSON_COLUMNS = frozenset(c.name for c in placements.columns if isinstance(c.type, JSON))
@@ -86,7 +87,12 @@ class LedgerRepository:
         if not rows:
             return {}
         # Only ids derived from an Idempotency-Key can exist already (the others are random UUIDs).
-        ids = [str(r["id"]) for r in rows if r.get("idempotency_key") is not None]
+        # (An optimize row's own attribute, read directly: `OptimizeRow.get` is a Python call.)
+        ids = [
+            str(r["id"])
+            for r in rows
+            if (r.idempotency_key if type(r) is OptimizeRow else r.get("idempotency_key")) is not None
+        ]
         if self._inserter is not None:
             stored = await self._inserter.insert(rows, ids)
             return {pid: Existing(pid, fp) for pid, fp in stored}

@@ -174,6 +174,58 @@ def test_a_raw_body_remembers_what_it_gives_the_row_and_only_its_own(key: str | 
     assert keyed["fingerprint"] == _reference(ledger, one, result, "key-2")["fingerprint"]
 
 
+@pytest.mark.parametrize(
+    "workload",
+    [
+        {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16},
+        {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16, "power_watts": 250.5},
+        {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16, "gpu": {"count": 2, "model": "A100"}},
+        {"duration_minutes": 120, "vcpus": 4, "memory_gib": 16, "instance_types": {"aws": "m5.xlarge"}},
+    ],
+    ids=["plain", "power", "gpu (unhashable)", "pinned types (unhashable)"],
+)
+def test_an_unkeyed_row_s_workload_is_the_body_s_workload_and_bodies_with_equal_workloads_share_it(
+    workload: dict[str, Any],
+) -> None:
+    # Unkeyed rows remember the workload's JSON by the validated workload's values (bodies that
+    # differ in their window mostly carry one of a few workload shapes); values that cannot be
+    # hashed skip the memo. Either way the row stores what the body's own dump gives.
+    ledger = _ledger()
+    result = _result(baseline=True)
+    expected = orjson.dumps(
+        OptimizeRequest.model_validate({**BODY, "workload": workload}).workload.model_dump(
+            mode="json", exclude_none=True
+        )
+    ).decode()
+    rows = [
+        ledger._optimize_row(
+            "p",
+            OptimizeRequest.model_validate({**BODY, "workload": workload, "window": window}),
+            result,
+            "alice",
+            CREATED,
+            "rid",
+            None,
+        )
+        for window in ({}, {"earliest_start": "2031-01-01T00:00:00Z"})
+    ]
+    assert [row["workload"] for row in rows] == [expected, expected]
+    hashable = "gpu" not in workload and "instance_types" not in workload
+    assert (rows[0]["workload"] is rows[1]["workload"]) is hashable  # remembered, or dumped anew
+    other = {**workload, "duration_minutes": 121}
+    differs = ledger._optimize_row(
+        "p",
+        OptimizeRequest.model_validate({**BODY, "workload": other}),
+        result,
+        "alice",
+        CREATED,
+        "rid",
+        None,
+    )
+    assert orjson.loads(differs["workload"])["duration_minutes"] == 121
+    assert orjson.loads(differs["workload"]) == {**orjson.loads(expected), "duration_minutes": 121}
+
+
 def test_the_due_date_follows_the_later_end_and_the_delay() -> None:
     ledger = _ledger(delay_s=1800)
     for later in (False, True):

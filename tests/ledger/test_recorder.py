@@ -101,6 +101,30 @@ async def test_queue_is_bounded_and_retries_join_the_queued_row() -> None:
         await recorder.aclose()
 
 
+async def test_new_optimize_rows_are_bounded_and_committed_in_order_with_the_other_entries() -> None:
+    # `put_new` rows (no item, no id index) share the queue's bound and order with the others;
+    # each is committed exactly once, also when its first batch failed, and counted as recorded.
+    from carbon_optimizer.ledger import metrics
+
+    repo = FlakyRepository(down=True)
+    recorder = _recorder(repo, queue_max=3)
+    before = metrics.RECORDED.labels(origin="optimize")._value.get()
+    try:
+        recorder.put_new(_lazy_row("n1", lambda *_: dict.fromkeys(OPTIMIZE_COLUMNS) | {"origin": "optimize"}))
+        recorder.offer({"id": "c1"}, origin="caller")
+        recorder.put_new(_lazy_row("n2", lambda *_: dict.fromkeys(OPTIMIZE_COLUMNS) | {"origin": "optimize"}))
+        with pytest.raises(QueueFull):
+            recorder.put_new(_lazy_row("n3", lambda *_: {}))
+        assert recorder.depth == 3
+        await eventually(lambda: repo.attempts >= 2, 3.0)  # failed, kept, retried
+        repo.down = False
+        await eventually(lambda: recorder.depth == 0, 3.0)
+        assert list(repo.rows) == ["n1", "c1", "n2"]
+        assert metrics.RECORDED.labels(origin="optimize")._value.get() - before == 2
+    finally:
+        await recorder.aclose()
+
+
 async def test_shutdown_flushes_what_it_can() -> None:
     repo = FlakyRepository(down=False, delay_s=0.1)
     recorder = _recorder(repo, write_timeout_s=0.01)
@@ -150,8 +174,14 @@ def _lazy_row(placement_id: str, build: Any) -> OptimizeRow:
     return OptimizeRow(part, placement_id, "c", None, "r", None)
 
 
-async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its_row_alone() -> None:
-    """The request path queues the part unbuilt; the writer builds it (a broken one: that row only)."""
+@pytest.mark.parametrize("enqueue", ["put", "put_new"])
+async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its_row_alone(
+    enqueue: str,
+) -> None:
+    """The request path queues the part unbuilt; the writer builds it (a broken one: that row only).
+
+    Through `put` (an item per row) and `put_new` (the unkeyed optimize row as its own entry).
+    """
     repo = FlakyRepository(down=True)  # held in the queue: nothing builds it yet
     recorder = _recorder(repo, write_timeout_s=5.0)
     built: list[str] = []
@@ -164,8 +194,11 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
         raise KeyError("best")
 
     try:
-        recorder.put(_lazy_row("bad", broken), origin="optimize")
-        recorder.put(_lazy_row("good", good), origin="optimize")
+        for row in (_lazy_row("bad", broken), _lazy_row("good", good)):
+            if enqueue == "put":
+                recorder.put(row, origin="optimize")
+            else:
+                recorder.put_new(row)
         assert built == []  # queued unbuilt: the request path did not build it
         await eventually(lambda: repo.attempts >= 1, 3.0)
         repo.down = False
