@@ -140,6 +140,15 @@ def _naive_utc(value: Any) -> Any:
 
 
 def _sqlite_datetime(value: Any) -> Any:
+    """SQLAlchemy's SQLite datetime text, `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC).
+
+    An aware UTC datetime (every one the ledger makes) is formatted by orjson, in C: ~0.5
+    instead of ~1.3 µs for `replace` + `isoformat` (a row's datetimes repeat only when its
+    answer's times do; with every body different they do not). See `_sqlite_datetimes`.
+    """
+    if type(value) is datetime and value.tzinfo is UTC:
+        t = orjson.dumps(value).decode()  # '"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"'
+        return f"{t[1:11]} {t[12:27]}" if t[20] == "." else f"{t[1:11]} {t[12:20]}.000000"
     value = _naive_utc(value)
     return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
 

@@ -462,11 +462,12 @@ async def test_sqlite_batches_of_any_size_store_each_row_once(
     ),
     st.booleans(),
 )
-def test_a_batch_of_created_at_values_is_converted_as_sqlalchemy_converts_each(
+def test_datetimes_one_by_one_and_a_batch_of_them_are_stored_as_sqlalchemy_stores_each(
     values: list[datetime], other_zone: bool
 ) -> None:
     # `_sqlite_datetimes` formats a batch of UTC datetimes in one orjson call and cuts the text
     # into SQLite's stored form; any other value in the batch sends the whole batch one by one.
+    # `_sqlite_datetime` formats one the same way (orjson for aware UTC, else `isoformat`).
     # Both must give exactly what SQLAlchemy's own DateTime bind processor stores.
     from sqlalchemy import DateTime
     from sqlalchemy.dialects import sqlite
@@ -478,3 +479,4 @@ def test_a_batch_of_created_at_values_is_converted_as_sqlalchemy_converts_each(
     assert processor is not None
     expected = [processor(v.astimezone(UTC).replace(tzinfo=None)) for v in values]
     assert batch_insert._sqlite_datetimes(values) == expected
+    assert [batch_insert._sqlite_datetime(v) for v in values] == expected

@@ -109,6 +109,7 @@ async def test_new_optimize_rows_are_bounded_and_committed_in_order_with_the_oth
     repo = FlakyRepository(down=True)
     recorder = _recorder(repo, queue_max=3)
     before = metrics.RECORDED.labels(origin="optimize")._value.get()
+    depth_before = metrics.QUEUE_DEPTH._value.get()
     try:
         recorder.put_new(_lazy_row("n1", lambda *_: dict.fromkeys(OPTIMIZE_COLUMNS) | {"origin": "optimize"}))
         recorder.offer({"id": "c1"}, origin="caller")
@@ -117,10 +118,13 @@ async def test_new_optimize_rows_are_bounded_and_committed_in_order_with_the_oth
             recorder.put_new(_lazy_row("n3", lambda *_: {}))
         assert recorder.depth == 3
         await eventually(lambda: repo.attempts >= 2, 3.0)  # failed, kept, retried
+        # The depth gauge counts them all once the writer has tried (it adds `put_new` rows).
+        assert metrics.QUEUE_DEPTH._value.get() - depth_before == 3
         repo.down = False
         await eventually(lambda: recorder.depth == 0, 3.0)
         assert list(repo.rows) == ["n1", "c1", "n2"]
         assert metrics.RECORDED.labels(origin="optimize")._value.get() - before == 2
+        assert metrics.QUEUE_DEPTH._value.get() == depth_before
     finally:
         await recorder.aclose()
 
