@@ -308,6 +308,59 @@ class Ledger:
         `recorded: false` with `queued` and a warning. Raises `IdempotencyConflict` when the key
         was used for a different request.
         """
+        queued = self.queue_optimize(request, result, client_id, request_id, idempotency_key, raw)
+        if queued is not None:  # no write timeout: nothing to wait for
+            return queued
+        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw)
+        if isinstance(made, dict):
+            return made
+        return await self._submit_for_optimize(made)
+
+    def queue_optimize(
+        self,
+        request: BaseModel | Mapping[str, Any],
+        result: Mapping[str, Any],
+        client_id: str | None,
+        request_id: str,
+        idempotency_key: str | None,
+        raw: bytes | None = None,
+    ) -> dict[str, Any] | None:
+        """`record_optimize` without a write timeout, synchronously; None when it must wait instead.
+
+        The default: the row is queued and the answer says so (`queued: true`). Why a plain call
+        beside the coroutine: the optimize route calls it on every recorded request, and a
+        coroutine with keyword arguments is an object and a frame more there (the route awaits
+        `record_optimize` only when a write timeout is configured).
+        """
+        recorder = self.recorder
+        if recorder.write_timeout_s > 0:
+            return None
+        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw)
+        if isinstance(made, dict):
+            return made
+        try:
+            if idempotency_key is None and type(made) is OptimizeRow:
+                recorder.put_new(made)  # a new random id: its own queue entry
+            else:
+                recorder.put(made, origin="optimize")
+        except QueueFull:
+            return dict(_QUEUE_FULL)
+        # Queued, not committed (what `_fields` says of a queued `Ack`, without making one).
+        fields = {"placement_id": made.id, "recorded": False, "queued": True}
+        if not recorder.healthy:
+            fields["warning"] = _NOT_COMMITTED
+        return fields
+
+    def _optimize_source(
+        self,
+        request: BaseModel | Mapping[str, Any],
+        result: Mapping[str, Any],
+        client_id: str | None,
+        request_id: str,
+        idempotency_key: str | None,
+        raw: bytes | None,
+    ) -> OptimizeRow | Deferred | dict[str, Any]:
+        """What to queue for an optimize answer, or (a dict) the placement fields of not recording it."""
         model = isinstance(request, BaseModel)
         signal = getattr(request, "signal", "average") if model else request.get("signal", "average")  # type: ignore[union-attr]
         if signal != "average":
@@ -322,29 +375,15 @@ class Ledger:
         row = self._parts_row(
             placement_id, result, asked is not None, cid, self.clock(), request_id, idempotency_key
         )
-        source: Mapping[str, Any] | Deferred = row
         if idempotency_key is None:
             row.workload = self._workload(request)
-        else:
-            known = None if raw is None else self._bodies.get(raw)
-            if known is not None:
-                row.fingerprint, row.workload = known
-            else:  # dumped and hashed on the next loop turn, with that turn's other bodies
-                source = Deferred(placement_id, partial(self._with_body, row, request, raw))
-        if self.recorder.write_timeout_s <= 0:
-            try:
-                if source is row and idempotency_key is None:
-                    self.recorder.put_new(row)  # a new random id: its own queue entry
-                else:
-                    self.recorder.put(source, origin="optimize")
-            except QueueFull:
-                return dict(_QUEUE_FULL)
-            # Queued, not committed (what `_fields` says of a queued `Ack`, without making one).
-            fields = {"placement_id": placement_id, "recorded": False, "queued": True}
-            if not self.recorder.healthy:
-                fields["warning"] = _NOT_COMMITTED
-            return fields
-        return await self._submit_for_optimize(source)
+            return row
+        known = None if raw is None else self._bodies.get(raw)
+        if known is not None:
+            row.fingerprint, row.workload = known
+            return row
+        # Dumped and hashed on the next loop turn, with that turn's other bodies.
+        return Deferred(placement_id, partial(self._with_body, row, request, raw))
 
     def _optimize_row(
         self,

@@ -324,11 +324,42 @@ async def test_default_answers_queued_without_waiting_and_commits_soon(tmp_path:
         assert got.status_code == 200
 
 
+async def test_result_cache_hits_are_recorded_each_and_never_carry_another_request_s_placement(
+    tmp_path: Path,
+) -> None:
+    # The default (no write timeout): a hit's own copy of the cached answer gets its placement
+    # fields in place, the cached answer itself never. Bob records by default, Alice does not:
+    # her hit of the body Bob's requests cached must carry no placement of his.
+    settings = _settings(DatabaseSettings(data_dir=str(tmp_path)), record_clients=[client_id_for(BOB)])
+    async with _client(settings) as (client, ledger):
+        body = _body()
+        del body["record"]
+        answers = [await client.post("/v1/optimize", json=body, headers=_auth(BOB)) for _ in range(3)]
+        assert [a.headers["x-result-cache"] for a in answers] == ["miss", "hit", "hit"]
+        ids = [a.json()["placement_id"] for a in answers]
+        assert len(set(ids)) == 3
+        alice = await client.post("/v1/optimize", json=body, headers=_auth(ALICE))
+        assert alice.headers["x-result-cache"] == "hit"
+        assert not {"placement_id", "recorded", "queued"} & set(alice.json())
+        assert alice.json()["best"] == answers[0].json()["best"]
+        for pid in ids:
+            for _ in range(200):
+                got = await client.get(f"/v1/placements/{pid}", headers=_auth(BOB))
+                if got.status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert got.status_code == 200
+        assert await ledger.repository.count() == 3
+
+
 class _BrokenLedger:
     """A ledger whose recording blows up in an unforeseen way."""
 
     def wants_record(self, requested: bool | None, client_id: str | None) -> bool:
         return True
+
+    def queue_optimize(self, *_: Any) -> dict[str, Any] | None:
+        raise RuntimeError("unforeseen")
 
     async def record_optimize(self, **_: Any) -> dict[str, Any]:
         raise RuntimeError("unforeseen")

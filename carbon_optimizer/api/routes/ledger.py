@@ -197,14 +197,23 @@ def _iso(value: Any) -> Any:
 
 
 async def attach_placement(
-    request: Request, body: OptimizeRequest, result: dict[str, Any], request_id: str, raw: bytes
+    request: Request,
+    body: OptimizeRequest,
+    result: dict[str, Any],
+    request_id: str,
+    raw: bytes,
+    *,
+    owned: bool = False,
 ) -> dict[str, Any]:
     """Record the plan when asked (or by the client's default); return the response to send.
 
     The optimize route calls this after the plan is computed, with the body's bytes as it
     received them (`raw`): asking `request.body()` again re-streamed them through the ASGI
-    receive replay, ~22 µs of every recorded request in the running app. It never fails the
-    request for database trouble: the placement fields and a warning say what happened.
+    receive replay, ~22 µs of every recorded request in the running app. `owned`: `result` is
+    this request's own dict (a result-cache hit's copy), so the placement fields are added to
+    it instead of to a copy (the fresh answer's dict goes into the result cache as it is). It
+    never fails the request for database trouble: the placement fields and a warning say what
+    happened.
     """
     ledger = get_state(request).ledger
     client_id = client_id_from_scope(request.scope)
@@ -216,21 +225,26 @@ async def attach_placement(
         return result
     key = _idempotency_key(_header(request, b"idempotency-key"))
     try:
-        fields = await ledger.record_optimize(
-            request=body,
-            result=result,
-            client_id=client_id,
-            request_id=request_id,
-            idempotency_key=key,
-            raw=raw,
-        )
+        # Without a write timeout (the default) the row is queued synchronously; with one the
+        # request waits for its commit (up to the timeout).
+        fields = ledger.queue_optimize(body, result, client_id, request_id, key, raw)
+        if fields is None:
+            fields = await ledger.record_optimize(
+                request=body,
+                result=result,
+                client_id=client_id,
+                request_id=request_id,
+                idempotency_key=key,
+                raw=raw,
+            )
     except IdempotencyConflict:
         raise
     except Exception:  # the plan is good whatever happens to its recording
         log.exception("recording the placement failed")
         return {**result, "warnings": [*result["warnings"], "placement not recorded (ledger error)"]}
     warning = fields.pop("warning", None)
-    out = {**result, **fields}
+    out = result if owned else dict(result)
+    out.update(fields)
     if warning is not None:
         out["warnings"] = [*result["warnings"], warning]
     return out

@@ -44,7 +44,8 @@ async def _optimize(request: Request, body: OptimizeRequest, raw: bytes) -> Resp
     cached = None if bypass else state.result_cache.lookup(key)
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
-        answer = await attach_placement(request, body, result, rid, raw)  # savings ledger (issue 15)
+        # The savings ledger (issue 15); `result` is this request's own copy.
+        answer = await attach_placement(request, body, result, rid, raw, owned=True)
         return Response(orjson.dumps(answer), media_type="application/json", headers=_HIT)
     result = plan_json(await state.service.optimize(to_query(body, rid)))
     answer = await attach_placement(request, body, result, rid, raw)
