@@ -292,6 +292,7 @@ class Ledger:
         request_id: str,
         idempotency_key: str | None,
         raw: bytes | None = None,
+        cache_hit: bool = False,
     ) -> dict[str, Any]:
         """Record the plan's best option against its baseline; the response's placement fields.
 
@@ -308,10 +309,10 @@ class Ledger:
         `recorded: false` with `queued` and a warning. Raises `IdempotencyConflict` when the key
         was used for a different request.
         """
-        queued = self.queue_optimize(request, result, client_id, request_id, idempotency_key, raw)
+        queued = self.queue_optimize(request, result, client_id, request_id, idempotency_key, raw, cache_hit)
         if queued is not None:  # no write timeout: nothing to wait for
             return queued
-        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw)
+        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw, cache_hit)
         if isinstance(made, dict):
             return made
         return await self._submit_for_optimize(made)
@@ -324,6 +325,7 @@ class Ledger:
         request_id: str,
         idempotency_key: str | None,
         raw: bytes | None = None,
+        cache_hit: bool = False,
     ) -> dict[str, Any] | None:
         """`record_optimize` without a write timeout, synchronously; None when it must wait instead.
 
@@ -335,7 +337,7 @@ class Ledger:
         recorder = self.recorder
         if recorder.write_timeout_s > 0:
             return None
-        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw)
+        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw, cache_hit)
         if isinstance(made, dict):
             return made
         try:
@@ -359,8 +361,13 @@ class Ledger:
         request_id: str,
         idempotency_key: str | None,
         raw: bytes | None,
+        cache_hit: bool,
     ) -> OptimizeRow | Deferred | dict[str, Any]:
-        """What to queue for an optimize answer, or (a dict) the placement fields of not recording it."""
+        """What to queue for an optimize answer, or (a dict) the placement fields of not recording it.
+
+        `cache_hit`: `result` is a result-cache hit's copy of a stored answer, whose answer part
+        is remembered for the next hit (`_parts_row`); a fresh answer's part is not.
+        """
         model = isinstance(request, BaseModel)
         signal = getattr(request, "signal", "average") if model else request.get("signal", "average")  # type: ignore[union-attr]
         if signal != "average":
@@ -373,7 +380,7 @@ class Ledger:
         placement_id = self._new_id() if idempotency_key is None else placement_id_for(cid, idempotency_key)
         asked = getattr(request, "baseline", None) if model else request.get("baseline")  # type: ignore[union-attr]
         row = self._parts_row(
-            placement_id, result, asked is not None, cid, self.clock(), request_id, idempotency_key
+            placement_id, result, asked is not None, cid, self.clock(), request_id, idempotency_key, cache_hit
         )
         if idempotency_key is None:
             row.workload = self._workload(request)
@@ -486,13 +493,25 @@ class Ledger:
         created_at: datetime,
         request_id: str,
         idempotency_key: str | None,
+        remember: bool = True,
     ) -> OptimizeRow:
-        """`_answer_row`, told whether the request named its baseline."""
+        """`_answer_row`, told whether the request named its baseline.
+
+        `remember`: keep the answer part for later rows of the same answer objects (a
+        result-cache hit's). The route passes False for a fresh answer: nothing can have the
+        part yet, and with every body different a remembered part (its values, its stored
+        form, the memo's entry) lived on for 256 answers, long enough to be promoted through
+        the collector's generations: not remembering it cut the server's GC time per recorded
+        unique request from 19 to 14 µs (one 5 s wrk run at c=16, `gc.callbacks`).
+        """
         # A result-cache hit hands out the stored answer's very objects (a new dict around them):
         # its row's answer part is the same, so it is kept per those objects (checked by
         # identity, and they are kept alive with it) and only the request's own fields change.
         best, baseline = result["best"], result.get("baseline")
         warnings, objective = result.get("warnings", ()), result.get("objective")
+        if not remember:
+            part = AnswerPart.later(self._build_part, best, baseline, warnings, objective, explicit_baseline)
+            return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
         parts = self._answer_parts
         kept = parts.get(id(best))
         if (

@@ -287,6 +287,21 @@ async def test_a_deferred_row_is_built_on_the_next_loop_turn_and_keeps_nothing_o
     assert recorder.depth == 1
 
 
+def test_a_fresh_answer_s_part_is_not_remembered_and_the_first_hit_s_is() -> None:
+    # The route tells the ledger whether an answer is a result-cache hit: only then is its part
+    # kept for the next rows of the same answer objects (a fresh answer's cannot be asked for
+    # again before it is a hit, and kept it would outlive 256 unique answers).
+    ledger = _ledger()
+    stored = _result(baseline=True)
+    fresh = ledger._parts_row("p1", stored, False, "alice", CREATED, "r1", None, False)
+    assert ledger._answer_parts == {}
+    hit = ledger._parts_row("p2", {**stored, "request_id": "r2"}, False, "alice", CREATED, "r2", None, True)
+    again = ledger._parts_row("p3", {**stored, "request_id": "r3"}, False, "bob", CREATED, "r3", None, True)
+    assert hit.part is again.part is not fresh.part
+    assert len(ledger._answer_parts) == 1
+    assert dict(fresh) | {"id": "p2", "request_id": "r2"} == dict(hit)
+
+
 def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     """A hit wraps the stored answer's objects in a new dict: same answer part, the request's own fields."""
     ledger = _ledger()

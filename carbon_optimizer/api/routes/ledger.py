@@ -203,15 +203,16 @@ async def attach_placement(
     request_id: str,
     raw: bytes,
     *,
-    owned: bool = False,
+    cache_hit: bool = False,
 ) -> dict[str, Any]:
     """Record the plan when asked (or by the client's default); return the response to send.
 
     The optimize route calls this after the plan is computed, with the body's bytes as it
     received them (`raw`): asking `request.body()` again re-streamed them through the ASGI
-    receive replay, ~22 µs of every recorded request in the running app. `owned`: `result` is
-    this request's own dict (a result-cache hit's copy), so the placement fields are added to
-    it instead of to a copy (the fresh answer's dict goes into the result cache as it is). It
+    receive replay, ~22 µs of every recorded request in the running app. `cache_hit`: `result` is
+    this request's own dict, a result-cache hit's copy, so the placement fields are added to it
+    instead of to a copy (the fresh answer's dict goes into the result cache as it is), and its
+    answer part is remembered for the next hit (`Ledger._parts_row`). It
     never fails the request for database trouble: the placement fields and a warning say what
     happened.
     """
@@ -227,7 +228,7 @@ async def attach_placement(
     try:
         # Without a write timeout (the default) the row is queued synchronously; with one the
         # request waits for its commit (up to the timeout).
-        fields = ledger.queue_optimize(body, result, client_id, request_id, key, raw)
+        fields = ledger.queue_optimize(body, result, client_id, request_id, key, raw, cache_hit)
         if fields is None:
             fields = await ledger.record_optimize(
                 request=body,
@@ -236,6 +237,7 @@ async def attach_placement(
                 request_id=request_id,
                 idempotency_key=key,
                 raw=raw,
+                cache_hit=cache_hit,
             )
     except IdempotencyConflict:
         raise
@@ -243,7 +245,7 @@ async def attach_placement(
         log.exception("recording the placement failed")
         return {**result, "warnings": [*result["warnings"], "placement not recorded (ledger error)"]}
     warning = fields.pop("warning", None)
-    out = result if owned else dict(result)
+    out = result if cache_hit else dict(result)
     out.update(fields)
     if warning is not None:
         out["warnings"] = [*result["warnings"], warning]

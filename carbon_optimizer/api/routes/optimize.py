@@ -45,7 +45,7 @@ async def _optimize(request: Request, body: OptimizeRequest, raw: bytes) -> Resp
     if cached is not None:
         result = {**cached, "request_id": rid, "generated_at": format_utc(state.service.clock())}
         # The savings ledger (issue 15); `result` is this request's own copy.
-        answer = await attach_placement(request, body, result, rid, raw, owned=True)
+        answer = await attach_placement(request, body, result, rid, raw, cache_hit=True)
         return Response(orjson.dumps(answer), media_type="application/json", headers=_HIT)
     result = plan_json(await state.service.optimize(to_query(body, rid)))
     answer = await attach_placement(request, body, result, rid, raw)
