@@ -310,18 +310,23 @@ async def test_client_default_and_disabled_ledger(tmp_path: Path) -> None:
         assert gone.status_code == 503
 
 
+async def _committed(client: httpx.AsyncClient, placement_id: str, key: str) -> httpx.Response:
+    """GET a queued placement until the writer has committed it (up to ~2 s), the last answer."""
+    for _ in range(200):
+        got = await client.get(f"/v1/placements/{placement_id}", headers=_auth(key))
+        if got.status_code == 200:
+            break
+        await asyncio.sleep(0.01)
+    return got
+
+
 async def test_default_answers_queued_without_waiting_and_commits_soon(tmp_path: Path) -> None:
     async with _client(_settings(DatabaseSettings(data_dir=str(tmp_path)))) as (client, ledger):
         data = (await client.post("/v1/optimize", json=_body(), headers=_auth(ALICE))).json()
         assert data["queued"] is True
         assert data["recorded"] is False
         assert not any("queued in memory" in w for w in data["warnings"])  # not a degradation
-        for _ in range(200):
-            got = await client.get(f"/v1/placements/{data['placement_id']}", headers=_auth(ALICE))
-            if got.status_code == 200:
-                break
-            await asyncio.sleep(0.01)
-        assert got.status_code == 200
+        assert (await _committed(client, data["placement_id"], ALICE)).status_code == 200
 
 
 async def test_result_cache_hits_are_recorded_each_and_never_carry_another_request_s_placement(
@@ -343,12 +348,7 @@ async def test_result_cache_hits_are_recorded_each_and_never_carry_another_reque
         assert not {"placement_id", "recorded", "queued"} & set(alice.json())
         assert alice.json()["best"] == answers[0].json()["best"]
         for pid in ids:
-            for _ in range(200):
-                got = await client.get(f"/v1/placements/{pid}", headers=_auth(BOB))
-                if got.status_code == 200:
-                    break
-                await asyncio.sleep(0.01)
-            assert got.status_code == 200
+            assert (await _committed(client, pid, BOB)).status_code == 200
         assert await ledger.repository.count() == 3
 
 
