@@ -297,15 +297,16 @@ class Ledger:
         """Record the plan's best option against its baseline; the response's placement fields.
 
         `request` is the validated optimize body (or its JSON form), `result` the response body,
-        `raw` the body's bytes as received, if known (what the body gives the row is remembered
-        by them: a result-cache hit is a repeat of a body seen before). The row is built here
-        and queued. What it needs from the body is its workload's JSON and, only with an
-        Idempotency-Key, the body's fingerprint (`_body_part`); that fingerprint, unless
-        remembered, is added on the loop's next turn (`Recorder`: batched with that turn's other
-        rows), and the caller must not mutate `request` afterwards. The writer task commits the
-        row (group commit). Without a
-        write timeout (the default) nothing is awaited; with one, it waits until the commit
-        happened or the timeout passed. Never raises for database trouble: the answer then says
+        `raw` the body's bytes as received, if known (with an Idempotency-Key, what the body
+        gives the row is remembered by them: a result-cache hit is a repeat of a body seen
+        before), `cache_hit` whether `result` is a result-cache hit's copy (`_parts_row`). The
+        row is built here and queued. What it needs from the body is its workload's JSON
+        (`_workload`) and, only with an Idempotency-Key, the body's fingerprint (`_with_body`);
+        that fingerprint, unless remembered, is added on the loop's next turn (`Recorder`:
+        batched with that turn's other rows), and the caller must not mutate `request`
+        afterwards. The writer task commits the row (group commit). Without a write timeout
+        (the default) nothing is awaited (`queue_optimize`); with one, it waits until the
+        commit happened or the timeout passed. Never raises for database trouble: the answer then says
         `recorded: false` with `queued` and a warning. Raises `IdempotencyConflict` when the key
         was used for a different request.
         """
