@@ -116,10 +116,14 @@ async def test_optimize_records_idempotently_and_reports(tmp_path: Path) -> None
         assert row["client_id"] == client_id_for(ALICE)
         assert ALICE not in stored.text
         # Bob cannot see or touch Alice's placement: the same 404 as an unknown id.
+        bodies = []
         for path in (f"/v1/placements/{pid}", "/v1/placements/not-a-real-id"):
             got = await client.get(path, headers=_auth(BOB))
             assert got.status_code == 404
             assert got.headers["content-type"] == "application/problem+json"
+            bodies.append({k: v for k, v in got.json().items() if k != "instance"})
+        assert bodies[0] == bodies[1]  # nothing tells another client's id from an unknown one
+        assert "queued" in bodies[0]["detail"]  # why a just-answered placement may be missing
         outcome = {"actual_start": "2026-06-03T10:00:00Z", "actual_end": "2026-06-03T09:00:00Z"}
         denied = await client.post(f"/v1/placements/{pid}/outcome", json=outcome, headers=_auth(BOB))
         assert denied.status_code == 404

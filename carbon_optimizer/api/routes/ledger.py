@@ -370,8 +370,14 @@ async def savings_report(
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
+    # The same answer for another client's id (ids cannot be probed) and for a placement that
+    # was answered `queued: true` and is not committed yet (the default answers before the
+    # commit; with a healthy database it lands within a commit interval, ≤ 0.2 s).
     return problem_response(
-        404, "No placement with this id for this client", type_=_TYPE_BASE + "placement-not-found"
+        404,
+        "No placement with this id for this client (one answered 'queued: true' is readable once "
+        "committed, with a healthy database within a second)",
+        type_=_TYPE_BASE + "placement-not-found",
     )
 
 
