@@ -401,16 +401,14 @@ def _materialise(
     rows: list[Mapping[str, Any]] = []
     for at, item in enumerate(batch):
         if type(item) is OptimizeRow:
-            try:  # its answer part is built here, with the batch (`rows.AnswerPart`)
-                item.part.ensure()
-            except Exception as exc:  # a bug, not a database problem: retrying cannot help
-                log.exception("ledger: placement %s could not be built; not recorded", item.id)
-                broken = _Item(item.id, {"id": item.id}, "optimize", broken=exc)
-                batch[at] = broken
-                if pending is not None:
-                    pending[at] = broken
+            failed = _part_failure(item)
+            if failed is None:
+                rows.append(item)
                 continue
-            rows.append(item)
+            broken = _Item(item.id, {"id": item.id}, "optimize", broken=failed)
+            batch[at] = broken
+            if pending is not None:
+                pending[at] = broken
             continue
         assert isinstance(item, _Item)
         if item.row is None and item.broken is None:
@@ -422,16 +420,26 @@ def _materialise(
             # Hold only the row from now on (see the module's docstring: garbage collections).
             item.source = item.row if item.row is not None else {"id": item.id}
         row = item.row
-        if type(row) is OptimizeRow:
-            try:  # its answer part is built here, with the batch (`rows.AnswerPart`)
-                row.part.ensure()
-            except Exception as exc:  # a bug, as above: this row alone is never written
-                log.exception("ledger: placement %s could not be built; not recorded", item.id)
-                item.broken, item.row, item.source = exc, None, {"id": item.id}
-                continue
+        if type(row) is OptimizeRow and (failed := _part_failure(row)) is not None:
+            item.broken, item.row, item.source = failed, None, {"id": item.id}
+            continue
         if row is not None:
             rows.append(row)
     return rows
+
+
+def _part_failure(row: OptimizeRow) -> Exception | None:
+    """Build the row's answer part here, with the batch (`rows.AnswerPart`); what failed, logged.
+
+    A failure is a bug, not a database problem: retrying cannot help, and this row alone is
+    never written.
+    """
+    try:
+        row.part.ensure()
+    except Exception as exc:
+        log.exception("ledger: placement %s could not be built; not recorded", row.id)
+        return exc
+    return None
 
 
 def _futures(item: _Item) -> list[asyncio.Future[Written]]:
