@@ -379,9 +379,8 @@ class Ledger:
             return dict(_NO_OPTION)
         cid = client_id or ANONYMOUS
         placement_id = self._new_id() if idempotency_key is None else placement_id_for(cid, idempotency_key)
-        asked = getattr(request, "baseline", None) if model else request.get("baseline")  # type: ignore[union-attr]
-        row = self._parts_row(
-            placement_id, result, asked is not None, cid, self.clock(), request_id, idempotency_key, cache_hit
+        row = self._answer_row(
+            placement_id, request, result, cid, self.clock(), request_id, idempotency_key, cache_hit
         )
         if idempotency_key is None:
             row.workload = self._workload(request)
@@ -470,8 +469,11 @@ class Ledger:
         created_at: datetime,
         request_id: str,
         idempotency_key: str | None,
+        remember: bool = True,
     ) -> OptimizeRow:
         """The row from the answer, built on the request (workload, fingerprint: `_workload`, `_with_body`).
+
+        `remember`: keep the answer part for later hits (`_parts_row`).
 
         Built now so that the request's response dict does not outlive it (see `recorder`: held
         past the request with the body, it made the garbage collector run 15–50× as often). What
@@ -481,8 +483,9 @@ class Ledger:
         asked = (
             getattr(request, "baseline", None) if isinstance(request, BaseModel) else request.get("baseline")
         )
+        explicit = asked is not None
         return self._parts_row(
-            placement_id, result, asked is not None, client_id, created_at, request_id, idempotency_key
+            placement_id, result, explicit, client_id, created_at, request_id, idempotency_key, remember
         )
 
     def _parts_row(
