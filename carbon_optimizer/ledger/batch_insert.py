@@ -147,8 +147,7 @@ def _sqlite_datetime(value: Any) -> Any:
     answer's times do; with every body different they do not). See `_sqlite_datetimes`.
     """
     if type(value) is datetime and value.tzinfo is UTC:
-        t = orjson.dumps(value).decode()  # '"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"'
-        return f"{t[1:11]} {t[12:27]}" if t[20] == "." else f"{t[1:11]} {t[12:20]}.000000"
+        return _stored_text(orjson.dumps(value).decode()[1:-1])
     value = _naive_utc(value)
     return value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
 
@@ -165,7 +164,12 @@ def _sqlite_datetimes(values: list[Any]) -> list[Any]:
     if not all(type(v) is datetime and v.tzinfo is UTC for v in values):
         return [_sqlite_datetime(v) for v in values]
     texts = orjson.dumps(values).decode()[2:-2].split('","') if values else []
-    return [f"{t[:10]} {t[11:26]}" if t[19] == "." else f"{t[:10]} {t[11:19]}.000000" for t in texts]
+    return [_stored_text(t) for t in texts]
+
+
+def _stored_text(t: str) -> str:
+    """SQLite's stored form of orjson's `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00` (no fraction at 0 µs)."""
+    return f"{t[:10]} {t[11:26]}" if t[19] == "." else f"{t[:10]} {t[11:19]}.000000"
 
 
 def _naive_utcs(values: list[Any]) -> list[Any]:
