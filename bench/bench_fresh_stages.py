@@ -11,9 +11,10 @@ counted at its caller, where it belongs. Read the shares as "where to look", and
 change with `bench_fresh_cpu.py`.
 
 Rows: the bench's 20 locations × 24 h × step 60 body (`--large`: 150 locations × 7 days ×
-step 15), every body unique, starts moving 1 s per request (the memos' steady state).
+step 15), every body unique, starts moving 1 s per request (the memos' steady state; `--step-s
+3600` puts every request in a new hour: what the first answers of each hour cost).
 
-Run: `python bench/bench_fresh_stages.py [--requests 1500] [--large]`. SIGPROF fires at most once
+Run: `python bench/bench_fresh_stages.py [--requests 1500] [--large] [--step-s 1]`. SIGPROF fires at most once
 per kernel tick of CPU (~4 ms here), so 1,500 requests give about 1,000 samples.
 """
 
@@ -173,9 +174,15 @@ async def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--large", action="store_true", help="150 locations × 7 days × step 15")
+    parser.add_argument(
+        "--step-s",
+        type=int,
+        default=1,
+        help="seconds the earliest start moves per request (3600: each in a new hour, the memos' miss path)",
+    )
     args = parser.parse_args()
     count = args.requests + 30
-    made = large_bodies(count) if args.large else bodies(count, 1)
+    made = large_bodies(count) if args.large else bodies(count, args.step_s)
     payloads = [json.dumps(b) for b in made]
     floor_ms, _ = await measure(minimal_app.create_app(), payloads, sample=False)
     ours_ms, _ = await measure(create_app(), payloads, sample=False)
