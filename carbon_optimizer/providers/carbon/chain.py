@@ -240,6 +240,39 @@ def _sample(
     Coarser or equal source steps are looked up; a finer source is averaged over each output
     slot (any NaN sub-point makes the slot NaN so that it gets filled from the next source).
     """
+    offset_s = (start - series.start).total_seconds()
+    step_s, src_step_s = step.total_seconds(), series.step.total_seconds()
+    if src_step_s == step_s and offset_s % step_s == 0:
+        return _sample_aligned(series, int(offset_s // step_s), count, labels)
+    return _sample_general(series, offset_s, step_s, src_step_s, count, labels)
+
+
+def _sample_aligned(
+    series: CarbonSeries, offset: int, count: int, labels: list[str]
+) -> tuple[FloatArray, IntArray]:
+    """`_sample` when the source is on the output lattice itself: slot i is source point offset + i.
+
+    The usual case (hourly sources painted onto an hourly canvas), and the one a zone's first
+    answer of an hour pays for every source: one slice, and labels for the runs inside it only,
+    instead of a label array over the whole source and a gather (`_sample_general` gives the
+    same values and labels: `tests/providers/carbon/test_chain_sample.py`).
+    """
+    out = np.full(count, np.nan, dtype=np.float64)
+    out_labels = np.full(count, -1, dtype=np.int64)
+    first, last = max(0, -offset), min(count, len(series.values) - offset)
+    if last > first:
+        out[first:last] = np.asarray(series.values, dtype=np.float64)[first + offset : last + offset]
+        for run in series.runs:
+            a, b = max(run.start_index - offset, first), min(run.end_index - offset, last)
+            if b > a:
+                out_labels[a:b] = _label_id(labels, run.label)
+    return out, out_labels
+
+
+def _sample_general(
+    series: CarbonSeries, offset_s: float, step_s: float, src_step_s: float, count: int, labels: list[str]
+) -> tuple[FloatArray, IntArray]:
+    """`_sample` for any source step: looked up (coarser or equal) or averaged (finer)."""
     src_values = np.asarray(series.values, dtype=np.float64)
     src_labels = _point_labels(series, labels)
     n = len(src_values)
@@ -247,8 +280,6 @@ def _sample(
     out_labels = np.full(count, -1, dtype=np.int64)
     if n == 0 or count == 0:
         return out, out_labels
-    offset_s = (start - series.start).total_seconds()
-    step_s, src_step_s = step.total_seconds(), series.step.total_seconds()
     slot_starts = offset_s + step_s * np.arange(count)
     if src_step_s >= step_s:
         idx = np.floor(slot_starts / src_step_s).astype(np.int64)
