@@ -108,6 +108,13 @@ class BundledSeries(Protocol):
         """A series covering [start, end), or `UnknownZone`."""
         ...
 
+    def series_sync(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
+        """`series` without the coroutine, for the chain's synchronous painting.
+
+        Bundled data is in memory: a zone only the bundled data answers needs no task.
+        """
+        ...
+
 
 def validate_zone(zone: str) -> str:
     """Return `zone` if it is a plausible zone key (safe in URLs and cache keys), else UnknownZone."""

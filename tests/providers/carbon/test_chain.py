@@ -83,6 +83,9 @@ class FakeOffline:
     name: str = "offline"
 
     async def series(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
+        return self.series_sync(zone, start, end)
+
+    def series_sync(self, zone: str, start: datetime, end: datetime) -> CarbonSeries:
         self.calls.append((zone, start, end))
         if self.error is not None:
             raise self.error

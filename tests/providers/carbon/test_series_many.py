@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from carbon_optimizer.domain.models import CarbonSeries, SourceRun
-from carbon_optimizer.errors import ProviderUnavailable
+from carbon_optimizer.errors import ProviderUnavailable, UnknownZone
 from carbon_optimizer.metrics import CACHE_EVENTS, FALLBACKS
 from carbon_optimizer.providers.carbon.base import Fetched, SeriesKind, SeriesRequest, Signal
 from carbon_optimizer.providers.carbon.cache import CachedSeriesSource
@@ -91,7 +92,9 @@ def counter(metric: object, *labels: str) -> float:
 async def test_a_warm_shape_answers_the_per_zone_lanes_answers_and_keeps_them() -> None:
     clock = Clock(START + timedelta(minutes=5))
     c, _, live = build(clock)
-    assert c.series_many(ZONES, START, END) == [None, None, None]  # nothing painted yet
+    cold_walk = c.series_many(ZONES, START, END)
+    assert cold_walk[:2] == [None, None]  # the live zones: nothing painted yet, `series` needed
+    assert cold_walk[2] is not None  # the bundled-only zone: painted in the walk itself
     cold = await warm(c)
     per_zone = [c.series_cached(zone, START, END) for zone in ZONES]
     assert per_zone == cold
@@ -200,6 +203,49 @@ async def test_other_zone_lists_hours_and_signals_are_other_shapes() -> None:
     base = await warm(c)
     assert c.series_many(ZONES, START, END) == base
     assert c.series_many(ZONES[:2], START, END) == base[:2]
-    assert c.series_many(ZONES, START, END + HOUR) == [None, None, None]
-    assert c.series_many(ZONES, START, END, Signal.MARGINAL)[:2] == [None, None]
+    longer = c.series_many(ZONES, START, END + HOUR)
+    assert longer[:2] == [None, None]  # another shape: the live zones need `series` again
+    assert longer[2] is not None  # the bundled-only zone's longer window, painted in the walk
+    assert longer[2] is not base[2]
+    assert len(longer[2].series.values) == 7
+    # No source routes the marginal signal here: every zone is the bundled average, with a warning.
+    marginal = c.series_many(ZONES, START, END, Signal.MARGINAL)
+    assert [m is not None and m.warnings for m in marginal] == [
+        (f"no marginal data for some hours of {zone}; used average bundled data",) for zone in ZONES
+    ]
     assert c.series_many(ZONES, END, START) == [None, None, None]
+
+
+async def test_a_bundled_only_zone_is_painted_in_the_walk_as_series_would_paint_it() -> None:
+    """A new window of a zone no live source routes needs no `series` call (no task): the walk paints it.
+
+    The answer is the one `series` gives (the same object from then on, from the offline memo), the
+    fallback metric counts it once as a painted answer, the bundled data is read once, and a zone
+    nobody knows is left to `series`, which raises for it.
+    """
+    clock = Clock(START + timedelta(minutes=5))
+    c, _, live = build(clock)
+    offline = c.offline
+    assert isinstance(offline, FakeOffline)
+    before = counter(FALLBACKS, "carbon", REPLAY)
+    walked = c.series_many(("PL",), START, END)[0]
+    assert walked is not None
+    assert counter(FALLBACKS, "carbon", REPLAY) == before + 1
+    assert len(offline.calls) == 1
+    assert walked.series.values.tolist() == [1000.0 + (START + HOUR * i).hour for i in range(6)]
+    assert [run.label for run in walked.series.runs] == [REPLAY]
+    assert await c.series("PL", START, END) is walked  # the offline memo's answer, not a repaint
+    assert len(offline.calls) == 1
+    assert live.calls == []
+
+    fresh = build(clock)[0]  # the per-zone lane alone gives the same answer
+    painted = await fresh.series("PL", START, END)
+    assert painted.series.values.tolist() == walked.series.values.tolist()
+    assert painted.series.runs == walked.series.runs
+    assert painted.warnings == walked.warnings
+
+    offline.error = UnknownZone("no such zone")
+    later = START + 24 * HOUR
+    assert c.series_many(("PL",), later, later + 6 * HOUR) == [None]
+    with pytest.raises(UnknownZone):
+        await c.series("PL", later, later + 6 * HOUR)
