@@ -407,6 +407,9 @@ class CarbonChain:
     ) -> list[SeriesResult | None]:
         """`series_cached` for every zone in one pass: each answer, or None where `series` is needed.
 
+        A bundled-only zone (no live route) never needs it: a new window of one is painted here,
+        synchronously (`_paint_bundled`), unless that fails, which `series` then raises.
+
         Why: a request asks 20–150 zones, each through route → memo key → live memo → the sources'
         `peek` → the tier, although every answer is an in-process memo hit. When every zone hits
         and every source consumed can say how long its answer stays the same (`peek_lease`), the
