@@ -513,11 +513,8 @@ class Ledger:
         # identity, and they are kept alive with it) and only the request's own fields change.
         best, baseline = result["best"], result.get("baseline")
         warnings, objective = result.get("warnings", ()), result.get("objective")
-        if not remember:
-            part = AnswerPart.later(self._build_part, best, baseline, warnings, objective, explicit_baseline)
-            return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
         parts = self._answer_parts
-        kept = parts.get(id(best))
+        kept = parts.get(id(best)) if remember else None
         if (
             kept is not None
             and kept[0] is best
@@ -530,11 +527,12 @@ class Ledger:
         else:
             # Built by the writer, with its batch (`AnswerPart`: cold here, warm there).
             part = AnswerPart.later(self._build_part, best, baseline, warnings, objective, explicit_baseline)
-            if len(parts) >= _ANSWER_PARTS_MAX:
-                # The oldest only: dropping all at once freed up to 256 answers' objects in one
-                # go, and frees the collector does not see coming make it run more often.
-                del parts[next(iter(parts))]
-            parts[id(best)] = (best, baseline, warnings, objective, explicit_baseline, part)
+            if remember:
+                if len(parts) >= _ANSWER_PARTS_MAX:
+                    # The oldest only: dropping all at once freed up to 256 answers' objects in one
+                    # go, and frees the collector does not see coming make it run more often.
+                    del parts[next(iter(parts))]
+                parts[id(best)] = (best, baseline, warnings, objective, explicit_baseline, part)
         return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
 
     def _answer_values(
