@@ -439,7 +439,9 @@ class CarbonChain:
             zone_key = (zone, key[1], key[2], signal)
             if not route:
                 hit = self._offline_cached(zone_key)
-                results.append(hit if hit is not None else self._bundled_or_none(zone, start, end, signal))
+                if hit is None:
+                    hit = self._bundled_or_none(zone, start, end, signal, zone_key)
+                results.append(hit)
                 continue
             result, zone_leases = self._live_leased(zone_key, route, zone, now, now_floor)
             results.append(result)
@@ -452,7 +454,7 @@ class CarbonChain:
         return results
 
     def _bundled_or_none(
-        self, zone: str, start: datetime, end: datetime, signal: Signal
+        self, zone: str, start: datetime, end: datetime, signal: Signal, key: _MemoKey
     ) -> SeriesResult | None:
         """A route-less zone's new window painted now (`_paint_bundled`); None if that fails.
 
@@ -460,7 +462,7 @@ class CarbonChain:
         the caller handles it.
         """
         try:
-            return self._paint_bundled(zone, start, end, signal, self._memo_key(zone, start, end, signal))
+            return self._paint_bundled(zone, start, end, signal, key)
         except (CarbonOptimizerError, ValueError):
             return None
 
@@ -557,16 +559,14 @@ class CarbonChain:
         if end <= start:
             raise ValueError("series needs start < end")
         route = self.route(zone, signal)
+        key = self._memo_key(zone, start, end, signal)
         if not route:
-            cached = self.series_cached(zone, start, end, signal)
-            if cached is not None:
-                return cached
+            cached = self._offline_cached(key)
             # Bundled data alone: painted synchronously (no task, no flight to share: nothing
             # can interleave with it, and the next request finds it in the offline memo).
-            return self._paint_bundled(zone, start, end, signal, self._memo_key(zone, start, end, signal))
+            return cached if cached is not None else self._paint_bundled(zone, start, end, signal, key)
         # One painting per answer at a time: concurrent requests that all miss (a new hour at c=16)
         # share it instead of each painting the same canvas; a caller giving up does not cancel it.
-        key = self._memo_key(zone, start, end, signal)
         flight_key = (*key, floor_to(self._clock(), HOUR))
         flight = self._painting.get(flight_key)
         if flight is None:
