@@ -593,7 +593,7 @@ class CarbonChain:
         now = self._clock()
         now_floor = floor_to(now, HOUR)
         steps: list[_Step] = []
-        memo = self._live_memo.get(key) if route else None
+        memo = self._live_memo.get(key)  # only routed zones reach `_paint` (bundled: `_paint_bundled`)
         if (
             memo is not None
             and memo.now_floor == now_floor
