@@ -238,7 +238,10 @@ def test_the_due_date_follows_the_later_end_and_the_delay() -> None:
 async def test_new_placement_ids_are_distinct_time_ordered_version_7_uuids() -> None:
     ledger = _ledger()
     before_ms = time.time_ns() // 1_000_000
-    ids = [ledger._new_id() for _ in range(700)]  # past the pool: refilled between requests
+    ids = [ledger._new_id() for _ in range(700)]  # past the pool, without yielding once
+    # Served from the pool, refilled 256 at a time when empty (not one read per id while the
+    # caller never yields, as a callback-based refill did): 3 reads, 68 tails left.
+    assert len(ledger._tails) == 3 * 256 - 700
     await asyncio.sleep(0.05)  # past the 16 ms a time part is reused for
     later = [ledger._new_id() for _ in range(3)]
     after_ms = time.time_ns() // 1_000_000
