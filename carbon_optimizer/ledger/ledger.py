@@ -381,7 +381,11 @@ class Ledger:
             placement_id, request, result, cid, self.clock(), request_id, idempotency_key, cache_hit
         )
         if idempotency_key is None:
-            row.workload = self._workload(request)
+            part = row.part  # a hit's is its stored answer's, which came from this very body
+            workload = part.workload
+            if workload is None:
+                workload = part.workload = self._workload(request)
+            row.workload = workload
             return row
         known = None if raw is None else self._bodies.get(raw)
         if known is not None:

@@ -92,9 +92,15 @@ class AnswerPart:
         "_tail",
         "_values",
         "_warnings",
+        "workload",
     )
 
     def __init__(self, values: dict[str, Any]) -> None:
+        # The workload JSON of the body behind this answer, once a row of it needed it: a
+        # result-cache hit's part is kept per stored answer, and a stored answer comes from one
+        # body (the cache's key), so every later hit's row takes it from here instead of
+        # looking the workload up again (`Ledger._optimize_source`).
+        self.workload: str | None = None
         self._values: dict[str, Any] | None = _checked(values)
         self._build: BuildPart | None = None
         self._best = self._baseline = self._warnings = self._objective = None
@@ -109,6 +115,7 @@ class AnswerPart:
         """A part whose values `build(best, baseline, warnings, objective, explicit)` give on first use."""
         part = cls.__new__(cls)
         part._values, part._build, part._owner, part._tail = None, build, None, ()
+        part.workload = None
         part._best, part._baseline, part._warnings = best, baseline, warnings
         part._objective, part._explicit = objective, explicit
         return part

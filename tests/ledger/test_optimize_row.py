@@ -305,6 +305,34 @@ def test_a_fresh_answer_s_part_is_not_remembered_and_the_first_hit_s_is() -> Non
     assert dict(fresh) | {"id": "p2", "request_id": "r2"} == dict(hit)
 
 
+async def test_hits_of_one_stored_answer_take_its_body_s_workload_and_no_other_answer_does() -> None:
+    # The route's default recording (`queue_optimize`): a hit's row takes the workload's JSON
+    # remembered with its stored answer's part (a stored answer comes from one body), so it is
+    # looked up once per stored answer; another stored answer, from another body, has its own.
+    ledger = _ledger()
+    small = OptimizeRequest.model_validate(BODY)
+    large = OptimizeRequest.model_validate(
+        {**BODY, "workload": {"duration_minutes": 120, "vcpus": 16, "memory_gib": 16}}
+    )
+    stored_small, stored_large = _result(baseline=True), _result(baseline=True)
+    queued: list[Any] = []
+    ledger.recorder.put_new = queued.append  # type: ignore[method-assign,assignment]  # see what is queued
+    for request_, stored in ((small, stored_small), (large, stored_large), (small, stored_small)):
+        for i in range(2):
+            hit = {**stored, "request_id": f"r{i}"}
+            fields = ledger.queue_optimize(request_, hit, None, f"r{i}", None, None, True)
+            assert fields is not None
+            assert fields["queued"] is True
+    fresh = ledger.queue_optimize(large, {**_result(baseline=True), "request_id": "f"}, None, "f", None)
+    assert fresh is not None
+    expected = [_reference(ledger, r, _result(baseline=True), None)["workload"] for r in (small, large)]
+    assert expected[0] != expected[1]
+    workloads = [row.workload for row in queued]
+    assert workloads == [expected[0]] * 2 + [expected[1]] * 2 + [expected[0]] * 2 + [expected[1]]
+    assert queued[0].part is queued[5].part is not queued[2].part  # per stored answer
+    assert queued[6].part is not queued[2].part  # a fresh answer's part is its own
+
+
 def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     """A hit wraps the stored answer's objects in a new dict: same answer part, the request's own fields."""
     ledger = _ledger()
