@@ -13,7 +13,12 @@ Run: `python bench/bench_ledger.py` (needs `wrk` and, for the report part, Postg
    the cheapest optimize path, so the largest relative overhead) and `unique` (every request a
    different body, its earliest start moving by seconds: nothing the ledger remembers repeats).
    Target: ≤ 10 % fewer req/s (`overhead_pct`, from the medians of the rounds;
-   `overhead_pct_paired` is the median of each round's own pair, steadier on a noisy VM).
+   `overhead_pct_paired` is the median of each round's own pair, steadier on a noisy VM, and
+   `overhead_pct_paired_iqr` the quartiles of those pairs: how far one run can be trusted).
+   The flag that runs first alternates from round to round. The second run of a pair inherits
+   the first's warm memos (unique bodies walk the same starts) and its writer's backlog, and on
+   a noisy VM the first of two runs often did better. A fixed order would bias every pair the
+   same way; alternating cancels that in the paired median.
    Besides req/s, from /proc around each run: the server's CPU per
    request (whole process, and its event-loop thread alone), and from `gc.callbacks` in the
    server (`instrumented_app`) its garbage collections per 1 000 requests (young, middle, old)
@@ -197,23 +202,26 @@ def http_overhead(
                 for flag in (False, True):  # warm both paths
                     run_wrk(url, 16, 1, scripts[flag])
                 runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-                for _ in range(rounds):
-                    for flag in (False, True):
+                for round_ in range(rounds):  # which flag goes first alternates (module doc)
+                    for flag in (False, True) if round_ % 2 == 0 else (True, False):
                         runs[flag].append(_measured(proc.pid, url, seconds, scripts[flag], gc_file))
 
                 def median(flag: bool, key: str, runs: dict[bool, list[dict[str, Any]]] = runs) -> float:
                     return round(float(statistics.median(r[key] for r in runs[flag])), 3)
 
                 floor, recorded = median(False, "rps"), median(True, "rps")
-                # Each round's own pair (false, then true, back to back): the machine's slow
-                # swings cancel within a pair, not across the medians of all rounds.
+                # Each round's own pair (back to back): the machine's slow swings cancel within a
+                # pair, not across the medians of all rounds.
                 pairs = zip(runs[False], runs[True], strict=True)
-                paired = statistics.median(100.0 * (a["rps"] - b["rps"]) / a["rps"] for a, b in pairs)
+                each = [100.0 * (a["rps"] - b["rps"]) / a["rps"] for a, b in pairs]
+                paired = statistics.median(each)
+                quartiles = statistics.quantiles(each, n=4) if len(each) > 1 else [paired] * 3
                 results[mode] = {
                     "rps_record_false": round(floor, 1),
                     "rps_record_true": round(recorded, 1),
                     "overhead_pct": round(100.0 * (floor - recorded) / floor, 1),
                     "overhead_pct_paired": round(paired, 1),
+                    "overhead_pct_paired_iqr": [round(quartiles[0], 1), round(quartiles[2], 1)],
                     "cpu_ms_per_request": [median(False, "cpu_ms"), median(True, "cpu_ms")],
                     "loop_cpu_ms_per_request": [median(False, "loop_cpu_ms"), median(True, "loop_cpu_ms")],
                     "gc_per_1000_requests": {
