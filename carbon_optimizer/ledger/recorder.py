@@ -399,10 +399,18 @@ def _materialise(
     part fails to build is replaced there, and in `batch`, by a broken item (never retried).
     """
     rows: list[Mapping[str, Any]] = []
+    # The last answer part that built: the rows of a result-cache hit's answer share one, and a
+    # batch of them is mostly that answer's, so each such row skips the call (a part that
+    # failed is tried, and logged, again for every row of it, as before).
+    built: object = None
     for at, item in enumerate(batch):
         if type(item) is OptimizeRow:
+            if item.part is built:
+                rows.append(item)
+                continue
             failed = _part_failure(item)
             if failed is None:
+                built = item.part
                 rows.append(item)
                 continue
             broken = _Item(item.id, {"id": item.id}, "optimize", broken=failed)

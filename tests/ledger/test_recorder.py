@@ -215,6 +215,39 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
         await recorder.aclose()
 
 
+async def test_rows_sharing_an_answer_part_build_it_once_and_a_failing_one_fails_each_of_its_rows() -> None:
+    # Result-cache hits of one stored answer share its part. The writer builds it once for all
+    # of them; rows of a part that cannot be built are each left out (and logged), and the rows
+    # of another part around them are written. All five are queued before the writer runs: one
+    # batch.
+    repo = FlakyRepository(down=False)
+    recorder = _recorder(repo, queue_max=10)
+    built: list[str] = []
+
+    def good(best: dict[str, Any], *_: Any) -> dict[str, Any]:
+        built.append("good")
+        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": best["zone"]}
+
+    def broken(*_: Any) -> dict[str, Any]:
+        built.append("broken")
+        raise KeyError("best")
+
+    def rows_of(part: AnswerPart, *ids: str) -> list[OptimizeRow]:
+        return [OptimizeRow(part, placement_id, "c", None, "r", None) for placement_id in ids]
+
+    fine = AnswerPart.later(good, {"zone": "FR"}, None, [], None, False)
+    bad = AnswerPart.later(broken, {"zone": "DE"}, None, [], None, False)
+    try:
+        for row in [*rows_of(fine, "g1", "g2"), *rows_of(bad, "b1", "b2"), *rows_of(fine, "g3")]:
+            recorder.put_new(row)
+        await eventually(lambda: recorder.depth == 0, 3.0)
+        assert set(repo.rows) == {"g1", "g2", "g3"}
+        assert repo.attempts == 1
+        assert built == ["good", "broken", "broken"]  # once for its three rows; per row of the other
+    finally:
+        await recorder.aclose()
+
+
 async def test_under_load_rows_gather_longer_but_a_waiting_request_still_commits_at_once() -> None:
     # After a large batch the writer gathers for up to 4 commit intervals (here 4 × 2 s); rows
     # offered meanwhile share one commit, and a request that waits for its commit cuts the
