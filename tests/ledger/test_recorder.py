@@ -173,6 +173,20 @@ async def test_a_row_that_cannot_be_built_fails_alone_and_the_rest_is_written() 
     assert repo.closed  # the writer released what it held
 
 
+def _builders(built: list[str]) -> tuple[Any, Any]:
+    """Answer-part builders that log each call in `built`: one that works, one that raises."""
+
+    def good(best: dict[str, Any], *_: Any) -> dict[str, Any]:
+        built.append("good")
+        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": best["zone"]}
+
+    def broken(*_: Any) -> dict[str, Any]:
+        built.append("broken")
+        raise KeyError("best")
+
+    return good, broken
+
+
 def _lazy_row(placement_id: str, build: Any) -> OptimizeRow:
     part = AnswerPart.later(build, {"zone": "FR"}, None, [], None, False)
     return OptimizeRow(part, placement_id, "c", None, "r", None)
@@ -189,13 +203,7 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
     repo = FlakyRepository(down=True)  # held in the queue: nothing builds it yet
     recorder = _recorder(repo, write_timeout_s=5.0)
     built: list[str] = []
-
-    def good(best: dict[str, Any], *_: Any) -> dict[str, Any]:
-        built.append("good")
-        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": best["zone"]}
-
-    def broken(*_: Any) -> dict[str, Any]:
-        raise KeyError("best")
+    good, broken = _builders(built)
 
     try:
         for row in (_lazy_row("bad", broken), _lazy_row("good", good)):
@@ -209,7 +217,7 @@ async def test_an_answer_part_is_built_by_the_writer_and_a_failing_one_fails_its
         await eventually(lambda: recorder.depth == 0, 3.0)
         assert set(repo.rows) == {"good"}
         assert repo.rows["good"]["zone"] == "FR"
-        assert built == ["good"]  # built once, although its first batch failed
+        assert built == ["broken", "good"]  # each built once, though the first batch failed
         assert recorder.healthy  # the broken part is a bug, not a database failure
     finally:
         await recorder.aclose()
@@ -223,14 +231,7 @@ async def test_rows_sharing_an_answer_part_build_it_once_and_a_failing_one_fails
     repo = FlakyRepository(down=False)
     recorder = _recorder(repo, queue_max=10)
     built: list[str] = []
-
-    def good(best: dict[str, Any], *_: Any) -> dict[str, Any]:
-        built.append("good")
-        return {name: None for name in OPTIMIZE_COLUMNS} | {"origin": "optimize", "zone": best["zone"]}
-
-    def broken(*_: Any) -> dict[str, Any]:
-        built.append("broken")
-        raise KeyError("best")
+    good, broken = _builders(built)
 
     def rows_of(part: AnswerPart, *ids: str) -> list[OptimizeRow]:
         return [OptimizeRow(part, placement_id, "c", None, "r", None) for placement_id in ids]
