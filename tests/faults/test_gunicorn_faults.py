@@ -159,11 +159,17 @@ def test_connection_bound_per_worker_answers_503_problem(tmp_path: Path) -> None
     try:
         for _ in range(16):  # idle keep-alive-like connections, spread over both workers by the kernel
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-        time.sleep(1.0)  # let both workers accept theirs (slower when the machine is loaded)
-        answers = [
-            _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            for _ in range(8)
-        ]
+        # Probe until a worker holding its two is reached, at least 8 times. A worker accepts the
+        # idle connections when its loop gets to them: a fixed 1 s wait was not always enough on
+        # a loaded machine (every probe then went to a worker still below its bound).
+        probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answers: list[bytes] = []
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            answers.append(_raw(server.port, probe))
+            if len(answers) >= 8 and any(a.startswith(b"HTTP/1.1 503") for a in answers):
+                break
+            time.sleep(0.1)
     finally:
         for conn in idle:
             conn.close()
