@@ -13,8 +13,8 @@ each batch is a single round of work:
   hand-over (two context switches) that stalls the loop each time. One statement per batch
   takes it back a few times per batch.
 - PostgreSQL (asyncpg): a connection held by the writer (taken from the engine's pool, so it has
-  the engine's settings and JSON codecs), `executemany` of a prepared INSERT inside one
-  transaction.
+  the engine's settings and JSON codecs); the batch goes as one JSON document that one
+  INSERT … SELECT unpacks on the server, inside one transaction (`_AsyncpgInserter`).
 
 Values go through the very bind processors SQLAlchemy would use for these columns and dialect, so
 the stored form (e.g. SQLite's datetime text, JSON text) is the same as the generic path's and
@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import chain
@@ -299,6 +300,47 @@ class _Columns:
         return out
 
 
+_SHARED_NAMES: Final = ("origin", *OPTIMIZE_COLUMNS[SHARED_FROM:])  # `_Columns.shared`'s order
+_PG_TYPES: Final = {
+    column.name: (
+        "json"
+        if isinstance(column.type, JSON)
+        else "timestamp"
+        if column.type.python_type is datetime
+        else "float8"
+        if isinstance(column.type, Float)
+        else "integer"
+        if column.type.python_type is int
+        else "text"  # no varchar(n) cast: an explicit one truncates, the INSERT's own refuses
+    )
+    for column in placements.columns
+}
+
+
+def _pg_value(source: str, name: str) -> str:
+    """The SQL giving column `name` from `source` (a document field's text, or a parameter)."""
+    if source.startswith("$"):
+        return f"{source}::{_PG_TYPES[name]}"
+    return source if _PG_TYPES[name] == "text" else f"({source})::{_PG_TYPES[name]}"
+
+
+def _all_finite(values: Iterable[Any]) -> bool:
+    """No NaN or infinity among `values` (numbers or None), checked in C: their sum is finite.
+
+    A sum of finite values that overflows reads as non-finite too; that batch then merely takes
+    the slower `executemany`.
+    """
+    return math.isfinite(sum(filter(None, values)))
+
+
+def _tuple_getter(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """`itemgetter(*at)`, always giving a tuple (itemgetter of one index gives the bare value)."""
+    if len(at) == 1:
+        only = at[0]
+        return lambda row: (row[only],)
+    return itemgetter(*at) if at else (lambda row: ())
+
+
 class _SqliteInserter:
     def __init__(self, path: str, dialect: Dialect) -> None:
         self._path = path
@@ -466,12 +508,31 @@ class _SqliteInserter:
 
 
 class _AsyncpgInserter:
+    """PostgreSQL: a batch is one JSON document, unpacked by one INSERT … SELECT on the server.
+
+    Why not `executemany`: it encodes every value of every row on the event loop (asyncpg's
+    codecs) and sends a Bind and an Execute per row, which the server then runs one at a time.
+    At c=16 that cost the result-cache path 12–14 % of its throughput when recorded
+    (bench/bench_ledger.py --postgresql). Here the loop makes one orjson call per batch, in C,
+    and the server unpacks the rows itself (`jsonb_array_elements`), in their batch order (the
+    first of two rows with one id is the one kept, as with `executemany`). Rows sharing one
+    answer part send its columns once, as the statement's typed parameters; the document then
+    holds each row's own seven values only.
+
+    The document's values are the converted ones (`_Columns`): naive UTC datetimes, which orjson
+    writes as ISO text and PostgreSQL reads back exactly, JSON columns as their text, floats as
+    their shortest repr. JSON has no NaN or infinity (orjson would write null), so a batch with
+    a non-finite float in its document takes `executemany`, which stores them as the generic path
+    does (a shared part's floats are parameters, and keep them either way).
+    """
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._columns = _Columns(engine.dialect)
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
         self._sql: dict[tuple[str, ...], str] = {}
+        self._float_getters: dict[tuple[str, ...], Callable[[Sequence[Any]], tuple[Any, ...]]] = {}
 
     async def _connect(self) -> Any:
         if self._driver is None:
@@ -497,9 +558,45 @@ class _AsyncpgInserter:
             self._sql[key] = sql
         return sql
 
-    async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
+    def _document_sql(self, names: Sequence[str], shared: Sequence[str] = ()) -> str:
+        """The INSERT … SELECT of a document of rows of `names`, with `shared` as $2, $3 and on."""
+        key = ("document", *names, "shared", *shared)
+        sql = self._sql.get(key)
+        if sql is None:
+            own = [_pg_value(f"e->>{i}", name) for i, name in enumerate(names)]
+            common = [_pg_value(f"${i}", name) for i, name in enumerate(shared, start=2)]
+            sql = (
+                f"INSERT INTO {placements.name} ({','.join((*names, *shared))}) "  # noqa: S608 (column names from the table)
+                f"SELECT {','.join((*own, *common))} "
+                "FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS r(e, n) "
+                "ORDER BY n ON CONFLICT DO NOTHING"
+            )
+            self._sql[key] = sql
+        return sql
+
+    def _statement(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any], bool]:
+        """(SQL, parameters, whether to `executemany` them): the document, unless a float is not finite."""
+        split = self._columns.shared(rows)
+        if split is not None:
+            shared, own = split  # every float is the part's: a typed parameter, not in JSON
+            return self._document_sql(OWN, _SHARED_NAMES), [orjson.dumps(own).decode(), *shared], False
         names = self._columns.layout(rows)
         values = self._columns.values(rows, names)
+        if not _all_finite(chain.from_iterable(map(self._floats_of(names), values))):
+            return self._insert_sql(names), values, True
+        return self._document_sql(names), [orjson.dumps(values).decode()], False
+
+    def _floats_of(self, names: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """A getter of the float columns' values from a row of `names` (as a tuple)."""
+        key = tuple(names)
+        getter = self._float_getters.get(key)
+        if getter is None:
+            at = [i for i, name in enumerate(names) if _PG_TYPES[name] == "float8"]
+            getter = self._float_getters[key] = _tuple_getter(at)
+        return getter
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
+        statement = self._statement(rows)
         driver = await self._connect()
         try:
             async with driver.transaction():
@@ -509,7 +606,11 @@ class _AsyncpgInserter:
                         f"SELECT id, fingerprint FROM {placements.name} WHERE id = ANY($1::varchar[])",  # noqa: S608
                         list(check_ids),
                     )
-                await driver.executemany(self._insert_sql(names), values)
+                sql, params, many = statement
+                if many:
+                    await driver.executemany(sql, params)
+                else:
+                    await driver.execute(sql, *params)
         except BaseException:
             await self._drop(invalidate=True)
             raise

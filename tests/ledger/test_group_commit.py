@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -422,6 +423,79 @@ async def test_optimize_rows_sharing_answer_parts_are_stored_as_the_generic_path
         assert (await fast.get("fast-0") or {})["zone"] == ("PL" if answers == 2 else "FR")
     finally:
         await recorder.aclose()
+        await fast.close()
+
+
+def _same_stored(one: Any, two: Any) -> bool:
+    return one == two or (
+        isinstance(one, float) and isinstance(two, float) and math.isnan(one) and math.isnan(two)
+    )
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["plain rows", "rows of one answer part"])
+async def test_non_finite_floats_are_stored_as_the_generic_path_stores_them(
+    engine: AsyncEngine, shared: bool
+) -> None:
+    # On PostgreSQL a batch travels as one JSON document, and JSON has no NaN or infinity
+    # (orjson writes null): such a batch must take `executemany` and keep the values. The floats
+    # are in nullable columns, which SQLite stores NaN in as NULL; either way, both paths agree.
+    fast, generic = LedgerRepository(engine), LedgerRepository(engine, fast_insert=False)
+    ledger, recorder = make_ledger(fast)
+    odd = {**RESULT, "best": {**option("FR", T0), "cost_usd": math.nan}}
+    odd["baseline"] = {**option("DE", T0, intensity=400), "cost_usd": math.inf}
+
+    def rows(prefix: str) -> list[Mapping[str, Any]]:
+        if shared:
+            return [
+                ledger._optimize_row(f"{prefix}-{i}", REQUEST, odd, "alice", T0, f"r{i}", None)
+                for i in range(3)
+            ]
+        return [
+            {**placement_row(f"{prefix}-{i}"), "cost_usd": math.nan, "baseline_cost_usd": -math.inf}
+            for i in range(3)
+        ]
+
+    try:
+        await fast.insert_placements(rows("fast"))
+        await generic.insert_placements(rows("generic"))
+        async with engine.connect() as conn:
+            stored = {
+                r[0]: (r[1], r[2])
+                for r in await conn.exec_driver_sql(
+                    "SELECT id, cost_usd, baseline_cost_usd FROM ledger_placements"
+                )
+            }
+        assert len(stored) == 6
+        for i in range(3):
+            one, two = stored[f"fast-{i}"], stored[f"generic-{i}"]
+            assert all(_same_stored(a, b) for a, b in zip(one, two, strict=True)), (one, two)
+        assert stored["fast-0"][1] == (math.inf if shared else -math.inf)
+        if engine.dialect.name == "postgresql":
+            assert math.isnan(stored["fast-0"][0])
+    finally:
+        await recorder.aclose()
+        await fast.close()
+
+
+async def test_of_two_rows_with_one_id_in_a_batch_the_first_is_kept(engine: AsyncEngine) -> None:
+    # A batch is inserted in its order on both engines (one multi-row INSERT on SQLite, one
+    # document unpacked in order on PostgreSQL): a row whose id comes again later in the batch
+    # is the one stored, as with one INSERT per row.
+    fast = LedgerRepository(engine)
+    try:
+        first = {**placement_row("same"), "request_id": "first"}
+        rows = [
+            placement_row("a"),
+            first,
+            {**placement_row("same"), "request_id": "second"},
+            placement_row("b"),
+        ]
+        await fast.insert_placements(rows)
+        got = await fast.get("same")
+        assert got is not None
+        assert got["request_id"] == "first"
+        assert await _stored_ids(engine) == {"a", "same", "b"}
+    finally:
         await fast.close()
 
 
