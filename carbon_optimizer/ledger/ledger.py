@@ -336,6 +336,17 @@ class Ledger:
         recorder = self.recorder
         if recorder.write_timeout_s > 0:
             return None
+        keyed = idempotency_key is not None
+        hit = self._hit_row(request, result, client_id, request_id) if cache_hit and not keyed else None
+        if hit is not None:  # the general path's row, made in fewer steps
+            try:
+                recorder.put_new(hit)
+            except QueueFull:
+                return dict(_QUEUE_FULL)
+            fields = {"placement_id": hit.id, "recorded": False, "queued": True}
+            if not recorder.healthy:
+                fields["warning"] = _NOT_COMMITTED
+            return fields
         made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw, cache_hit)
         if isinstance(made, dict):
             return made
@@ -351,6 +362,42 @@ class Ledger:
         if not recorder.healthy:
             fields["warning"] = _NOT_COMMITTED
         return fields
+
+    def _hit_row(
+        self,
+        request: BaseModel | Mapping[str, Any],
+        result: Mapping[str, Any],
+        client_id: str | None,
+        request_id: str,
+    ) -> OptimizeRow | None:
+        """A result-cache hit's row, when its answer part and workload are remembered; else None.
+
+        The row `_optimize_source` makes for such a hit (no Idempotency-Key), in one step instead
+        of four calls with their keyword arguments: every recorded hit of a stored answer after
+        its first comes here, and the hook then cost ~2.2 µs in a tight loop (~6.5 in the
+        running server, 5 % of a hit's throughput at c=16). None, with nothing changed, whenever
+        the general path might answer otherwise (another signal, a part not yet remembered or
+        built for other answer objects or another baseline flag, a body given as a mapping).
+        """
+        best = result.get("best")
+        kept = self._answer_parts.get(id(best))
+        if (
+            kept is None
+            or kept[0] is not best
+            or kept[1] is not result.get("baseline")
+            or kept[2] is not result.get("warnings", ())
+            or kept[3] is not result.get("objective")
+            or getattr(request, "signal", None) != "average"  # a mapping has no such attribute
+            or kept[4] is not (getattr(request, "baseline", None) is not None)
+        ):
+            return None
+        part = kept[5]
+        workload = part.workload
+        if workload is None:
+            return None
+        return OptimizeRow(
+            part, self._new_id(), client_id or ANONYMOUS, self.clock(), request_id, None, None, workload
+        )
 
     def _optimize_source(
         self,

@@ -333,6 +333,62 @@ async def test_hits_of_one_stored_answer_take_its_body_s_workload_and_no_other_a
     assert queued[6].part is not queued[2].part  # a fresh answer's part is its own
 
 
+def _queue_hits(ledger: Ledger, asked: Sequence[Any], stored: dict[str, Any]) -> list[Any]:
+    """What `queue_optimize` queues for result-cache hits of `stored` asked for by `asked`, in turn."""
+    queued: list[Any] = []
+    ledger.recorder.put_new = queued.append  # type: ignore[method-assign,assignment]  # see what is queued
+    for i, request_ in enumerate(asked):
+        fields = ledger.queue_optimize(
+            request_, {**stored, "request_id": f"r{i}"}, "alice", f"r{i}", None, None, True
+        )
+        assert fields is not None
+        if fields.get("queued"):
+            assert fields["placement_id"] == queued[-1].id
+        else:
+            queued.append(fields)  # not recorded: what it says instead
+    return queued
+
+
+def test_every_recorded_hit_queues_the_general_path_s_row_whatever_the_request_asks() -> None:
+    # `queue_optimize` makes the row of a hit whose answer part is remembered in one step
+    # (`Ledger._hit_row`) and leaves every other case to the general path. Hits of one stored
+    # answer asked for with the default baseline, a named one, the marginal signal and as a
+    # mapping, in an order that switches between them, must queue what the general path alone
+    # queues (a ledger whose `_hit_row` always declines), and the one step must have been taken.
+    plain = OptimizeRequest.model_validate(BODY)
+    named = OptimizeRequest.model_validate({**BODY, "baseline": {"location": {"zone": "FR"}}})
+    marginal = OptimizeRequest.model_validate({**BODY, "signal": "marginal"})
+    mapping = dict(BODY, signal="average")
+    asked = [plain, plain, plain, named, named, plain, marginal, plain, mapping, mapping, plain, named]
+    stored = _result(baseline=True)
+    fast, general = _ledger(), _ledger()
+    general._hit_row = lambda *_: None  # type: ignore[method-assign]
+    general_path = fast._optimize_source
+    taken: list[str] = []
+
+    def counted(*args: Any) -> Any:
+        taken.append(args[3])  # the request id
+        return general_path(*args)
+
+    fast._optimize_source = counted  # type: ignore[method-assign]
+    one, other = _queue_hits(fast, asked, stored), _queue_hits(general, asked, stored)
+    own = {"id", "created_at"}
+    assert [{k: v for k, v in dict(r).items() if k not in own} for r in one] == [
+        {k: v for k, v in dict(r).items() if k not in own} for r in other
+    ]
+    assert one[6] == other[6]  # the marginal hit: not recorded, and said why
+    assert one[6]["placement_id"] is None
+    assert "average intensity" in one[6]["warning"]
+    assert len({r["id"] for r in one if "id" in r}) == len(asked) - 1
+    # The general path made the first row of each part (the first plain, named, plain again and
+    # named again: each takes the memo over), the marginal and the mappings (no attributes);
+    # the one step the repeats, the plain after the mappings too (their part has its flag).
+    assert taken == ["r0", "r3", "r5", "r6", "r8", "r9", "r11"]
+    # One body per stored answer (as the result cache hands them out): the reference row.
+    for row in _queue_hits(_ledger(), [plain] * 3, stored):
+        assert dict(row) | {"id": "p1", "request_id": "rid"} == _reference(_ledger(), plain, stored, None)
+
+
 def test_a_result_cache_hit_reuses_the_answer_part_and_only_that() -> None:
     """A hit wraps the stored answer's objects in a new dict: same answer part, the request's own fields."""
     ledger = _ledger()
