@@ -30,6 +30,7 @@ def _oracle(scores: np.ndarray, means: np.ndarray, k: int, per: int | None) -> l
 
 @pytest.mark.parametrize("seed", range(30))
 @pytest.mark.parametrize("per", [None, 1, 2, 3])
+@pytest.mark.usefixtures("kth_pair")
 def test_select_matches_brute_force(seed: int, per: int | None) -> None:
     rng = np.random.default_rng(seed)
     rows, starts = int(rng.integers(1, 5)), int(rng.integers(1, 9))
@@ -48,6 +49,7 @@ def test_without_collapse_duplicates_stay() -> None:
 
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize("per", [2, 3])
+@pytest.mark.usefixtures("kth_pair")
 def test_fast_per_location_path_matches_brute_force_on_wider_grids(seed: int, per: int) -> None:
     rng = np.random.default_rng(1000 + seed)
     rows, starts = int(rng.integers(1, 7)), int(rng.integers(10, 60))

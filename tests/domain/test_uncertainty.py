@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carbon_optimizer.domain import order_stats
 from carbon_optimizer.domain import uncertainty as unc
 from carbon_optimizer.forecast_data import load_error_model
 
@@ -335,7 +336,13 @@ def test_partition_quantile_is_the_sorted_quantile_bit_for_bit(
     rng = np.random.default_rng(seed)
     values = rng.integers(0, levels, size=(rows, draws)) * 0.37 + rng.normal(size=(rows, 1))
     expected = unc._sorted_quantile(np.sort(values, axis=1), q)
-    assert np.array_equal(unc._partition_quantile(values, q), expected)
+    before = order_stats.pair_kth()
+    try:
+        for pair in (False, True):  # either np.partition form (`domain.order_stats`)
+            order_stats.use_pair_kth(pair)
+            assert np.array_equal(unc._partition_quantile(values, q), expected)
+    finally:
+        order_stats.use_pair_kth(before)
     assert np.allclose(expected, np.quantile(values, q, axis=1), rtol=0, atol=1e-12)
 
 
