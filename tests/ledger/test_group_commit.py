@@ -459,8 +459,8 @@ async def test_non_finite_floats_are_stored_as_the_generic_path_stores_them(
         await fast.insert_placements(rows("fast"))
         await generic.insert_placements(rows("generic"))
         async with engine.connect() as conn:
-            stored = {
-                r[0]: (r[1], r[2])
+            stored: dict[str, tuple[Any, ...]] = {
+                r[0]: tuple(r[1:])
                 for r in await conn.exec_driver_sql(
                     "SELECT id, cost_usd, baseline_cost_usd FROM ledger_placements"
                 )

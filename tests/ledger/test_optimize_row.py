@@ -370,7 +370,7 @@ def test_every_recorded_hit_queues_the_general_path_s_row_whatever_the_request_a
         taken.append(args[3])  # the request id
         return general_path(*args)
 
-    fast._optimize_source = counted  # type: ignore[method-assign]
+    fast._optimize_source = counted  # type: ignore[method-assign,assignment]
     one, other = _queue_hits(fast, asked, stored), _queue_hits(general, asked, stored)
     own = {"id", "created_at"}
     assert [{k: v for k, v in dict(r).items() if k not in own} for r in one] == [
