@@ -337,19 +337,17 @@ class Ledger:
         if recorder.write_timeout_s > 0:
             return None
         keyed = idempotency_key is not None
+        # A remembered hit's row in one step (the general path's row, made in fewer steps).
         hit = self._hit_row(request, result, client_id, request_id) if cache_hit and not keyed else None
-        if hit is not None:  # the general path's row, made in fewer steps
-            try:
-                recorder.put_new(hit)
-            except QueueFull:
-                return dict(_QUEUE_FULL)
-            fields = {"placement_id": hit.id, "recorded": False, "queued": True}
-            if not recorder.healthy:
-                fields["warning"] = _NOT_COMMITTED
-            return fields
-        made = self._optimize_source(request, result, client_id, request_id, idempotency_key, raw, cache_hit)
-        if isinstance(made, dict):
-            return made
+        made: OptimizeRow | Deferred | dict[str, Any]
+        if hit is not None:
+            made = hit
+        else:
+            made = self._optimize_source(
+                request, result, client_id, request_id, idempotency_key, raw, cache_hit
+            )
+            if isinstance(made, dict):
+                return made
         try:
             if idempotency_key is None and type(made) is OptimizeRow:
                 recorder.put_new(made)  # a new random id: its own queue entry

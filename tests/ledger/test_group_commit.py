@@ -63,6 +63,13 @@ async def _stored_ids(engine: AsyncEngine) -> set[str]:
         return set((await conn.execute(select(placements.c.id))).scalars())
 
 
+async def _stored_columns(engine: AsyncEngine, columns: str) -> dict[str, tuple[Any, ...]]:
+    """Each stored row's raw values of `columns` (comma-separated names), by id."""
+    async with engine.connect() as conn:
+        result = await conn.exec_driver_sql(f"SELECT id, {columns} FROM ledger_placements")
+        return {r[0]: tuple(r[1:]) for r in result}
+
+
 @asynccontextmanager
 async def _table_away(engine: AsyncEngine) -> AsyncIterator[None]:
     """The placements table is gone while inside: every write fails for real."""
@@ -342,13 +349,7 @@ async def test_the_batch_path_stores_any_datetime_and_many_rows_as_the_generic_p
     try:
         await fast.insert_placements(rows("fast"))
         await generic.insert_placements(rows("generic"))
-        async with engine.connect() as conn:
-            stored: dict[str, tuple[Any, ...]] = {
-                r[0]: tuple(r[1:])
-                for r in await conn.exec_driver_sql(
-                    "SELECT id, created_at, start_at, end_at, due_at, energy_kwh FROM ledger_placements"
-                )
-            }
+        stored = await _stored_columns(engine, "created_at, start_at, end_at, due_at, energy_kwh")
         assert len(stored) == 300
         for i in range(150):
             assert stored[f"fast-{i}"] == stored[f"generic-{i}"], i
@@ -458,13 +459,7 @@ async def test_non_finite_floats_are_stored_as_the_generic_path_stores_them(
     try:
         await fast.insert_placements(rows("fast"))
         await generic.insert_placements(rows("generic"))
-        async with engine.connect() as conn:
-            stored: dict[str, tuple[Any, ...]] = {
-                r[0]: tuple(r[1:])
-                for r in await conn.exec_driver_sql(
-                    "SELECT id, cost_usd, baseline_cost_usd FROM ledger_placements"
-                )
-            }
+        stored = await _stored_columns(engine, "cost_usd, baseline_cost_usd")
         assert len(stored) == 6
         for i in range(3):
             one, two = stored[f"fast-{i}"], stored[f"generic-{i}"]
