@@ -349,7 +349,7 @@ class Ledger:
             if isinstance(made, dict):
                 return made
         try:
-            if idempotency_key is None and type(made) is OptimizeRow:
+            if not keyed and type(made) is OptimizeRow:
                 recorder.put_new(made)  # a new random id: its own queue entry
             else:
                 recorder.put(made, origin="optimize")
@@ -377,21 +377,17 @@ class Ledger:
         the general path might answer otherwise (another signal, a part not yet remembered or
         built for other answer objects or another baseline flag, a body given as a mapping).
         """
-        best = result.get("best")
-        kept = self._answer_parts.get(id(best))
-        if (
-            kept is None
-            or kept[0] is not best
-            or kept[1] is not result.get("baseline")
-            or kept[2] is not result.get("warnings", ())
-            or kept[3] is not result.get("objective")
-            or getattr(request, "signal", None) != "average"  # a mapping has no such attribute
-            or kept[4] is not (getattr(request, "baseline", None) is not None)
-        ):
+        if getattr(request, "signal", None) != "average":  # a mapping has no such attribute
             return None
-        part = kept[5]
-        workload = part.workload
-        if workload is None:
+        part = self._remembered_part(
+            result.get("best"),
+            result.get("baseline"),
+            result.get("warnings", ()),
+            result.get("objective"),
+            getattr(request, "baseline", None) is not None,
+        )
+        workload = None if part is None else part.workload
+        if part is None or workload is None:
             return None
         return OptimizeRow(
             part, self._new_id(), client_id or ANONYMOUS, self.clock(), request_id, None, None, workload
@@ -561,17 +557,10 @@ class Ledger:
         best, baseline = result["best"], result.get("baseline")
         warnings, objective = result.get("warnings", ()), result.get("objective")
         parts = self._answer_parts
-        kept = parts.get(id(best)) if remember else None
-        if (
-            kept is not None
-            and kept[0] is best
-            and kept[1] is baseline
-            and kept[2] is warnings
-            and kept[3] is objective
-            and kept[4] is explicit_baseline
-        ):
-            part = kept[5]
-        else:
+        part = None
+        if remember:
+            part = self._remembered_part(best, baseline, warnings, objective, explicit_baseline)
+        if part is None:
             # Built by the writer, with its batch (`AnswerPart`: cold here, warm there).
             part = AnswerPart.later(self._build_part, best, baseline, warnings, objective, explicit_baseline)
             if remember:
@@ -581,6 +570,22 @@ class Ledger:
                     del parts[next(iter(parts))]
                 parts[id(best)] = (best, baseline, warnings, objective, explicit_baseline, part)
         return OptimizeRow(part, placement_id, client_id, created_at, request_id, idempotency_key)
+
+    def _remembered_part(
+        self, best: Any, baseline: Any, warnings: Any, objective: Any, explicit_baseline: bool
+    ) -> AnswerPart | None:
+        """The answer part kept for these very answer objects and baseline flag, or None."""
+        kept = self._answer_parts.get(id(best))
+        if (
+            kept is not None
+            and kept[0] is best
+            and kept[1] is baseline
+            and kept[2] is warnings
+            and kept[3] is objective
+            and kept[4] is explicit_baseline
+        ):
+            return kept[5]
+        return None
 
     def _answer_values(
         self,
