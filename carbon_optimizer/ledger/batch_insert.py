@@ -43,6 +43,7 @@ from sqlalchemy import JSON, Float, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from carbon_optimizer.ledger import rollups
 from carbon_optimizer.ledger.models import placements
 from carbon_optimizer.ledger.rows import OPTIMIZE_COLUMNS, OWN, SHARED_FROM, OptimizeRow
 
@@ -65,6 +66,10 @@ class BatchInserter(Protocol):
 
     async def close(self) -> None:
         """Release the connection (and thread)."""
+        ...
+
+    async def roll_up(self) -> int:
+        """SQLite: take every placement past the rollups' watermark in (`rollups`); else 0."""
         ...
 
 
@@ -348,6 +353,7 @@ class _SqliteInserter:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._sql: dict[tuple[tuple[str, ...], int], str] = {}  # used on the writer thread only
+        self._roll_due = rollups.Due()  # writer thread only
 
     async def insert(self, rows: Sequence[Mapping[str, Any]], check_ids: Sequence[str]) -> list[Existing]:
         split = self._columns.shared(rows)
@@ -356,10 +362,13 @@ class _SqliteInserter:
             shared, values = None, self._columns.values(rows, names)
         else:
             names, (shared, values) = [], split
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread(), self._write, names, values, list(check_ids), shared)
+
+    def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite-writer")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._write, names, values, list(check_ids), shared)
+        return self._executor
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -381,6 +390,29 @@ class _SqliteInserter:
         return self._conn
 
     def _write(
+        self,
+        names: list[str],
+        values: list[list[Any]],
+        check_ids: list[str],
+        shared: list[Any] | None = None,
+    ) -> list[Existing]:
+        """Insert the batch; then, about once a second, bring the report rollups up to date."""
+        found = self._insert(names, values, check_ids, shared)
+        if self._roll_due.written(len(values)):
+            try:
+                rollups.catch_up(rollups.Sqlite3Sql(self._connect()))
+            except sqlite3.Error as exc:
+                # The batch is committed; the rollups just trail further (reports stay exact).
+                log.warning("ledger rollup catch-up failed (%s); retrying later", type(exc).__name__)
+        return found
+
+    def _roll_up_all(self) -> int:
+        return rollups.catch_up_all(rollups.Sqlite3Sql(self._connect()))
+
+    async def roll_up(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._thread(), self._roll_up_all)
+
+    def _insert(
         self,
         names: list[str],
         values: list[list[Any]],
@@ -627,6 +659,9 @@ class _AsyncpgInserter:
                 await conn.close()
         except Exception as exc:  # the connection is gone either way
             log.debug("ledger writer connection close failed: %s", type(exc).__name__)
+
+    async def roll_up(self) -> int:
+        return 0  # PostgreSQL's rollups are kept by statement triggers (migration 0003)
 
     async def close(self) -> None:
         await self._drop(invalidate=False)

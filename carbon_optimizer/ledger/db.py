@@ -28,7 +28,7 @@ from carbon_optimizer.settings import DatabaseSettings
 SCRIPT_LOCATION: Final = "carbon_optimizer.ledger:migrations"
 # The newest migration shipped (a test checks it against the scripts). Knowing it without loading
 # Alembic keeps the at-head check on every worker start to one SELECT.
-HEAD: Final = "0002_report_statistics"
+HEAD: Final = "0003_report_rollups"
 # Any fixed 64-bit number: every replica takes the same advisory lock while migrating.
 _PG_MIGRATION_LOCK: Final = 0x6C656467657231  # "ledger1"
 _SQLITE_BUSY_TIMEOUT_MS: Final = 5000

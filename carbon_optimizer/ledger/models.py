@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
+    Date,
     DateTime,
     Float,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -102,4 +105,76 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_at", DateTime(), nullable=False),
+)
+
+
+# ----- report rollups (migration 0003; how they are kept right: docs/ledger.md) -----
+
+# The sums every report reads, in `reports.CONTRIBUTIONS` order; counts are integers.
+ROLLUP_COUNTS = (
+    "placements",
+    "with_baseline",
+    "reconciled",
+    "reconciled_with_bundled_data",
+    "priced_placements",
+)
+ROLLUP_SUMS = (
+    "placements",
+    "with_baseline",
+    "reconciled",
+    "reconciled_with_bundled_data",
+    "energy_kwh",
+    "forecast_emissions_g",
+    "forecast_baseline_emissions_g",
+    "forecast_emissions_all_g",
+    "realised_energy_kwh",
+    "realised_emissions_g",
+    "realised_baseline_emissions_g",
+    "realised_emissions_all_g",
+    "forecast_emissions_reconciled_g",
+    "forecast_abs_error_g",
+    "cost_usd",
+    "baseline_cost_usd",
+    "priced_placements",
+)
+
+
+def _rollup(name: str, *keys: Column[object], client_index: bool = False) -> Table:
+    sums = [
+        Column(s, BigInteger if s in ROLLUP_COUNTS else Float, nullable=False, server_default="0")
+        for s in ROLLUP_SUMS
+    ]
+    extra = [Index(f"ix_{name}_client_day", "client_id", "day")] if client_index else []
+    return Table(
+        name,
+        metadata,
+        *keys,
+        *sums,
+        PrimaryKeyConstraint(*(k.name for k in keys), name=f"pk_{name}"),
+        *extra,
+        sqlite_with_rowid=False,
+    )
+
+
+# Per UTC day of the planned start: by client (time and client groupings; keyed by day for
+# all-client ranges, indexed by client for one client's), by location (all clients), by client
+# and location (one client's report by location).
+rollup_client = _rollup(
+    "ledger_rollup_client", Column("day", Date), Column("client_id", String(64)), client_index=True
+)
+rollup_location = _rollup("ledger_rollup_location", Column("day", Date), Column("location", String(160)))
+rollup_client_location = _rollup(
+    "ledger_rollup_client_location",
+    Column("client_id", String(64)),
+    Column("day", Date),
+    Column("location", String(160)),
+)
+
+# SQLite only (PostgreSQL's triggers need no state): placements with rowid <= last_rowid are in
+# the rollups; `repository.roll_up` raises it, and a trigger adds the rows it passes.
+rollup_state = Table(
+    "ledger_rollup_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_rowid", BigInteger, nullable=False),
 )

@@ -99,6 +99,9 @@ class Reconciler:
         """Loop until cancelled; every error is logged and retried next interval."""
         while True:
             try:
+                # SQLite's report rollups: the writer catches them up while it writes, this
+                # when it is idle (a no-op on PostgreSQL and when nothing is new).
+                await self.repository.roll_up()
                 await self.run_once()
                 self.last_error = None
             except asyncio.CancelledError:

@@ -11,85 +11,150 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Select,
+    String,
+    Table,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
-from carbon_optimizer.ledger.models import RECONCILED, placements
+from carbon_optimizer.ledger.models import (
+    ROLLUP_COUNTS,
+    placements,
+    rollup_client,
+    rollup_client_location,
+    rollup_location,
+    rollup_state,
+)
+from carbon_optimizer.ledger.sums import CONTRIBUTIONS, NAMES
 
 GroupBy = Literal["client", "location", "day", "week", "month"]
 GROUP_BY: Final = ("client", "location", "day", "week", "month")
 
 p = placements.c
-
-# (output name, SQL aggregate) — every one a plain SUM/COUNT so groups add up to the totals.
-_has_baseline = p.baseline_emissions_g.is_not(None)
-_realised = p.realised_emissions_g.is_not(None)
-_realised_pair = and_(_realised, p.realised_baseline_emissions_g.is_not(None))
-_priced_pair = and_(p.cost_usd.is_not(None), p.baseline_cost_usd.is_not(None))
-
-
-def _sum_if(condition: ColumnElement[bool], value: Any) -> ColumnElement[Any]:
-    return func.sum(case((condition, value), else_=None))
-
-
-_AGGREGATES: Final[list[tuple[str, ColumnElement[Any]]]] = [
-    ("placements", func.count()),
-    ("with_baseline", func.sum(case((_has_baseline, 1), else_=0))),
-    ("reconciled", func.sum(case((p.status == RECONCILED, 1), else_=0))),
-    (
-        "reconciled_with_bundled_data",
-        func.sum(case((and_(_realised, p.realised_source.like("fallback:%")), 1), else_=0)),
-    ),
-    ("energy_kwh", func.sum(p.energy_kwh)),
-    ("forecast_emissions_g", _sum_if(_has_baseline, p.emissions_g)),
-    ("forecast_baseline_emissions_g", _sum_if(_has_baseline, p.baseline_emissions_g)),
-    ("forecast_emissions_all_g", func.sum(p.emissions_g)),
-    ("realised_energy_kwh", _sum_if(_realised, p.realised_energy_kwh)),
-    ("realised_emissions_g", _sum_if(_realised_pair, p.realised_emissions_g)),
-    ("realised_baseline_emissions_g", _sum_if(_realised_pair, p.realised_baseline_emissions_g)),
-    ("realised_emissions_all_g", func.sum(p.realised_emissions_g)),
-    ("forecast_emissions_reconciled_g", _sum_if(_realised, p.emissions_g)),
-    ("forecast_abs_error_g", _sum_if(_realised, func.abs(p.realised_emissions_g - p.emissions_g))),
-    ("cost_usd", _sum_if(_priced_pair, p.cost_usd)),
-    ("baseline_cost_usd", _sum_if(_priced_pair, p.baseline_cost_usd)),
-    ("priced_placements", func.sum(case((_priced_pair, 1), else_=0))),
-]
+_ROWID: Final[ColumnElement[int]] = literal_column(f"{placements.name}.rowid")
+# SQLite's unary + makes the start a value its planner cannot look up in the start index: the
+# placements past the watermark are a short rowid range, the start range could be a year.
+_START_NOT_INDEXED: Final = type_coerce(literal_column(f"+{placements.name}.start_at"), DateTime())
 
 
 def group_expression(dialect: str, group_by: str) -> ColumnElement[Any]:
-    """The SQL for a group key; day/week/month become ISO text (2026-06-03, week = its Monday, 2026-06)."""
+    """A placement's group key in SQL; day/week/month as ISO text (2026-06-03, a week's Monday, 2026-06)."""
+    return _group(dialect, group_by, p.start_at, p.client_id, p.location)
+
+
+def _group(
+    dialect: str,
+    group_by: str,
+    when: ColumnElement[Any],
+    client: ColumnElement[Any],
+    location: ColumnElement[Any],
+) -> ColumnElement[Any]:
+    # The same expression over a placement (its start) and over a rollup row (its day), so
+    # both halves of a report land in the same groups.
     if group_by == "client":
-        return p.client_id
+        return client
     if group_by == "location":
-        return p.location
+        return location
     if dialect == "postgresql":
         # The bare truncation (formatted in `group_key`): the planner has statistics on exactly
         # these expressions (migration 0002) and hash-aggregates; to_char() per row would not.
-        return func.date_trunc(group_by, p.start_at)
+        return func.date_trunc(group_by, when)
     if group_by == "day":
-        return func.strftime("%Y-%m-%d", p.start_at)
+        return type_coerce(func.strftime("%Y-%m-%d", when), String())
     if group_by == "week":
         # Monday of the week: forward to the week's Sunday ('weekday 0'), then back six days.
-        return func.date(p.start_at, "weekday 0", "-6 days")
+        return type_coerce(func.date(when, "weekday 0", "-6 days"), String())
     if group_by == "month":
-        return func.strftime("%Y-%m", p.start_at)
+        return type_coerce(func.strftime("%Y-%m", when), String())
     raise ValueError(f"unknown group_by {group_by!r}")
 
 
-def aggregate_query(
+def raw_aggregate_query(
     dialect: str, group_by: str, start: datetime, end: datetime, client_id: str | None
 ) -> Select[Any]:
-    """SELECT group, sums… WHERE start_at in [start, end) [AND client_id = …] GROUP BY group."""
+    """SELECT group, sums… over the placements themselves (no rollups; the tests' oracle)."""
     key = group_expression(dialect, group_by).label("group")
-    query = select(key, *(expr.label(name) for name, expr in _AGGREGATES)).where(
+    query = select(key, *(func.sum(expr).label(name) for name, expr in CONTRIBUTIONS)).where(
         p.start_at >= start, p.start_at < end
     )
     if client_id is not None:
         query = query.where(p.client_id == client_id)
     return query.group_by(key).order_by(key)
+
+
+def rollup_for(group_by: str, client_id: str | None) -> Table:
+    """The daily rollup a report reads: the narrowest one that holds its groups and its scope."""
+    if group_by != "location":
+        return rollup_client
+    return rollup_location if client_id is None else rollup_client_location
+
+
+def _day_floor(value: datetime) -> datetime:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def aggregate_query(
+    dialect: str, group_by: str, start: datetime, end: datetime, client_id: str | None
+) -> Select[Any]:
+    """SELECT group, sums… over placements planned to start in [start, end) [of one client].
+
+    One statement (one snapshot, so a concurrent write is counted once or not at all): the
+    daily rollup for the whole days of the range, plus the raw placements of the partial days
+    at either end, plus, on SQLite, the raw placements the rollups have not taken in yet (past
+    the watermark, see `models.rollup_state`). `start` and `end` are naive UTC.
+    """
+    first = _day_floor(start) if start == _day_floor(start) else _day_floor(start) + timedelta(days=1)
+    last = _day_floor(end)
+
+    def raw(*conditions: ColumnElement[bool]) -> Select[Any]:
+        query = select(
+            group_expression(dialect, group_by).label("group"), *(expr.label(n) for n, expr in CONTRIBUTIONS)
+        ).where(*conditions)
+        return query if client_id is None else query.where(p.client_id == client_id)
+
+    if first >= last:  # no whole day: the placements themselves
+        return raw_aggregate_query(dialect, group_by, start, end, client_id)
+    table = rollup_for(group_by, client_id)
+    r = table.c
+    day = cast(r.day, DateTime()) if dialect == "postgresql" else r.day
+    location = r.location if "location" in r else literal(None)
+    client = r.client_id if "client_id" in r else literal(None)
+    rolled = select(
+        _group(dialect, group_by, day, client, location).label("group"), *(r[n] for n in NAMES)
+    ).where(r.day >= first.date(), r.day < last.date())
+    if client_id is not None:
+        rolled = rolled.where(r.client_id == client_id)
+    parts: list[Select[Any]] = [rolled]
+    if start < first:
+        parts.append(raw(p.start_at >= start, p.start_at < first))
+    if last < end:
+        parts.append(raw(p.start_at >= last, p.start_at < end))
+    if dialect == "sqlite":
+        watermark = select(rollup_state.c.last_rowid).where(rollup_state.c.id == 1).scalar_subquery()
+        parts.append(raw(watermark < _ROWID, first <= _START_NOT_INDEXED, last > _START_NOT_INDEXED))
+    both = union_all(*parts).subquery("parts")
+    # Counts stay integers (PostgreSQL sums a bigint column as numeric).
+    sums = (
+        cast(func.sum(both.c[n]), BigInteger) if n in ROLLUP_COUNTS else func.sum(both.c[n]) for n in NAMES
+    )
+    return (
+        select(both.c.group, *(s.label(n) for s, n in zip(sums, NAMES, strict=True)))
+        .group_by(both.c.group)
+        .order_by(both.c.group)
+    )
 
 
 # ----- shaping -----
@@ -167,7 +232,7 @@ def build_report(
     """The JSON body of GET /v1/reports/savings."""
     totals: dict[str, float] = {}
     for row in rows:
-        for name, _ in _AGGREGATES:
+        for name in NAMES:
             totals[name] = totals.get(name, 0.0) + _f(row.get(name))
     return {
         "from": start.isoformat().replace("+00:00", "Z"),

@@ -7,6 +7,7 @@ outside this module and naive UTC inside the database. Nothing here retries or q
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,13 +16,14 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from carbon_optimizer.ledger import batch_insert
+from carbon_optimizer.ledger import batch_insert, rollups
 from carbon_optimizer.ledger.models import RECORDED, leases, placements
 from carbon_optimizer.ledger.rows import OptimizeRow
 
+log = logging.getLogger(__name__)
 _DATETIME_COLUMNS = frozenset(c.name for c in placements.columns if c.type.python_type is datetime)
 _JSON_COLUMNS = frozenset(c.name for c in placements.columns if isinstance(c.type, JSON))
 
@@ -70,6 +72,7 @@ class LedgerRepository:
         self.dialect = engine.dialect.name
         # The writer's own connection and one-INSERT-per-batch path (None: the generic one below).
         self._inserter = batch_insert.for_engine(engine) if fast_insert else None
+        self._roll_due = rollups.Due()  # the generic path's (the fast inserter keeps its own)
 
     async def close(self) -> None:
         """Release the writer's connection (before the engine is disposed)."""
@@ -106,7 +109,25 @@ class LedgerRepository:
             fresh = [_row_to_db(r) for r in rows if r["id"] not in existing]
             if fresh:
                 await conn.execute(self._insert_ignoring_duplicates(), fresh)
+        if self.dialect == "sqlite" and self._roll_due.written(len(rows)):
+            try:
+                await self.roll_up()
+            except DBAPIError as exc:  # committed already: the rollups just trail (reports stay exact)
+                log.warning("ledger rollup catch-up failed (%s); retrying later", type(exc).__name__)
         return existing
+
+    async def roll_up(self) -> int:
+        """SQLite: bring the report rollups up to every stored placement (`rollups`); return rows passed.
+
+        PostgreSQL keeps them in its triggers: nothing to do. Reports are exact either way; this
+        keeps the raw part of a SQLite report small (the writer calls it about once a second).
+        """
+        if self.dialect != "sqlite":
+            return 0
+        if self._inserter is not None:
+            return await self._inserter.roll_up()
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda sync: rollups.catch_up_all(rollups.ConnectionSql(sync)))
 
     def _insert_ignoring_duplicates(self) -> Any:
         # Another replica may insert the same idempotent id between our SELECT and INSERT.
@@ -201,12 +222,16 @@ class LedgerRepository:
     # ----- reports -----
 
     async def aggregate(
-        self, group_by: str, start: datetime, end: datetime, client_id: str | None
+        self, group_by: str, start: datetime, end: datetime, client_id: str | None, *, rollups: bool = True
     ) -> list[dict[str, Any]]:
-        """Sums per group over placements planned to start in [start, end) (see `reports`)."""
-        from carbon_optimizer.ledger.reports import aggregate_query  # local: reports imports us
+        """Sums per group over placements planned to start in [start, end) (see `reports`).
 
-        query = aggregate_query(self.dialect, group_by, to_db(start), to_db(end), client_id)
+        `rollups=False` sums the placements themselves: the same figures, slower (tests, bench).
+        """
+        from carbon_optimizer.ledger import reports  # local: reports imports us
+
+        build = reports.aggregate_query if rollups else reports.raw_aggregate_query
+        query = build(self.dialect, group_by, to_db(start), to_db(end), client_id)
         async with self.engine.connect() as conn:
             result = await conn.execute(query)
             return [{str(k): v for k, v in r.items()} for r in result.mappings()]
