@@ -661,7 +661,7 @@ class _AsyncpgInserter:
             log.debug("ledger writer connection close failed: %s", type(exc).__name__)
 
     async def roll_up(self) -> int:
-        return 0  # PostgreSQL's rollups are kept by statement triggers (migration 0003)
+        return 0  # the rollups are SQLite's alone (migration 0003)
 
     async def close(self) -> None:
         await self._drop(invalidate=False)

@@ -108,7 +108,7 @@ leases = Table(
 )
 
 
-# ----- report rollups (migration 0003; how they are kept right: docs/ledger.md) -----
+# ----- SQLite's report rollups (migration 0003; how they are kept right: docs/ledger.md) -----
 
 # The sums every report reads, in `reports.CONTRIBUTIONS` order; counts are integers.
 ROLLUP_COUNTS = (
@@ -178,3 +178,12 @@ rollup_state = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("last_rowid", BigInteger, nullable=False),
 )
+
+SQLITE_ONLY: frozenset[str] = frozenset(
+    t.name for t in (rollup_client, rollup_location, rollup_client_location, rollup_state)
+)
+
+
+def in_schema(dialect: str, table: str) -> bool:
+    """Whether the migrations create `table` on this engine (PostgreSQL needs no rollups)."""
+    return dialect == "sqlite" or table not in SQLITE_ONLY

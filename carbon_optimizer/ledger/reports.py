@@ -15,12 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import (
-    BigInteger,
     DateTime,
     Select,
     String,
     Table,
-    cast,
     func,
     literal,
     literal_column,
@@ -31,7 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from carbon_optimizer.ledger.models import (
-    ROLLUP_COUNTS,
     placements,
     rollup_client,
     rollup_client_location,
@@ -109,12 +106,12 @@ def _day_floor(value: datetime) -> datetime:
 def aggregate_query(
     dialect: str, group_by: str, start: datetime, end: datetime, client_id: str | None
 ) -> Select[Any]:
-    """SELECT group, sums… over placements planned to start in [start, end) [of one client].
+    """SQLite: SELECT group, sums… over placements planned to start in [start, end) [of one client].
 
     One statement (one snapshot, so a concurrent write is counted once or not at all): the
     daily rollup for the whole days of the range, plus the raw placements of the partial days
-    at either end, plus, on SQLite, the raw placements the rollups have not taken in yet (past
-    the watermark, see `models.rollup_state`). `start` and `end` are naive UTC.
+    at either end, plus the raw placements the rollups have not taken in yet (past the
+    watermark, see `rollups`). `start` and `end` are naive UTC. Any other engine: the raw sums.
     """
     first = _day_floor(start) if start == _day_floor(start) else _day_floor(start) + timedelta(days=1)
     last = _day_floor(end)
@@ -125,15 +122,14 @@ def aggregate_query(
         ).where(*conditions)
         return query if client_id is None else query.where(p.client_id == client_id)
 
-    if first >= last:  # no whole day: the placements themselves
+    if first >= last or dialect != "sqlite":  # no whole day, or no rollups (PostgreSQL)
         return raw_aggregate_query(dialect, group_by, start, end, client_id)
     table = rollup_for(group_by, client_id)
     r = table.c
-    day = cast(r.day, DateTime()) if dialect == "postgresql" else r.day
     location = r.location if "location" in r else literal(None)
     client = r.client_id if "client_id" in r else literal(None)
     rolled = select(
-        _group(dialect, group_by, day, client, location).label("group"), *(r[n] for n in NAMES)
+        _group(dialect, group_by, r.day, client, location).label("group"), *(r[n] for n in NAMES)
     ).where(r.day >= first.date(), r.day < last.date())
     if client_id is not None:
         rolled = rolled.where(r.client_id == client_id)
@@ -142,16 +138,12 @@ def aggregate_query(
         parts.append(raw(p.start_at >= start, p.start_at < first))
     if last < end:
         parts.append(raw(p.start_at >= last, p.start_at < end))
-    if dialect == "sqlite":
-        watermark = select(rollup_state.c.last_rowid).where(rollup_state.c.id == 1).scalar_subquery()
-        parts.append(raw(watermark < _ROWID, first <= _START_NOT_INDEXED, last > _START_NOT_INDEXED))
+    # The whole days' placements the rollups have not taken in yet.
+    watermark = select(rollup_state.c.last_rowid).where(rollup_state.c.id == 1).scalar_subquery()
+    parts.append(raw(watermark < _ROWID, first <= _START_NOT_INDEXED, last > _START_NOT_INDEXED))
     both = union_all(*parts).subquery("parts")
-    # Counts stay integers (PostgreSQL sums a bigint column as numeric).
-    sums = (
-        cast(func.sum(both.c[n]), BigInteger) if n in ROLLUP_COUNTS else func.sum(both.c[n]) for n in NAMES
-    )
     return (
-        select(both.c.group, *(s.label(n) for s, n in zip(sums, NAMES, strict=True)))
+        select(both.c.group, *(func.sum(both.c[n]).label(n) for n in NAMES))
         .group_by(both.c.group)
         .order_by(both.c.group)
     )

@@ -119,8 +119,8 @@ class LedgerRepository:
     async def roll_up(self) -> int:
         """SQLite: bring the report rollups up to every stored placement (`rollups`); return rows passed.
 
-        PostgreSQL keeps them in its triggers: nothing to do. Reports are exact either way; this
-        keeps the raw part of a SQLite report small (the writer calls it about once a second).
+        PostgreSQL has no rollups: nothing to do. Reports are exact either way; this keeps the
+        raw part of a SQLite report small (the writer calls it about once a second).
         """
         if self.dialect != "sqlite":
             return 0
@@ -226,11 +226,14 @@ class LedgerRepository:
     ) -> list[dict[str, Any]]:
         """Sums per group over placements planned to start in [start, end) (see `reports`).
 
-        `rollups=False` sums the placements themselves: the same figures, slower (tests, bench).
+        SQLite reads its daily rollups for whole days (migration 0003); PostgreSQL, and
+        `rollups=False`, sum the placements themselves: the same figures (tests, bench).
         """
         from carbon_optimizer.ledger import reports  # local: reports imports us
 
-        build = reports.aggregate_query if rollups else reports.raw_aggregate_query
+        build = (
+            reports.aggregate_query if rollups and self.dialect == "sqlite" else reports.raw_aggregate_query
+        )
         query = build(self.dialect, group_by, to_db(start), to_db(end), client_id)
         async with self.engine.connect() as conn:
             result = await conn.execute(query)

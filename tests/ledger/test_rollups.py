@@ -1,4 +1,4 @@
-"""The daily report rollups give the very sums the placements give, whatever wrote them.
+"""SQLite's daily report rollups give the very sums the placements give, whatever wrote them.
 
 The oracle is the raw query (`aggregate(..., rollups=False)`), which sums the placements
 themselves. Each test drives a real engine through the paths that change placements: the
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,19 @@ from carbon_optimizer.settings import DatabaseSettings
 from tests.ledger.helpers import T0, placement_row
 
 CLIENTS = ("alice", "bob", "carol")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A migrated SQLite ledger (the rollups are SQLite's alone: migration 0003)."""
+    eng = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
+    await db.upgrade(eng)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
 LOCATIONS = ("zone/DE", "zone/FR", "aws/eu-west-1")
 
 
@@ -192,7 +206,7 @@ async def test_a_start_field_change_moves_the_placement_between_rollup_rows(engi
         await repo.close()
 
 
-async def test_sqlite_reports_count_rows_past_the_watermark_once(tmp_path: Any) -> None:
+async def test_sqlite_reports_count_rows_past_the_watermark_once(tmp_path: Path) -> None:
     engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
     await db.upgrade(engine)
     repo = LedgerRepository(engine)
@@ -216,7 +230,7 @@ async def test_sqlite_reports_count_rows_past_the_watermark_once(tmp_path: Any) 
         await engine.dispose()
 
 
-async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(tmp_path: Any) -> None:
+async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(tmp_path: Path) -> None:
     # SQLite may give the next row the rowid of a deleted newest row; the watermark must then
     # fall back, or that new row would count as rolled up when it is not.
     engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
@@ -244,7 +258,7 @@ async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(tmp_pat
         await engine.dispose()
 
 
-async def test_the_sqlite_writer_catches_up_on_its_own(tmp_path: Any) -> None:
+async def test_the_sqlite_writer_catches_up_on_its_own(tmp_path: Path) -> None:
     engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
     await db.upgrade(engine)
     repo = LedgerRepository(engine)
@@ -291,8 +305,8 @@ async def test_concurrent_writers_keep_the_rollups_exact(engine: AsyncEngine) ->
             await repo.close()
 
 
-async def test_the_migration_backfills_what_was_stored_before_it(database_settings: DatabaseSettings) -> None:
-    engine = db.create_engine(database_settings)
+async def test_the_migration_backfills_what_was_stored_before_it(tmp_path: Path) -> None:
+    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
     rng = random.Random(11)
     try:
         await db.upgrade(engine, "0002_report_statistics")

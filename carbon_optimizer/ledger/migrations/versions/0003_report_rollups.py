@@ -1,29 +1,29 @@
-"""Daily rollups of the report sums, kept in step with the placements by the database itself.
+"""SQLite: daily rollups of the report sums, so whole-year reports need not sum every placement.
 
 Why: a whole-year report across all clients aggregates every placement of the year. At 1 M
-placements SQLite took 3.4 s for it (an index walk with a lookup per row, a sort for GROUP BY
-and 17 conditional sums per row, all CPU in SQLite's VM). A report now reads sums per UTC day:
+placements SQLite took 3.4–6.9 s for it (an index walk with a lookup per row, a sort for GROUP
+BY and 17 conditional sums per row, all CPU in SQLite's VM). A report now reads sums per UTC day:
 
-- `ledger_rollup_client` (client, day): time and client groupings, any scope;
+- `ledger_rollup_client` (day, client): time and client groupings, any scope;
 - `ledger_rollup_location` (day, location): by location across all clients;
 - `ledger_rollup_client_location` (client, day, location): by location for one client.
 
-Each holds the same 17 sums the raw report query computes (`reports.CONTRIBUTIONS`, a test
-checks the two agree on both engines), so a group's figures are the sum of its days' rows.
+Each holds the same 17 sums the raw report query computes (`sums.CONTRIBUTIONS`; a test checks
+that the two agree), so a group's figures are the sum of its days' rows.
 
-How they stay right, per engine:
+How they stay right: a row-level INSERT trigger would add three upserts to every recorded row
+on the writer thread, which the cached optimize path cannot afford (docs/ledger.md). So the
+rollups trail the placements by a watermark, `ledger_rollup_state.last_rowid`: placements up to
+it are in the rollups, later ones are not yet. `rollups.catch_up` moves it (the writer does,
+about once a second). A report reads the rollups plus the raw placements past the watermark, in
+one statement, so it is exact at any moment. Updates and deletes of rows at or below the
+watermark apply their delta by the row-level triggers created here (the reconciler and outcome
+paths); a deleted newest row lowers the watermark, since SQLite may reuse its rowid.
 
-- PostgreSQL: statement-level triggers with transition tables on INSERT, UPDATE and DELETE.
-  Every path (the writer's one-statement batches, the generic path, the reconciler, a manual
-  fix) is covered, and the rollup changes in the same transaction as the placements. Keys are
-  upserted in sorted order so that concurrent writers lock them in one order.
-- SQLite: there are no statement-level triggers, and a row-level INSERT trigger would add three
-  upserts to every recorded row on the writer (the cached optimize path has no margin for that,
-  docs/ledger.md). Instead a watermark, `ledger_rollup_state.last_rowid`: placements up to it
-  are in the rollups, later ones are not yet. `rollups.catch_up` moves it (the writer, about
-  once a second). A report reads the rollups plus the raw placements past the watermark, in one
-  statement, so it is exact at any moment. Updates and deletes of rows at or below the
-  watermark apply their delta by row-level triggers (the reconciler and outcome paths).
+PostgreSQL: nothing. It sums 1 M placements in well under a second (hash aggregates, migration
+0002), and the only upkeep that sees every write path there, statement-level triggers with
+transition tables, measured 0.18–0.9 ms of server time per writer batch: more than recording
+can spend (docs/ledger.md). `models.in_schema` says which tables each engine has.
 
 The SQL here is a frozen copy: a later change to the sums needs a new migration, and the
 agreement test will say so.
@@ -109,17 +109,17 @@ _READS = (
 )
 
 
-def _day(dialect: str, r: str) -> str:
+def _day(r: str) -> str:
     # SQLite stores datetimes as ISO text ("YYYY-MM-DD HH:MM:SS.ffffff"): its first ten characters.
-    return f"{r}.start_at::date" if dialect == "postgresql" else f"substr({r}.start_at, 1, 10)"
+    return f"substr({r}.start_at, 1, 10)"
 
 
 def _keys(name: str) -> list[str]:
     return list(_ROLLUPS[name])
 
 
-def _key_values(dialect: str, name: str, r: str) -> list[str]:
-    return [_day(dialect, r) if k == "day" else f"{r}.{k}" for k in _keys(name)]
+def _key_values(name: str, r: str) -> list[str]:
+    return [_day(r) if k == "day" else f"{r}.{k}" for k in _keys(name)]
 
 
 def _columns(name: str) -> str:
@@ -135,13 +135,18 @@ def _upsert(name: str) -> str:
     return f"ON CONFLICT ({', '.join(_keys(name))}) DO UPDATE SET {sets}"
 
 
-def _aggregate_into(dialect: str, name: str, source: str, where: str, sign: str = "") -> str:
-    """INSERT the sums of `source` rows (alias r) grouped by the rollup's key, adding to what is there."""
-    keys = _key_values(dialect, name, "r")
-    sums = ", ".join(f"{sign}SUM({expr.format(r='r')})" for _, expr, _ in _SUMS)
+def _aggregate_into(name: str, source: str, where: str) -> str:
+    """INSERT the sums of `source` rows (alias r) grouped by the rollup's key, adding to what is there.
+
+    NOT INDEXED: the planner would walk the client index to spare the GROUP BY its sort, with a
+    lookup per row; a plain scan of the table is several times faster.
+    """
+    keys = _key_values(name, "r")
+    sums = ", ".join(f"SUM({expr.format(r='r')})" for _, expr, _ in _SUMS)
     return (
         f"{_insert(name)} SELECT {', '.join(keys)}, {sums} "
-        f"FROM {source} AS r WHERE {where} GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)} "
+        f"FROM {source} AS r NOT INDEXED WHERE {where} "
+        f"GROUP BY {', '.join(keys)} "
         f"{_upsert(name)}"
     )
 
@@ -172,90 +177,27 @@ def _create_tables() -> None:
     )
 
 
-# ----- PostgreSQL: statement-level triggers -----
-
-
-def _pg_function() -> str:
-    reads = ", ".join(f"o.{c}" for c in _READS), ", ".join(f"n.{c}" for c in _READS)
-    inserts, deletes, updates = [], [], []
-    for name in _ROLLUPS:
-        inserts.append(_aggregate_into("postgresql", name, "new_rows", "true") + ";")
-        deletes.append(_aggregate_into("postgresql", name, "old_rows", "true", "-") + ";")
-        keys = _key_values("postgresql", name, "r")
-        # Only the rows whose summed columns changed; each contributes new − old.
-        changed = (
-            f"(SELECT n.*, 1 AS sign FROM new_rows n JOIN old_rows o USING (id) "
-            f"WHERE ({reads[0]}) IS DISTINCT FROM ({reads[1]}) "
-            f"UNION ALL SELECT o.*, -1 AS sign FROM old_rows o JOIN new_rows n USING (id) "
-            f"WHERE ({reads[0]}) IS DISTINCT FROM ({reads[1]}))"
-        )
-        sums = ", ".join(f"SUM(r.sign * ({expr.format(r='r')}))" for _, expr, _ in _SUMS)
-        updates.append(
-            f"{_insert(name)} SELECT {', '.join(keys)}, {sums} "
-            f"FROM {changed} AS r GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)} {_upsert(name)};"
-        )
-    return f"""
-CREATE OR REPLACE FUNCTION ledger_rollup_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    {" ".join(inserts)}
-  ELSIF TG_OP = 'DELETE' THEN
-    {" ".join(deletes)}
-  ELSE
-    {" ".join(updates)}
-  END IF;
-  RETURN NULL;
-END
-$$"""
-
-
-_PG_TRIGGERS = {
-    "ledger_rollup_insert": "AFTER INSERT ON ledger_placements REFERENCING NEW TABLE AS new_rows",
-    "ledger_rollup_update": (
-        "AFTER UPDATE ON ledger_placements REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
-    ),
-    "ledger_rollup_delete": "AFTER DELETE ON ledger_placements REFERENCING OLD TABLE AS old_rows",
-}
-
-
-def _pg_upgrade() -> None:
-    # No writer may slip rows in between the backfill and the triggers.
-    op.execute(f"LOCK TABLE {_P} IN SHARE ROW EXCLUSIVE MODE")
-    op.execute(_pg_function())
-    for trigger, when in _PG_TRIGGERS.items():
-        op.execute(
-            f"CREATE TRIGGER {trigger} {when} FOR EACH STATEMENT EXECUTE FUNCTION ledger_rollup_apply()"
-        )
-    for name in _ROLLUPS:
-        op.execute(_aggregate_into("postgresql", name, _P, "true"))
-
-
-# ----- SQLite: a watermark and row-level triggers for changes below it -----
-
 _BELOW = f"(SELECT last_rowid FROM {_STATE} WHERE id = 1)"
 _MAX_ROWID = f"(SELECT COALESCE(MAX(rowid), 0) FROM {_P})"
 
 
 def _row_delta(name: str, row: str, sign: str, where: str) -> str:
     """Add (sign '') or subtract (sign '-') one row's (NEW/OLD) sums; `where` gates it."""
-    keys = _key_values("sqlite", name, row)
+    keys = _key_values(name, row)
     sums = ", ".join(f"{sign}({expr.format(r=row)})" for _, expr, _ in _SUMS)
     return f"{_insert(name)} SELECT {', '.join(keys)}, {sums} WHERE {where} {_upsert(name)};"
 
 
 def _same_key(name: str) -> str:
     return " AND ".join(
-        f"{new} = {old}"
-        for new, old in zip(
-            _key_values("sqlite", name, "NEW"), _key_values("sqlite", name, "OLD"), strict=True
-        )
+        f"{new} = {old}" for new, old in zip(_key_values(name, "NEW"), _key_values(name, "OLD"), strict=True)
     )
 
 
 def _sqlite_update_body() -> Iterator[str]:
     for name in _ROLLUPS:
         same = _same_key(name)
-        keys = _key_values("sqlite", name, "NEW")
+        keys = _key_values(name, "NEW")
         delta = ", ".join(f"({e.format(r='NEW')}) - ({e.format(r='OLD')})" for _, e, _ in _SUMS)
         yield f"{_insert(name)} SELECT {', '.join(keys)}, {delta} WHERE {same} {_upsert(name)};"
         yield _row_delta(name, "OLD", "-", f"NOT ({same})")
@@ -267,7 +209,7 @@ def _sqlite_statements() -> Sequence[str]:
     return (
         # The backfill: every placement stored so far (later ones are past the watermark).
         f"INSERT INTO {_STATE} (id, last_rowid) VALUES (1, {_MAX_ROWID})",
-        *(_aggregate_into("sqlite", name, _P, f"r.rowid <= {_BELOW}") for name in _ROLLUPS),
+        *(_aggregate_into(name, _P, f"r.rowid <= {_BELOW}") for name in _ROLLUPS),
         f"CREATE TRIGGER ledger_rollup_update AFTER UPDATE OF {', '.join(_READS)} ON {_P} "
         f"WHEN OLD.rowid <= {_BELOW} BEGIN {' '.join(_sqlite_update_body())} END",
         # A deleted row leaves; and if it was the newest, SQLite may hand its rowid to the next
@@ -279,24 +221,20 @@ def _sqlite_statements() -> Sequence[str]:
 
 
 def upgrade() -> None:
-    """The rollup tables, their upkeep (triggers), and a backfill of what is stored."""
+    """SQLite: the rollup tables, the triggers for changes below the watermark, the backfill."""
+    if op.get_bind().dialect.name != "sqlite":
+        return  # PostgreSQL sums the placements themselves (module docstring)
     _create_tables()
-    if op.get_bind().dialect.name == "postgresql":
-        _pg_upgrade()
-    else:
-        for statement in _sqlite_statements():
-            op.execute(statement)
+    for statement in _sqlite_statements():
+        op.execute(statement)
 
 
 def downgrade() -> None:
     """Drop the triggers and the tables (the placements are untouched)."""
-    if op.get_bind().dialect.name == "postgresql":
-        for trigger in _PG_TRIGGERS:
-            op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {_P}")
-        op.execute("DROP FUNCTION IF EXISTS ledger_rollup_apply()")
-    else:
-        op.execute("DROP TRIGGER IF EXISTS ledger_rollup_update")
-        op.execute("DROP TRIGGER IF EXISTS ledger_rollup_delete")
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    op.execute("DROP TRIGGER IF EXISTS ledger_rollup_update")
+    op.execute("DROP TRIGGER IF EXISTS ledger_rollup_delete")
     op.drop_table(_STATE)
     for name in _ROLLUPS:
         if name == _INDEXED:
