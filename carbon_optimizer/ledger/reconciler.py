@@ -100,8 +100,14 @@ class Reconciler:
         while True:
             try:
                 # SQLite's report rollups: the writer catches them up while it writes, this
-                # when it is idle (a no-op on PostgreSQL and when nothing is new).
+                # when it is idle (a no-op on PostgreSQL and when nothing is new). Its failure
+                # must not cost this round's reconciliation: reports stay exact without it.
                 await self.repository.roll_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ledger rollup catch-up failed (%s); retrying later", type(exc).__name__)
+            try:
                 await self.run_once()
                 self.last_error = None
             except asyncio.CancelledError:

@@ -10,7 +10,9 @@ any point or not at all. After every step, every grouping, scope and kind of ran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,10 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from carbon_optimizer.ledger import db, rollups
 from carbon_optimizer.ledger.models import RECONCILED, placements, rollup_client, rollup_state
+from carbon_optimizer.ledger.reconciler import Reconciler
 from carbon_optimizer.ledger.reports import GROUP_BY, group_key
 from carbon_optimizer.ledger.repository import LedgerRepository, to_db
-from carbon_optimizer.settings import DatabaseSettings
-from tests.ledger.helpers import T0, placement_row
+from carbon_optimizer.settings import DatabaseSettings, LedgerSettings
+from tests.fakes import FakeCarbon
+from tests.ledger.helpers import T0, make_ledger, option, placement_row, record
 
 CLIENTS = ("alice", "bob", "carol")
 
@@ -354,4 +358,48 @@ async def test_report_periods_use_utc_days(engine: AsyncEngine) -> None:
         )
         assert [r["placements"] for r in evening] == []
     finally:
+        await repo.close()
+
+
+class _CatchUpFails(LedgerRepository):
+    """A repository whose rollup catch-up always fails (a locked file, say)."""
+
+    async def roll_up(self) -> int:
+        raise sqlite3.OperationalError("database is locked")
+
+
+@pytest.mark.parametrize("catch_up_fails", [False, True])
+async def test_the_reconcilers_loop_catches_up_and_a_failed_catch_up_costs_no_reconciliation(
+    engine: AsyncEngine, catch_up_fails: bool
+) -> None:
+    repo = (_CatchUpFails if catch_up_fails else LedgerRepository)(engine)
+    ledger, recorder = make_ledger(repo)
+    try:
+        pid = await record(ledger, "alice", option("DE", T0), None)
+        await recorder.aclose()  # flushed; the writer stays idle from here on
+        settings = LedgerSettings(reconcile_delay_s=0, reconcile_interval_s=0.05)
+        carbon = FakeCarbon({"DE": lambda h: 120.0})
+        reconciler = Reconciler(repo, carbon, settings=settings, clock=lambda: T0 + timedelta(hours=3))
+        task = asyncio.create_task(reconciler.run_forever())
+        status = None
+        try:
+            for _ in range(200):
+                row = await repo.get(pid)
+                status = None if row is None else row["status"]
+                if status == RECONCILED:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert status == RECONCILED
+        async with engine.connect() as conn:
+            rolled = (await conn.execute(select(func.sum(rollup_client.c.placements)))).scalar()
+        if not catch_up_fails:  # (failing, only the writer's own catch-up could have run)
+            assert rolled == 1
+        got = await repo.aggregate("client", T0, T0 + timedelta(days=1), None)
+        assert [(r["placements"], r["reconciled"]) for r in got] == [(1, 1)]
+    finally:
+        await recorder.aclose()
         await repo.close()
