@@ -210,9 +210,7 @@ async def test_a_start_field_change_moves_the_placement_between_rollup_rows(engi
         await repo.close()
 
 
-async def test_sqlite_reports_count_rows_past_the_watermark_once(tmp_path: Path) -> None:
-    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
-    await db.upgrade(engine)
+async def test_sqlite_reports_count_rows_past_the_watermark_once(engine: AsyncEngine) -> None:
     repo = LedgerRepository(engine)
     try:
         await repo.insert_placements([placement_row("r0")])
@@ -231,14 +229,11 @@ async def test_sqlite_reports_count_rows_past_the_watermark_once(tmp_path: Path)
         assert rolled == 5
     finally:
         await repo.close()
-        await engine.dispose()
 
 
-async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(tmp_path: Path) -> None:
+async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(engine: AsyncEngine) -> None:
     # SQLite may give the next row the rowid of a deleted newest row; the watermark must then
     # fall back, or that new row would count as rolled up when it is not.
-    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
-    await db.upgrade(engine)
     repo = LedgerRepository(engine)
     try:
         await repo.insert_placements([placement_row("old"), placement_row("newest")])
@@ -259,12 +254,9 @@ async def test_sqlite_a_deleted_newest_row_does_not_hide_the_next_insert(tmp_pat
         assert sum(r["placements"] for r in await repo.aggregate("month", *week, None)) == 2
     finally:
         await repo.close()
-        await engine.dispose()
 
 
-async def test_the_sqlite_writer_catches_up_on_its_own(tmp_path: Path) -> None:
-    engine = db.create_engine(DatabaseSettings(data_dir=str(tmp_path)))
-    await db.upgrade(engine)
+async def test_the_sqlite_writer_catches_up_on_its_own(engine: AsyncEngine) -> None:
     repo = LedgerRepository(engine)
     try:
         await repo.insert_placements([placement_row("first")])
@@ -276,7 +268,6 @@ async def test_the_sqlite_writer_catches_up_on_its_own(tmp_path: Path) -> None:
         assert (mark, rolled) == (2, 2)
     finally:
         await repo.close()
-        await engine.dispose()
 
 
 def test_catch_up_is_due_after_an_interval_or_enough_rows() -> None:
