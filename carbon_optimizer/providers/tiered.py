@@ -490,6 +490,18 @@ class TieredCache(Generic[V]):
                 )
             held = acquired is True
         try:
+            return await self._fetch_and_store(key, loader, ttl_s, fallback)
+        finally:
+            # Only once the answer (or the negative marker) is in the store: a waiter that sees
+            # the lock gone reads the store once more, and must find it there. Releasing before
+            # the write served those waiters the fallback under load (a 2-process test caught it).
+            if held and self._locking is not None:
+                await self._locking.release_lock(lock_key, token)
+
+    async def _fetch_and_store(
+        self, key: str, loader: Callable[[], Awaitable[V]], ttl_s: float, fallback: Entry[V] | None
+    ) -> V:
+        try:
             value = await loader()
         except UpstreamBudgetExhausted as exc:
             # The caller's budget, not the upstream, said no: no cool-down for the other callers.
@@ -500,9 +512,6 @@ class TieredCache(Generic[V]):
             return self._stale_or_error(fallback, exc).result()
         except ProviderError as exc:
             return self._failed(key, fallback, exc)
-        finally:
-            if held and self._locking is not None:
-                await self._locking.release_lock(lock_key, token)
         good = fallback is not None and fallback.value is not None and not self.codec.empty(fallback.value)
         if good and self.codec.empty(value):
             return self._failed(

@@ -411,6 +411,40 @@ async def test_cross_process_single_flight_via_lock(server: fakeredis.FakeServer
     assert got_b.series.values[0] == got_a.series.values[0]
 
 
+class SlowWriteStore(RedisStore):
+    """A worker whose write of the fetched answer is slow (a starved CPU, a slow Redis)."""
+
+    def __init__(self, server: fakeredis.FakeServer, gate: asyncio.Event) -> None:
+        super().__init__(CountingRedis(server=server), op_timeout_s=0.5, retry_after_failure_s=5.0)
+        self.gate = gate
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self.gate.wait()
+        await super().set(key, value, ttl_s)
+
+
+async def test_the_lock_is_held_until_the_answer_is_in_the_store(server: fakeredis.FakeServer) -> None:
+    # A waiter that sees the lock gone reads the store once more and gives up if the answer is
+    # not there: so the holder must write it before releasing. (Releasing first served the
+    # other process's callers the fallback whenever the write lagged: a 2-process test, under
+    # load, 3 runs in 8.)
+    clock = Clock()
+    write = asyncio.Event()
+    source_a, source_b = FakeSource(clock), FakeSource(clock)
+    a = CachedSeriesSource(source_a, SlowWriteStore(server, write), settings(lock_wait_s=10), clock=clock)
+    b = CachedSeriesSource(source_b, redis_store(server), settings(lock_wait_s=10), clock=clock)
+    task_a = asyncio.create_task(a.fetch(FORECAST_DE))
+    await eventually(lambda: source_a.calls, 5.0, 0.001)  # a has its answer, and is writing it
+    task_b = asyncio.create_task(b.fetch(FORECAST_DE))
+    await asyncio.sleep(0.1)
+    assert not task_b.done()  # b still waits behind a's lock
+    write.set()
+    got_a, got_b = await asyncio.gather(task_a, task_b)
+    assert (len(source_a.calls), len(source_b.calls)) == (1, 0)
+    assert not got_b.stale
+    assert got_b.series.values[0] == got_a.series.values[0]
+
+
 async def test_waiter_stops_when_lock_holder_fails(server: fakeredis.FakeServer) -> None:
     clock = Clock()
     gate = asyncio.Event()
