@@ -110,7 +110,7 @@ leases = Table(
 
 # ----- SQLite's report rollups (migration 0003; how they are kept right: docs/ledger.md) -----
 
-# The sums every report reads, in `reports.CONTRIBUTIONS` order; counts are integers.
+# The sums every report reads, in `sums.CONTRIBUTIONS` order (checked there); counts are integers.
 ROLLUP_COUNTS = (
     "placements",
     "with_baseline",
@@ -170,8 +170,8 @@ rollup_client_location = _rollup(
     Column("location", String(160)),
 )
 
-# SQLite only (PostgreSQL's triggers need no state): placements with rowid <= last_rowid are in
-# the rollups; `repository.roll_up` raises it, and a trigger adds the rows it passes.
+# Placements with rowid <= last_rowid are in the rollups; `rollups.catch_up` takes the later
+# ones in and moves it.
 rollup_state = Table(
     "ledger_rollup_state",
     metadata,

@@ -231,9 +231,7 @@ class LedgerRepository:
         """
         from carbon_optimizer.ledger import reports  # local: reports imports us
 
-        build = (
-            reports.aggregate_query if rollups and self.dialect == "sqlite" else reports.raw_aggregate_query
-        )
+        build = reports.aggregate_query if rollups else reports.raw_aggregate_query  # (raw off SQLite)
         query = build(self.dialect, group_by, to_db(start), to_db(end), client_id)
         async with self.engine.connect() as conn:
             result = await conn.execute(query)

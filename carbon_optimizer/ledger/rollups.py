@@ -1,13 +1,13 @@
 """SQLite: taking newly stored placements into the daily report rollups.
 
-Why not a trigger per inserted row (as PostgreSQL's statement triggers do it per batch): three
-upserts per recorded row on the writer would cost the cached optimize path more than its margin
-(docs/ledger.md). So the rollups trail the placements by a watermark, `ledger_rollup_state.
-last_rowid`, and `catch_up` moves it forward in one transaction: one pass over the new rows
-(grouped by client, day and location into a temporary table), three small upserts from that,
-and the new watermark. Reports add the placements past the watermark raw (`reports`), so they are
-exact whatever the watermark; the writer calls this about once a second, the reconciler's loop
-when idle. Updates and deletes below the watermark are applied by the triggers of migration 0003.
+Why not a trigger per inserted row: three upserts per recorded row on the writer would cost the
+cached optimize path more than its margin (docs/ledger.md). So the rollups trail the placements
+by a watermark, `ledger_rollup_state.last_rowid`, and `catch_up` moves it forward in one
+transaction: one pass over the new rows (grouped by client, day and location into a temporary
+table), three small upserts from that, and the new watermark. Reports add the placements past the
+watermark raw (`reports`), so they are exact whatever the watermark; the writer calls this about
+once a second, the reconciler's loop when idle. Updates and deletes below the watermark are
+applied by the triggers of migration 0003.
 
 The SQL is built from `sums.CONTRIBUTIONS` and the tables in `models`, compiled once for SQLite.
 """
@@ -97,9 +97,8 @@ def _statements() -> tuple[str, ...]:
     for table in (rollup_client, rollup_location, rollup_client_location):
         keys = [c.name for c in table.primary_key.columns]
         src = select(*(_fresh.c[k] for k in keys), *(func.sum(_fresh.c[n]).label(n) for n in NAMES))
-        src = src.where(literal_column("1") == 1).group_by(
-            *(_fresh.c[k] for k in keys)
-        )  # WHERE: upsert parse rule
+        # SQLite's upsert wants a WHERE on an INSERT … SELECT (a parsing rule), if only `1 = 1`.
+        src = src.where(literal_column("1") == 1).group_by(*(_fresh.c[k] for k in keys))
         stmt = sqlite.insert(table).from_select([*keys, *NAMES], src)
         stmt = stmt.on_conflict_do_update(
             index_elements=keys, set_={n: table.c[n] + stmt.excluded[n] for n in NAMES}
