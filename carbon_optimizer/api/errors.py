@@ -85,13 +85,30 @@ def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return cleaned
 
 
+def _json_decode_detail(errors: Sequence[Any]) -> str | None:
+    """For a body that is not JSON at all, say so and where ("body.96" alone reads like a field).
+
+    FastAPI reports it as `loc: ["body", <character offset>]` with the decoder's message in
+    `ctx.error`; the error entry keeps FastAPI's shape, only the detail gets the words.
+    """
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            loc = err.get("loc", ())
+            at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+            reason = (err.get("ctx") or {}).get("error")
+            return f"Request body is not valid JSON{': ' + str(reason) if reason else ''}{at}"
+    return None
+
+
 async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_errors(exc.errors())
+    raw = exc.errors()
+    errors = _clean_errors(raw)
     fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
     return problem_response(
         422,
-        f"Request validation failed: {fields}" if fields else "Request validation failed",
+        _json_decode_detail(raw)
+        or (f"Request validation failed: {fields}" if fields else "Request validation failed"),
         type_=_TYPE_BASE + "validation",
         errors=errors,
     )

@@ -298,9 +298,14 @@ async def test_invalid_bodies_get_fastapis_own_422(
     assert response.status_code == 422
     assert framework_calls == [1]
     assert [e["loc"] for e in response.json()["errors"]] == [["body", "workload", "vcpus"]]
-    broken = await client.post("/v1/optimize", content=b'{"workload": ', headers=JSON)
+    cut = b'{"workload": '
+    broken = await client.post("/v1/optimize", content=cut, headers=JSON)
     assert broken.status_code == 422
     assert broken.json()["errors"][0]["msg"] == "JSON decode error"  # FastAPI's wording, not pydantic's
+    assert broken.json()["errors"][0]["loc"] == ["body", len(cut)]
+    assert (
+        broken.json()["detail"] == f"Request body is not valid JSON: Expecting value at character {len(cut)}"
+    )
 
 
 @pytest.mark.parametrize(
