@@ -378,6 +378,7 @@ class LiveHistory:
         elif chunks[1:]:
             results += await asyncio.gather(*(one(a, b) for a, b in chunks[1:]), return_exceptions=True)
         retry = 0.0
+        failed: list[str] = []  # logged once per backfill: an outage is one line, not one per chunk
         for (a, b), result in zip(chunks, results, strict=True):
             if isinstance(result, UpstreamBudgetExhausted):
                 continue  # the request's budget said no: the next refit asks again
@@ -388,8 +389,7 @@ class LiveHistory:
                 retry = max(retry, BACKFILL_RETRY_S)  # nothing upstream for that span: later
                 continue
             if isinstance(result, Exception):  # upstream failure, or an adapter bug: never the answer's
-                name = type(result).__name__
-                log.warning("history backfill of %s from %s failed: %s", zone, source.name, name)
+                failed.append(type(result).__name__)
                 retry = max(retry, BACKFILL_RETRY_S)
                 continue
             if isinstance(result, BaseException):
@@ -398,6 +398,15 @@ class LiveHistory:
             lo, hi = int((a - origin) // HOUR), int((b - origin) // HOUR)
             if not np.isfinite(values[lo:hi]).all():
                 retry = max(retry, BACKFILL_RETRY_S)
+        if failed:
+            log.warning(
+                "history backfill of %s from %s: %d of %d chunks failed (%s)",
+                zone,
+                source.name,
+                len(failed),
+                len(chunks),
+                ", ".join(dict.fromkeys(failed)),
+            )
         return retry
 
     async def _recent(

@@ -254,6 +254,10 @@ async def test_upstream_failure_during_backfill_fits_on_the_replay_and_says_so(
         kind = await worker.fit()
     assert kind == "replay"
     assert len(upstream.past) == 7
+    # An outage is one log line per backfill, naming how much of it failed, not one per chunk.
+    lines = [r.getMessage() for r in caplog.records if "history backfill" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("history backfill of DE from electricitymaps: 7 of 7 chunks failed (")
     band = worker.forecast.band("DE")
     assert band is not None
     assert backtested_mape_pct(10, band.history) == OFFLINE_MAPE_PCT
