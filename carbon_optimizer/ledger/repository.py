@@ -231,7 +231,8 @@ class LedgerRepository:
         """
         from carbon_optimizer.ledger import reports  # local: reports imports us
 
-        build = reports.aggregate_query if rollups else reports.raw_aggregate_query  # (raw off SQLite)
+        # `aggregate_query` itself falls back to the raw sums off SQLite (no rollups there).
+        build = reports.aggregate_query if rollups else reports.raw_aggregate_query
         query = build(self.dialect, group_by, to_db(start), to_db(end), client_id)
         async with self.engine.connect() as conn:
             result = await conn.execute(query)
